@@ -1,0 +1,5 @@
+"""Allow ``python -m overdrive``."""
+
+from overdrive.cli import main
+
+main()

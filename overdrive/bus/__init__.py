@@ -1,0 +1,1 @@
+"""ZeroMQ plumbing shared by every part of overdrive: messages, codec, security, sockets, heartbeats."""

@@ -1,0 +1,71 @@
+"""Surfacing what ZeroMQ hides: a connect that never completes its CURVE handshake.
+
+libzmq retries a failed handshake forever and reports nothing to the application. :func:`await_handshake` watches
+the socket monitor after ``connect`` and turns the outcome into a result within a deadline: success, ``AuthError``
+(the peer rejected our keys or we rejected its), or ``UnreachableError`` (nothing answered).
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from overdrive.errors import AuthError, UnreachableError
+
+HANDSHAKE_TIMEOUT = 3.0
+
+_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+}
+_WATCHED = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+)
+
+
+def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float = HANDSHAKE_TIMEOUT) -> None:  # type: ignore[type-arg]
+    """Connect ``sock`` to ``endpoint`` and wait until the handshake succeeds, or raise.
+
+    On failure the connection is dropped (``disconnect``) so libzmq stops retrying with bad keys.
+    """
+    monitor = sock.get_monitor_socket(_WATCHED)
+    try:
+        sock.connect(endpoint)
+        deadline = time.monotonic() + timeout
+        connected = False
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not monitor.poll(int(left * 1000) + 1):
+                break
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return
+            if event == zmq.EVENT_CONNECTED:
+                connected = True
+            elif event in _FAILED:
+                _drop(sock, endpoint)
+                raise AuthError(
+                    f"authentication failed for {peer}: wrong password or key file, or a different network name"
+                )
+        _drop(sock, endpoint)
+        if connected:
+            raise AuthError(f"authentication failed for {peer}: no secure handshake within {timeout:g} s")
+        raise UnreachableError(f"no answer from {peer} within {timeout:g} s (is it running, and is the port right?)")
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
+def _drop(sock: zmq.Socket, endpoint: str) -> None:  # type: ignore[type-arg]
+    try:
+        sock.disconnect(endpoint)
+    except zmq.ZMQError:
+        pass

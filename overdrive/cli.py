@@ -1,0 +1,187 @@
+"""The ``overdrive`` command: a thin typer shell over the library.
+
+It parses options, builds typed configs, calls the library and turns :class:`~overdrive.errors.OverdriveError`
+into one clear line on stderr with a non-zero exit (2 for configuration mistakes, 1 otherwise). Feature commands
+live beside their features (``overdrive/*/cli.py``) and register themselves here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from overdrive import __version__, paths
+from overdrive.cliutil import console, options, print_json
+from overdrive.config import LOG_LEVELS, PASSWORD_ENV, GlobalOptions, check_keys, configure_logging, read_config_file
+from overdrive.errors import ConfigError, OverdriveError
+
+log = logging.getLogger(__name__)
+
+
+class _Group(TyperGroup):
+    """Root group: domain errors become one line on stderr, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OverdriveError as exc:
+            typer.echo(f"overdrive: error: {exc}", err=True)
+            log.debug("error detail", exc_info=True)
+            raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+        except KeyboardInterrupt:
+            typer.echo("overdrive: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="overdrive",
+    help="LAN screen streaming, recording and peer file sharing on ZeroMQ, encrypted by default.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"overdrive {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar=PASSWORD_ENV, help="Network password (prefer the environment variable).", show_default=False
+        ),
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(envvar="OVERDRIVE_KEY_FILE", help="Network key file from 'overdrive keygen'.")
+    ] = None,
+    network: Annotated[
+        str, typer.Option(envvar="OVERDRIVE_NETWORK", help="Network name (salts the password).")
+    ] = "overdrive",
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="OVERDRIVE_CONFIG", help="TOML config file.", show_default=False)
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(envvar="OVERDRIVE_LOG_LEVEL", help=f"One of {', '.join(LOG_LEVELS)}.")
+    ] = "warning",
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No encryption or authentication. Benchmarks only.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Global options; the config file fills in whatever the command line and environment leave unset."""
+    config_path = config or paths.default_config_file()
+    file_values = read_config_file(config_path, required=config is not None)
+    commands: dict[str, Any] = getattr(ctx.command, "commands", {})
+    sections = {name: value for name, value in file_values.items() if isinstance(value, dict)}
+    top = {name: value for name, value in file_values.items() if not isinstance(value, dict)}
+    check_keys("top level", top, {"password", "key_file", "network", "log_level", "insecure"})
+    for name, section in sections.items():
+        command = commands.get(name)
+        if command is None:
+            raise ConfigError(f"config file has a [{name}] table but there is no '{name}' command")
+        check_keys(name, section, {p.name for p in command.params if p.name})
+    ctx.default_map = sections
+
+    def pick(name: str, value: Any) -> Any:
+        source = ctx.get_parameter_source(name)
+        return top.get(name, value) if source is None or source.name == "DEFAULT" else value
+
+    key_value = pick("key_file", key_file)
+    opts = GlobalOptions(
+        password=pick("password", password),
+        key_file=Path(key_value) if key_value else None,
+        network=pick("network", network),
+        insecure=bool(pick("insecure", insecure)),
+        log_level=str(pick("log_level", log_level)).lower(),
+        config_file=config_path,
+    )
+    configure_logging(opts.log_level)
+    ctx.obj = opts
+
+
+@app.command()
+def keygen(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Where to write the key file (mode 0600).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Make a random network key file; give it to every member, use it with --key-file."""
+    from overdrive.bus.security import NetworkKey
+
+    opts = options(ctx)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    key = NetworkKey.generate(opts.network)
+    key.write(out)
+    console.print(f"wrote network key for [bold]{opts.network}[/] to {out} (fingerprint {key.fingerprint})")
+
+
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    db: Annotated[str | None, typer.Option(help="Index database URL to check (default: the local SQLite).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check what this machine has for each feature: display, audio, codecs, database, keys."""
+    from overdrive.doctor import run_checks
+
+    results = run_checks(options(ctx), db=db)
+    if as_json:
+        print_json(results)
+        return
+    width = max(len(r.name) for r in results)
+    for r in results:
+        mark = "[green]OK     [/]" if r.ok else "[red]MISSING[/]"
+        console.print(f"{mark} {r.name.ljust(width)}  {r.detail}", soft_wrap=True)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    seconds: Annotated[float, typer.Option(help="How long the streaming part runs.")] = 5.0,
+) -> None:
+    """Run the whole system on loopback and print what happened (needs no display, sound card or network)."""
+    from overdrive.demo import run_demo
+
+    ok = run_demo(options(ctx), seconds=seconds)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _register_features() -> None:
+    """Add the commands of each feature package that provides them."""
+    import importlib
+
+    for module in ("overdrive.media.cli", "overdrive.index.cli", "overdrive.transfer.cli"):
+        try:
+            feature = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        feature.register(app)
+
+
+_register_features()
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="overdrive")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Typed settings shared by every command, and the TOML config file that supplies their defaults.
+
+Precedence, highest first: command-line option, environment variable (``OVERDRIVE_*``), config file, built-in
+default. The config file holds top-level keys for the global options and one table per command, e.g.::
+
+    network = "lab"
+    key-file = "~/lab.key"
+
+    [stream]
+    fps = 60
+
+A key the command does not have is an error, so a misspelt option never passes silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overdrive import paths
+from overdrive.bus.security import NetworkKey, NodeIdentity
+from overdrive.bus.sockets import Bus, Security
+from overdrive.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "OVERDRIVE_PASSWORD"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalOptions:
+    """Options every command shares."""
+
+    password: str | None = None
+    key_file: Path | None = None
+    network: str = "overdrive"
+    insecure: bool = False
+    log_level: str = "warning"
+    config_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if not self.network or len(self.network) > 64:
+            raise ConfigError("--network must be 1 to 64 characters")
+
+    def network_key(self) -> NetworkKey | None:
+        """The network key from ``--key-file`` or the password; None when ``--insecure``."""
+        if self.insecure:
+            return None
+        if self.key_file is not None:
+            key = NetworkKey.from_file(self.key_file.expanduser())
+            if self.network not in (key.network, "overdrive"):
+                raise ConfigError(f"key file is for network {key.network!r}, not {self.network!r}")
+            return key
+        if self.password:
+            return NetworkKey.from_password(self.password, self.network, cache=paths.cache_dir() / "keys")
+        raise ConfigError(
+            f"no network password: set {PASSWORD_ENV}, pass --password or --key-file "
+            "(or --insecure for benchmarks only)"
+        )
+
+    def security(self) -> Security:
+        """Identity plus network key, loading or creating the node identity on first use."""
+        identity = NodeIdentity.load_or_create(paths.data_dir() / "identity.key")
+        return Security(identity=identity, key=self.network_key())
+
+    def bus(self) -> Bus:
+        """A new bus configured with these options."""
+        return Bus(self.security())
+
+
+def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
+    """Parse a TOML config file into a dict with dashes normalised to underscores."""
+    try:
+        with path.expanduser().open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return _normalise(data)
+
+
+def _normalise(data: dict[str, Any]) -> dict[str, Any]:
+    return {k.replace("-", "_"): (_normalise(v) if isinstance(v, dict) else v) for k, v in data.items()}
+
+
+def check_keys(section: str, given: dict[str, Any], allowed: set[str]) -> None:
+    """Raise ConfigError naming the first key in ``given`` that is not in ``allowed``."""
+    for key in given:
+        if key not in allowed:
+            valid = ", ".join(sorted(k.replace("_", "-") for k in allowed)) or "none"
+            raise ConfigError(f"unknown option {key.replace('_', '-')!r} in config [{section}]; valid: {valid}")
+
+
+def configure_logging(level: str) -> None:
+    """Application-level logging set-up: one handler on stderr, at ``level``."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}

@@ -1,0 +1,66 @@
+"""Every exception overdrive raises on purpose, in one place.
+
+    OverdriveError                 base of everything below; the CLI prints it as one line
+    ├── ConfigError                a bad option, config file or address (a user mistake)
+    ├── BusError                   ZeroMQ transport trouble
+    │   ├── AuthError              the peer refused our credentials, or we refused theirs
+    │   ├── UnreachableError        nothing answered in time
+    │   └── ProtocolError          bytes from the wire that are not a valid message
+    ├── MediaError                 capture, codec, playback or recording trouble
+    ├── StoreError                 an index backend failed (database down, bad URL, ...)
+    └── TransferError              a fetch or serve failed
+        ├── IntegrityError         content did not match its hash
+        └── UnsafePathError        a name that would escape its folder
+
+Backend exceptions are translated at the boundary with ``raise ... from exc`` so the cause stays visible
+in logs while users see one clear line.
+"""
+
+from __future__ import annotations
+
+
+class OverdriveError(Exception):
+    """Base class of every error overdrive raises deliberately."""
+
+
+class ConfigError(OverdriveError):
+    """A user-supplied option, file or address is invalid."""
+
+
+class BusError(OverdriveError):
+    """Something went wrong on the ZeroMQ bus."""
+
+
+class AuthError(BusError):
+    """A CURVE handshake failed: wrong password or key, or a peer without encryption."""
+
+
+class UnreachableError(BusError):
+    """A peer did not answer within the allowed time."""
+
+
+class ProtocolError(BusError):
+    """Received bytes are not a valid overdrive message (malformed, oversized, unknown, wrong version).
+
+    Raised only for what came from a peer; local misuse raises ``ValueError``/``TypeError``.
+    """
+
+
+class MediaError(OverdriveError):
+    """Capture, encoding, playback or recording failed."""
+
+
+class StoreError(OverdriveError):
+    """An index store backend failed."""
+
+
+class TransferError(OverdriveError):
+    """A file transfer failed."""
+
+
+class IntegrityError(TransferError):
+    """Data did not match its expected content hash."""
+
+
+class UnsafePathError(TransferError):
+    """A file name would resolve outside the folder it must stay in."""
