@@ -1,0 +1,102 @@
+"""The stream wire format: what a streamer publishes and every viewer (or relay) receives.
+
+Each PUB message is ``[topic, header, *payload]``. Topics are fixed prefixes so a SUB can filter and an XSUB/XPUB
+relay can forward without understanding anything else; the publisher keeps no per-viewer state.
+
+* ``TOPIC_INFO``: :class:`StreamInfo`, repeated every second for late joiners (codec, size, extradata, audio).
+* ``TOPIC_VIDEO``: :class:`VideoFrame` + one payload frame (an H.264 access unit in Annex B, or a JPEG).
+* ``TOPIC_AUDIO``: :class:`AudioChunk` + one payload frame (an Opus packet or interleaved s16le PCM).
+
+All timestamps are capture times in nanoseconds on the streamer's wall clock (``time.time_ns()``), shared by
+video and audio, so recordings and playback line tracks up by timestamp, never by an assumed rate.
+``stream_id`` changes whenever a streamer (re)starts, which tells viewers to reset decoders and recordings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta
+
+from overdrive.bus.codec import Codec, Message
+
+TOPIC_INFO = b"i"
+TOPIC_VIDEO = b"v"
+TOPIC_AUDIO = b"a"
+
+MAX_VIDEO_FRAME = 16 << 20
+MAX_AUDIO_CHUNK = 64 << 10
+
+VideoCodecName = Literal["h264", "jpeg"]
+AudioCodecName = Literal["opus", "pcm"]
+NonNegative = Annotated[int, Meta(ge=0)]
+Dimension = Annotated[int, Meta(ge=2, le=16384)]
+StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class VideoTrackInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """How to decode the video track."""
+
+    codec: VideoCodecName
+    width: Dimension
+    height: Dimension
+    fps: Annotated[float, Meta(gt=0, le=1000)]
+    extradata: Annotated[bytes, Meta(max_length=4096)] = b""
+    bitrate: NonNegative = 0
+
+
+class AudioTrackInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """How to decode one audio track (system audio, microphone or test tone)."""
+
+    track: Annotated[int, Meta(ge=0, le=7)]
+    source: Name
+    codec: AudioCodecName
+    sample_rate: Annotated[int, Meta(ge=8000, le=192000)]
+    channels: Annotated[int, Meta(ge=1, le=8)]
+    extradata: Annotated[bytes, Meta(max_length=4096)] = b""
+
+
+class StreamInfo(Message, tag="info", frozen=True):
+    """Stream metadata, published every second on ``TOPIC_INFO``."""
+
+    stream_id: StreamId
+    name: Name
+    started_ns: NonNegative
+    sent_ns: NonNegative
+    video: VideoTrackInfo
+    audio: tuple[AudioTrackInfo, ...] = ()
+    keyframe_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
+
+
+class VideoFrame(Message, tag="vf", frozen=True):
+    """One encoded video frame; the bytes follow as the single payload frame."""
+
+    payload_frames: ClassVar[int] = 1
+    max_payload: ClassVar[int] = MAX_VIDEO_FRAME
+
+    stream_id: StreamId
+    seq: NonNegative
+    pts_ns: NonNegative
+    keyframe: bool
+    codec: VideoCodecName
+
+
+class AudioChunk(Message, tag="ac", frozen=True):
+    """About 20 ms of one audio track; the encoded bytes follow as the single payload frame."""
+
+    payload_frames: ClassVar[int] = 1
+    max_payload: ClassVar[int] = MAX_AUDIO_CHUNK
+
+    stream_id: StreamId
+    track: Annotated[int, Meta(ge=0, le=7)]
+    seq: NonNegative
+    pts_ns: NonNegative
+    samples: Annotated[int, Meta(ge=1, le=48000)]
+
+
+StreamMessage = StreamInfo | VideoFrame | AudioChunk
+CODEC: Codec[StreamMessage] = Codec(StreamInfo, VideoFrame, AudioChunk)
+
+TOPICS: dict[type[Message], bytes] = {StreamInfo: TOPIC_INFO, VideoFrame: TOPIC_VIDEO, AudioChunk: TOPIC_AUDIO}
