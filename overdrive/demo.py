@@ -123,7 +123,20 @@ def step_secure_echo(ctx: DemoContext) -> bool:
     return ok
 
 
-STEPS: list[Step] = [step_secure_echo]
+def all_steps() -> list[Step]:
+    """This module's steps, then the ``STEPS`` list of each feature's ``demo`` module that exists."""
+    import importlib
+
+    steps: list[Step] = [step_secure_echo]
+    for module in ("overdrive.media.demo", "overdrive.index.demo", "overdrive.transfer.demo"):
+        try:
+            feature = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        steps.extend(feature.STEPS)
+    return steps
 
 
 def run_demo(opts: GlobalOptions, seconds: float = 5.0) -> bool:
@@ -133,7 +146,7 @@ def run_demo(opts: GlobalOptions, seconds: float = 5.0) -> bool:
         console.print(f"demo home {home}, network 'demo', random password")
         results: list[tuple[str, bool]] = []
         try:
-            for step in STEPS:
+            for step in all_steps():
                 try:
                     ok = step(ctx)
                 except OverdriveError as exc:

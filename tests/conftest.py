@@ -1,0 +1,145 @@
+"""Shared fixtures: an isolated OVERDRIVE_HOME per test, a secured test network, and leak checks.
+
+Every test runs with ``OVERDRIVE_HOME`` in its own temporary folder, so nothing touches the user's keys, index or
+backup folder. Sockets made through ``zmq.Context.socket`` and threads started during a test must be closed and
+finished when it ends, or the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import zmq
+
+from overdrive.bus.security import NetworkKey, NodeIdentity
+from overdrive.bus.sockets import Bus, Security
+
+pytest_plugins = ["tests.plugin_services"] if (Path(__file__).parent / "plugin_services.py").exists() else []
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "correct horse battery staple"
+NETWORK = "overdrive-tests"
+
+
+@pytest.fixture(autouse=True)
+def overdrive_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private OVERDRIVE_HOME for every test, and no password leaking in from the environment."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("OVERDRIVE_HOME", str(home))
+    monkeypatch.delenv("OVERDRIVE_PASSWORD", raising=False)
+    monkeypatch.delenv("OVERDRIVE_KEY_FILE", raising=False)
+    monkeypatch.delenv("OVERDRIVE_CONFIG", raising=False)
+    return home
+
+
+_open_sockets: weakref.WeakSet[zmq.Socket] = weakref.WeakSet()  # type: ignore[type-arg]
+_original_socket = zmq.Context.socket
+
+
+def _tracking_socket(self: zmq.Context, *args: object, **kwargs: object) -> zmq.Socket:  # type: ignore[type-arg]
+    sock = _original_socket(self, *args, **kwargs)  # type: ignore[arg-type]
+    _open_sockets.add(sock)
+    return sock
+
+
+zmq.Context.socket = _tracking_socket  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves ZeroMQ sockets open or threads running."""
+    threads_before = set(threading.enumerate())
+    sockets_before = {id(s) for s in _open_sockets if not s.closed}
+    yield
+    if request.node.get_closest_marker("allow_leaks"):
+        return
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked_sockets = [s for s in _open_sockets if not s.closed and id(s) not in sockets_before]
+        leaked_threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        if not (leaked_sockets or leaked_threads) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for sock in leaked_sockets:
+        sock.close(linger=0)
+    problems = []
+    if leaked_sockets:
+        kinds = sorted(zmq.SocketType(s.type).name for s in leaked_sockets)
+        problems.append(f"{len(leaked_sockets)} ZeroMQ socket(s) left open: {', '.join(kinds)}")
+    if leaked_threads:
+        problems.append(f"thread(s) still running: {', '.join(t.name for t in leaked_threads)}")
+    if problems:
+        pytest.fail("; ".join(problems))
+
+
+@dataclass
+class TestNetwork:
+    """A password-protected network for tests, handing out buses that are closed at teardown."""
+
+    password: str
+    name: str
+    key: NetworkKey
+    _buses: list[Bus] = field(default_factory=list)
+
+    def bus(self, *, password: str | None = None, insecure: bool = False) -> Bus:
+        """A bus with a fresh node identity: the network's key, another password's, or none (insecure)."""
+        if insecure:
+            key = None
+        elif password is None:
+            key = self.key
+        else:
+            key = NetworkKey.from_password(password, self.name)
+        bus = Bus(Security(identity=NodeIdentity.generate(), key=key))
+        self._buses.append(bus)
+        return bus
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """Environment for an overdrive child process on this network."""
+        env = dict(os.environ, OVERDRIVE_HOME=str(home), OVERDRIVE_PASSWORD=self.password,
+                   OVERDRIVE_NETWORK=self.name, **extra)
+        return env
+
+    def close(self) -> None:
+        for bus in self._buses:
+            bus.close()
+        self._buses.clear()
+
+
+_KEY_CACHE: dict[tuple[str, str], NetworkKey] = {}
+
+
+@pytest.fixture
+def network() -> Iterator[TestNetwork]:
+    """A test network (password, name, derived key); the key derivation is paid once per session."""
+    key = _KEY_CACHE.get((PASSWORD, NETWORK))
+    if key is None:
+        key = _KEY_CACHE[(PASSWORD, NETWORK)] = NetworkKey.from_password(PASSWORD, NETWORK)
+    net = TestNetwork(PASSWORD, NETWORK, key)
+    yield net
+    net.close()
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m overdrive ARGS`` as a real subprocess and capture its output."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "overdrive", *args],
+            env=env or dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+        )
+
+    return run
