@@ -85,6 +85,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 class TestNetwork:
     """A password-protected network for tests, handing out buses that are closed at teardown."""
 
+    __test__ = False  # not a test class, despite the name
+
     password: str
     name: str
     key: NetworkKey

@@ -1,0 +1,106 @@
+"""The CLI shell: help everywhere, version, keygen, doctor, config files, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from overdrive import __version__
+from overdrive.cli import app
+
+runner = CliRunner()
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    group: Any = typer.main.get_command(app)
+    return sorted(group.commands)
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"overdrive {__version__}"
+
+
+@pytest.mark.parametrize("command", [None, *_commands()])
+def test_every_command_has_help(command: str | None) -> None:
+    args = ["--help"] if command is None else [command, "--help"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_keygen_writes_private_file_and_refuses_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "net.key"
+    result = runner.invoke(app, ["--network", "lab", "keygen", str(out)])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert json.loads(out.read_text())["network"] == "lab"
+    again = runner.invoke(app, ["keygen", str(out)])
+    assert again.exit_code == 2
+    assert "exists" in again.output
+
+
+def test_doctor_json_reports_every_feature() -> None:
+    result = runner.invoke(app, ["--password", "pw", "doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert {"zeromq", "network key", "display", "audio", "codecs", "database", "backup folder"} <= set(checks)
+    assert checks["zeromq"]["ok"] is True
+    assert checks["network key"]["ok"] is True
+    assert checks["codecs"]["ok"] is True, checks["codecs"]
+
+
+def test_doctor_reports_missing_password_as_a_line() -> None:
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0
+    assert "no network password" in result.output
+
+
+def test_config_file_supplies_defaults(tmp_path: Path) -> None:
+    key = tmp_path / "net.key"
+    config = tmp_path / "config.toml"
+    config.write_text('network = "from-config"\n')
+    result = runner.invoke(app, ["--config", str(config), "keygen", str(key)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(key.read_text())["network"] == "from-config"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("netwrk = 'x'\n", "unknown option 'netwrk'"),
+        ("[keygen]\nforse = true\n", "unknown option 'forse' in config [keygen]"),
+        ("[nosuch]\nx = 1\n", "no 'nosuch' command"),
+        ("network = \n", "not valid TOML"),
+    ],
+)
+def test_config_file_mistakes_are_one_line_errors(tmp_path: Path, text: str, message: str, run_cli: Any) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    result = run_cli("--config", str(config), "keygen", str(tmp_path / "k"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("overdrive: error:")
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path, run_cli: Any) -> None:
+    result = run_cli("--config", str(tmp_path / "nope.toml"), "doctor")
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def test_bad_log_level_is_rejected(run_cli: Any) -> None:
+    result = run_cli("--log-level", "loud", "doctor")
+    assert result.returncode == 2
+    assert "--log-level must be one of" in result.stderr
