@@ -23,7 +23,7 @@ import zmq
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.sockets import Bus, Security
 
-pytest_plugins = ["tests.plugin_services"] if (Path(__file__).parent / "plugin_services.py").exists() else []
+pytest_plugins = ["tests.plugin_services"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery staple"
@@ -106,8 +106,9 @@ class TestNetwork:
 
     def env(self, home: Path, **extra: str) -> dict[str, str]:
         """Environment for an overdrive child process on this network."""
-        env = dict(os.environ, OVERDRIVE_HOME=str(home), OVERDRIVE_PASSWORD=self.password,
-                   OVERDRIVE_NETWORK=self.name, **extra)
+        env = dict(
+            os.environ, OVERDRIVE_HOME=str(home), OVERDRIVE_PASSWORD=self.password, OVERDRIVE_NETWORK=self.name, **extra
+        )
         return env
 
     def close(self) -> None:
