@@ -1,0 +1,137 @@
+"""Untrusted file names: checking them, opening them inside a shared folder, and placing them in a destination.
+
+Every name that comes from the wire or the index is hostile until :func:`check_name` accepts it: a relative POSIX
+path of plain components (no ``..``, no ``.``, no empty component, no absolute path, no NUL or control
+characters, no backslash, no drive letter, bounded length). On top of that, both sides check the filesystem:
+
+* :func:`open_shared` (server) resolves the name inside the shared folder, refuses anything whose real path
+  leaves it (symlinks out), then walks the resolved path one component at a time with ``O_NOFOLLOW`` relative to
+  the folder's descriptor, so a symlink swapped in after the check cannot redirect the open. The final open uses
+  ``O_NONBLOCK`` (a FIFO cannot block us) and ``fstat`` must say "regular file" (no devices, FIFOs, sockets).
+* :func:`destination` (fetcher) places a checked name under the destination folder and refuses a path whose
+  real parent is outside it (a symlinked sub-folder), and :func:`free_name` picks ``name (1).ext`` when a
+  different file already has the name.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from overdrive.errors import TransferError, UnsafePathError
+
+MAX_NAME_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 32
+
+
+def check_name(name: str) -> tuple[str, ...]:
+    """The components of a safe relative name, or UnsafePathError saying what is wrong with it."""
+    if not isinstance(name, str) or not name:
+        raise UnsafePathError("empty file name")
+    shown = repr(name[:80])
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafePathError(f"file name {shown} is not valid UTF-8") from None
+    if len(raw) > MAX_NAME_BYTES:
+        raise UnsafePathError(f"file name {shown}... is longer than {MAX_NAME_BYTES} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UnsafePathError(f"file name {shown} contains NUL or control characters")
+    if "\\" in name:
+        raise UnsafePathError(f"file name {shown} contains a backslash")
+    if name.startswith("/"):
+        raise UnsafePathError(f"file name {shown} is an absolute path")
+    if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
+        raise UnsafePathError(f"file name {shown} starts with a drive letter")
+    parts = tuple(name.split("/"))
+    if len(parts) > MAX_DEPTH:
+        raise UnsafePathError(f"file name {shown} is nested more than {MAX_DEPTH} folders deep")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafePathError(f"file name {shown} has a {part or 'empty'!r} component")
+        if len(part.encode()) > MAX_COMPONENT_BYTES:
+            raise UnsafePathError(f"file name {shown} has a component longer than {MAX_COMPONENT_BYTES} bytes")
+    return parts
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def open_shared(folder: Path, name: str) -> tuple[int, os.stat_result]:
+    """Open ``name`` read-only inside ``folder``; return (fd, fstat). Raise UnsafePathError or TransferError.
+
+    UnsafePathError: the name is malformed or leads out of the folder. TransferError: missing, not a regular file,
+    or unreadable (the message says which).
+    """
+    parts = check_name(name)
+    root = Path(os.path.realpath(folder))
+    real = Path(os.path.realpath(root.joinpath(*parts)))
+    if not _inside(root, real) or real == root:
+        raise UnsafePathError(f"{name!r} leads outside the shared folder")
+    rel = real.relative_to(root).parts
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rel[:-1]:
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _open_error(name, exc) from exc
+            os.close(dir_fd)
+            dir_fd = next_fd
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+        try:
+            fd = os.open(rel[-1], flags, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _open_error(name, exc) from exc
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise TransferError(f"{name!r} is not a regular file")
+    return fd, st
+
+
+def _open_error(name: str, exc: OSError) -> Exception:
+    import errno
+
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return UnsafePathError(f"{name!r} goes through a symlink that changed while opening it")
+    if exc.errno == errno.ENOENT:
+        return TransferError(f"{name!r} does not exist")
+    return TransferError(f"cannot open {name!r}: {exc.strerror}")
+
+
+def destination(dest_dir: Path, name: str) -> Path:
+    """Where ``name`` lands under ``dest_dir``; create its sub-folders; refuse anything that would leave it."""
+    parts = check_name(name)
+    root = Path(os.path.realpath(dest_dir))
+    target = root.joinpath(*parts)
+    parent = target.parent
+    if parent != root:
+        # create sub-folders one by one, refusing symlinks on the way
+        current = root
+        for part in parts[:-1]:
+            current = current / part
+            if current.is_symlink():
+                raise UnsafePathError(f"{name!r}: {current} is a symlink; refusing to write through it")
+            current.mkdir(exist_ok=True, mode=0o755)
+    real_parent = Path(os.path.realpath(parent))
+    if not _inside(root, real_parent):
+        raise UnsafePathError(f"{name!r} would be written outside {root}")
+    return real_parent / parts[-1]
+
+
+def free_name(path: Path) -> Path:
+    """``path`` if nothing is there, else the first free ``stem (N).ext`` beside it."""
+    if not os.path.lexists(path):
+        return path
+    stem, suffix = path.stem, path.suffix
+    for n in range(1, 10_000):
+        candidate = path.with_name(f"{stem} ({n}){suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise TransferError(f"no free name beside {path}")

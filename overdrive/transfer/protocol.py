@@ -1,0 +1,132 @@
+"""The file transfer wire protocol: one fetcher (DEALER) talking to one holder's file server (ROUTER).
+
+A fetch is ``Open`` → ``Opened`` (size, chunking, and one BLAKE3 digest per chunk as a payload frame), then a
+window of ``Read`` requests, each answered by one ``Chunk`` (the raw bytes as a payload frame, never copied into
+the header), then ``Close``. The fetcher only sends a new ``Read`` when a ``Chunk`` arrives, so the number of
+requests in flight is its credit (zguide chapter 7, "file transfer"): the server never queues more than the
+fetcher asked for. The server may answer any request with ``Refused`` (could not open) or ``Failed`` (this
+transfer is over: changed file, expired, read error); a fetcher treats those as the end of that source.
+
+Chunk ``i`` covers bytes ``[i * chunk_size, min(size, (i + 1) * chunk_size))``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from msgspec import Meta
+
+from overdrive.bus.codec import Codec, Message
+
+DIGEST_SIZE = 32
+"""Bytes of one BLAKE3 chunk digest in the ``Opened`` payload."""
+MIN_CHUNK = 64 << 10
+MAX_CHUNK = 16 << 20
+MAX_CHUNKS = 1 << 20
+"""Most chunks a file may have; larger files get larger chunks (so the digest table stays ≤ 32 MiB)."""
+MAX_NAME_BYTES = 4096
+
+RefuseReason = Literal["not-found", "changed", "unsafe", "not-regular", "busy", "io-error", "bad-chunking"]
+FailReason = Literal["changed", "unknown-transfer", "bad-index", "io-error"]
+
+RequestId = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
+TransferId = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
+ChunkIndex = Annotated[int, Meta(ge=0, lt=MAX_CHUNKS)]
+Size = Annotated[int, Meta(ge=0, lt=1 << 62)]
+ChunkSize = Annotated[int, Meta(ge=0, le=MAX_CHUNK)]
+ContentHash = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+WireName = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_BYTES)]
+Detail = Annotated[str, Meta(max_length=512)]
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """Number of chunks of ``chunk_size`` covering ``size`` bytes (an empty file has none)."""
+    return -(-size // chunk_size)
+
+
+def valid_chunk_size(chunk_size: int) -> bool:
+    """A chunk size both sides accept: a power of two between MIN_CHUNK and MAX_CHUNK."""
+    return MIN_CHUNK <= chunk_size <= MAX_CHUNK and chunk_size & (chunk_size - 1) == 0
+
+
+class Open(Message, tag="open", frozen=True):
+    """Ask to fetch ``name`` at version ``content_hash``; ``chunk_size`` 0 lets the server choose."""
+
+    rid: RequestId
+    name: WireName
+    content_hash: ContentHash
+    chunk_size: ChunkSize = 0
+
+    def __post_init__(self) -> None:
+        if self.chunk_size and not valid_chunk_size(self.chunk_size):
+            raise ValueError(f"chunk_size {self.chunk_size} is not a power of two in [{MIN_CHUNK}, {MAX_CHUNK}]")
+        if len(self.name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError("name too long")
+
+
+class Opened(Message, tag="opened", frozen=True):
+    """The file is open: its size, chunking and mtime; payload = concatenated 32-byte chunk digests."""
+
+    payload_frames: ClassVar[int] = 1
+    max_payload: ClassVar[int] = MAX_CHUNKS * DIGEST_SIZE
+
+    rid: RequestId
+    tid: TransferId
+    size: Size
+    chunk_size: ChunkSize
+    mtime_ns: Annotated[int, Meta(ge=0)]
+    content_hash: ContentHash
+
+    def __post_init__(self) -> None:
+        if not valid_chunk_size(self.chunk_size):
+            raise ValueError(f"bad chunk_size {self.chunk_size}")
+        if chunk_count(self.size, self.chunk_size) > MAX_CHUNKS:
+            raise ValueError("too many chunks")
+
+    @property
+    def chunks(self) -> int:
+        return chunk_count(self.size, self.chunk_size)
+
+
+class Refused(Message, tag="refused", frozen=True):
+    """The server will not open the file (see :data:`RefuseReason`)."""
+
+    rid: RequestId
+    reason: RefuseReason
+    detail: Detail = ""
+
+
+class Read(Message, tag="read", frozen=True):
+    """Ask for chunk ``index`` of transfer ``tid``."""
+
+    tid: TransferId
+    index: ChunkIndex
+
+
+class Chunk(Message, tag="chunk", frozen=True):
+    """Chunk ``index`` of transfer ``tid``; payload = its bytes."""
+
+    payload_frames: ClassVar[int] = 1
+    max_payload: ClassVar[int] = MAX_CHUNK
+
+    tid: TransferId
+    index: ChunkIndex
+
+
+class Failed(Message, tag="failed", frozen=True):
+    """Transfer ``tid`` cannot go on (the file changed, the transfer expired, a read failed)."""
+
+    tid: TransferId
+    reason: FailReason
+    index: Annotated[int, Meta(ge=-1, lt=MAX_CHUNKS)] = -1
+    detail: Detail = ""
+
+
+class Close(Message, tag="close", frozen=True):
+    """The fetcher is done with transfer ``tid``; the server frees it."""
+
+    tid: TransferId
+
+
+TransferMessage = Open | Opened | Refused | Read | Chunk | Failed | Close
+CODEC: Codec[TransferMessage] = Codec(Open, Opened, Refused, Read, Chunk, Failed, Close)

@@ -1,0 +1,182 @@
+"""The file server a sharing node runs: a CURVE ROUTER in a background thread around :class:`ServeCore`.
+
+Usage (this is what ``overdrive share`` does)::
+
+    server = FileServer(bus, folder, Endpoint("0.0.0.0", 7772), catalogue)
+    server.start()              # binds (port 0 = ephemeral), waits until ready; raises ConfigError if it cannot
+    print(server.endpoint)      # the endpoint actually bound
+    ...
+    server.stop()               # tells the thread over inproc, joins it, closes every socket and file
+    server.stats                # ServerStats: opened, refused, chunks_sent, bytes_sent, malformed, ...
+
+The ROUTER has ``ROUTER_MANDATORY`` set and sends without blocking, so a reply to a peer that has gone (or whose
+queue is full) is counted in ``stats.unroutable`` instead of being dropped silently or stalling other peers.
+Every request is attributed to the authenticated node id of its connection (``bus.peer_id``), which is what the
+per-peer transfer limit counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.sockets import Bus
+from overdrive.errors import BusError, OverdriveError, TransferError
+from overdrive.transfer.catalogue import Catalogue
+from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0
+_BATCH = 256
+"""Most requests handled per poll wake-up before checking the control socket again."""
+
+
+class FileServer:
+    """Serve ``folder`` (only names ``catalogue`` holds) on ``endpoint`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        folder: Path,
+        endpoint: Endpoint,
+        catalogue: Catalogue,
+        config: ServerConfig | None = None,
+    ) -> None:
+        self.bus = bus
+        self.folder = Path(folder)
+        self.requested = endpoint
+        self.core = ServeCore(self.folder, catalogue, config)
+        self._endpoint: Endpoint | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._control_addr = f"inproc://overdrive-fileserver-{id(self):x}"
+        self._control: zmq.Socket | None = None  # type: ignore[type-arg]
+
+    @property
+    def stats(self) -> ServerStats:
+        return self.core.stats
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint actually bound (valid after :meth:`start`)."""
+        if self._endpoint is None:
+            raise RuntimeError("FileServer not started")
+        return self._endpoint
+
+    def start(self, timeout: float = START_TIMEOUT) -> Endpoint:
+        """Start the server thread; return the bound endpoint once it is serving, or raise its start error."""
+        if self._thread is not None:
+            raise RuntimeError("FileServer already started")
+        if not self.folder.is_dir():
+            raise TransferError(f"shared folder {self.folder} does not exist")
+        self._control = self.bus.context.socket(zmq.PAIR)
+        self._control.linger = 0
+        self._control.bind(self._control_addr)
+        self._thread = threading.Thread(target=self._run, name="overdrive-fileserver", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise BusError(f"file server did not start within {timeout:g} s")
+        if self._error is not None:
+            error = self._error
+            self.stop()
+            if isinstance(error, OverdriveError):
+                raise error
+            raise BusError(f"file server failed to start: {error}") from error
+        return self.endpoint
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (via an inproc message) and wait for it; idempotent."""
+        thread, control = self._thread, self._control
+        if control is not None:
+            try:
+                control.send(b"stop", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("file server thread did not stop within %g s", timeout)
+        if control is not None:
+            control.close(linger=0)
+        self._control = None
+
+    def __enter__(self) -> FileServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        control = self.bus.context.socket(zmq.PAIR)
+        control.linger = 0
+        router = None
+        try:
+            control.connect(self._control_addr)
+            router = self.bus.server(zmq.ROUTER, hwm=10_000)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._endpoint = self.bus.bind(router, self.requested)
+        except (
+            OverdriveError,
+            zmq.ZMQError,
+            OSError,
+        ) as exc:  # reported to start(), which raises it in the caller's thread
+            self._error = exc
+            self._ready.set()
+            if router is not None:
+                router.close(linger=0)
+            control.close(linger=0)
+            return
+        log.info("serving %s on %s", self.folder, self._endpoint.display)
+        self._ready.set()
+        try:
+            self._loop(router, control)
+        finally:
+            self.core.close()
+            router.close(linger=0)
+            control.close(linger=0)
+
+    def _loop(self, router: zmq.Socket, control: zmq.Socket) -> None:  # type: ignore[type-arg]
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        core = self.core
+        last_expiry = time.monotonic()
+        while True:
+            events = dict(poller.poll(1000))
+            if control in events:
+                return
+            now = time.monotonic()
+            if router in events:
+                for _ in range(_BATCH):
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    if len(frames) < 2:
+                        core.stats.malformed += 1
+                        continue
+                    routing = frames[0].bytes
+                    try:
+                        peer = self.bus.peer_id(frames[1])
+                    except BusError:
+                        core.stats.malformed += 1
+                        continue
+                    for reply in core.handle(peer, frames[1:], now):
+                        try:
+                            router.send_multipart([routing, *reply], zmq.NOBLOCK, copy=False)
+                        except zmq.ZMQError as exc:
+                            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                                raise
+                            core.stats.unroutable += 1
+            if now - last_expiry > 5.0:
+                core.expire(now)
+                last_expiry = now
