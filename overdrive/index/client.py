@@ -1,0 +1,238 @@
+"""Talking to the index from a program: :class:`IndexClient` (used by ``overdrive ls`` and ``overdrive fetch``).
+
+API::
+
+    client = IndexClient(bus, [Endpoint("127.0.0.1", 7771), ...], timeout=3.0)
+    entries = client.lookup("lectures/week 1.mp4")            # exact name
+    entries = client.lookup("*.mp4")                          # fnmatch glob (``*`` also matches "/")
+    entries = client.lookup("week 1.mp4", content_hash="ab..")  # only copies with that BLAKE3 hash
+    for e in entries:      # Entry: name, size, content_hash, holder, address ("host:port"), mtime_ns, online
+        ...
+    client.register([SharedFile(...)], address="10.0.0.5:7772")   # "I (this bus's node id) now hold these"
+    client.unregister(["old.mp4"], address="10.0.0.5:7772")
+    status = client.status()                                  # protocol.Status of the master answering
+    client.close()                                            # or use it as a context manager
+
+Any master will do: the client talks to the first that answers and moves on to the next one when a request times
+out (:class:`~overdrive.errors.UnreachableError` once every master has failed; AuthError for a wrong password).
+Records are always registered under the caller's own authenticated node id; a master refuses anything else.
+Not thread-safe: one client per thread.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+import zmq
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.sockets import Bus
+from overdrive.errors import AuthError, ProtocolError, StoreError, UnreachableError
+from overdrive.index.protocol import CODEC, Ack, Announce, Entry, Found, Lookup, Status, StatusQuery
+from overdrive.index.records import FileInfo
+from overdrive.transfer.catalogue import SharedFile
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Entry", "IndexClient", "is_glob"]
+
+BATCH = 2000
+
+
+def is_glob(pattern: str) -> bool:
+    """True if ``pattern`` has fnmatch wildcards (``*``, ``?``, ``[``)."""
+    return any(c in pattern for c in "*?[")
+
+
+def _info(item: SharedFile | FileInfo) -> FileInfo:
+    if isinstance(item, FileInfo):
+        return item
+    return FileInfo(name=item.name, size=item.size, content_hash=item.content_hash, mtime_ns=item.mtime_ns)
+
+
+class IndexClient:
+    """Request/reply access to any live master of the index."""
+
+    def __init__(self, bus: Bus, masters: Sequence[Endpoint], *, timeout: float = 3.0) -> None:
+        if not masters:
+            raise ValueError("IndexClient needs at least one master endpoint")
+        self.bus = bus
+        self.masters = list(masters)
+        self.timeout = timeout
+        self._refs = itertools.count(1)
+        self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._current = 0
+
+    def __enter__(self) -> IndexClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    @property
+    def master(self) -> Endpoint:
+        """The master currently in use."""
+        return self.masters[self._current]
+
+    def lookup(
+        self, name_or_pattern: str = "", content_hash: str | None = None, *, include_deleted: bool = False
+    ) -> list[Entry]:
+        """Entries for an exact name, or for a glob pattern (see :func:`is_glob`); "" lists everything."""
+        glob = is_glob(name_or_pattern)
+        entries: list[Entry] = []
+
+        def ask(ref: int) -> Lookup:
+            entries.clear()
+            return Lookup(
+                ref=ref,
+                name=name_or_pattern,
+                glob=glob,
+                content_hash=content_hash,
+                include_deleted=include_deleted,
+            )
+
+        def take(reply: object) -> bool:
+            if not isinstance(reply, Found):
+                return False
+            entries.extend(reply.entries)
+            return reply.done
+
+        self._request(ask, take)
+        if glob:  # never trust a master's filtering for what we show
+            entries = [e for e in entries if fnmatch.fnmatchcase(e.name, name_or_pattern)]
+        elif name_or_pattern:
+            entries = [e for e in entries if e.name == name_or_pattern]
+        return sorted(entries, key=lambda e: (e.name, e.holder))
+
+    def register(
+        self,
+        files: Iterable[SharedFile | FileInfo],
+        address: str,
+        *,
+        removed: Iterable[str] = (),
+        full: bool = False,
+    ) -> int:
+        """Tell the index this node holds ``files`` (and no longer ``removed``); returns versions stamped.
+
+        ``full=True`` means "this is everything I share": entries of this node not listed are deleted.
+        """
+        infos = [_info(f) for f in files]
+        gone = list(removed)
+        sync = next(self._refs) if full else 0
+        chunks = max(1, -(-len(infos) // BATCH), -(-len(gone) // BATCH))
+        applied = 0
+        for i in range(chunks):
+            part = infos[i * BATCH : (i + 1) * BATCH]
+            drop = gone[i * BATCH : (i + 1) * BATCH]
+            final = i == chunks - 1
+            result: list[Ack] = []
+
+            def ask(ref: int, part: list[FileInfo] = part, drop: list[str] = drop, final: bool = final) -> Announce:
+                return Announce(
+                    ref=ref,
+                    holder=self.bus.node_id,
+                    address=address,
+                    files=part,
+                    removed=drop,
+                    full=full,
+                    sync=sync,
+                    final=final,
+                )
+
+            def take(reply: object, result: list[Ack] = result) -> bool:
+                if isinstance(reply, Ack):
+                    result.append(reply)
+                    return True
+                return False
+
+            self._request(ask, take, retry=not full)
+            ack = result[-1]
+            if not ack.ok:
+                raise StoreError(f"master {self.master.display} refused the registration: {ack.error}")
+            applied += ack.applied
+        return applied
+
+    def unregister(self, names: Iterable[str], address: str) -> int:
+        """Tell the index this node no longer holds ``names``."""
+        return self.register([], address, removed=names)
+
+    def status(self) -> Status:
+        """The answering master's :class:`~overdrive.index.protocol.Status`."""
+        result: list[Status] = []
+
+        def take(reply: object) -> bool:
+            if isinstance(reply, Status):
+                result.append(reply)
+                return True
+            return False
+
+        self._request(lambda ref: StatusQuery(ref=ref), take)
+        return result[-1]
+
+    # -- transport ---------------------------------------------------------------------------------------------
+
+    def _connect(self) -> zmq.Socket:  # type: ignore[type-arg]
+        if self._sock is None:
+            sock = self.bus.client(zmq.DEALER)
+            try:
+                self.bus.connect(sock, self.master, timeout=self.timeout)
+            except BaseException:
+                sock.close(linger=0)
+                raise
+            self._sock = sock
+        return self._sock
+
+    def _next_master(self) -> None:
+        self.close()
+        self._current = (self._current + 1) % len(self.masters)
+
+    def _request(self, ask: object, take: object, *, retry: bool = True) -> None:
+        """Send ``ask(ref)`` to a master; feed replies with that ref to ``take`` until it returns True."""
+        assert callable(ask) and callable(take)
+        failures: list[str] = []
+        auth_failure: AuthError | None = None
+        for _attempt in range(len(self.masters)):
+            try:
+                sock = self._connect()
+            except AuthError as exc:
+                auth_failure = exc
+                failures.append(str(exc))
+                self._next_master()
+                continue
+            except UnreachableError as exc:
+                failures.append(str(exc))
+                self._next_master()
+                continue
+            ref = next(self._refs)
+            sock.send_multipart(CODEC.encode(ask(ref)))
+            deadline = time.monotonic() + self.timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+                    failures.append(f"{self.master.display} did not answer within {self.timeout:g} s")
+                    break
+                try:
+                    reply, _ = CODEC.decode(sock.recv_multipart())
+                except ProtocolError as exc:
+                    log.warning("dropping malformed reply from %s: %s", self.master.display, exc)
+                    continue
+                if getattr(reply, "ref", None) != ref:
+                    continue
+                deadline = time.monotonic() + self.timeout
+                if take(reply):
+                    return
+            self._next_master()
+            if not retry:
+                break
+        if auth_failure is not None and len(failures) == 1:
+            raise auth_failure
+        raise UnreachableError("no index master answered: " + "; ".join(failures))

@@ -1,0 +1,212 @@
+"""The index protocol: every message nodes, clients and masters exchange, and its one codec.
+
+Node or client -> master (replies go back on the same connection):
+
+* :class:`Announce` -- a node's files (batched). ``full=True`` batches of one ``sync`` round together list every
+  file the node shares; after the ``final`` batch the master tombstones that node's other entries. The master
+  answers :class:`Ack`. ``holder`` must equal the sender's authenticated node id, or the batch is refused.
+* :class:`NodeBeat` -- "I am alive"; answered by :class:`Ack` (nodes use it to detect a dead master).
+* :class:`Lookup` -- entries whose name matches (exactly, or a glob) and/or a content hash; answered by one or more
+  :class:`Found` (``done`` on the last).
+* :class:`StatusQuery` -- answered by :class:`Status` (entries, digest, peers, nodes, rates).
+
+Master <-> master (each master connects a DEALER to every other master's ROUTER):
+
+* :class:`MasterBeat` -- heartbeat with the sender's version vector, the masters it knows (gossip membership) and
+  the nodes connected to it (so any master can say who is online).
+* :class:`Updates` -- newly stamped records (live replication); payload frame = msgpack array of record rows.
+* :class:`SyncRequest` / :class:`SyncBatch` / :class:`SyncDone` -- Clone-style catch-up: "send me everything
+  after my version vector"; batches carry rows in one payload frame, ``SyncDone`` carries the vector to merge.
+* :class:`Digest` / :class:`BucketRequest` / :class:`SyncBatch` -- anti-entropy over hash buckets: a peer whose
+  bucket digests differ sends its records of those buckets and asks for ours.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import msgspec
+
+from overdrive.bus.codec import Codec, Message
+from overdrive.index.records import Address, ContentHash, FileInfo, Name, NodeId, NonNegative
+
+MAX_ROWS_PAYLOAD = 48 << 20
+"""Largest payload frame of record rows (a snapshot batch)."""
+
+Ref = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+Pattern = Annotated[str, msgspec.Meta(max_length=4096)]
+Text = Annotated[str, msgspec.Meta(max_length=300)]
+BucketList = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=255)]], msgspec.Meta(max_length=256)]
+VersionVector = Annotated[dict[NodeId, NonNegative], msgspec.Meta(max_length=10_000)]
+
+
+class Announce(Message, tag="announce", frozen=True):
+    """A node's files; ``full`` rounds (``sync`` id) replace everything the node had."""
+
+    ref: Ref
+    holder: NodeId
+    address: Address
+    files: Annotated[list[FileInfo], msgspec.Meta(max_length=5000)] = msgspec.field(default_factory=list)
+    removed: Annotated[list[Name], msgspec.Meta(max_length=5000)] = msgspec.field(default_factory=list)
+    full: bool = False
+    sync: Ref = 0
+    final: bool = True
+
+
+class NodeBeat(Message, tag="nbeat", frozen=True):
+    """A node's heartbeat."""
+
+    ref: Ref
+
+
+class Ack(Message, tag="ack", frozen=True):
+    """Reply to Announce/NodeBeat: ``ok`` false with ``error`` when refused; ``applied`` new versions stamped."""
+
+    ref: Ref
+    ok: bool = True
+    applied: NonNegative = 0
+    error: Text = ""
+
+
+class Lookup(Message, tag="lookup", frozen=True):
+    """Find entries: ``name`` exact or (``glob``) an fnmatch pattern; empty name = all; optional hash filter."""
+
+    ref: Ref
+    name: Pattern = ""
+    glob: bool = False
+    content_hash: ContentHash | None = None
+    include_deleted: bool = False
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A lookup result: one holder's copy of one file, and whether that holder is online now."""
+
+    name: Name
+    size: NonNegative
+    content_hash: ContentHash
+    holder: NodeId
+    address: Address
+    mtime_ns: NonNegative
+    online: bool
+    deleted: bool = False
+
+
+class Found(Message, tag="found", frozen=True):
+    """Some lookup results; ``done`` on the last reply of a lookup."""
+
+    ref: Ref
+    entries: Annotated[list[Entry], msgspec.Meta(max_length=5000)]
+    done: bool = True
+
+
+class StatusQuery(Message, tag="statusq", frozen=True):
+    """Ask a master how it is doing."""
+
+    ref: Ref
+
+
+class Status(Message, tag="status", frozen=True):
+    """A master's state: entries, digest of its whole index, peers, nodes online, rates."""
+
+    ref: Ref
+    origin: NodeId
+    entries: NonNegative
+    digest: Text
+    masters: dict[NodeId, Address]
+    masters_online: list[NodeId]
+    nodes_online: list[NodeId]
+    vector: VersionVector
+    applied: NonNegative
+    dropped: NonNegative
+    updates_per_s: float
+
+
+class MasterBeat(Message, tag="mbeat", frozen=True):
+    """Master heartbeat: version vector, known masters (origin -> address), nodes connected to the sender."""
+
+    origin: NodeId
+    address: Address
+    vector: VersionVector
+    masters: Annotated[dict[NodeId, Address], msgspec.Meta(max_length=1000)]
+    nodes: Annotated[list[NodeId], msgspec.Meta(max_length=100_000)]
+
+
+class Updates(Message, tag="updates", frozen=True):
+    """Live replication: payload frame holds newly stamped record rows."""
+
+    payload_frames: ClassVar[int] = 1
+    max_payload: ClassVar[int] = MAX_ROWS_PAYLOAD
+
+    origin: NodeId
+
+
+class SyncRequest(Message, tag="syncreq", frozen=True):
+    """Send me every record newer than this version vector."""
+
+    ref: Ref
+    vector: VersionVector
+
+
+class SyncBatch(Message, tag="syncbatch", frozen=True):
+    """Rows for a sync or a bucket repair (payload frame); applied by LWW, never forwarded."""
+
+    payload_frames: ClassVar[int] = 1
+    max_payload: ClassVar[int] = MAX_ROWS_PAYLOAD
+
+    ref: Ref
+
+
+class SyncDone(Message, tag="syncdone", frozen=True):
+    """End of a sync: the sender's version vector at the start, which the receiver now covers."""
+
+    ref: Ref
+    vector: VersionVector
+
+
+class Digest(Message, tag="digest", frozen=True):
+    """Anti-entropy: per-bucket checksums of the sender's index (256 entries)."""
+
+    origin: NodeId
+    buckets: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(min_length=256, max_length=256)]
+
+
+class BucketRequest(Message, tag="bucketreq", frozen=True):
+    """Anti-entropy: send me your records in these buckets."""
+
+    ref: Ref
+    buckets: BucketList
+
+
+IndexMessage = (
+    Announce
+    | NodeBeat
+    | Ack
+    | Lookup
+    | Found
+    | StatusQuery
+    | Status
+    | MasterBeat
+    | Updates
+    | SyncRequest
+    | SyncBatch
+    | SyncDone
+    | Digest
+    | BucketRequest
+)
+
+CODEC: Codec[Message] = Codec(
+    Announce,
+    NodeBeat,
+    Ack,
+    Lookup,
+    Found,
+    StatusQuery,
+    Status,
+    MasterBeat,
+    Updates,
+    SyncRequest,
+    SyncBatch,
+    SyncDone,
+    Digest,
+    BucketRequest,
+)
