@@ -1,0 +1,133 @@
+"""``overdrive stream`` and ``overdrive view``: thin shells over :class:`Streamer` and :class:`Viewer`."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from overdrive.bus.address import DEFAULT_STREAM_PORT
+from overdrive.cliutil import console, options, warn_insecure
+
+
+def stream(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Option(help="What to capture: screen, testpattern or webcam[:N].")] = "screen",
+    monitor: Annotated[int, typer.Option(help="Monitor to capture (1 = first, 0 = all of them).")] = 1,
+    region: Annotated[str | None, typer.Option(help="Capture only X,Y,W,H of the monitor.", show_default=False)] = None,
+    pip: Annotated[
+        str | None, typer.Option(help="Draw webcam[:N] picture-in-picture over the source.", show_default=False)
+    ] = None,
+    fps: Annotated[float, typer.Option(help="Target frames per second.")] = 30.0,
+    scale: Annotated[str, typer.Option(help="Output size: a factor (0.5) or WxH (1280x720).")] = "1",
+    codec: Annotated[str, typer.Option(help="Video codec: h264 or jpeg.")] = "h264",
+    bitrate: Annotated[int, typer.Option(help="H.264 target bitrate in bit/s (0 = constant quality).")] = 0,
+    quality: Annotated[int, typer.Option(help="JPEG quality 1..100.")] = 80,
+    bind: Annotated[str, typer.Option(help="Address to publish on.")] = f"tcp://0.0.0.0:{DEFAULT_STREAM_PORT}",
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.", show_default=False)] = None,
+    name: Annotated[str, typer.Option(help="Stream name shown to viewers.")] = "overdrive",
+) -> None:
+    """Capture the screen (or a test pattern or webcam), encode it and publish it to viewers on the LAN."""
+    from overdrive.media.publisher import Streamer, StreamerConfig, StreamerStats
+
+    opts = options(ctx)
+    config = StreamerConfig(
+        source=source,
+        monitor=monitor,
+        region=region,
+        pip=pip,
+        fps=fps,
+        scale=scale,
+        codec=codec,
+        bitrate=bitrate,
+        quality=quality,
+        bind=bind,
+        duration=duration,
+        name=name,
+    )
+    warn_insecure(opts)
+    with opts.bus() as bus:
+        streamer = Streamer(config, bus)
+        endpoint = streamer.bind()
+        console.print(f"streaming [bold]{source}[/] as {codec} on {endpoint.display} (stream {streamer.stream_id})")
+
+        def status(stats: StreamerStats) -> None:
+            if console.is_terminal:
+                console.print(
+                    f"\r{stats.width}x{stats.height} {stats.fps:5.1f} fps {stats.bitrate / 1e6:6.2f} Mbit/s "
+                    f"{stats.frames_sent} frames sent",
+                    end="",
+                )
+
+        try:
+            _interrupt_on_term()
+            stats = streamer.run(status)
+        except KeyboardInterrupt:
+            stats = streamer.stats
+        finally:
+            streamer.stop()
+        if console.is_terminal:
+            console.print()
+        console.print(
+            f"sent {stats.frames_sent} frames ({stats.keyframes_sent} keyframes), "
+            f"{stats.bytes_sent / 1e6:.1f} MB at {stats.width}x{stats.height}"
+        )
+
+
+def view(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Argument(help=f"Streamer address HOST[:PORT] (default port {DEFAULT_STREAM_PORT}).")],
+    headless: Annotated[bool, typer.Option("--headless", help="Show no window (receive and measure only).")] = False,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.", show_default=False)] = None,
+    stats_json: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write frames, gaps, fps, latency and bitrate to this JSON file at exit.", show_default=False
+        ),
+    ] = None,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Start with the fps/latency overlay on (key 'o' toggles it).")
+    ] = False,
+    trace: Annotated[Path | None, typer.Option(hidden=True, help="Per-frame timing log (tests).")] = None,
+) -> None:
+    """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' toggles the overlay)."""
+    from overdrive.media.viewer import Viewer, ViewerConfig
+
+    opts = options(ctx)
+    config = ViewerConfig(
+        host=host, headless=headless, duration=duration, stats_json=stats_json, overlay=overlay, trace=trace
+    )
+    warn_insecure(opts)
+    with opts.bus() as bus:
+        viewer = Viewer(config, bus)
+        viewer.connect()
+        console.print(f"connected to {config.endpoint.display}; waiting for stream info and a keyframe")
+        try:
+            _interrupt_on_term()
+            viewer.run()  # writes --stats-json on the way out, also on Ctrl-C / SIGTERM
+        except KeyboardInterrupt:
+            pass
+        finally:
+            viewer.stop()
+        s = viewer.stats_dict()
+        p50 = s["latency_ms"]["p50"]
+        console.print(
+            f"received {s['frames_received']} frames, shown {s['frames_shown']}, gaps {s['gaps']}, "
+            f"fps {s['fps'] or 0:.1f}, latency p50 {p50 or 0:.0f} ms, malformed {s['malformed']}"
+        )
+
+
+def _interrupt_on_term() -> None:
+    """Make SIGTERM stop like Ctrl-C, so stats files are written and sockets closed."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(stream)
+    app.command()(view)

@@ -1,0 +1,355 @@
+"""Video sources: the screen (mss), a synthetic test pattern, a webcam (OpenCV), and picture-in-picture.
+
+A :class:`PictureSource` grabs one BGR picture on demand. :class:`CaptureThread` drives a source at a target
+rate in its own thread and keeps **only the newest** picture with its capture timestamp, so a slow consumer skips
+stale pictures instead of queueing them. Capture timestamps are ``time.time_ns()`` (the stream clock shared with
+audio, see :mod:`overdrive.media.protocol`).
+
+The test pattern flashes white for :data:`FLASH_NS` every :data:`FLASH_PERIOD_NS` after the stream start;
+:func:`is_flash_frame` tells audio code (a test tone) exactly when, so sync can be checked end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from overdrive.errors import ConfigError, MediaError
+
+log = logging.getLogger(__name__)
+
+FLASH_PERIOD_NS = 2_000_000_000
+"""The test pattern flashes white once per this period, counted from the stream start."""
+FLASH_NS = 100_000_000
+"""How long each flash lasts."""
+
+Image = np.ndarray[Any, np.dtype[np.uint8]]
+
+
+def is_flash_frame(pts_ns: int, started_ns: int) -> bool:
+    """True when a picture captured at ``pts_ns`` falls in a test-pattern flash (first 100 ms of every 2 s)."""
+    if pts_ns < started_ns:
+        return False
+    return (pts_ns - started_ns) % FLASH_PERIOD_NS < FLASH_NS
+
+
+def next_flash_ns(now_ns: int, started_ns: int) -> int:
+    """Start time of the next flash at or after ``now_ns`` (audio schedules its beep for it)."""
+    if now_ns <= started_ns:
+        return started_ns
+    elapsed = now_ns - started_ns
+    periods = -(-elapsed // FLASH_PERIOD_NS)
+    return started_ns + periods * FLASH_PERIOD_NS
+
+
+class PictureSource(Protocol):
+    """Something that returns a fresh BGR picture (HxWx3 uint8) each call."""
+
+    def open(self) -> None:
+        """Acquire the device, in the thread that will call :meth:`grab`."""
+
+    def grab(self, pts_ns: int, index: int) -> Image:
+        """Capture one picture now; ``pts_ns``/``index`` are for synthetic sources."""
+        ...
+
+    def close(self) -> None:
+        """Release the device."""
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A rectangle of the screen."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.width < 2 or self.height < 2 or self.left < 0 or self.top < 0:
+            raise ConfigError(f"bad region {self}: need X,Y >= 0 and W,H >= 2")
+
+    @classmethod
+    def parse(cls, text: str) -> Region:
+        parts = text.split(",")
+        if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise ConfigError(f"--region must be X,Y,W,H (integers), not {text!r}")
+        x, y, w, h = (int(p) for p in parts)
+        return cls(x, y, w, h)
+
+
+class ScreenSource:
+    """The screen through mss: a whole monitor (1 = first, 0 = all) or a region of the virtual screen."""
+
+    def __init__(self, monitor: int = 1, region: Region | None = None) -> None:
+        self.monitor = monitor
+        self.region = region
+        self._mss: Any = None
+        self._box: dict[str, int] = {}
+
+    def open(self) -> None:
+        import mss
+
+        try:
+            self._mss = mss.MSS()
+        except Exception as exc:  # mss raises its own error types and plain ones on a missing display
+            raise MediaError(f"cannot open the screen: {exc} (no display? try --source testpattern)") from exc
+        monitors = self._mss.monitors
+        if not 0 <= self.monitor < len(monitors):
+            self.close()
+            raise ConfigError(f"--monitor {self.monitor} does not exist; this display has 1..{len(monitors) - 1}")
+        mon = monitors[self.monitor]
+        if self.region is None:
+            self._box = {k: int(mon[k]) for k in ("left", "top", "width", "height")}
+        else:
+            r = self.region
+            if r.left + r.width > mon["width"] or r.top + r.height > mon["height"]:
+                self.close()
+                raise ConfigError(f"--region {r.left},{r.top},{r.width},{r.height} is outside the monitor")
+            self._box = {"left": mon["left"] + r.left, "top": mon["top"] + r.top, "width": r.width, "height": r.height}
+
+    def grab(self, pts_ns: int, index: int) -> Image:
+        shot = self._mss.grab(self._box)
+        bgra = np.frombuffer(shot.raw, dtype=np.uint8).reshape(shot.height, shot.width, 4)
+        return np.ascontiguousarray(bgra[:, :, :3])
+
+    def close(self) -> None:
+        if self._mss is not None:
+            self._mss.close()
+            self._mss = None
+
+
+class TestPattern:
+    """Moving shapes, a clock, the frame number, and a white flash every 2 s: for machines without a display."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, width: int = 1280, height: int = 720, started_ns: int | None = None) -> None:
+        if width < 16 or height < 16:
+            raise ConfigError("test pattern needs at least 16x16")
+        self.width = width
+        self.height = height
+        self.started_ns = started_ns if started_ns is not None else time.time_ns()
+        ys = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+        xs = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+        base = np.empty((height, width, 3), dtype=np.uint8)
+        base[:, :, 0] = (xs * 0.6 + 40).astype(np.uint8)
+        base[:, :, 1] = (ys * 0.5 + 30).astype(np.uint8)
+        base[:, :, 2] = ((xs + ys) * 0.25 + 20).astype(np.uint8)
+        self._base = base
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def grab(self, pts_ns: int, index: int) -> Image:
+        w, h = self.width, self.height
+        flash = is_flash_frame(pts_ns, self.started_ns)
+        img = np.full((h, w, 3), 255, dtype=np.uint8) if flash else self._base.copy()
+        t = (pts_ns - self.started_ns) / 1e9
+        s = max(4, min(w, h) // 8)
+        x = int((w - s) * (0.5 + 0.5 * np.sin(t * 1.3)))
+        y = int((h - s) * (0.5 + 0.5 * np.cos(t * 0.9)))
+        cv2.rectangle(img, (x, y), (x + s, y + s), (40, 40, 230), -1)
+        cx = int((w - s) * (0.5 + 0.5 * np.cos(t * 0.7))) + s // 2
+        cv2.circle(img, (cx, h // 2), s // 2, (230, 200, 40), -1)
+        scale = max(0.4, h / 400)
+        stamp = time.strftime("%H:%M:%S", time.localtime(pts_ns / 1e9)) + f".{(pts_ns // 1_000_000) % 1000:03d}"
+        cv2.putText(img, stamp, (10, int(40 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(img, f"#{index}", (10, int(80 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2)
+        return img
+
+
+class WebcamSource:
+    """A camera through OpenCV (``webcam:N`` picks device N)."""
+
+    def __init__(self, device: int = 0) -> None:
+        self.device = device
+        self._cap: Any = None
+
+    def open(self) -> None:
+        cap = cv2.VideoCapture(self.device)
+        if not cap.isOpened():
+            cap.release()
+            raise MediaError(f"cannot open webcam {self.device}: no such camera (or it is busy)")
+        self._cap = cap
+
+    def grab(self, pts_ns: int, index: int) -> Image:
+        ok, img = self._cap.read()
+        if not ok or img is None:
+            raise MediaError(f"webcam {self.device} stopped delivering pictures")
+        return np.ascontiguousarray(img[:, :, :3])
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class PictureInPicture:
+    """A main source with an inset (usually a webcam) in the bottom-right corner, a quarter of the width."""
+
+    def __init__(self, main: PictureSource, inset: PictureSource) -> None:
+        self.main = main
+        self.inset = inset
+
+    def open(self) -> None:
+        self.main.open()
+        try:
+            self.inset.open()
+        except BaseException:
+            self.main.close()
+            raise
+
+    def grab(self, pts_ns: int, index: int) -> Image:
+        img = self.main.grab(pts_ns, index)
+        cam = self.inset.grab(pts_ns, index)
+        h, w = img.shape[:2]
+        iw = max(2, w // 4)
+        ih = max(2, int(cam.shape[0] * iw / cam.shape[1]))
+        if ih >= h:
+            return img
+        small = cv2.resize(cam, (iw, ih), interpolation=cv2.INTER_AREA)
+        img[h - ih - 8 : h - 8, w - iw - 8 : w - 8] = small
+        return img
+
+    def close(self) -> None:
+        self.inset.close()
+        self.main.close()
+
+
+_SOURCE = re.compile(r"^(screen|testpattern|webcam)(?::(\d+))?$")
+
+
+def make_source(
+    spec: str,
+    *,
+    monitor: int = 1,
+    region: Region | None = None,
+    pip: str | None = None,
+    pattern_size: tuple[int, int] = (1280, 720),
+    started_ns: int | None = None,
+) -> PictureSource:
+    """Build a source from ``screen``, ``testpattern`` or ``webcam[:N]`` (plus an optional ``--pip webcam[:N]``)."""
+    match = _SOURCE.match(spec.strip())
+    if match is None:
+        raise ConfigError(f"--source must be screen, testpattern or webcam[:N], not {spec!r}")
+    kind, number = match.group(1), match.group(2)
+    if number is not None and kind != "webcam":
+        raise ConfigError(f"--source {kind} takes no :N")
+    source: PictureSource
+    if kind == "screen":
+        source = ScreenSource(monitor, region)
+    elif kind == "testpattern":
+        source = TestPattern(*pattern_size, started_ns=started_ns)
+    else:
+        source = WebcamSource(int(number or 0))
+    if pip:
+        inset = make_source(pip)
+        if not isinstance(inset, WebcamSource):
+            raise ConfigError(f"--pip must be webcam[:N], not {pip!r}")
+        source = PictureInPicture(source, inset)
+    return source
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """One picture and when it was captured."""
+
+    image: Image
+    pts_ns: int
+    index: int
+
+
+class CaptureThread:
+    """Grab from a source at ``fps`` in a thread, keeping only the newest picture.
+
+    ``start()`` opens the source in the thread and waits until the first picture (or the error) is there.
+    ``wait_newer(index, timeout)`` returns the newest picture if it is newer than ``index``.
+    """
+
+    def __init__(self, source: PictureSource, fps: float, on_new: threading.Event | None = None) -> None:
+        self.source = source
+        self.period = 1.0 / fps
+        self._cond = threading.Condition()
+        self._latest: Captured | None = None
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._on_new = on_new
+        self._thread = threading.Thread(target=self._run, name="overdrive-capture", daemon=True)
+        self.grab_seconds = 0.0
+        self.grabs = 0
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise MediaError(f"the video source gave no picture within {timeout:g} s")
+        if self._error is not None:
+            self.stop()
+            err = self._error
+            raise err if isinstance(err, MediaError | ConfigError) else MediaError(str(err))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def wait_newer(self, index: int, timeout: float) -> Captured | None:
+        with self._cond:
+            if self._latest is None or self._latest.index <= index:
+                self._cond.wait(timeout)
+            latest = self._latest
+        return latest if latest is not None and latest.index > index else None
+
+    def _run(self) -> None:
+        try:
+            self.source.open()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by start() in the caller
+            self._error = exc
+            self._ready.set()
+            return
+        try:
+            index = 0
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                index += 1
+                pts = time.time_ns()
+                t0 = time.perf_counter()
+                image = self.source.grab(pts, index)
+                self.grab_seconds += time.perf_counter() - t0
+                self.grabs += 1
+                with self._cond:
+                    self._latest = Captured(image, pts, index)
+                    self._cond.notify_all()
+                self._ready.set()
+                if self._on_new is not None:
+                    self._on_new.set()
+                next_at += self.period
+                delay = next_at - time.monotonic()
+                if delay < -self.period:  # fell behind: do not try to catch up with a burst
+                    next_at = time.monotonic()
+                elif delay > 0:
+                    self._stop.wait(delay)
+        except BaseException as exc:  # noqa: BLE001 - reported through .error to the consumer
+            log.error("capture stopped: %s", exc)
+            self._error = exc if isinstance(exc, MediaError) else MediaError(f"capture failed: {exc}")
+            if self._on_new is not None:
+                self._on_new.set()
+        finally:
+            self._ready.set()
+            self.source.close()
