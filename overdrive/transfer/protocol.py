@@ -35,6 +35,7 @@ ChunkIndex = Annotated[int, Meta(ge=0, lt=MAX_CHUNKS)]
 Size = Annotated[int, Meta(ge=0, lt=1 << 62)]
 ChunkSize = Annotated[int, Meta(ge=0, le=MAX_CHUNK)]
 ContentHash = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+WantedHash = Annotated[str, Meta(pattern="^([0-9a-f]{64})?$")]
 WireName = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_BYTES)]
 Detail = Annotated[str, Meta(max_length=512)]
 
@@ -50,11 +51,14 @@ def valid_chunk_size(chunk_size: int) -> bool:
 
 
 class Open(Message, tag="open", frozen=True):
-    """Ask to fetch ``name`` at version ``content_hash``; ``chunk_size`` 0 lets the server choose."""
+    """Ask to fetch ``name`` at version ``content_hash`` ("" = the version the server has now).
+
+    ``chunk_size`` 0 lets the server choose; a resuming fetcher asks for the chunking of its partial file.
+    """
 
     rid: RequestId
     name: WireName
-    content_hash: ContentHash
+    content_hash: WantedHash
     chunk_size: ChunkSize = 0
 
     def __post_init__(self) -> None:

@@ -178,7 +178,7 @@ class ServeCore:
         entry = self.catalogue.get(msg.name)
         if entry is None:
             return self._refuse(msg.rid, "not-found", f"{msg.name!r} is not shared here")
-        if entry.content_hash != msg.content_hash:
+        if msg.content_hash and entry.content_hash != msg.content_hash:
             return self._refuse(msg.rid, "changed", f"{msg.name!r} is shared here in another version")
         if (
             self._per_peer[peer] >= self.config.max_transfers_per_peer

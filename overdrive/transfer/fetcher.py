@@ -1,0 +1,353 @@
+"""Fetching one file from one or more holders: the socket shell around :class:`FetchSession` and :class:`PartialFile`.
+
+:func:`fetch` connects a DEALER to every holder (CURVE handshake checked, so a wrong password fails fast), opens
+the file on each, agrees on one :class:`Plan` (same hash, size, chunking and digest table), resumes from
+``NAME.part`` if one is there, then runs the session's window until every chunk is on disk, verifies the whole
+file and moves it into place. Holders that disconnect (socket monitor), time out, or say the file changed drop
+out and the others take their chunks; when none is left the partial file is kept for a later resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.sockets import Bus
+from overdrive.errors import (
+    AuthError,
+    BusError,
+    ConfigError,
+    OverdriveError,
+    ProtocolError,
+    TransferError,
+    UnsafePathError,
+)
+from overdrive.transfer import names
+from overdrive.transfer.partial import PartialFile, hash_path
+from overdrive.transfer.protocol import CODEC, Chunk, Close, Failed, Open, Opened, Read, Refused
+from overdrive.transfer.session import FetchConfig, FetchSession, Plan, SessionStats
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+"""Called with (bytes done, total bytes) as chunks land."""
+
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_DRAIN = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchRequest:
+    """What to fetch, from whom, and where to put it."""
+
+    name: str
+    sources: tuple[Endpoint, ...]
+    dest_dir: Path
+    content_hash: str = ""
+    """Version wanted; "" takes whatever version the first holder serves."""
+    chunk_size: int = 0
+    config: FetchConfig = field(default_factory=FetchConfig)
+    open_timeout: float = 60.0
+    connect_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("no holder to fetch from")
+        if self.content_hash and not _HASH_RE.match(self.content_hash):
+            raise ConfigError(f"--hash must be 64 lowercase hex characters (BLAKE3), not {self.content_hash!r}")
+
+
+@dataclass
+class FetchResult:
+    """The outcome of a successful fetch (what ``overdrive fetch --json`` prints)."""
+
+    name: str
+    path: str
+    bytes: int
+    seconds: float
+    mb_per_s: float
+    hash: str
+    sources: list[str]
+    already_present: bool = False
+    resumed_chunks: int = 0
+    bytes_received: int = 0
+    stats: SessionStats = field(default_factory=SessionStats)
+
+
+@dataclass(eq=False)
+class _Conn:
+    endpoint: Endpoint
+    sock: zmq.Socket  # type: ignore[type-arg]
+    monitor: zmq.Socket | None = None  # type: ignore[type-arg]
+    tid: int = -1
+    plan: Plan | None = None
+    refused: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.endpoint.display
+
+
+def fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None = None) -> FetchResult:
+    """Fetch ``request.name`` into ``request.dest_dir``; raise an OverdriveError subclass on failure."""
+    started = time.monotonic()
+    names.check_name(request.name)
+    dest_dir = Path(request.dest_dir)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferError(f"cannot create {dest_dir}: {exc.strerror}") from exc
+    dest = names.destination(dest_dir, request.name)
+    partial = PartialFile(dest, request.name)
+    chunk_size = request.chunk_size
+    state = partial.saved_state()
+    if not chunk_size and state is not None and request.content_hash in ("", state.content_hash):
+        chunk_size = state.chunk_size
+    conns = _connect_all(bus, request)
+    try:
+        plan = _open_all(conns, request, chunk_size)
+        usable = [c for c in conns if c.plan == plan]
+        same_size = dest.is_file() and not dest.is_symlink() and dest.stat().st_size == plan.size
+        if same_size and hash_path(dest) == plan.content_hash:
+            seconds = time.monotonic() - started
+            return FetchResult(
+                name=request.name,
+                path=str(dest),
+                bytes=plan.size,
+                seconds=seconds,
+                mb_per_s=0.0,
+                hash=plan.content_hash,
+                sources=[],
+                already_present=True,
+            )
+        done = partial.open(plan)
+        session = FetchSession(plan, [c.label for c in usable], done, request.config)
+        try:
+            _run(session, usable, partial, progress)
+        except BaseException:
+            partial.save_state(session.done_indices(), force=True)
+            partial.close()
+            raise
+        final = partial.finish()
+    finally:
+        _close_all(conns)
+    seconds = time.monotonic() - started
+    received = session.stats.bytes_received
+    return FetchResult(
+        name=request.name,
+        path=str(final),
+        bytes=plan.size,
+        seconds=seconds,
+        mb_per_s=received / seconds / 1e6 if seconds > 0 else 0.0,
+        hash=plan.content_hash,
+        sources=[c.label for c in usable if session.received_by(c.label)],
+        resumed_chunks=len(done),
+        bytes_received=received,
+        stats=session.stats,
+    )
+
+
+def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
+    conns: list[_Conn] = []
+    errors: list[OverdriveError] = []
+    for endpoint in dict.fromkeys(request.sources):
+        sock = bus.client(zmq.DEALER, hwm=100_000)
+        try:
+            bus.connect(sock, endpoint, timeout=request.connect_timeout)
+        except BusError as exc:
+            sock.close(linger=0)
+            errors.append(exc)
+            log.warning("%s", exc)
+            continue
+        conn = _Conn(endpoint, sock)
+        conn.monitor = _monitor(bus, sock)
+        conns.append(conn)
+    if not conns:
+        auth = [e for e in errors if isinstance(e, AuthError)]
+        raise (auth or errors)[0]
+    return conns
+
+
+def _monitor(bus: Bus, sock: zmq.Socket) -> zmq.Socket:  # type: ignore[type-arg]
+    """A PAIR receiving ``sock``'s disconnect events (own inproc address: the handshake's may still linger)."""
+    global _monitors
+    _monitors += 1
+    addr = f"inproc://overdrive-fetch-monitor-{os.getpid()}-{_monitors}"
+    sock.monitor(addr, zmq.EVENT_DISCONNECTED)
+    pair = bus.context.socket(zmq.PAIR)
+    pair.linger = 0
+    pair.connect(addr)
+    return pair
+
+
+_monitors = 0
+
+
+def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) -> Plan:
+    """Send Open to every holder, wait for their answers, and pick the plan to follow."""
+    for rid, conn in enumerate(conns):
+        opener = Open(rid=rid, name=request.name, content_hash=request.content_hash, chunk_size=chunk_size)
+        conn.sock.send_multipart(CODEC.encode(opener))
+    pending = {rid: conn for rid, conn in enumerate(conns)}
+    poller = zmq.Poller()
+    for conn in conns:
+        poller.register(conn.sock, zmq.POLLIN)
+    deadline = time.monotonic() + request.open_timeout
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        for sock, _ in poller.poll(int(left * 1000) + 1):
+            conn = next(c for c in conns if c.sock is sock)
+            try:
+                msg, payload = CODEC.decode(sock.recv_multipart(copy=False))
+            except ProtocolError as exc:
+                conn.refused = f"sent a malformed reply ({exc})"
+                continue
+            if not isinstance(msg, (Opened, Refused)) or pending.get(msg.rid) is not conn:
+                continue
+            del pending[msg.rid]
+            if isinstance(msg, Refused):
+                conn.refused = f"{msg.reason}: {msg.detail}" if msg.detail else msg.reason
+                continue
+            if request.content_hash and msg.content_hash != request.content_hash:
+                conn.refused = "opened another version than the one asked for"
+                continue
+            try:
+                conn.plan = Plan.from_opened(msg, payload[0])
+            except TransferError as exc:
+                conn.refused = str(exc)
+                continue
+            conn.tid = msg.tid
+    for conn in pending.values():
+        conn.refused = f"no answer to open within {request.open_timeout:g} s"
+    plans = [c.plan for c in conns if c.plan is not None]
+    if not plans:
+        raise _open_error(request.name, conns)
+    wanted = plans[0]
+    for conn in conns:
+        if conn.plan is not None and conn.plan != wanted:
+            log.warning("%s serves a different version of %s; not using it", conn.label, request.name)
+    return wanted
+
+
+def _open_error(name: str, conns: Sequence[_Conn]) -> TransferError:
+    reasons = [c.refused for c in conns]
+    where = ", ".join(c.label for c in conns)
+    if all(r.startswith("not-found") for r in reasons):
+        return TransferError(f"{name!r} not found on {where}")
+    if any(r.startswith("unsafe") for r in reasons):
+        return UnsafePathError(f"{where} refused {name!r} as an unsafe name")
+    if all(r.startswith("changed") for r in reasons):
+        return TransferError(f"{name!r} on {where} is not the version asked for (it changed); look it up again")
+    detail = "; ".join(f"{c.label}: {c.refused}" for c in conns)
+    return TransferError(f"cannot open {name!r}: {detail}")
+
+
+def _run(session: FetchSession, conns: Sequence[_Conn], partial: PartialFile, progress: ProgressFn | None) -> None:
+    by_label = {c.label: c for c in conns}
+    poller = zmq.Poller()
+    for conn in conns:
+        poller.register(conn.sock, zmq.POLLIN)
+        if conn.monitor is not None:
+            poller.register(conn.monitor, zmq.POLLIN)
+    total = session.plan.size
+    if progress:
+        progress(session.done_bytes, total)
+    timeout_ms = 50 if session.config.rate_limit else 1000
+    while not session.finished:
+        if session.stalled:
+            raise _stall_error(session)
+        now = time.monotonic()
+        for label, index in session.requests(now):
+            conn = by_label[label]
+            try:
+                conn.sock.send_multipart(CODEC.encode(Read(tid=conn.tid, index=index)), zmq.NOBLOCK)
+            except zmq.Again:
+                session.fail(label, "send queue full")
+        events = dict(poller.poll(timeout_ms))
+        for conn in conns:
+            if conn.sock in events:
+                _drain(session, conn, partial)
+            if conn.monitor is not None and conn.monitor in events:
+                while conn.monitor.poll(0):
+                    if recv_monitor_message(conn.monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                        session.fail(conn.label, "disconnected")
+        now = time.monotonic()
+        session.check_timeouts(now)
+        if partial.state_due(now):
+            partial.save_state(session.done_indices(), now)
+        if progress:
+            progress(session.done_bytes, total)
+
+
+def _drain(session: FetchSession, conn: _Conn, partial: PartialFile) -> None:
+    for _ in range(_DRAIN):
+        try:
+            frames = conn.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            msg, payload = CODEC.decode(frames)
+        except ProtocolError as exc:
+            session.stats.unexpected += 1
+            log.debug("malformed reply from %s: %s", conn.label, exc)
+            continue
+        if isinstance(msg, Chunk) and msg.tid == conn.tid:
+            if msg.index < session.plan.chunks and session.received(conn.label, msg.index, payload[0]):
+                try:
+                    partial.write(msg.index, payload[0])
+                except TransferError:
+                    session.write_failed(msg.index)
+                    raise
+                session.written(msg.index)
+            elif msg.index >= session.plan.chunks:
+                session.stats.unexpected += 1
+        elif isinstance(msg, Failed) and msg.tid == conn.tid:
+            why = "the file changed on the holder" if msg.reason == "changed" else msg.reason
+            session.fail(conn.label, f"{why}{': ' + msg.detail if msg.detail else ''}")
+        else:
+            session.stats.unexpected += 1
+
+
+def _stall_error(session: FetchSession) -> TransferError:
+    failures = session.failures
+    detail = "; ".join(f"{k}: {v}" for k, v in failures.items())
+    done = f"{session.done_bytes}/{session.plan.size} bytes kept in the partial file"
+    if any("changed" in v or "does not match" in v for v in failures.values()):
+        return TransferError(
+            f"the file changed on its holder while it was being fetched ({detail}); {done}. "
+            "Look it up again to fetch the new version"
+        )
+    return TransferError(f"no holder left ({detail}); {done}: run the same command again to resume")
+
+
+def _close_all(conns: Sequence[_Conn]) -> None:
+    for conn in conns:
+        if conn.tid >= 0:
+            try:
+                conn.sock.send_multipart(CODEC.encode(Close(tid=conn.tid)), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        if conn.monitor is not None:
+            try:
+                conn.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            conn.monitor.close(linger=0)
+        conn.sock.close(linger=200 if conn.tid >= 0 else 0)  # let Close go out
+
+
+def default_dest() -> Path:
+    from overdrive import paths
+
+    return paths.backup_dir()

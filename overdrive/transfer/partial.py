@@ -1,0 +1,266 @@
+"""The fetcher's side on disk: ``NAME.part``, its state file, resuming, and the atomic move into place.
+
+``NAME.part`` is written chunk by chunk at the chunk's offset (sparse until complete). ``NAME.part.state`` (JSON)
+records which version it belongs to and which chunks are done; it is rewritten at most every
+``STATE_INTERVAL`` seconds and when the fetch stops for any reason. On resume every chunk the state claims, and
+every other chunk range that holds data, is re-verified against the digest table, so a state file that lags
+behind (kill -9) loses nothing that reached the disk, and a bad one cannot smuggle wrong bytes in.
+
+Finishing: fsync, hash the whole file (must equal the content hash), then ``link`` it to a free name (never
+overwriting: ``name (1).ext`` when a different file is there) and remove the ``.part``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from pathlib import Path
+
+import blake3
+import msgspec
+
+from overdrive.errors import IntegrityError, TransferError
+from overdrive.transfer.names import free_name
+from overdrive.transfer.session import Plan
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+STATE_INTERVAL = 0.25
+MAX_HELD = 64 << 20
+"""Bytes of out-of-order chunks kept in memory for the running whole-file hash (beyond that: read back)."""
+_HASH_BLOCK = 16 << 20
+
+
+class ResumeState(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``NAME.part.state`` holds."""
+
+    version: int
+    name: str
+    content_hash: str
+    size: int
+    chunk_size: int
+    done: list[tuple[int, int]]
+    """Half-open ranges of finished chunk indices."""
+
+
+def _ranges(indices: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
+def disk_error(path: Path, exc: OSError) -> TransferError:
+    """A clear message for a failed write; the partial file stays for a later resume."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = "file too large for this filesystem or limit" if exc.errno == errno.EFBIG else "disk full"
+        return TransferError(f"{what} while writing {path}; the partial file is kept: free space and run again")
+    return TransferError(f"cannot write {path}: {exc.strerror}")
+
+
+def hash_path(path: Path) -> str:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with path.open("rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+class PartialFile:
+    """``dest.part`` plus its state file, for one plan."""
+
+    def __init__(self, dest: Path, name: str) -> None:
+        self.dest = dest
+        self.name = name
+        self.part = dest.with_name(dest.name + ".part")
+        self.state_path = dest.with_name(dest.name + ".part.state")
+        self._fd = -1
+        self._plan: Plan | None = None
+        self._last_save = 0.0
+        # whole-file hash fed in chunk order as chunks land; out-of-order chunks wait in memory (bounded) or on disk
+        self._whole = blake3.blake3()
+        self._cursor = 0
+        self._waiting: dict[int, memoryview | None] = {}
+        self._held = 0
+
+    def saved_state(self) -> ResumeState | None:
+        """The state left by an earlier run, if readable."""
+        try:
+            state = msgspec.json.decode(self.state_path.read_bytes(), type=ResumeState)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return state if state.version == STATE_VERSION else None
+
+    def open(self, plan: Plan) -> list[int]:
+        """Open (or create) the partial file for ``plan``; return the chunk indices already present and verified."""
+        self._plan = plan
+        state = self.saved_state()
+        resumable = (
+            state is not None
+            and state.content_hash == plan.content_hash
+            and state.size == plan.size
+            and state.chunk_size == plan.chunk_size
+            and self.part.is_file()
+            and not self.part.is_symlink()
+        )
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if not resumable:
+            flags |= os.O_TRUNC
+        try:
+            self._fd = os.open(self.part, flags, 0o644)
+        except OSError as exc:
+            raise disk_error(self.part, exc) from exc
+        if not resumable:
+            return []
+        assert state is not None
+        claimed = {i for start, end in state.done for i in range(start, min(end, plan.chunks))}
+        good = self._verify(plan, claimed)
+        for index in good:
+            self._waiting[index] = None
+        self._advance()
+        return good
+
+    def _verify(self, plan: Plan, claimed: set[int]) -> list[int]:
+        size = os.fstat(self._fd).st_size
+        good: list[int] = []
+        for index in range(plan.chunks):
+            offset, length = plan.chunk_range(index)
+            if offset + length > size:
+                break
+            if index not in claimed and not self._has_data(offset, length):
+                continue
+            if plan.matches(index, os.pread(self._fd, length, offset)):
+                good.append(index)
+        log.info("resume: %d chunks on disk verified (%d claimed by the state file)", len(good), len(claimed))
+        return good
+
+    def _has_data(self, offset: int, length: int) -> bool:
+        try:
+            return os.lseek(self._fd, offset, os.SEEK_DATA) < offset + length
+        except OSError as exc:
+            return exc.errno != errno.ENXIO  # ENXIO: only a hole after offset; anything else: check the bytes
+
+    def write(self, index: int, data: memoryview | bytes) -> None:
+        """Write a verified chunk at its offset; TransferError on a full disk or size limit."""
+        assert self._plan is not None
+        offset = index * self._plan.chunk_size
+        view = memoryview(data)
+        try:
+            while view.nbytes:
+                written = os.pwrite(self._fd, view, offset)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            raise disk_error(self.part, exc) from exc
+        if index == self._cursor:
+            self._whole.update(data)
+            self._cursor += 1
+            self._advance()
+        elif self._held + len(data) <= MAX_HELD:
+            self._waiting[index] = memoryview(data)
+            self._held += len(data)
+        else:
+            self._waiting[index] = None
+
+    def _advance(self) -> None:
+        """Feed every waiting chunk that is next in order to the whole-file hash."""
+        assert self._plan is not None
+        while self._cursor in self._waiting:
+            held = self._waiting.pop(self._cursor)
+            if held is None:
+                offset, length = self._plan.chunk_range(self._cursor)
+                self._whole.update(os.pread(self._fd, length, offset))
+            else:
+                self._whole.update(held)
+                self._held -= held.nbytes
+            self._cursor += 1
+
+    def state_due(self, now: float) -> bool:
+        """True when the state file is older than STATE_INTERVAL."""
+        return now - self._last_save >= STATE_INTERVAL
+
+    def save_state(self, done: list[int], now: float | None = None, *, force: bool = False) -> None:
+        """Record finished chunks (throttled to every STATE_INTERVAL s unless ``force``)."""
+        if self._plan is None:
+            return
+        now = time.monotonic() if now is None else now
+        if not force and now - self._last_save < STATE_INTERVAL:
+            return
+        self._last_save = now
+        state = ResumeState(
+            version=STATE_VERSION,
+            name=self.name,
+            content_hash=self._plan.content_hash,
+            size=self._plan.size,
+            chunk_size=self._plan.chunk_size,
+            done=_ranges(done),
+        )
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(state))
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.warning("cannot save resume state %s: %s", self.state_path, exc.strerror)
+
+    def finish(self) -> Path:
+        """fsync, check the whole-file hash, move into place without overwriting; return the final path."""
+        assert self._plan is not None
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise disk_error(self.part, exc) from exc
+        if self._cursor != self._plan.chunks:
+            raise TransferError(f"{self.name}: finished with chunk {self._cursor} of {self._plan.chunks} missing")
+        os.close(self._fd)
+        self._fd = -1
+        actual = self._whole.hexdigest()
+        if actual != self._plan.content_hash:
+            self.discard()
+            raise IntegrityError(
+                f"{self.name}: whole-file hash {actual[:16]}… does not match {self._plan.content_hash[:16]}…; "
+                "the holders' chunk table was wrong, nothing was kept"
+            )
+        while True:
+            final = free_name(self.dest)
+            try:
+                os.link(self.part, final)
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise disk_error(final, exc) from exc
+        self.part.unlink()
+        self.state_path.unlink(missing_ok=True)
+        _fsync_dir(final.parent)
+        return final
+
+    def discard(self) -> None:
+        self.close()
+        self.part.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
