@@ -9,6 +9,7 @@ out and the others take their chunks; when none is left the partial file is kept
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -179,17 +180,15 @@ def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
 
 def _monitor(bus: Bus, sock: zmq.Socket) -> zmq.Socket:  # type: ignore[type-arg]
     """A PAIR receiving ``sock``'s disconnect events (own inproc address: the handshake's may still linger)."""
-    global _monitors
-    _monitors += 1
-    addr = f"inproc://overdrive-fetch-monitor-{os.getpid()}-{_monitors}"
+    addr = f"inproc://overdrive-fetch-monitor-{os.getpid()}-{next(_monitors)}"
     sock.monitor(addr, zmq.EVENT_DISCONNECTED)
-    pair = bus.context.socket(zmq.PAIR)
+    pair: zmq.Socket = bus.context.socket(zmq.PAIR)  # type: ignore[type-arg]
     pair.linger = 0
     pair.connect(addr)
     return pair
 
 
-_monitors = 0
+_monitors = itertools.count()
 
 
 def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) -> Plan:
