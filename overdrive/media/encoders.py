@@ -94,7 +94,8 @@ class H264Encoder:
             raise MediaError(f"cannot open the H.264 encoder: {exc}") from exc
         self._ctx = ctx
         self._av = av
-        self._keyframe_ns = int(keyframe_interval * 1e9)
+        # force a keyframe once the interval is (within half a frame) over: at 30 fps, exactly every 30th picture
+        self._keyframe_ns = int(keyframe_interval * 1e9 - 0.5e9 / fps)
         self._last_key_ns = -(1 << 62)
         self._pending: dict[int, int] = {}
         self.extradata = b""

@@ -1,0 +1,282 @@
+"""Streamer and viewers on real CURVE sockets on loopback: screen capture on Xvfb, late joiners, restarts, junk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import msgspec
+import numpy as np
+import pytest
+import zmq
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.codec import PROTOCOL_VERSION
+from overdrive.bus.sockets import Bus
+from overdrive.errors import AuthError, ConfigError
+from overdrive.media.encoders import H264Encoder
+from overdrive.media.protocol import CODEC, MAX_VIDEO_FRAME, StreamInfo, VideoFrame, VideoTrackInfo
+from overdrive.media.publisher import Streamer, StreamerConfig
+from overdrive.media.sources import TestPattern
+from overdrive.media.viewer import Viewer, ViewerConfig
+
+W, H = 640, 480
+
+# A child process shows a known RGB picture in an undecorated Tk window at (0, 0) of the X display.
+WINDOW_SCRIPT = r"""
+import sys, tkinter, numpy as np
+h, w = int(sys.argv[1]), int(sys.argv[2])
+yy, xx = np.mgrid[0:h, 0:w]
+img = np.zeros((h, w, 3), np.uint8)
+img[..., 0] = xx * 255 // w
+img[..., 1] = yy * 255 // h
+img[..., 2] = ((xx // 40 + yy // 40) % 2) * 200
+root = tkinter.Tk()
+root.overrideredirect(True)
+root.geometry(f"{w}x{h}+0+0")
+photo = tkinter.PhotoImage(data=b"P6 %d %d 255\n" % (w, h) + img.tobytes(), format="PPM")
+tkinter.Label(root, image=photo, borderwidth=0, highlightthickness=0).place(x=0, y=0)
+root.after(300, lambda: print("ready", flush=True))
+root.mainloop()
+"""
+
+
+def known_picture_bgr(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 2] = xx * 255 // w
+    img[..., 1] = yy * 255 // h
+    img[..., 0] = ((xx // 40 + yy // 40) % 2) * 200
+    return img
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Pictures:
+    """Collects decoded pictures from a viewer (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[float, VideoFrame, np.ndarray]] = []
+
+    def __call__(self, image: np.ndarray, frame: VideoFrame) -> None:
+        with self.lock:
+            self.items.append((time.monotonic(), frame, image))
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.items)
+
+    def snapshot(self) -> list[tuple[float, VideoFrame, np.ndarray]]:
+        with self.lock:
+            return list(self.items)
+
+
+def pattern_config(**kw: object) -> StreamerConfig:
+    base: dict[str, object] = {
+        "source": "testpattern",
+        "bind": "tcp://127.0.0.1:0",
+        "fps": 30.0,
+        "pattern_size": (320, 240),
+    }
+    base.update(kw)
+    return StreamerConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def viewers() -> Iterator[list[Viewer]]:
+    started: list[Viewer] = []
+    yield started
+    for v in started:
+        v.stop()
+
+
+def start_viewer(bus: Bus, endpoint: Endpoint, viewers: list[Viewer], **kw: object) -> tuple[Viewer, Pictures]:
+    viewer = Viewer(ViewerConfig(host=endpoint.display, headless=True, **kw), bus)  # type: ignore[arg-type]
+    pictures = Pictures()
+    viewer.add_picture_listener(pictures)
+    viewer.start()
+    viewers.append(viewer)
+    return viewer, pictures
+
+
+def test_screen_capture_reaches_two_viewers_intact(xvfb: object, network, viewers) -> None:
+    window = subprocess.Popen([sys.executable, "-c", WINDOW_SCRIPT, str(H), str(W)], stdout=subprocess.PIPE)
+    try:
+        assert window.stdout is not None
+        assert window.stdout.readline().strip() == b"ready"
+        config = StreamerConfig(source="screen", region=f"0,0,{W},{H}", bind="tcp://127.0.0.1:0", fps=15)
+        with Streamer(config, network.bus()) as streamer:
+            endpoint = streamer.start()
+            got = [start_viewer(network.bus(), endpoint, viewers) for _ in range(2)]
+            wait_until(lambda: all(p.count() >= 5 for _, p in got), 20, "5 pictures at each viewer")
+            expected = known_picture_bgr(H, W)
+            for viewer, pictures in got:
+                _, frame, image = pictures.snapshot()[-1]
+                assert image.shape == (H, W, 3)
+                assert psnr(image, expected) > 30, "decoded screen does not match the picture on it"
+                assert viewer.stats.decode_errors == 0
+                assert frame.stream_id == streamer.stream_id
+    finally:
+        window.kill()
+        window.wait()
+        if window.stdout is not None:
+            window.stdout.close()
+
+
+def test_late_joiner_gets_clean_pictures_within_a_keyframe_interval(network, viewers) -> None:
+    with Streamer(pattern_config(keyframe_interval=1.0), network.bus()) as streamer:
+        endpoint = streamer.start()
+        _, early = start_viewer(network.bus(), endpoint, viewers)
+        wait_until(lambda: early.count() >= 40, 20, "the early viewer to decode 40 pictures")
+        late_viewer = Viewer(ViewerConfig(host=endpoint.display, headless=True), network.bus())
+        late = Pictures()
+        late_viewer.add_picture_listener(late)
+        viewers.append(late_viewer)
+        late_viewer.connect()
+        joined = time.monotonic()
+        late_viewer.start()
+        wait_until(lambda: late.count() >= 10, 20, "the late viewer to decode 10 pictures")
+        first_at, first_frame, _ = late.snapshot()[0]
+        # one keyframe interval (info rides with every keyframe), plus slack for a loaded machine
+        assert first_at - joined < 1.0 + 0.75
+        assert first_frame.keyframe
+        reference = {f.seq: img for _, f, img in early.snapshot()}
+        common = [(f.seq, img) for _, f, img in late.snapshot() if f.seq in reference]
+        assert common, "no picture seen by both viewers"
+        for seq, image in common:  # decoding from the keyframe gives exactly what the early viewer saw
+            assert np.array_equal(image, reference[seq]), f"late joiner's picture {seq} differs"
+        assert late_viewer.stats.decode_errors == 0
+
+
+def test_wrong_password_is_refused_quickly(network) -> None:
+    with Streamer(pattern_config(), network.bus()) as streamer:
+        endpoint = streamer.start()
+        viewer = Viewer(ViewerConfig(host=endpoint.display, headless=True), network.bus(password="not it"))
+        started = time.monotonic()
+        with pytest.raises(AuthError, match=f"authentication failed for {endpoint.display}"):
+            viewer.connect()
+        assert time.monotonic() - started < 3.5
+        viewer.stop()
+
+
+def test_viewer_recovers_when_the_streamer_restarts(network, viewers) -> None:
+    first = Streamer(pattern_config(), network.bus())
+    endpoint = first.start()
+    try:
+        viewer, pictures = start_viewer(network.bus(), endpoint, viewers)
+        wait_until(lambda: pictures.count() >= 10, 20, "pictures from the first streamer")
+    finally:
+        first.stop()
+    second = Streamer(pattern_config(bind=f"tcp://127.0.0.1:{endpoint.port}"), network.bus())
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            second.start()
+            break
+        except ConfigError:  # the old socket's port may take a moment to free
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    try:
+        wait_until(
+            lambda: sum(f.stream_id == second.stream_id for _, f, _ in pictures.snapshot()) >= 10,
+            20,
+            "pictures from the restarted streamer",
+        )
+        assert viewer.join.resets == 2
+        assert viewer.stats.decode_errors == 0
+    finally:
+        second.stop()
+
+
+def encoded_pattern(n: int) -> tuple[VideoTrackInfo, list[tuple[VideoFrame, bytes]]]:
+    pattern = TestPattern(160, 120, started_ns=10**18)
+    enc = H264Encoder(160, 120, 30)
+    out = []
+    for i in range(n):
+        pts = pattern.started_ns + i * 33_333_333
+        for p in enc.encode(pattern.grab(pts, i), pts):
+            out.append(
+                (VideoFrame(stream_id="rogue", seq=i + 1, pts_ns=p.pts_ns, keyframe=p.keyframe, codec="h264"), p.data)
+            )
+    return VideoTrackInfo(codec="h264", width=160, height=120, fps=30, extradata=enc.extradata), out
+
+
+def test_malformed_and_oversized_messages_are_dropped_and_counted(network, viewers) -> None:
+    """A peer on the stream port (it knows the password) sends junk between valid frames; the viewer survives."""
+    bus = network.bus()
+    pub = bus.server(zmq.PUB)
+    try:
+        endpoint = bus.bind(pub, Endpoint("127.0.0.1", 0))
+        viewer, pictures = start_viewer(network.bus(), endpoint, viewers)
+        video, frames = encoded_pattern(6)
+        info = StreamInfo(stream_id="rogue", name="rogue", started_ns=1, sent_ns=1, video=video)
+        while viewer.stats.infos == 0:  # until the subscription has reached the publisher
+            pub.send_multipart([b"i", *CODEC.encode(info)])
+            time.sleep(0.05)
+        wait_until(lambda: viewer.stats.infos > 0, 10, "info to arrive")
+        key_header, key_data = frames[0]
+        vf_header = CODEC.encode(key_header, b"")[0]
+        body = msgspec.msgpack.decode(vf_header)[1]
+        junk = [
+            [b"v"],  # topic only
+            [b"v", b"\x93\xffgarbage", b"x"],  # not msgpack
+            [b"vx", vf_header, key_data],  # unknown topic (prefix of a subscribed one)
+            [b"i", vf_header, key_data],  # a video frame on the info topic
+            [b"v", vf_header],  # missing payload
+            [b"v", vf_header, b"\x00" * (MAX_VIDEO_FRAME + 1)],  # oversized payload
+            [b"v", msgspec.msgpack.encode([PROTOCOL_VERSION + 1, body]), key_data],  # future protocol
+            [b"v", msgspec.msgpack.encode([PROTOCOL_VERSION, {**body, "seq": -5}]), key_data],  # invalid field
+        ]
+        for message in junk:
+            pub.send_multipart(message)
+        for header, data in frames[:3]:
+            pub.send_multipart([b"v", *CODEC.encode(header, data)])
+        wait_until(lambda: pictures.count() >= 1, 10, "pictures after the junk")
+        # a valid header whose keyframe bytes are garbage: a decode error, then recovery at the next keyframe
+        bad = VideoFrame(stream_id="rogue", seq=10, pts_ns=1, keyframe=True, codec="h264")
+        pub.send_multipart([b"v", *CODEC.encode(bad, b"\x00\x00\x01\x65" + b"\xff" * 500)])
+        wait_until(lambda: viewer.stats.decode_errors >= 1, 10, "the bad keyframe")
+        for i, (header, data) in enumerate(frames):
+            again = VideoFrame(
+                stream_id="rogue", seq=11 + i, pts_ns=header.pts_ns, keyframe=header.keyframe, codec="h264"
+            )
+            pub.send_multipart([b"v", *CODEC.encode(again, data)])
+        wait_until(lambda: viewer.stats.frames_accepted >= 10, 10, "the valid frames after the bad one")
+        wait_until(lambda: any(f.seq == 16 for _, f, _ in pictures.snapshot()), 10, "the last picture")
+        assert viewer.stats.malformed == len(junk)
+        assert viewer.stats.decode_errors == 1
+        assert viewer._thread is not None and viewer._thread.is_alive()
+        seqs = [f.seq for _, f, _ in pictures.snapshot()]
+        assert 10 not in seqs and seqs[-1] == 16 and set(seqs) >= {3, 11, 12, 13, 14, 15}
+    finally:
+        pub.close(linger=0)
+
+
+def test_receive_path_on_crafted_frames_without_a_socket(network) -> None:
+    viewer = Viewer(ViewerConfig(host="127.0.0.1:1", headless=True), network.bus())
+    video, frames = encoded_pattern(3)
+    info = StreamInfo(stream_id="rogue", name="x", started_ns=1, sent_ns=1, video=video)
+    batch = [[b"i", *CODEC.encode(info)]] + [[b"v", *CODEC.encode(h, d)] for h, d in frames]
+    batch.insert(2, [b"v", b"junk", b""])
+    picture = viewer.process(batch)
+    assert picture is not None and picture.shape == (120, 160, 3)
+    assert viewer.stats.malformed == 1
+    assert viewer.stats.frames_decoded == 3
+    assert viewer.stats.frames_shown == 1  # only the newest picture of a batch is shown
+    viewer.stop()
