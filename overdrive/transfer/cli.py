@@ -1,0 +1,221 @@
+"""``overdrive fetch``: find a file's online holders (index or ``--from``), fetch it verified, register the copy."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from overdrive import paths
+from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
+from overdrive.bus.sockets import Bus
+from overdrive.cliutil import console, options, print_json, warn_insecure
+from overdrive.errors import ConfigError, OverdriveError, TransferError
+from overdrive.transfer import names
+from overdrive.transfer.catalogue import SharedFile
+from overdrive.transfer.fetcher import FetchRequest, FetchResult, fetch
+from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fetch")(fetch_command)
+
+
+def fetch_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="File name as 'overdrive ls' shows it (relative path).")],
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Fetch from HOST:PORT[,HOST:PORT...] directly, skipping the index."),
+    ] = None,
+    master: Annotated[
+        str | None,
+        typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to look NAME up in: HOST[:PORT],..."),
+    ] = None,
+    content_hash: Annotated[
+        str | None, typer.Option("--hash", help="Fetch this version (BLAKE3 hex) when several exist.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder to put the file in (default: the backup folder).", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    window: Annotated[int, typer.Option(help="Chunk requests in flight per holder.")] = DEFAULT_WINDOW,
+    chunk_size: Annotated[
+        int, typer.Option(help="Chunk size in bytes (power of two, 64 KiB-16 MiB); 0 = the holder's choice.")
+    ] = 0,
+    limit_rate: Annotated[float, typer.Option(help="Download at most this many MB/s (0 = no limit).")] = 0.0,
+    timeout: Annotated[float, typer.Option(help="Seconds without an answer before a holder is given up.")] = 15.0,
+    register_copy: Annotated[
+        bool,
+        typer.Option("--register/--no-register", help="After an index fetch, register the new copy as ours."),
+    ] = True,
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT our 'share' serves on, for registering (default: our address toward the master)."),
+    ] = None,
+) -> None:
+    """Download NAME from a peer that holds it, verify every chunk and the whole file, resume if interrupted."""
+    opts = options(ctx)
+    warn_insecure(opts)
+    names.check_name(name)
+    if from_ is None and master is None:
+        raise ConfigError("say where to find the file: --master HOST,... (the index) or --from HOST:PORT")
+    try:
+        config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    dest_dir = out if out is not None else paths.backup_dir()
+    masters = parse_endpoints(master, DEFAULT_MASTER_PORT) if master else []
+    with opts.bus() as bus:
+        wanted = (content_hash or "").lower()
+        if from_ is not None:
+            sources = tuple(parse_endpoints(from_, DEFAULT_SHARE_PORT))
+            size_hint = 0
+        else:
+            sources, wanted, size_hint = _resolve(bus, masters, name, wanted)
+        request = FetchRequest(
+            name=name, sources=sources, dest_dir=dest_dir, content_hash=wanted, chunk_size=chunk_size, config=config
+        )
+        result = _fetch_with_progress(bus, request, size_hint, quiet=as_json)
+        registered = False
+        if masters and register_copy and not result.already_present:
+            registered = _register(bus, masters, result, dest_dir, advertise)
+    if as_json:
+        print_json(
+            {
+                "name": result.name,
+                "path": result.path,
+                "bytes": result.bytes,
+                "seconds": round(result.seconds, 3),
+                "mb_per_s": round(result.mb_per_s, 1),
+                "hash": result.hash,
+                "sources": result.sources,
+                "already_present": result.already_present,
+                "resumed_chunks": result.resumed_chunks,
+                "bytes_received": result.bytes_received,
+                "registered": registered,
+            }
+        )
+        return
+    if result.already_present:
+        console.print(f"{result.path} is already here with hash {result.hash[:16]}…; nothing to do")
+    else:
+        resumed = f", resumed {result.resumed_chunks} chunks" if result.resumed_chunks else ""
+        console.print(
+            f"fetched {result.path}: {result.bytes:,} bytes in {result.seconds:.2f} s "
+            f"({result.mb_per_s:.0f} MB/s) from {', '.join(result.sources) or 'the partial file'}{resumed}; "
+            f"BLAKE3 {result.hash} verified"
+        )
+
+
+def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple[tuple[Endpoint, ...], str, int]:
+    """Online holders of ``name`` (one version) from the index: (sources, content hash, size)."""
+    try:
+        from overdrive.index.client import IndexClient, is_glob
+    except ModuleNotFoundError as exc:  # pragma: no cover - the index package ships with overdrive
+        raise TransferError("index lookup unavailable: use --from HOST:PORT") from exc
+    if is_glob(name):
+        raise ConfigError(f"fetch takes one exact name, not a pattern ({name!r}); see 'overdrive ls'")
+    with IndexClient(bus, masters) as client:
+        entries = [e for e in client.lookup(name, content_hash=wanted or None) if not e.deleted and e.name == name]
+    if wanted:
+        entries = [e for e in entries if e.content_hash == wanted]
+    if not entries:
+        version = f" with hash {wanted[:16]}…" if wanted else ""
+        raise TransferError(f"{name!r}{version} not found in the index")
+    online = [e for e in entries if e.online and e.holder != bus.node_id]
+    if not online:
+        raise TransferError(f"no holder of {name!r} is online ({len(entries)} known, all offline)")
+    versions = sorted(
+        {e.content_hash for e in online}, key=lambda h: max(e.mtime_ns for e in online if e.content_hash == h)
+    )
+    chosen = wanted or versions[-1]
+    if len(versions) > 1 and not wanted:
+        console.print(
+            f"{name!r} exists in {len(versions)} versions online; fetching the newest ({chosen[:16]}…), "
+            "pick another with --hash"
+        )
+    sources: list[Endpoint] = []
+    for entry in online:
+        if entry.content_hash != chosen:
+            continue
+        try:
+            sources.append(parse_endpoint(entry.address, DEFAULT_SHARE_PORT))
+        except ConfigError:
+            log.warning("holder %s advertises an invalid address %r; skipped", entry.holder, entry.address)
+    if not sources:
+        raise TransferError(f"no online holder of {name!r} has a usable address")
+    size = next(e.size for e in online if e.content_hash == chosen)
+    return tuple(dict.fromkeys(sources)), chosen, size
+
+
+def _fetch_with_progress(bus: Bus, request: FetchRequest, size_hint: int, *, quiet: bool) -> FetchResult:
+    if quiet or not console.is_terminal:
+        return fetch(bus, request)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(request.name, total=size_hint or None)
+        last = [0.0]
+
+        def update(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or done == total:
+                last[0] = now
+                bar.update(task, completed=done, total=total)
+
+        return fetch(bus, request, update)
+
+
+def _register(bus: Bus, masters: list[Endpoint], result: FetchResult, dest_dir: Path, advertise: str | None) -> bool:
+    """Tell the index we now hold the file (best effort: a failure is a warning, the file is already safe)."""
+    from overdrive.index.client import IndexClient
+
+    try:
+        rel = Path(result.path).relative_to(Path(dest_dir).resolve()).as_posix()
+        names.check_name(rel)
+        address = (
+            parse_endpoint(advertise, DEFAULT_SHARE_PORT).display
+            if advertise
+            else f"{_local_address(masters[0])}:{DEFAULT_SHARE_PORT}"
+        )
+        st = Path(result.path).stat()
+        entry = SharedFile(name=rel, size=result.bytes, content_hash=result.hash, mtime_ns=st.st_mtime_ns)
+        with IndexClient(bus, masters) as client:
+            client.register([entry], address)
+    except (OverdriveError, OSError, ValueError) as exc:
+        console.print(f"[yellow]warning: fetched, but could not register the new copy in the index: {exc}")
+        return False
+    return True
+
+
+def _local_address(master: Endpoint) -> str:
+    """This machine's address on the route toward ``master`` (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in master.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((master.host, master.port))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
