@@ -191,7 +191,7 @@ class FetchSession:
         rate = self.config.rate_limit
         if rate <= 0 or self._started is None:
             return True
-        return self._requested_bytes < rate * (now - self._started) + self.plan.chunk_size
+        return self._requested_bytes <= rate * (now - self._started)
 
     def received(self, source: str, index: int, data: memoryview | bytes) -> bool:
         """A chunk from ``source``: True when it is verified and must be written (then call :meth:`written`)."""

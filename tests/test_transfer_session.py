@@ -1,0 +1,247 @@
+"""The transfer protocol in memory: ServeCore and FetchSession talking through the codec, no sockets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+
+from overdrive.bus.codec import Codec, Message
+from overdrive.transfer.catalogue import SharedFile
+from overdrive.transfer.folder import FolderCatalogue
+from overdrive.transfer.protocol import CODEC, MIN_CHUNK, Chunk, Close, Failed, Open, Opened, Read, Refused
+from overdrive.transfer.serving import ServeCore, ServerConfig
+from overdrive.transfer.session import FetchConfig, FetchSession, Plan
+
+CHUNK = MIN_CHUNK
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "shared"
+    root.mkdir()
+    (root / "data.bin").write_bytes(os.urandom(10 * CHUNK + 123))
+    (root / "empty.bin").write_bytes(b"")
+    return root
+
+
+def _core(folder: Path, **config: int) -> tuple[ServeCore, FolderCatalogue]:
+    catalogue = FolderCatalogue.scan(folder)
+    return ServeCore(folder, catalogue, ServerConfig(chunk_size=CHUNK, **config)), catalogue  # type: ignore[arg-type]
+
+
+def _ask(core: ServeCore, peer: str, msg: Message, *payload: bytes) -> tuple[Message, list[memoryview]]:
+    replies = core.handle(peer, CODEC.encode(msg, *payload), now=0.0)  # type: ignore[arg-type]
+    assert len(replies) == 1
+    return CODEC.decode(replies[0])
+
+
+def _open(core: ServeCore, catalogue: FolderCatalogue, name: str = "data.bin", peer: str = "p") -> tuple[Opened, Plan]:
+    entry = catalogue.get(name)
+    assert entry is not None
+    reply, payload = _ask(core, peer, Open(rid=1, name=name, content_hash=entry.content_hash))
+    assert isinstance(reply, Opened), reply
+    return reply, Plan.from_opened(reply, payload[0])
+
+
+def _pump(
+    core: ServeCore,
+    session: FetchSession,
+    tids: dict[str, int],
+    store: bytearray,
+    outstanding: list[tuple[str, int]] | None = None,
+) -> None:
+    """Run the session against ``core`` until it finishes or stalls; every source is the same core."""
+    now = 0.0
+    while not session.finished and not session.stalled:
+        requests = (outstanding or []) + session.requests(now)
+        outstanding = None
+        assert requests, "session asked for nothing but is not finished"
+        for source, index in requests:
+            (frames,) = core.handle("p", CODEC.encode(Read(tid=tids[source], index=index)), now)
+            reply, payload = CODEC.decode(frames)
+            if isinstance(reply, Chunk) and session.received(source, reply.index, payload[0]):
+                offset = reply.index * session.plan.chunk_size
+                store[offset : offset + len(payload[0])] = payload[0]
+                session.written(reply.index)
+            elif isinstance(reply, Failed):
+                session.fail(source, reply.reason)
+
+
+def test_open_read_close_round_trip(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    opened, plan = _open(core, catalogue)
+    data = (folder / "data.bin").read_bytes()
+    assert opened.size == len(data) and plan.chunks == 11 and opened.content_hash == blake3.blake3(data).hexdigest()
+    store = bytearray(opened.size)
+    session = FetchSession(plan, ["p"], config=FetchConfig(window=3))
+    _pump(core, session, {"p": opened.tid}, store)
+    assert bytes(store) == data
+    assert core.stats.chunks_sent == 11 and core.stats.bytes_sent == len(data)
+    assert core.handle("p", CODEC.encode(Close(tid=opened.tid)), 0.0) == []
+    assert core.open_transfers == 0 and core.stats.closed == 1
+
+
+def test_empty_file(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue, "empty.bin")
+    session = FetchSession(plan, ["p"])
+    assert session.finished and session.requests(0.0) == []
+
+
+def test_window_is_the_credit(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    session = FetchSession(plan, ["a", "b"], config=FetchConfig(window=2))
+    first = session.requests(0.0)
+    assert len(first) == 4 and {s for s, _ in first} == {"a", "b"}
+    assert session.requests(0.0) == []  # no credit left until a chunk arrives
+    source, index = first[0]
+    offset, length = plan.chunk_range(index)
+    data = (folder / "data.bin").read_bytes()[offset : offset + length]
+    assert session.received(source, index, data)
+    session.written(index)
+    assert session.requests(0.0) == [(source, 4)]
+
+
+def test_failed_source_chunks_go_to_the_others(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    opened, plan = _open(core, catalogue)
+    session = FetchSession(plan, ["a", "b"], config=FetchConfig(window=4))
+    sent = session.requests(0.0)
+    lost = sorted(i for s, i in sent if s == "a")
+    session.fail("a", "disconnected")
+    assert session.stats.reassigned == len(lost)
+    store = bytearray(opened.size)
+    _pump(core, session, {"a": opened.tid, "b": opened.tid}, store, [r for r in sent if r[0] == "b"])
+    assert bytes(store) == (folder / "data.bin").read_bytes()
+    assert session.received_by("a") == 0 and session.received_by("b") == plan.chunks
+
+
+def test_timeouts_fail_a_silent_source(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    session = FetchSession(plan, ["a", "b"], config=FetchConfig(window=2, request_timeout=5))
+    session.requests(0.0)
+    assert session.check_timeouts(4.0) == []
+    assert sorted(session.check_timeouts(6.0)) == ["a", "b"]
+    assert session.stalled and "no answer" in session.failures["a"]
+
+
+def test_wrong_chunk_is_rejected_and_the_source_dropped(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    session = FetchSession(plan, ["a", "b"], config=FetchConfig(window=1))
+    (src, index), (other, other_index) = session.requests(0.0)
+    assert not session.received(src, index, b"\0" * plan.chunk_range(index)[1])
+    assert session.stats.rejected == 1 and "does not match" in session.failures[src]
+    assert not session.received(other, 99, b"x") and session.stats.unexpected == 1  # never asked for
+    offset, length = plan.chunk_range(other_index)
+    assert session.received(other, other_index, (folder / "data.bin").read_bytes()[offset : offset + length])
+    session.written(other_index)
+    assert session.requests(0.0) == [(other, index)]  # the rejected chunk is asked again elsewhere
+
+
+def test_resume_asks_only_for_missing_chunks(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    session = FetchSession(plan, ["a"], done=range(0, 8), config=FetchConfig(window=16))
+    assert sorted(i for _, i in session.requests(0.0)) == [8, 9, 10]
+
+
+def test_rate_limit_spaces_requests(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    session = FetchSession(plan, ["a"], config=FetchConfig(window=64, rate_limit=CHUNK))  # one chunk per second
+    assert len(session.requests(0.0)) == 1
+    assert session.requests(0.5) == []
+    assert len(session.requests(1.01)) == 1
+
+
+def test_refusals(folder: Path) -> None:
+    core, catalogue = _core(folder, max_transfers_per_peer=2, max_transfers=4)
+    entry = catalogue.get("data.bin")
+    assert entry is not None
+    h = entry.content_hash
+    cases = [
+        (Open(rid=1, name="missing.bin", content_hash=h), "not-found"),
+        (Open(rid=2, name="data.bin", content_hash="0" * 64), "changed"),
+        (Open(rid=3, name="../data.bin", content_hash=h), "unsafe"),
+    ]
+    for msg, reason in cases:
+        reply, _ = _ask(core, "p", msg)
+        assert isinstance(reply, Refused) and reply.reason == reason, reply
+    _open(core, catalogue, peer="p")
+    _open(core, catalogue, peer="p")
+    reply, _ = _ask(core, "p", Open(rid=9, name="data.bin", content_hash=h))
+    assert isinstance(reply, Refused) and reply.reason == "busy"
+    _open(core, catalogue, peer="q")  # another peer has its own allowance
+
+
+def test_catalogue_entry_without_matching_file_is_refused(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    catalogue.put(SharedFile(name="ghost.bin", size=5, content_hash="a" * 64, mtime_ns=0))
+    catalogue.put(SharedFile(name="data.bin", size=1, content_hash="b" * 64, mtime_ns=0))  # stale size/hash
+    for name, content_hash in (("ghost.bin", "a" * 64), ("data.bin", "b" * 64)):
+        reply, _ = _ask(core, "p", Open(rid=1, name=name, content_hash=content_hash))
+        assert isinstance(reply, Refused) and reply.reason in ("not-found", "changed"), reply
+
+
+def test_file_changed_while_served(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    opened, _ = _open(core, catalogue)
+    with (folder / "data.bin").open("r+b") as fh:
+        fh.write(b"tampered")
+    reply, _ = _ask(core, "p", Read(tid=opened.tid, index=3))
+    assert isinstance(reply, Failed) and reply.reason == "changed"
+    assert core.stats.changed == 1 and core.open_transfers == 0
+
+
+def test_reads_are_bound_to_their_peer_and_range(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    opened, _ = _open(core, catalogue, peer="alice")
+    reply, _ = _ask(core, "mallory", Read(tid=opened.tid, index=0))
+    assert isinstance(reply, Failed) and reply.reason == "unknown-transfer"
+    reply, _ = _ask(core, "alice", Read(tid=opened.tid, index=11))
+    assert isinstance(reply, Failed) and reply.reason == "bad-index"
+    reply, _ = _ask(core, "alice", Read(tid=opened.tid + 1, index=0))
+    assert isinstance(reply, Failed) and reply.reason == "unknown-transfer"
+
+
+class Junk(Message, tag="junk", frozen=True):
+    x: int
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b""],
+        [b"\xff\xff\xff"],
+        [b"\x92\x01\x81\xa1t\xa4read"],  # read without fields
+        Codec(Junk).encode(Junk(x=1)),
+        [CODEC.encode(Read(tid=1, index=0))[0], b"extra payload"],
+        CODEC.encode(Chunk(tid=1, index=0), b"server does not take chunks"),
+        [b"\x92\x02\xc0"],  # wrong protocol version
+    ],
+)
+def test_malformed_requests_are_dropped_and_counted(folder: Path, frames: list[bytes]) -> None:
+    core, _ = _core(folder)
+    assert core.handle("p", frames, 0.0) == []
+    assert core.stats.malformed == 1
+
+
+def test_idle_transfers_expire(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _open(core, catalogue)
+    core.expire(10.0)
+    assert core.open_transfers == 1
+    core.expire(1000.0)
+    assert core.open_transfers == 0 and core.stats.expired == 1
+
+
+def test_plan_rejects_a_short_digest_table() -> None:
+    opened = Opened(rid=1, tid=1, size=3 * CHUNK, chunk_size=CHUNK, mtime_ns=0, content_hash="a" * 64)
+    with pytest.raises(Exception, match="digest"):
+        Plan.from_opened(opened, b"\0" * 64)
