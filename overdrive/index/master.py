@@ -1,0 +1,544 @@
+"""A master: one replica of the index, serving nodes and clients and replicating with the other masters.
+
+It binds one ROUTER (nodes, clients and peer masters all connect there) and connects one DEALER to every other
+master it knows. It learns masters from its peers' heartbeats (gossip), so ``--peers`` needs one live master.
+Replication decisions are made by :class:`~overdrive.index.replication.Replica`; this module is the socket shell:
+receive, validate, attribute (``bus.peer_id``), hand to the replica, send what it says.
+
+Nodes may only write records whose holder is their own authenticated node id. Peer masters are trusted once
+they hold the network key (see SECURITY in the README): a password holder can run a master.
+Anything malformed is dropped and counted in :attr:`Master.dropped`; it never changes state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import zmq
+
+from overdrive.bus.address import DEFAULT_MASTER_PORT, Endpoint, parse_endpoint
+from overdrive.bus.codec import Message
+from overdrive.bus.heartbeat import Liveness, Ticker
+from overdrive.bus.sockets import Bus
+from overdrive.errors import BusError, ConfigError, ProtocolError
+from overdrive.index.protocol import (
+    CODEC,
+    Ack,
+    Announce,
+    BucketRequest,
+    Digest,
+    Entry,
+    Found,
+    Lookup,
+    MasterBeat,
+    NodeBeat,
+    Status,
+    StatusQuery,
+    SyncBatch,
+    SyncDone,
+    SyncRequest,
+    Updates,
+)
+from overdrive.index.records import RecordRow, decode_rows, encode_rows
+from overdrive.index.replication import Replica, ReplicationConfig
+from overdrive.index.runner import Runner
+from overdrive.index.stores.base import Store
+
+log = logging.getLogger(__name__)
+
+_DRAIN = 512
+_FOUND_BATCH = 2000
+_LIVE_BATCH = 5000
+
+
+def guess_host() -> str:
+    """This machine's LAN address as others would reach it (falls back to 127.0.0.1)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent for UDP connect
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def advertised(bind: Endpoint, host: str | None) -> str:
+    """``host:port`` others should use for an endpoint bound at ``bind``."""
+    if host:
+        return Endpoint(host, bind.port).display
+    if bind.host in ("0.0.0.0", "*", "::"):
+        return Endpoint(guess_host(), bind.port).display
+    return bind.display
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MasterConfig:
+    """How a master runs."""
+
+    bind: Endpoint = field(default_factory=lambda: Endpoint("0.0.0.0", DEFAULT_MASTER_PORT))
+    peers: tuple[Endpoint, ...] = ()
+    advertise: str | None = None
+    """Host (or host:port) other masters should connect to; default: the bind host, or a guess if 0.0.0.0."""
+    heartbeat: float = 0.5
+    master_timeout: float = 3.0
+    node_timeout: float = 3.0
+    anti_entropy: float = 5.0
+    """Seconds between digest comparisons with a peer whose version vector equals ours."""
+    purge_interval: float = 600.0
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat", "master_timeout", "node_timeout", "anti_entropy", "purge_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.master_timeout <= self.heartbeat or self.node_timeout <= self.heartbeat:
+            raise ConfigError("timeouts must be longer than the heartbeat interval")
+
+
+@dataclass
+class _Link:
+    """Our DEALER to one other master."""
+
+    address: str
+    sock: zmq.Socket  # type: ignore[type-arg]
+    origin: str = ""
+
+
+@dataclass
+class _Serving:
+    """A sync or repair being streamed to a peer, a batch per loop turn."""
+
+    sock: zmq.Socket  # type: ignore[type-arg]
+    identity: bytes | None
+    ref: int
+    batches: Iterator[list[RecordRow]]
+    vector: dict[str, int] | None
+    waiting: list[object] | None = None
+
+
+@dataclass(slots=True)
+class MasterStats:
+    """What ``overdrive master`` prints."""
+
+    dropped: int = 0
+    refused: int = 0
+    served_syncs: int = 0
+    received_syncs: int = 0
+    repairs: int = 0
+    unsent: int = 0
+    rate: float = 0.0
+
+
+class Master(Runner):
+    """One index master in a background thread (``start``/``stop``)."""
+
+    name = "overdrive-master"
+
+    def __init__(self, bus: Bus, store: Store, config: MasterConfig | None = None) -> None:
+        super().__init__(bus)
+        self.config = config or MasterConfig()
+        self.store = store
+        self.replica = Replica(store, self.config.replication)
+        self.stats = MasterStats()
+        self.endpoint: Endpoint | None = None
+        self.address = ""
+        self.masters: dict[str, str] = {}
+        self.vectors: dict[str, dict[str, int]] = {}
+        self.remote_nodes: dict[str, set[str]] = {}
+        self.peer_masters: dict[str, set[str]] = {}
+        self.master_live: Liveness[str] = Liveness(self.config.master_timeout)
+        self.node_live: Liveness[str] = Liveness(self.config.node_timeout)
+        self._links: dict[str, _Link] = {}
+        self._router: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._serving: list[_Serving] = []
+        self._syncing: dict[str, tuple[int, float]] = {}
+        self._full_syncs: dict[str, tuple[int, set[str]]] = {}
+        self.entries = 0
+        self._refs = itertools.count(1)
+        self._live_rows: list[RecordRow] = []
+        self._relay: list[RecordRow] = []
+        self._rate_mark = (time.monotonic(), 0)
+        self._digest_turn = 0
+
+    @property
+    def origin(self) -> str:
+        return self.replica.origin
+
+    @property
+    def dropped(self) -> int:
+        return self.stats.dropped
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        router = self.bus.server(zmq.ROUTER, hwm=100_000)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router = router
+        self.endpoint = self.bus.bind(router, self.config.bind)
+        self.address = advertised(self.endpoint, self.config.advertise)
+        self.masters[self.origin] = self.address
+        for peer in self.config.peers:
+            self._link(peer.display)
+        log.info("master %s on %s (advertised %s)", self.origin, self.endpoint.display, self.address)
+
+    def teardown(self) -> None:
+        for link in self._links.values():
+            link.sock.close(linger=0)
+        self._links.clear()
+        if self._router is not None:
+            self._router.close(linger=0)
+            self._router = None
+        self._serving.clear()
+
+    def _link(self, address: str) -> _Link | None:
+        if address == self.address or address in self._links:
+            return self._links.get(address)
+        try:
+            endpoint = parse_endpoint(address, DEFAULT_MASTER_PORT)
+        except ConfigError:
+            return None
+        sock = self.bus.client(zmq.DEALER, hwm=10_000)
+        self.bus.connect(sock, endpoint, verify=False)
+        link = _Link(address, sock)
+        self._links[address] = link
+        log.info("master %s: connecting to peer %s", self.origin, address)
+        return link
+
+    def _link_for(self, origin: str) -> _Link | None:
+        for link in self._links.values():
+            if link.origin == origin:
+                return link
+        address = self.masters.get(origin)
+        return self._link(address) if address else None
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def loop(self, control: zmq.Socket) -> None:  # type: ignore[type-arg]
+        assert self._router is not None
+        beat = Ticker(self.config.heartbeat)
+        entropy = Ticker(self.config.anti_entropy)
+        purge = Ticker(self.config.purge_interval)
+        poller = zmq.Poller()
+        poller.register(control, zmq.POLLIN)
+        poller.register(self._router, zmq.POLLIN)
+        registered: set[int] = set()
+        counted = Ticker(2.0)
+        while True:
+            for link in self._links.values():
+                if id(link.sock) not in registered:
+                    poller.register(link.sock, zmq.POLLIN)
+                    registered.add(id(link.sock))
+            events = dict(poller.poll(0 if self._serving else int(self.config.heartbeat * 500)))
+            if control in events:
+                return
+            now = time.monotonic()
+            if self._router in events:
+                self._drain(self._router, routed=True)
+            for link in list(self._links.values()):
+                if link.sock in events:
+                    self._drain(link.sock, routed=False)
+            self._flush_live()
+            self._pump_serving()
+            if beat.due(now):
+                self._heartbeat(now)
+            if entropy.due(now):
+                self._anti_entropy()
+            if purge.due(now):
+                self.replica.purge()
+            if counted.due(now):
+                self.entries = self.store.count()
+            self._update_rate(now)
+
+    def _drain(self, sock: zmq.Socket, *, routed: bool) -> None:  # type: ignore[type-arg]
+        for _ in range(_DRAIN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity: bytes | None = None
+            if routed:
+                if len(frames) < 2:
+                    self.stats.dropped += 1
+                    continue
+                identity = frames[0].bytes
+                frames = frames[1:]
+            try:
+                message, payload = CODEC.decode(frames)
+                sender = self.bus.peer_id(frames[0]) if routed else ""
+                self._handle(sock, identity, sender, message, payload)
+            except (ProtocolError, BusError, ValueError) as exc:
+                self.stats.dropped += 1
+                log.debug("master %s: dropped a message: %s", self.origin, exc)
+
+    def _send(self, sock: zmq.Socket, identity: bytes | None, message: Message, *payload: object) -> bool:  # type: ignore[type-arg]
+        frames = CODEC.encode(message, *payload)
+        if identity is not None:
+            frames = [identity, *frames]
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
+                raise
+            self.stats.unsent += 1
+            return False
+        return True
+
+    # -- message handlers --------------------------------------------------------------------------------------
+
+    def _handle(
+        self,
+        sock: zmq.Socket,  # type: ignore[type-arg]
+        identity: bytes | None,
+        sender: str,
+        message: Message,
+        payload: list[memoryview],
+    ) -> None:
+        now = time.monotonic()
+        if isinstance(message, Updates):
+            rows = decode_rows(payload[0])
+            self._live_rows.extend(self.replica.accept(rows))
+            if len(self._live_rows) >= _LIVE_BATCH:
+                self._flush_live()
+        elif isinstance(message, Announce):
+            self._announce(sock, identity, sender, message, now)
+        elif isinstance(message, NodeBeat):
+            self.node_live.seen(sender, now)
+            self._send(sock, identity, Ack(ref=message.ref))
+        elif isinstance(message, MasterBeat):
+            self._master_beat(message, now)
+        elif isinstance(message, Lookup):
+            self._lookup(sock, identity, message, now)
+        elif isinstance(message, StatusQuery):
+            self._send(sock, identity, self.status(message.ref))
+        elif isinstance(message, SyncRequest):
+            self._flush_live()
+            batches = self.replica.serve_sync(message.vector)
+            self._serving.append(_Serving(sock, identity, message.ref, batches, dict(self.replica.vector)))
+            self.stats.served_syncs += 1
+        elif isinstance(message, SyncBatch):
+            rows = decode_rows(payload[0])
+            self._flush_live()
+            self.replica.merge(rows)
+        elif isinstance(message, SyncDone):
+            self._flush_live()
+            self.replica.finish_sync(message.vector)
+            self.stats.received_syncs += 1
+            for origin, (ref, _started) in list(self._syncing.items()):
+                if ref == message.ref:
+                    del self._syncing[origin]
+        elif isinstance(message, Digest):
+            self._digest(sock, identity, message)
+        elif isinstance(message, BucketRequest):
+            self._flush_live()
+            self._serving.append(_Serving(sock, identity, 0, self.replica.bucket_rows(message.buckets), None))
+        else:  # Ack, Found, Status: replies meant for clients
+            raise ValueError(f"unexpected {type(message).__name__}")
+
+    def _announce(
+        self,
+        sock: zmq.Socket,  # type: ignore[type-arg]
+        identity: bytes | None,
+        sender: str,
+        message: Announce,
+        now: float,
+    ) -> None:
+        if message.holder != sender:
+            self.stats.refused += 1
+            self.stats.dropped += 1
+            log.warning("master %s: node %s tried to register files for %s", self.origin, sender, message.holder)
+            self._send(sock, identity, Ack(ref=message.ref, ok=False, error="holder is not your node id"))
+            return
+        self.node_live.seen(sender, now)
+        self._flush_live()
+        if message.full:
+            pending = self._full_syncs.setdefault(sender, (message.sync, set()))
+            if pending[0] != message.sync:
+                pending = self._full_syncs[sender] = (message.sync, set())
+            pending[1].update(f.name for f in message.files)
+            keep = pending[1] if message.final else None
+            if message.final:
+                del self._full_syncs[sender]
+        else:
+            keep = None
+        rows = self.replica.stamp(sender, message.address, message.files, message.removed, keep)
+        if rows:
+            self.replica.commit(rows)
+            self._forward(rows, own=True)
+        self._send(sock, identity, Ack(ref=message.ref, applied=len(rows)))
+
+    def _flush_live(self) -> None:
+        rows = self._live_rows
+        if not rows:
+            return
+        self._live_rows = []
+        self.replica.commit(rows)
+        self._forward(rows, own=False)
+
+    def _forward(self, rows: Sequence[RecordRow], *, own: bool) -> None:
+        """Send new rows to peers: ours to every peer; relayed ones only to peers not connected to their origin."""
+        for link in self._links.values():
+            if own:
+                batch = list(rows)
+            else:
+                knows = self.peer_masters.get(link.origin, set())
+                batch = [r for r in rows if r[6] not in knows and r[6] != link.origin]
+            for start in range(0, len(batch), _LIVE_BATCH):
+                chunk = batch[start : start + _LIVE_BATCH]
+                self._send(link.sock, None, Updates(origin=self.origin), encode_rows(chunk))
+
+    def _master_beat(self, beat: MasterBeat, now: float) -> None:
+        if beat.origin == self.origin:
+            return
+        fresh = self.master_live.seen(beat.origin, now)
+        if fresh:
+            log.info("master %s: peer %s (%s) is online", self.origin, beat.origin, beat.address)
+        self.masters[beat.origin] = beat.address
+        self.vectors[beat.origin] = dict(beat.vector)
+        self.remote_nodes[beat.origin] = set(beat.nodes)
+        self.peer_masters[beat.origin] = set(beat.masters)
+        for origin, address in beat.masters.items():
+            if origin != self.origin and origin not in self.masters:
+                self.masters[origin] = address
+        for origin, address in self.masters.items():
+            if origin != self.origin and self._link_for(origin) is None:
+                self._link(address)
+        link = self._links.get(beat.address)
+        if link is not None and not link.origin:
+            link.origin = beat.origin
+        if self.replica.behind(beat.vector):
+            syncing = self._syncing.get(beat.origin)
+            if syncing is None or now - syncing[1] > 30.0:
+                self._request_sync(beat.origin, now)
+
+    def _request_sync(self, origin: str, now: float) -> None:
+        link = self._link_for(origin)
+        if link is None:
+            return
+        ref = next(self._refs)
+        if self._send(link.sock, None, SyncRequest(ref=ref, vector=dict(self.replica.vector))):
+            self._syncing[origin] = (ref, now)
+
+    def _lookup(self, sock: zmq.Socket, identity: bytes | None, query: Lookup, now: float) -> None:  # type: ignore[type-arg]
+        entries: list[Entry] = []
+        online = self.online_nodes(now)
+        found = self.store.find(
+            query.name, glob=query.glob, content_hash=query.content_hash, include_deleted=query.include_deleted
+        )
+        for record in found:
+            entries.append(
+                Entry(
+                    name=record.name,
+                    size=record.size,
+                    content_hash=record.content_hash,
+                    holder=record.holder,
+                    address=record.address,
+                    mtime_ns=record.mtime_ns,
+                    online=record.holder in online and not record.deleted,
+                    deleted=record.deleted,
+                )
+            )
+            if len(entries) >= _FOUND_BATCH:
+                self._send(sock, identity, Found(ref=query.ref, entries=entries, done=False))
+                entries = []
+        self._send(sock, identity, Found(ref=query.ref, entries=entries, done=True))
+
+    def _digest(self, sock: zmq.Socket, identity: bytes | None, digest: Digest) -> None:  # type: ignore[type-arg]
+        self._flush_live()
+        differ = self.replica.differing(self.replica.checksums(), digest.buckets)
+        if not differ:
+            return
+        self.stats.repairs += 1
+        log.info("master %s: %d bucket(s) differ from %s; repairing", self.origin, len(differ), digest.origin)
+        self._serving.append(_Serving(sock, identity, 0, self.replica.bucket_rows(differ), None))
+        self._send(sock, identity, BucketRequest(ref=0, buckets=differ))
+
+    # -- periodic work -----------------------------------------------------------------------------------------
+
+    def _pump_serving(self) -> None:
+        for serving in list(self._serving):
+            for _ in range(2):
+                if serving.waiting is None:
+                    try:
+                        batch = next(serving.batches)
+                    except StopIteration:
+                        batch = None
+                    if batch is None:
+                        self._serving.remove(serving)
+                        if serving.vector is not None:
+                            self._send(serving.sock, serving.identity, SyncDone(ref=serving.ref, vector=serving.vector))
+                        break
+                    serving.waiting = [SyncBatch(ref=serving.ref), encode_rows(batch)]
+                message, data = serving.waiting
+                if not self._send(serving.sock, serving.identity, message, data):  # type: ignore[arg-type]
+                    self.stats.unsent -= 1  # not lost: retried next turn
+                    break
+                serving.waiting = None
+
+    def _heartbeat(self, now: float) -> None:
+        for origin in self.master_live.expired(now):
+            log.info("master %s: peer %s is offline", self.origin, origin)
+            self.remote_nodes.pop(origin, None)
+            self.peer_masters.pop(origin, None)
+            self._syncing.pop(origin, None)
+        self.node_live.expired(now)
+        beat = MasterBeat(
+            origin=self.origin,
+            address=self.address,
+            vector=dict(self.replica.vector),
+            masters=dict(self.masters),
+            nodes=self.node_live.peers(),
+        )
+        for link in self._links.values():
+            self._send(link.sock, None, beat)
+
+    def _anti_entropy(self) -> None:
+        calm = [
+            link
+            for link in self._links.values()
+            if link.origin
+            and self.master_live.alive(link.origin, time.monotonic())
+            and self.vectors.get(link.origin) == self.replica.vector
+        ]
+        if not calm or self._serving or self._syncing:
+            return
+        self._digest_turn = (self._digest_turn + 1) % len(calm)
+        link = calm[self._digest_turn]
+        self._send(link.sock, None, Digest(origin=self.origin, buckets=self.replica.checksums()))
+
+    def _update_rate(self, now: float) -> None:
+        mark, count = self._rate_mark
+        if now - mark >= 1.0:
+            total = self.replica.stats.accepted + self.replica.stats.stamped
+            self.stats.rate = (total - count) / (now - mark)
+            self._rate_mark = (now, total)
+
+    # -- views -------------------------------------------------------------------------------------------------
+
+    def online_nodes(self, now: float | None = None) -> set[str]:
+        """Nodes heard from recently by this master or by any live peer master."""
+        now = time.monotonic() if now is None else now
+        online = {n for n in self.node_live.peers() if self.node_live.alive(n, now)}
+        for origin, nodes in self.remote_nodes.items():
+            if self.master_live.alive(origin, now):
+                online |= nodes
+        return online
+
+    def status(self, ref: int = 0) -> Status:
+        now = time.monotonic()
+        return Status(
+            ref=ref,
+            origin=self.origin,
+            entries=self.store.count(),
+            digest=self.store.digest(),
+            masters=dict(self.masters),
+            masters_online=sorted(o for o in self.masters if o != self.origin and self.master_live.alive(o, now)),
+            nodes_online=sorted(self.online_nodes(now)),
+            vector=dict(self.replica.vector),
+            applied=self.replica.stats.accepted + self.replica.stats.stamped,
+            dropped=self.stats.dropped,
+            updates_per_s=self.stats.rate,
+        )

@@ -1,0 +1,174 @@
+"""The store interface every index backend implements, and the helpers they share.
+
+A store holds the records of one master: at most one per (holder, name), the last writer's version (larger
+``(hlc, origin)`` wins, see :mod:`overdrive.index.records`). Writes come in batches of row tuples
+(:data:`~overdrive.index.records.RecordRow`), applied last-writer-wins in one transaction together with the
+master's version vector, so a crash never leaves the vector ahead of the data. Reads stream rows in batches.
+
+Anti-entropy splits the index into :data:`BUCKETS` buckets by ``seq % 256`` and compares one checksum per bucket
+(count and sums of the version fields). Two stores holding the same winning versions have the same checksums.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+from overdrive.index.records import Record, RecordRow
+
+BUCKETS = 256
+BATCH = 20_000
+_MASK = (1 << 62) - 1
+
+
+def bucket_of(seq: int) -> int:
+    """The anti-entropy bucket of a record."""
+    return seq % BUCKETS
+
+
+def checksum(count: int, hlc_low_sum: int, seq_sum: int, deleted_sum: int) -> int:
+    """One bucket's checksum from its aggregates (``hlc_low_sum`` sums ``hlc % 2**32``)."""
+    if count == 0:
+        return 0
+    return (count * 1_000_003 + hlc_low_sum * 31 + seq_sum * 7 + deleted_sum * 13 + 1) & _MASK
+
+
+def row_checksums(rows: Iterable[Sequence[object]]) -> list[int]:
+    """Bucket checksums computed in Python from rows (for backends without SQL aggregates)."""
+    agg = [[0, 0, 0, 0] for _ in range(BUCKETS)]
+    for row in rows:
+        seq = int(row[7])  # type: ignore[call-overload]
+        slot = agg[seq % BUCKETS]
+        slot[0] += 1
+        slot[1] += int(row[8]) % (1 << 32)  # type: ignore[call-overload]
+        slot[2] += seq
+        slot[3] += 1 if row[9] else 0
+    return [checksum(*a) for a in agg]
+
+
+def encode_vector(vector: Mapping[str, int]) -> str:
+    return json.dumps(dict(sorted(vector.items())), separators=(",", ":"))
+
+
+def decode_vector(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}
+    data = json.loads(text)
+    return {str(k): int(v) for k, v in data.items()}
+
+
+def to_record(row: Sequence[object]) -> Record:
+    """A validated Record from a stored row."""
+    name, size, content_hash, holder, address, mtime_ns, origin, seq, hlc, deleted = row
+    return Record(
+        name=str(name),
+        size=int(size),  # type: ignore[call-overload]
+        content_hash=str(content_hash),
+        holder=str(holder),
+        address=str(address),
+        mtime_ns=int(mtime_ns),  # type: ignore[call-overload]
+        origin=str(origin),
+        seq=int(seq),  # type: ignore[call-overload]
+        hlc=int(hlc),  # type: ignore[call-overload]
+        deleted=bool(deleted),
+    )
+
+
+def wins(new: Sequence[object], old: Sequence[object]) -> bool:
+    """True if row ``new`` beats row ``old`` (same key) by ``(hlc, origin)``."""
+    return (int(new[8]), str(new[6])) > (int(old[8]), str(old[6]))  # type: ignore[call-overload]
+
+
+class Store(ABC):
+    """A master's copy of the index. Methods raise :class:`~overdrive.errors.StoreError` on backend failure."""
+
+    @abstractmethod
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        """Upsert ``rows`` last-writer-wins and (if given) save ``vector``, atomically; return rows that won."""
+
+    @abstractmethod
+    def get(self, holder: str, name: str) -> Record | None:
+        """The stored version of (holder, name), tombstone included, or None."""
+
+    @abstractmethod
+    def rows(self, batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        """Every stored row (tombstones included), in batches."""
+
+    @abstractmethod
+    def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        """Rows whose ``seq`` is above ``vector[origin]`` (0 for unknown origins), in batches."""
+
+    @abstractmethod
+    def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        """Rows in the given anti-entropy buckets."""
+
+    @abstractmethod
+    def checksums(self) -> list[int]:
+        """The :data:`BUCKETS` bucket checksums."""
+
+    @abstractmethod
+    def holder_rows(self, holder: str) -> list[RecordRow]:
+        """Every row (tombstones included) of one holder."""
+
+    @abstractmethod
+    def purge(self, before_hlc: int) -> int:
+        """Remove tombstones stamped before ``before_hlc``; return how many."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """A persisted setting (origin id, version vector)."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Persist a setting."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of live (not deleted) records."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line saying which backend and where (no passwords)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+    # -- shared conveniences -----------------------------------------------------------------------------------
+
+    def load_vector(self) -> dict[str, int]:
+        return decode_vector(self.get_meta("vector"))
+
+    def find(
+        self,
+        name: str = "",
+        *,
+        glob: bool = False,
+        content_hash: str | None = None,
+        include_deleted: bool = False,
+    ) -> Iterator[Record]:
+        """Records matching an exact name (or fnmatch ``glob``; "" = all) and an optional content hash."""
+        for batch in self.rows():
+            for row in batch:
+                if row[9] and not include_deleted:
+                    continue
+                if content_hash is not None and row[2] != content_hash:
+                    continue
+                if name and not (fnmatch.fnmatchcase(row[0], name) if glob else row[0] == name):
+                    continue
+                yield to_record(row)
+
+    def digest(self) -> str:
+        """A short hex digest of the whole index (equal digests = same winning versions everywhere)."""
+        import hashlib
+
+        data = ",".join(str(c) for c in self.checksums()).encode()
+        return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

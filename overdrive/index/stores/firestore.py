@@ -1,0 +1,211 @@
+"""Cloud Firestore store through firebase-admin (also runs against the ``@firestore-emulator/server`` emulator).
+
+Each record is a document in ``{prefix}records`` whose id is a hash of (holder, name); settings live in
+``{prefix}meta``. Only operations the third-party emulator implements are used: queries (streamed), batched
+commits and single-document reads. Last-writer-wins is decided here (read the current versions, write the
+winners in one batch): a store belongs to one master, which is its only writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from overdrive.errors import StoreError
+from overdrive.index.records import Record, RecordRow
+from overdrive.index.stores.base import BATCH, BUCKETS, Store, encode_vector, row_checksums, to_record, wins
+from overdrive.index.stores.sql import COLUMNS, PREFIX_RE
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 400
+"""Firestore commits at most 500 writes; stay below."""
+
+
+def doc_id(holder: str, name: str) -> str:
+    return hashlib.blake2b(f"{holder}/{name}".encode(), digest_size=16).hexdigest()
+
+
+def _row(data: Mapping[str, Any]) -> RecordRow:
+    return tuple(data[c] for c in COLUMNS)  # type: ignore[return-value]
+
+
+class FirestoreStore(Store):
+    """Records in Cloud Firestore (or its emulator when FIRESTORE_EMULATOR_HOST is set)."""
+
+    def __init__(self, project: str, *, credentials: str | None = None, prefix: str = "") -> None:
+        if not PREFIX_RE.match(prefix):
+            raise StoreError(f"collection prefix {prefix!r} must be up to 32 of a-z, 0-9, _")
+        self.project = project
+        self.emulator = os.environ.get("FIRESTORE_EMULATOR_HOST", "")
+        self.prefix = prefix
+        try:
+            import firebase_admin
+            from firebase_admin import credentials as fb_credentials
+            from firebase_admin import firestore
+            from google.api_core import exceptions as gexc
+        except ImportError as exc:
+            raise StoreError(f"Firestore support needs firebase-admin: {exc}") from exc
+        self._errors: tuple[type[BaseException], ...] = (gexc.GoogleAPIError, ValueError, OSError)
+        if credentials:
+            cred: Any = fb_credentials.Certificate(credentials)
+        elif self.emulator:
+            cred = _AnonymousCredential()
+        else:
+            raise StoreError("firestore:// needs ?credentials=PATH (a service account JSON) or FIRESTORE_EMULATOR_HOST")
+        name = f"overdrive-{project}-{prefix}-{id(self):x}"
+        try:
+            self._app = firebase_admin.initialize_app(cred, {"projectId": project}, name=name)
+            self.client = firestore.client(self._app)
+        except (ValueError, OSError) as exc:
+            raise StoreError(f"cannot open Firestore project {project}: {exc}") from exc
+        self.records = self.client.collection(f"{prefix}records")
+        self.meta = self.client.collection(f"{prefix}meta")
+        self._closed = False
+        self._call(lambda: self.meta.document("probe").get(timeout=10))
+
+    def _call(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except self._errors as exc:
+            raise StoreError(f"{self.describe()}: {exc}") from exc
+
+    def _stream(self, query: Any) -> Iterator[RecordRow]:
+        try:
+            for snap in query.stream():
+                yield _row(snap.to_dict())
+        except self._errors as exc:
+            raise StoreError(f"{self.describe()}: {exc}") from exc
+
+    def _batched(self, rows: Iterator[RecordRow], batch: int) -> Iterator[list[RecordRow]]:
+        out: list[RecordRow] = []
+        for row in rows:
+            out.append(row)
+            if len(out) >= batch:
+                yield out
+                out = []
+        if out:
+            yield out
+
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        changed = 0
+        latest: dict[str, RecordRow] = {}
+        for row in rows:  # the batch itself may hold several versions of one key
+            key = doc_id(str(row[3]), str(row[0]))
+            if key not in latest or wins(row, latest[key]):
+                latest[key] = row
+        keys = list(latest)
+        for start in range(0, max(len(keys), 1), WRITE_BATCH):
+            chunk = keys[start : start + WRITE_BATCH]
+            refs = [self.records.document(k) for k in chunk]
+            snaps = self._call(lambda refs=refs: list(self.client.get_all(refs)))
+            current = {snap.id: snap.to_dict() for snap in snaps if snap.exists}
+            batch = self.client.batch()
+            for key, ref in zip(chunk, refs, strict=True):
+                row = latest[key]
+                old = current.get(key)
+                if old is not None and not wins(row, _row(old)):
+                    continue
+                batch.set(ref, dict(zip(COLUMNS, row, strict=True)) | {"bucket": int(row[7]) % BUCKETS})
+                changed += 1
+            if vector is not None and start + WRITE_BATCH >= len(keys):
+                batch.set(self.meta.document("vector"), {"v": encode_vector(vector)})
+            self._call(batch.commit)
+        return changed
+
+    def get(self, holder: str, name: str) -> Record | None:
+        snap = self._call(lambda: self.records.document(doc_id(holder, name)).get())
+        return to_record(_row(snap.to_dict())) if snap.exists else None
+
+    def rows(self, batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        yield from self._batched(self._stream(self.records), batch)
+
+    def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        floor = min(vector.values(), default=0) if vector else 0
+        query = self.records.where("seq", ">", floor) if floor else self.records
+        wanted = (r for r in self._stream(query) if int(r[7]) > vector.get(str(r[6]), 0))  # type: ignore[call-overload]
+        yield from self._batched(wanted, batch)
+
+    def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        wanted = sorted({int(b) % BUCKETS for b in buckets})
+        for start in range(0, len(wanted), 10):  # "in" takes up to 10 values on older servers
+            query = self.records.where("bucket", "in", wanted[start : start + 10])
+            yield from self._batched(self._stream(query), batch)
+
+    def checksums(self) -> list[int]:
+        return row_checksums(self._stream(self.records))
+
+    def holder_rows(self, holder: str) -> list[RecordRow]:
+        return list(self._stream(self.records.where("holder", "==", holder)))
+
+    def purge(self, before_hlc: int) -> int:
+        doomed = [
+            doc_id(str(r[3]), str(r[0]))
+            for r in self._stream(self.records.where("deleted", "==", True))
+            if int(r[8]) < before_hlc  # type: ignore[call-overload]
+        ]
+        for start in range(0, len(doomed), WRITE_BATCH):
+            batch = self.client.batch()
+            for key in doomed[start : start + WRITE_BATCH]:
+                batch.delete(self.records.document(key))
+            self._call(batch.commit)
+        return len(doomed)
+
+    def get_meta(self, key: str) -> str | None:
+        snap = self._call(lambda: self.meta.document(key).get())
+        return str(snap.to_dict()["v"]) if snap.exists else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._call(lambda: self.meta.document(key).set({"v": value}))
+
+    def count(self) -> int:
+        return sum(1 for _ in self._stream(self.records.where("deleted", "==", False)))
+
+    def find(
+        self,
+        name: str = "",
+        *,
+        glob: bool = False,
+        content_hash: str | None = None,
+        include_deleted: bool = False,
+    ) -> Iterator[Record]:
+        if glob or not name:
+            yield from super().find(name, glob=glob, content_hash=content_hash, include_deleted=include_deleted)
+            return
+        for row in self._stream(self.records.where("name", "==", name)):
+            if (content_hash is None or row[2] == content_hash) and (include_deleted or not row[9]):
+                yield to_record(row)
+
+    def describe(self) -> str:
+        where = f"emulator {self.emulator}" if self.emulator else "Google Cloud"
+        return f"Firestore project {self.project} ({where})"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        import firebase_admin
+
+        try:
+            self.client.close()
+        except Exception as exc:  # noqa: BLE001 - closing is best effort
+            log.debug("closing Firestore client: %s", exc)
+        firebase_admin.delete_app(self._app)
+
+
+def _anonymous_base() -> type:
+    from firebase_admin import credentials
+
+    return credentials.Base  # type: ignore[no-any-return]
+
+
+class _AnonymousCredential(_anonymous_base()):  # type: ignore[misc]
+    """Anonymous google-auth credentials: the emulator does not authenticate."""
+
+    def get_credential(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]

@@ -1,0 +1,339 @@
+"""SQL stores through peewee: SQLite (the default, WAL mode) and MySQL/MariaDB (through pymysql).
+
+Both use the same table layout and the same statements apart from the last-writer-wins upsert, which each
+dialect spells its own way. Bulk writes go through the DB-API ``executemany`` on peewee's connection inside one
+peewee transaction, which is what makes 20,000+ updates/s possible; reads page by primary key so no cursor stays
+open across the master's event loop.
+"""
+
+# ruff: noqa: S608 - table names come from a prefix checked against PREFIX_RE; values are always parameters
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import peewee
+import pymysql
+
+from overdrive.errors import StoreError
+from overdrive.index.records import Record, RecordRow
+from overdrive.index.stores.base import BATCH, BUCKETS, Store, checksum, encode_vector, to_record
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+COLUMNS = ("name", "size", "content_hash", "holder", "address", "mtime_ns", "origin", "seq", "hlc", "deleted")
+_COLS = ", ".join(COLUMNS)
+_WINS = "{new}hlc > {old}hlc OR ({new}hlc = {old}hlc AND {new}origin > {old}origin)"
+PREFIX_RE = re.compile(r"^[a-z0-9_]{0,32}$")
+_DB_ERRORS: tuple[type[BaseException], ...] = (peewee.PeeweeException, sqlite3.Error, pymysql.err.Error, OSError)
+
+
+def _translated(fn: Callable[P, T]) -> Callable[P, T]:
+    """Turn backend exceptions into StoreError naming the store."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except _DB_ERRORS as exc:
+            store = args[0]
+            raise StoreError(f"{store.describe()}: {exc}") from exc  # type: ignore[attr-defined]
+
+    return wrapper
+
+
+def _gen_translated(fn: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        try:
+            yield from fn(*args, **kwargs)
+        except _DB_ERRORS as exc:
+            store = args[0]
+            raise StoreError(f"{store.describe()}: {exc}") from exc  # type: ignore[attr-defined]
+
+    return wrapper
+
+
+class SqlStore(Store):
+    """Shared SQL logic; subclasses give the database, DDL and upsert."""
+
+    param = "?"
+
+    def __init__(self, db: peewee.Database, prefix: str = "") -> None:
+        if not PREFIX_RE.match(prefix):
+            raise StoreError(f"table prefix {prefix!r} must be up to 32 of a-z, 0-9, _")
+        self.db: Any = db  # peewee is untyped
+        self.table = f"{prefix}records"
+        self.meta = f"{prefix}meta"
+        p = self.param
+        marks = ", ".join([p] * len(COLUMNS))
+        self._insert = self.upsert_sql(marks)
+        self._select = f"SELECT {_COLS} FROM {self.table}"
+        self._closed = False
+
+    def upsert_sql(self, marks: str) -> str:
+        raise NotImplementedError
+
+    def ddl(self) -> list[str]:
+        raise NotImplementedError
+
+    @_translated
+    def _setup(self) -> None:
+        self.db.connect(reuse_if_open=True)
+        with self.db.atomic():
+            for statement in self.ddl():
+                self.db.execute_sql(statement)
+
+    def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        return list(self.db.execute_sql(sql, params).fetchall())
+
+    @_translated
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        with self.db.atomic():
+            changed = 0
+            if rows:
+                cursor = self.db.cursor()
+                cursor.executemany(self._insert, rows)
+                changed = max(cursor.rowcount, 0)
+            if vector is not None:
+                self._set_meta("vector", encode_vector(vector))
+        return changed
+
+    @_translated
+    def get(self, holder: str, name: str) -> Record | None:
+        p = self.param
+        found = self._fetch(f"{self._select} WHERE holder = {p} AND name = {p}", (holder, name))
+        return to_record(found[0]) if found else None
+
+    @_gen_translated
+    def rows(self, batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        p = self.param
+        last = -1
+        while True:
+            page = self._fetch(
+                f"SELECT id, {_COLS} FROM {self.table} WHERE id > {p} ORDER BY id LIMIT {p}", (last, batch)
+            )
+            if not page:
+                return
+            last = page[-1][0]
+            yield [tuple(r[1:]) for r in page]  # type: ignore[misc]
+
+    @_gen_translated
+    def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        if not vector:
+            yield from self.rows(batch)
+            return
+        p = self.param
+        origins = [r[0] for r in self._fetch(f"SELECT DISTINCT origin FROM {self.table}")]
+        for origin in origins:
+            last = vector.get(origin, 0)
+            while True:
+                page = self._fetch(
+                    f"{self._select} WHERE origin = {p} AND seq > {p} ORDER BY seq LIMIT {p}", (origin, last, batch)
+                )
+                if not page:
+                    break
+                last = page[-1][7]
+                yield page
+
+    @_gen_translated
+    def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        wanted = sorted({int(b) % BUCKETS for b in buckets})
+        if not wanted:
+            return
+        listed = ", ".join(str(b) for b in wanted)
+        p = self.param
+        last = -1
+        while True:
+            page = self._fetch(
+                f"SELECT id, {_COLS} FROM {self.table} WHERE id > {p} AND seq % {BUCKETS} IN ({listed}) "
+                f"ORDER BY id LIMIT {p}",
+                (last, batch),
+            )
+            if not page:
+                return
+            last = page[-1][0]
+            yield [tuple(r[1:]) for r in page]  # type: ignore[misc]
+
+    @_translated
+    def checksums(self) -> list[int]:
+        found = self._fetch(
+            f"SELECT seq % {BUCKETS}, COUNT(*), SUM(hlc % 4294967296), SUM(seq), SUM(deleted) "
+            f"FROM {self.table} GROUP BY seq % {BUCKETS}"
+        )
+        out = [0] * BUCKETS
+        for bucket, count, hsum, ssum, dsum in found:
+            out[int(bucket)] = checksum(int(count), int(hsum), int(ssum), int(dsum))
+        return out
+
+    @_translated
+    def holder_rows(self, holder: str) -> list[RecordRow]:
+        return self._fetch(f"{self._select} WHERE holder = {self.param}", (holder,))
+
+    @_translated
+    def purge(self, before_hlc: int) -> int:
+        with self.db.atomic():
+            cursor = self.db.execute_sql(
+                f"DELETE FROM {self.table} WHERE deleted = 1 AND hlc < {self.param}", (before_hlc,)
+            )
+            return max(int(cursor.rowcount), 0)
+
+    @_translated
+    def get_meta(self, key: str) -> str | None:
+        found = self._fetch(f"SELECT v FROM {self.meta} WHERE k = {self.param}", (key,))
+        return str(found[0][0]) if found else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        p = self.param
+        self.db.execute_sql(f"REPLACE INTO {self.meta} (k, v) VALUES ({p}, {p})", (key, value))
+
+    @_translated
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db.atomic():
+            self._set_meta(key, value)
+
+    @_translated
+    def count(self) -> int:
+        return int(self._fetch(f"SELECT COUNT(*) FROM {self.table} WHERE deleted = 0")[0][0])
+
+    def find(
+        self,
+        name: str = "",
+        *,
+        glob: bool = False,
+        content_hash: str | None = None,
+        include_deleted: bool = False,
+    ) -> Iterator[Record]:
+        if glob or not name:
+            yield from super().find(name, glob=glob, content_hash=content_hash, include_deleted=include_deleted)
+            return
+        p = self.param
+        sql = f"{self._select} WHERE name = {p}"
+        params: list[object] = [name]
+        if content_hash is not None:
+            sql += f" AND content_hash = {p}"
+            params.append(content_hash)
+        if not include_deleted:
+            sql += " AND deleted = 0"
+        try:
+            found = self._fetch(sql, params)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"{self.describe()}: {exc}") from exc
+        for row in found:
+            yield to_record(row)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.db.close()
+            except _DB_ERRORS as exc:
+                log.debug("closing %s: %s", self.describe(), exc)
+
+
+class SqliteStore(SqlStore):
+    """The embedded default: one SQLite file in WAL mode."""
+
+    param = "?"
+
+    def __init__(self, path: Path, prefix: str = "") -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create folder for SQLite database {self.path}: {exc.strerror}") from exc
+        db = peewee.SqliteDatabase(
+            str(self.path),
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "cache_size": -65536,
+                "temp_store": "memory",
+                "busy_timeout": 10_000,
+            },
+        )
+        super().__init__(db, prefix)
+        self._setup()
+
+    def upsert_sql(self, marks: str) -> str:
+        sets = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("name", "holder"))
+        wins = _WINS.format(new="excluded.", old=f"{self.table}.")
+        return (
+            f"INSERT INTO {self.table} ({_COLS}) VALUES ({marks}) "
+            f"ON CONFLICT(name, holder) DO UPDATE SET {sets} WHERE {wins}"
+        )
+
+    def ddl(self) -> list[str]:
+        t = self.table
+        return [
+            f"CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, "
+            "content_hash TEXT NOT NULL, holder TEXT NOT NULL, address TEXT NOT NULL, mtime_ns INTEGER NOT NULL, "
+            "origin TEXT NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL, deleted INTEGER NOT NULL)",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_key ON {t} (name, holder)",
+            f"CREATE INDEX IF NOT EXISTS {t}_origin_seq ON {t} (origin, seq)",
+            f"CREATE INDEX IF NOT EXISTS {t}_holder ON {t} (holder)",
+            f"CREATE TABLE IF NOT EXISTS {self.meta} (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+        ]
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
+
+class MySqlStore(SqlStore):
+    """MySQL or MariaDB through pymysql; creates its tables on first use."""
+
+    param = "%s"
+
+    def __init__(self, database: str, *, user: str, password: str, host: str, port: int, prefix: str = "") -> None:
+        self.where = f"{user}@{host}:{port}/{database}"
+        db = peewee.MySQLDatabase(
+            database,
+            user=user,
+            password=password,
+            host=host,
+            port=port,
+            charset="utf8mb4",
+            connect_timeout=5,
+            autocommit=True,
+        )
+        super().__init__(db, prefix)
+        try:
+            self._setup()
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, peewee.OperationalError | pymysql.err.OperationalError):
+                raise StoreError(f"cannot reach MySQL at {host}:{port}: {cause}") from cause
+            raise
+
+    def upsert_sql(self, marks: str) -> str:
+        wins = "VALUES(hlc) > hlc OR (VALUES(hlc) = hlc AND VALUES(origin) > origin)"
+        # origin and hlc last: MySQL evaluates assignments left to right against the updated row
+        order = ["size", "content_hash", "address", "mtime_ns", "seq", "deleted", "origin", "hlc"]
+        sets = ", ".join(f"{c} = IF({wins}, VALUES({c}), {c})" for c in order)
+        return f"INSERT INTO {self.table} ({_COLS}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {sets}"
+
+    def ddl(self) -> list[str]:
+        t = self.table
+        return [
+            f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+            "name VARCHAR(4096) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, size BIGINT NOT NULL, "
+            "content_hash CHAR(64) CHARACTER SET ascii NOT NULL, holder CHAR(16) CHARACTER SET ascii NOT NULL, "
+            "address VARCHAR(300) NOT NULL, mtime_ns BIGINT NOT NULL, origin CHAR(16) CHARACTER SET ascii NOT NULL, "
+            "seq BIGINT NOT NULL, hlc BIGINT NOT NULL, deleted TINYINT NOT NULL, "
+            "kid BINARY(16) AS (UNHEX(MD5(CONCAT(holder, '/', name)))) STORED, "
+            f"UNIQUE KEY {t}_key (kid), KEY {t}_origin_seq (origin, seq), KEY {t}_name (name(191)), "
+            f"KEY {t}_holder (holder)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            f"CREATE TABLE IF NOT EXISTS {self.meta} (k VARCHAR(64) PRIMARY KEY, v LONGTEXT NOT NULL) "
+            "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        ]
+
+    def describe(self) -> str:
+        return f"MySQL {self.where}"
