@@ -10,6 +10,8 @@ import typer
 
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cliutil import console, options, warn_insecure
+from overdrive.media import audio_cli
+from overdrive.media.audio_cli import stream_extras, view_extras
 
 
 def stream(
@@ -28,6 +30,18 @@ def stream(
     bind: Annotated[str, typer.Option(help="Address to publish on.")] = f"tcp://0.0.0.0:{DEFAULT_STREAM_PORT}",
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.", show_default=False)] = None,
     name: Annotated[str, typer.Option(help="Stream name shown to viewers.")] = "overdrive",
+    audio: Annotated[
+        str, typer.Option(help="Audio: system (what this machine plays), mic, both, none or testtone.")
+    ] = "system",
+    mic: Annotated[
+        str | None, typer.Option(help="Microphone: index, name or pulse:SOURCE (see `overdrive devices`).")
+    ] = None,
+    audio_codec: Annotated[str, typer.Option(help="Audio codec on the wire: opus or pcm.")] = "opus",
+    no_record: Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")] = False,
+    backup: Annotated[
+        Path | None, typer.Option(help="Folder for recordings (default: the backup folder).", show_default=False)
+    ] = None,
+    wav: Annotated[bool, typer.Option("--wav", help="Also write each audio track as WAV.")] = False,
 ) -> None:
     """Capture the screen (or a test pattern or webcam), encode it and publish it to viewers on the LAN."""
     from overdrive.media.publisher import Streamer, StreamerConfig, StreamerStats
@@ -50,6 +64,9 @@ def stream(
     warn_insecure(opts)
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
+        extras = stream_extras(
+            streamer, audio=audio, mic=mic, audio_codec=audio_codec, record=not no_record, backup=backup, wav=wav
+        )
         endpoint = streamer.bind()
         console.print(f"streaming [bold]{source}[/] as {codec} on {endpoint.display} (stream {streamer.stream_id})")
 
@@ -68,6 +85,7 @@ def stream(
             stats = streamer.stats
         finally:
             streamer.stop()
+            extras.close()
         if console.is_terminal:
             console.print()
         console.print(
@@ -91,6 +109,12 @@ def view(
         bool, typer.Option("--overlay", help="Start with the fps/latency overlay on (key 'o' toggles it).")
     ] = False,
     trace: Annotated[Path | None, typer.Option(hidden=True, help="Per-frame timing log (tests).")] = None,
+    mute: Annotated[bool, typer.Option("--mute", help="Do not play the audio (--headless implies it).")] = False,
+    no_record: Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")] = False,
+    backup: Annotated[
+        Path | None, typer.Option(help="Folder for recordings (default: the backup folder).", show_default=False)
+    ] = None,
+    wav: Annotated[bool, typer.Option("--wav", help="Also write each audio track as WAV.")] = False,
 ) -> None:
     """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' toggles the overlay)."""
     from overdrive.media.viewer import Viewer, ViewerConfig
@@ -102,6 +126,7 @@ def view(
     warn_insecure(opts)
     with opts.bus() as bus:
         viewer = Viewer(config, bus)
+        extras = view_extras(viewer, play=not (mute or headless), record=not no_record, backup=backup, wav=wav)
         viewer.connect()
         console.print(f"connected to {config.endpoint.display}; waiting for stream info and a keyframe")
         try:
@@ -111,6 +136,7 @@ def view(
             pass
         finally:
             viewer.stop()
+            extras.close()
         s = viewer.stats_dict()
         p50 = s["latency_ms"]["p50"]
         console.print(
@@ -131,3 +157,4 @@ def _interrupt_on_term() -> None:
 def register(app: typer.Typer) -> None:
     app.command()(stream)
     app.command()(view)
+    audio_cli.register(app)

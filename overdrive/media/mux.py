@@ -1,0 +1,264 @@
+"""Writing one recording: fragmented MP4 through PyAV, every track timed by capture timestamps.
+
+``T0`` is the capture time of the first kept video frame (a keyframe). Video PTS are ``(pts_ns - T0)`` in
+1/90000 s, audio positions ``(pts_ns - T0)`` in samples at 48 kHz, so the file's timeline *is* the streamer's
+wall clock: a lost or late-joined stretch shows as the previous frame held and silence, and nothing shifts.
+
+* H.264 access units are muxed as they were sent (Annex B in, the MP4 muxer converts to length-prefixed NAL units
+  and builds ``avcC`` from the stream's SPS/PPS); each packet is held until the next one so its duration is exact.
+* JPEG streams are decoded and encoded to H.264 on the fly (ultrafast), with the same timestamps.
+* Audio is decoded from the wire codec and re-encoded to AAC; :class:`AudioTimeline` (sans-IO) decides where each
+  chunk goes: silence for gaps, trimming for overlaps, tiny jitter absorbed.
+* ``movflags=frag_keyframe+empty_moov+default_base_moof``: a fragment per keyframe, so a process killed with -9
+  leaves a file that plays up to the last complete fragment (about a second before the kill).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from overdrive.errors import MediaError
+from overdrive.media.audio_codec import SAMPLE_RATE, AudioDecoder, Samples, make_audio_decoder
+from overdrive.media.encoders import parameter_sets
+from overdrive.media.protocol import AudioTrackInfo, StreamInfo, VideoFrame
+
+log = logging.getLogger(__name__)
+
+VIDEO_RATE = 90_000
+AAC_FRAME = 1024
+JITTER_SAMPLES = SAMPLE_RATE // 100  # 10 ms: timestamp noise below this is absorbed, not patched
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+delay_moov"
+
+
+def video_ticks(pts_ns: int, t0_ns: int) -> int:
+    return round((pts_ns - t0_ns) * VIDEO_RATE / 1e9)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a chunk goes: drop ``skip`` samples from its start, insert ``silence`` samples before it."""
+
+    skip: int
+    silence: int
+
+
+class AudioTimeline:
+    """Sample positions of one audio track relative to ``t0_ns`` (sans-IO)."""
+
+    def __init__(self, t0_ns: int, rate: int = SAMPLE_RATE, jitter: int = JITTER_SAMPLES) -> None:
+        self.t0_ns = t0_ns
+        self.rate = rate
+        self.jitter = jitter
+        self.cursor = 0  # samples written so far
+        self.silence = 0
+        self.trimmed = 0
+
+    def position(self, pts_ns: int) -> int:
+        return round((pts_ns - self.t0_ns) * self.rate / 1e9)
+
+    def place(self, pts_ns: int, samples: int) -> Placement:
+        gap = self.position(pts_ns) - self.cursor
+        exact = self.cursor == 0  # the first chunk lands exactly; later ones only move for real gaps/overlaps
+        if gap > (0 if exact else self.jitter):
+            placement = Placement(0, gap)
+        elif gap < (0 if exact else -self.jitter):
+            placement = Placement(min(samples, -gap), 0)
+        else:
+            placement = Placement(0, 0)
+        self.silence += placement.silence
+        self.trimmed += placement.skip
+        self.cursor += placement.silence + samples - placement.skip
+        return placement
+
+    def pad_to(self, end_ns: int) -> int:
+        """Silence needed so the track reaches ``end_ns`` (0 if it already does)."""
+        return max(0, self.position(end_ns) - self.cursor)
+
+
+class _AudioTrack:
+    def __init__(self, container: Any, info: AudioTrackInfo, t0_ns: int, on_pcm: Callable[[int, Samples], None]):
+        import av
+
+        self._av = av
+        self.info = info
+        self.decoder: AudioDecoder = make_audio_decoder(info.codec, info.channels)
+        layout = "mono" if info.channels == 1 else "stereo"
+        self.channels = 1 if info.channels == 1 else 2
+        self.stream = container.add_stream("aac", rate=SAMPLE_RATE, layout=layout)
+        self.stream.codec_context.bit_rate = 96_000 * self.channels
+        self.stream.time_base = Fraction(1, SAMPLE_RATE)
+        self.timeline = AudioTimeline(t0_ns)
+        self._fifo = np.zeros((0, self.channels), dtype=np.int16)
+        self._written = 0
+        self._layout = layout
+        self._on_pcm = on_pcm
+        self.decode_errors = 0
+
+    def add(self, pts_ns: int, payload: bytes) -> list[Any]:
+        try:
+            pcm = self.decoder.decode(payload)
+        except MediaError:
+            self.decode_errors += 1
+            return []
+        if not len(pcm):
+            return []
+        pcm = pcm[:, : self.channels]
+        place = self.timeline.place(pts_ns, len(pcm))
+        parts = []
+        if place.silence:
+            parts.append(np.zeros((place.silence, self.channels), dtype=np.int16))
+        if place.skip < len(pcm):
+            parts.append(pcm[place.skip :])
+        return self._write(parts)
+
+    def finish(self, end_ns: int | None) -> list[Any]:
+        packets = []
+        if end_ns is not None:
+            pad = self.timeline.pad_to(end_ns)
+            if pad:
+                packets += self._write([np.zeros((pad, self.channels), dtype=np.int16)])
+            keep = self.timeline.position(end_ns) - self._written
+            self._fifo = self._fifo[: max(0, keep)]
+        if len(self._fifo):
+            packets += self._encode(self._fifo)
+            self._fifo = self._fifo[:0]
+        packets += self.stream.encode(None)
+        return list(packets)
+
+    def _write(self, parts: list[Samples]) -> list[Any]:
+        if not parts:
+            return []
+        for part in parts:
+            self._on_pcm(self.info.track, part)
+        self._fifo = np.concatenate([self._fifo, *parts])
+        packets: list[Any] = []
+        while len(self._fifo) >= AAC_FRAME:
+            block, self._fifo = self._fifo[:AAC_FRAME], self._fifo[AAC_FRAME:]
+            packets += self._encode(block)
+        return packets
+
+    def _encode(self, block: Samples) -> list[Any]:
+        frame = self._av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(block).reshape(1, -1), format="s16", layout=self._layout
+        )
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._written
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self._written += len(block)
+        return list(self.stream.encode(frame))
+
+
+class Mp4Writer:
+    """One MP4 file for one stream from ``t0_ns`` on; feed it accepted frames and audio chunks in arrival order."""
+
+    def __init__(self, path: Path, info: StreamInfo, t0_ns: int, on_pcm: Callable[[int, Samples], None]) -> None:
+        import av
+
+        self._av = av
+        self.path = path
+        self.info = info
+        self.t0_ns = t0_ns
+        video = info.video
+        self.frame_ticks = max(1, round(VIDEO_RATE / video.fps))
+        try:
+            self._out = av.open(
+                str(path),
+                "w",
+                format="mp4",
+                options={"movflags": MOVFLAGS, "max_interleave_delta": "1000000", "avoid_negative_ts": "disabled"},
+            )
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot create {path}: {exc}") from exc
+        self._out.metadata["title"] = info.name
+        self._out.metadata["comment"] = (
+            f"overdrive stream_id={info.stream_id} started_ns={info.started_ns} t0_ns={t0_ns}"
+        )
+        self._reencode = video.codec != "h264"
+        if self._reencode:
+            vs: Any = self._out.add_stream("libx264", rate=max(1, round(video.fps)))
+            vs.width, vs.height, vs.pix_fmt = video.width, video.height, "yuv420p"
+            vs.codec_context.time_base = Fraction(1, VIDEO_RATE)
+            vs.codec_context.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": "23"}
+        else:
+            vs = self._out.add_mux_stream("h264", width=video.width, height=video.height)
+        vs.time_base = Fraction(1, VIDEO_RATE)
+        self._video: Any = vs
+        self._audio = {t.track: _AudioTrack(self._out, t, t0_ns, on_pcm) for t in info.audio}
+        self._held: tuple[int, bytes, bool] | None = None  # (ticks, data, keyframe) of the last H.264 packet
+        self._last_ticks = -1
+        self.last_video_ns: int | None = None
+        self.frames = 0
+        self.audio_chunks = 0
+
+    def video(self, frame: VideoFrame, data: bytes) -> None:
+        ticks = video_ticks(frame.pts_ns, self.t0_ns)
+        if ticks <= self._last_ticks:
+            return  # not after the previous frame: cannot be placed
+        self._last_ticks = ticks
+        self.last_video_ns = frame.pts_ns
+        self.frames += 1
+        if self._reencode:
+            self._encode_jpeg(ticks, data)
+            return
+        if self._held is not None:
+            held_ticks, held_data, held_key = self._held
+            self._mux_h264(held_ticks, held_data, held_key, ticks - held_ticks)
+        elif not parameter_sets(data):
+            data = self.info.video.extradata + data  # the muxer builds avcC from the first packet's SPS/PPS
+        self._held = (ticks, data, frame.keyframe)
+
+    def audio(self, track: int, pts_ns: int, data: bytes) -> None:
+        writer = self._audio.get(track)
+        if writer is None:
+            return
+        self.audio_chunks += 1
+        self._mux(writer.add(pts_ns, data))
+
+    def close(self) -> None:
+        """Flush everything; audio is padded or cut to end with the last video frame."""
+        end_ns = None
+        if self.last_video_ns is not None:
+            end_ns = self.last_video_ns + self.frame_ticks * 1_000_000_000 // VIDEO_RATE
+        try:
+            if self._held is not None:
+                self._mux_h264(*self._held, self.frame_ticks)
+                self._held = None
+            if self._reencode:
+                self._mux(self._video.encode(None))
+            for writer in self._audio.values():
+                self._mux(writer.finish(end_ns))
+        finally:
+            self._out.close()
+
+    def _mux_h264(self, ticks: int, data: bytes, keyframe: bool, duration: int) -> None:
+        packet = self._av.Packet(data)
+        packet.stream = self._video
+        packet.time_base = Fraction(1, VIDEO_RATE)
+        packet.pts = packet.dts = ticks
+        packet.duration = duration
+        packet.is_keyframe = keyframe
+        self._out.mux(packet)
+
+    def _encode_jpeg(self, ticks: int, data: bytes) -> None:
+        image: Any = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            return
+        video = self.info.video
+        if image.shape[1] != video.width or image.shape[0] != video.height:
+            image = cv2.resize(image, (video.width, video.height))
+        frame = self._av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts = ticks
+        frame.time_base = Fraction(1, VIDEO_RATE)
+        self._mux(self._video.encode(frame))
+
+    def _mux(self, packets: Any) -> None:
+        for packet in packets:
+            self._out.mux(packet)
