@@ -25,7 +25,8 @@ __all__ = ["BUCKETS", "Store", "default_url", "open_store", "redact"]
 
 
 def default_url() -> str:
-    return f"sqlite:///{paths.data_dir() / 'index.db'}"
+    """The URL of the default store: ``index.db`` in the data directory."""
+    return f"sqlite://{(paths.data_dir() / 'index.db').resolve()}"
 
 
 def redact(url: str) -> str:

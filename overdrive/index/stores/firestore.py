@@ -14,6 +14,13 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import firebase_admin
+from firebase_admin import credentials as fb_credentials
+from firebase_admin import firestore
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.firestore_v1.base_query import FieldFilter
+
 from overdrive.errors import StoreError
 from overdrive.index.records import Record, RecordRow
 from overdrive.index.stores.base import BATCH, BUCKETS, Store, encode_vector, row_checksums, to_record, wins
@@ -42,13 +49,6 @@ class FirestoreStore(Store):
         self.project = project
         self.emulator = os.environ.get("FIRESTORE_EMULATOR_HOST", "")
         self.prefix = prefix
-        try:
-            import firebase_admin
-            from firebase_admin import credentials as fb_credentials
-            from firebase_admin import firestore
-            from google.api_core import exceptions as gexc
-        except ImportError as exc:
-            raise StoreError(f"Firestore support needs firebase-admin: {exc}") from exc
         self._errors: tuple[type[BaseException], ...] = (gexc.GoogleAPIError, ValueError, OSError)
         if credentials:
             cred: Any = fb_credentials.Certificate(credentials)
@@ -125,26 +125,26 @@ class FirestoreStore(Store):
 
     def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
         floor = min(vector.values(), default=0) if vector else 0
-        query = self.records.where("seq", ">", floor) if floor else self.records
+        query = self.records.where(filter=FieldFilter("seq", ">", floor)) if floor else self.records
         wanted = (r for r in self._stream(query) if int(r[7]) > vector.get(str(r[6]), 0))  # type: ignore[call-overload]
         yield from self._batched(wanted, batch)
 
     def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
         wanted = sorted({int(b) % BUCKETS for b in buckets})
         for start in range(0, len(wanted), 10):  # "in" takes up to 10 values on older servers
-            query = self.records.where("bucket", "in", wanted[start : start + 10])
+            query = self.records.where(filter=FieldFilter("bucket", "in", wanted[start : start + 10]))
             yield from self._batched(self._stream(query), batch)
 
     def checksums(self) -> list[int]:
         return row_checksums(self._stream(self.records))
 
     def holder_rows(self, holder: str) -> list[RecordRow]:
-        return list(self._stream(self.records.where("holder", "==", holder)))
+        return list(self._stream(self.records.where(filter=FieldFilter("holder", "==", holder))))
 
     def purge(self, before_hlc: int) -> int:
         doomed = [
             doc_id(str(r[3]), str(r[0]))
-            for r in self._stream(self.records.where("deleted", "==", True))
+            for r in self._stream(self.records.where(filter=FieldFilter("deleted", "==", True)))
             if int(r[8]) < before_hlc  # type: ignore[call-overload]
         ]
         for start in range(0, len(doomed), WRITE_BATCH):
@@ -162,7 +162,7 @@ class FirestoreStore(Store):
         self._call(lambda: self.meta.document(key).set({"v": value}))
 
     def count(self) -> int:
-        return sum(1 for _ in self._stream(self.records.where("deleted", "==", False)))
+        return sum(1 for _ in self._stream(self.records.where(filter=FieldFilter("deleted", "==", False))))
 
     def find(
         self,
@@ -175,7 +175,7 @@ class FirestoreStore(Store):
         if glob or not name:
             yield from super().find(name, glob=glob, content_hash=content_hash, include_deleted=include_deleted)
             return
-        for row in self._stream(self.records.where("name", "==", name)):
+        for row in self._stream(self.records.where(filter=FieldFilter("name", "==", name))):
             if (content_hash is None or row[2] == content_hash) and (include_deleted or not row[9]):
                 yield to_record(row)
 
@@ -187,8 +187,6 @@ class FirestoreStore(Store):
         if self._closed:
             return
         self._closed = True
-        import firebase_admin
-
         try:
             self.client.close()
         except Exception as exc:  # noqa: BLE001 - closing is best effort
@@ -196,16 +194,8 @@ class FirestoreStore(Store):
         firebase_admin.delete_app(self._app)
 
 
-def _anonymous_base() -> type:
-    from firebase_admin import credentials
-
-    return credentials.Base  # type: ignore[no-any-return]
-
-
-class _AnonymousCredential(_anonymous_base()):  # type: ignore[misc]
+class _AnonymousCredential(fb_credentials.Base):  # type: ignore[misc]
     """Anonymous google-auth credentials: the emulator does not authenticate."""
 
-    def get_credential(self) -> Any:
-        from google.auth.credentials import AnonymousCredentials
-
+    def get_credential(self) -> AnonymousCredentials:
         return AnonymousCredentials()  # type: ignore[no-untyped-call]

@@ -21,7 +21,7 @@ import peewee
 import pymysql
 
 from overdrive.errors import StoreError
-from overdrive.index.records import Record, RecordRow
+from overdrive.index.records import Record, RecordRow, key_id
 from overdrive.index.stores.base import BATCH, BUCKETS, Store, checksum, encode_vector, to_record
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,18 @@ def _gen_translated(fn: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
     return wrapper
 
 
+def key_hex(holder: str, name: str) -> str:
+    return key_id(holder, name).hex()
+
+
 class SqlStore(Store):
     """Shared SQL logic; subclasses give the database, DDL and upsert."""
 
     param = "?"
+
+    def mod(self, expr: str, n: int) -> str:
+        """``expr`` modulo ``n`` in this dialect (``%`` is a parameter marker for pymysql)."""
+        return f"({expr} % {n})"
 
     def __init__(self, db: peewee.Database, prefix: str = "") -> None:
         if not PREFIX_RE.match(prefix):
@@ -81,6 +89,10 @@ class SqlStore(Store):
 
     def upsert_sql(self, marks: str) -> str:
         raise NotImplementedError
+
+    def prepare(self, rows: Sequence[RecordRow]) -> Sequence[Sequence[object]]:
+        """Rows as the upsert statement takes them."""
+        return rows
 
     def ddl(self) -> list[str]:
         raise NotImplementedError
@@ -101,7 +113,7 @@ class SqlStore(Store):
             changed = 0
             if rows:
                 cursor = self.db.cursor()
-                cursor.executemany(self._insert, rows)
+                cursor.executemany(self._insert, self.prepare(rows))
                 changed = max(cursor.rowcount, 0)
             if vector is not None:
                 self._set_meta("vector", encode_vector(vector))
@@ -154,7 +166,7 @@ class SqlStore(Store):
         last = -1
         while True:
             page = self._fetch(
-                f"SELECT id, {_COLS} FROM {self.table} WHERE id > {p} AND seq % {BUCKETS} IN ({listed}) "
+                f"SELECT id, {_COLS} FROM {self.table} WHERE id > {p} AND {self.mod('seq', BUCKETS)} IN ({listed}) "
                 f"ORDER BY id LIMIT {p}",
                 (last, batch),
             )
@@ -166,8 +178,8 @@ class SqlStore(Store):
     @_translated
     def checksums(self) -> list[int]:
         found = self._fetch(
-            f"SELECT seq % {BUCKETS}, COUNT(*), SUM(hlc % 4294967296), SUM(seq), SUM(deleted) "
-            f"FROM {self.table} GROUP BY seq % {BUCKETS}"
+            f"SELECT {self.mod('seq', BUCKETS)}, COUNT(*), SUM({self.mod('hlc', 1 << 32)}), SUM(seq), SUM(deleted) "
+            f"FROM {self.table} GROUP BY {self.mod('seq', BUCKETS)}"
         )
         out = [0] * BUCKETS
         for bucket, count, hsum, ssum, dsum in found:
@@ -292,6 +304,9 @@ class MySqlStore(SqlStore):
 
     param = "%s"
 
+    def mod(self, expr: str, n: int) -> str:
+        return f"MOD({expr}, {n})"
+
     def __init__(self, database: str, *, user: str, password: str, host: str, port: int, prefix: str = "") -> None:
         self.where = f"{user}@{host}:{port}/{database}"
         db = peewee.MySQLDatabase(
@@ -302,15 +317,17 @@ class MySqlStore(SqlStore):
             port=port,
             charset="utf8mb4",
             connect_timeout=5,
-            autocommit=True,
         )
         super().__init__(db, prefix)
         try:
             self._setup()
         except StoreError as exc:
             cause = exc.__cause__
-            if isinstance(cause, peewee.OperationalError | pymysql.err.OperationalError):
+            code = cause.args[0] if cause is not None and cause.args else None
+            if code in (2003, 2005, 2006, 2013):
                 raise StoreError(f"cannot reach MySQL at {host}:{port}: {cause}") from cause
+            if code in (1044, 1045, 1049):
+                raise StoreError(f"MySQL at {host}:{port} refused {self.where}: {cause}") from cause
             raise
 
     def upsert_sql(self, marks: str) -> str:
@@ -318,17 +335,21 @@ class MySqlStore(SqlStore):
         # origin and hlc last: MySQL evaluates assignments left to right against the updated row
         order = ["size", "content_hash", "address", "mtime_ns", "seq", "deleted", "origin", "hlc"]
         sets = ", ".join(f"{c} = IF({wins}, VALUES({c}), {c})" for c in order)
-        return f"INSERT INTO {self.table} ({_COLS}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {sets}"
+        return f"INSERT INTO {self.table} ({_COLS}, kid) VALUES ({marks}, %s) ON DUPLICATE KEY UPDATE {sets}"
+
+    def prepare(self, rows: Sequence[RecordRow]) -> Sequence[Sequence[object]]:
+        # the unique key: (holder, name) is too long for an InnoDB index, so index a hash of it
+        return [(*r, key_hex(r[3], r[0])) for r in rows]
 
     def ddl(self) -> list[str]:
         t = self.table
         return [
             f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
             "name VARCHAR(4096) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, size BIGINT NOT NULL, "
-            "content_hash CHAR(64) CHARACTER SET ascii NOT NULL, holder CHAR(16) CHARACTER SET ascii NOT NULL, "
-            "address VARCHAR(300) NOT NULL, mtime_ns BIGINT NOT NULL, origin CHAR(16) CHARACTER SET ascii NOT NULL, "
+            "content_hash CHAR(64) NOT NULL, holder CHAR(16) NOT NULL, "
+            "address VARCHAR(300) NOT NULL, mtime_ns BIGINT NOT NULL, origin CHAR(16) NOT NULL, "
             "seq BIGINT NOT NULL, hlc BIGINT NOT NULL, deleted TINYINT NOT NULL, "
-            "kid BINARY(16) AS (UNHEX(MD5(CONCAT(holder, '/', name)))) STORED, "
+            "kid CHAR(32) NOT NULL, "
             f"UNIQUE KEY {t}_key (kid), KEY {t}_origin_seq (origin, seq), KEY {t}_name (name(191)), "
             f"KEY {t}_holder (holder)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
             f"CREATE TABLE IF NOT EXISTS {self.meta} (k VARCHAR(64) PRIMARY KEY, v LONGTEXT NOT NULL) "

@@ -1,0 +1,266 @@
+"""``overdrive master``, ``overdrive share`` and ``overdrive ls``: thin shells over the index library.
+
+``overdrive ls --json`` prints one JSON array, sorted by name then hash; this shape is stable::
+
+    [{"name": "lectures/week 1.mp4", "size": 1048576, "hash": "<64 hex>", "online": true,
+      "holders": [{"node_id": "<16 base32>", "address": "10.0.0.5:7772", "online": true, "mtime_ns": 1700000000}]}]
+
+A file is one (name, hash) pair: two different contents under one name are two entries. ``online`` on a file is
+true when at least one holder is online.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from overdrive import paths
+from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, parse_endpoint, parse_endpoints
+from overdrive.cliutil import console, options, print_json, warn_insecure
+from overdrive.errors import ConfigError, OverdriveError
+from overdrive.index.client import Entry, IndexClient, is_glob
+from overdrive.index.master import Master, MasterConfig, advertised
+from overdrive.index.node import Node, NodeConfig
+from overdrive.index.replication import ReplicationConfig
+from overdrive.index.scan import FolderScanner
+from overdrive.index.stores import open_store, redact
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MASTERS = "127.0.0.1:7771"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("master")(master_command)
+    app.command("share")(share_command)
+    app.command("ls")(ls_command)
+
+
+class _Stop:
+    """SIGTERM/SIGINT set an event instead of killing the process mid-write."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def master_command(
+    ctx: typer.Context,
+    bind: Annotated[str, typer.Option(help="Where to listen for nodes, clients and masters.")] = (
+        f"tcp://0.0.0.0:{DEFAULT_MASTER_PORT}"
+    ),
+    peers: Annotated[
+        str, typer.Option(help="Other masters, HOST[:PORT],... (one live one is enough: the rest are learned).")
+    ] = "",
+    db: Annotated[
+        str | None,
+        typer.Option(help="Store URL: sqlite:///PATH, mysql://USER:PASS@HOST:PORT/DB, firestore://PROJECT."),
+    ] = None,
+    advertise: Annotated[
+        str | None, typer.Option(help="Host other masters should connect to (default: a guess when bound to 0.0.0.0).")
+    ] = None,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats to other masters.")] = 0.5,
+    timeout: Annotated[float, typer.Option(help="Seconds of silence before a master or node is offline.")] = 3.0,
+    retention: Annotated[float, typer.Option(help="Hours a deletion (tombstone) is remembered.")] = 168.0,
+    stats: Annotated[float, typer.Option(help="Seconds between status lines (0 = none).")] = 10.0,
+) -> None:
+    """Run an index master: hold a full replica of the index and replicate with the other masters."""
+    opts = options(ctx)
+    warn_insecure(opts)
+    config = MasterConfig(
+        bind=parse_endpoint(bind, DEFAULT_MASTER_PORT),
+        peers=tuple(parse_endpoints(peers, DEFAULT_MASTER_PORT)),
+        advertise=advertise,
+        heartbeat=heartbeat,
+        master_timeout=timeout,
+        node_timeout=timeout,
+        replication=ReplicationConfig(tombstone_retention=retention * 3600),
+    )
+    store = open_store(db)
+    stop = _Stop()
+    try:
+        with opts.bus() as bus:
+            master = Master(bus, store, config)
+            master.start()
+            assert master.endpoint is not None
+            console.print(
+                f"master {master.origin} listening on {master.endpoint.display} (advertised {master.address}); "
+                f"store {store.describe()}; peers {', '.join(p.display for p in config.peers) or 'none yet'}"
+            )
+            print(f"listening {master.endpoint.display}", flush=True)
+            try:
+                last = time.monotonic()
+                while not stop.event.wait(0.2):
+                    if not master.running:
+                        raise OverdriveError(f"master stopped: {master.error}")
+                    if stats > 0 and time.monotonic() - last >= stats:
+                        last = time.monotonic()
+                        _status_line(master)
+            finally:
+                master.stop()
+    finally:
+        stop.restore()
+        store.close()
+
+
+def _status_line(master: Master) -> None:
+    now = time.monotonic()
+    peers = sum(1 for o in master.masters if o != master.origin and master.master_live.alive(o, now))
+    console.print(
+        f"entries {master.entries}  masters online {peers}/{len(master.masters) - 1}  "
+        f"nodes online {len(master.online_nodes(now))}  updates/s {master.stats.rate:.0f}  "
+        f"dropped {master.stats.dropped}"
+    )
+
+
+def share_command(
+    ctx: typer.Context,
+    folder: Annotated[
+        Path | None, typer.Argument(help="Folder to share (default: the backup folder).", show_default=False)
+    ] = None,
+    master: Annotated[
+        str, typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to register with: HOST[:PORT],...")
+    ] = DEFAULT_MASTERS,
+    bind: Annotated[str, typer.Option(help="Where to serve files to peers.")] = f"tcp://0.0.0.0:{DEFAULT_SHARE_PORT}",
+    advertise: Annotated[
+        str | None, typer.Option(help="Host peers should fetch from (default: a guess when bound to 0.0.0.0).")
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow changes in the folder.")] = True,
+) -> None:
+    """Share a folder: serve its files to peers and keep its entries in the index current."""
+    from overdrive.transfer.server import FileServer
+
+    opts = options(ctx)
+    warn_insecure(opts)
+    root = (folder or paths.backup_dir()).expanduser()
+    if folder is None:
+        root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder")
+    masters = tuple(parse_endpoints(master, DEFAULT_MASTER_PORT))
+    endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
+    scanner = FolderScanner(root)
+    started = time.monotonic()
+    scanner.scan()
+    console.print(
+        f"scanned {root}: {len(scanner)} file(s), {scanner.hashed} hashed, "
+        f"{time.monotonic() - started:.2f} s" + (f", {scanner.skipped} skipped" if scanner.skipped else "")
+    )
+    stop = _Stop()
+    try:
+        with opts.bus() as bus:
+            server = FileServer(bus, root, endpoint, scanner)
+            bound = server.start()
+            try:
+                address = advertised(bound, advertise)
+                node = Node(bus, scanner, NodeConfig(masters=masters, address=address), watch=watch)
+                node.start()
+                console.print(
+                    f"node {bus.node_id} serving on {bound.display} (advertised {address}); "
+                    f"masters {', '.join(m.display for m in masters)}"
+                )
+                print(f"serving {bound.display}", flush=True)
+                try:
+                    while not stop.event.wait(0.2):
+                        if not node.running:
+                            raise OverdriveError(f"node stopped: {node.error}")
+                finally:
+                    node.stop()
+            finally:
+                server.stop()
+    finally:
+        stop.restore()
+
+
+def ls_command(
+    ctx: typer.Context,
+    pattern: Annotated[
+        str, typer.Argument(help="Glob (*.mp4) or text contained in the name; empty lists everything.")
+    ] = "",
+    master: Annotated[
+        str, typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to ask: HOST[:PORT],... (any live one answers).")
+    ] = DEFAULT_MASTERS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array (stable shape, see the docs).")] = False,
+    offline: Annotated[bool, typer.Option("--offline/--online-only", help="Include files with no holder online.")] = (
+        True
+    ),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a master.")] = 3.0,
+) -> None:
+    """List the files the network holds: size, hash, every holder, online or offline."""
+    opts = options(ctx)
+    glob = pattern if not pattern or is_glob(pattern) else f"*{pattern}*"
+    with opts.bus() as bus, IndexClient(bus, parse_endpoints(master, DEFAULT_MASTER_PORT), timeout=timeout) as client:
+        entries = client.lookup(glob)
+    files = group_entries(entries)
+    if not offline:
+        files = [f for f in files if f["online"]]
+    if as_json:
+        print_json(files)
+        return
+    if not files:
+        console.print("no files" + (f" matching {pattern!r}" if pattern else ""))
+        return
+    _print_table(files)
+
+
+def group_entries(entries: list[Entry]) -> list[dict[str, Any]]:
+    """The stable ``ls --json`` shape: one item per (name, hash) with its holders."""
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in entries:
+        if e.deleted:
+            continue
+        item = grouped.setdefault(
+            (e.name, e.content_hash),
+            {"name": e.name, "size": e.size, "hash": e.content_hash, "online": False, "holders": []},
+        )
+        item["holders"].append({"node_id": e.holder, "address": e.address, "online": e.online, "mtime_ns": e.mtime_ns})
+        item["online"] = item["online"] or e.online
+    for item in grouped.values():
+        item["holders"].sort(key=lambda h: (not h["online"], h["node_id"]))
+    return [grouped[k] for k in sorted(grouped)]
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _print_table(files: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+
+    table = Table(show_lines=False)
+    table.add_column("name", overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("hash")
+    table.add_column("holders", overflow="fold")
+    for f in files:
+        holders = ", ".join(
+            f"{h['address']} ({h['node_id'][:6]}, {'[green]online[/]' if h['online'] else '[red]offline[/]'})"
+            for h in f["holders"]
+        )
+        table.add_row(f["name"], _size(f["size"]), f["hash"][:12], holders)
+    Console(highlight=False).print(table)
+    online = sum(1 for f in files if f["online"])
+    console.print(f"{len(files)} file(s), {online} available now")
+
+
+__all__ = ["group_entries", "redact", "register"]

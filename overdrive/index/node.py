@@ -1,0 +1,293 @@
+"""A sharing node: keeps its folder's entries current in the index through any live master.
+
+:class:`NodeSession` is the protocol logic without sockets: what to send next (a full registration after
+connecting, then changes, heartbeats when idle), and when the current master has gone quiet for ``failover``
+seconds, to move to the next one and register everything again. :class:`Node` is the thread around it: one
+DEALER to the current master, a watchdog observer feeding changed paths, and the folder scanner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.codec import Message
+from overdrive.bus.sockets import Bus
+from overdrive.errors import ConfigError, ProtocolError
+from overdrive.index.protocol import CODEC, Ack, Announce, NodeBeat
+from overdrive.index.records import FileInfo
+from overdrive.index.runner import Runner
+from overdrive.index.scan import FolderScanner
+from overdrive.transfer.catalogue import SharedFile
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """How a node talks to the masters."""
+
+    masters: tuple[Endpoint, ...]
+    address: str
+    """``host:port`` where this node serves files (goes into its records)."""
+    heartbeat: float = 0.5
+    failover: float = 1.5
+    """Seconds without any reply before moving to the next master."""
+    settle: float = 0.2
+    """Seconds a path must be quiet before it is re-examined (files being written)."""
+
+    def __post_init__(self) -> None:
+        if not self.masters:
+            raise ConfigError("a node needs at least one master (--master HOST:PORT)")
+        if self.heartbeat <= 0 or self.failover <= self.heartbeat or self.settle < 0:
+            raise ConfigError("need 0 < heartbeat < failover and settle >= 0")
+
+
+def _info(f: SharedFile) -> FileInfo:
+    return FileInfo(name=f.name, size=f.size, content_hash=f.content_hash, mtime_ns=f.mtime_ns)
+
+
+@dataclass
+class NodeSession:
+    """Sans-IO: decides the node's next message and which master to use."""
+
+    node_id: str
+    config: NodeConfig
+    master_index: int = 0
+    full_needed: bool = True
+    changed: dict[str, FileInfo] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    failovers: int = 0
+    _refs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _queue: list[Announce] = field(default_factory=list)
+    _in_flight: Message | None = None
+    _sent_at: float = 0.0
+    _last_beat: float = float("-inf")
+    _heard: float = 0.0
+
+    @property
+    def master(self) -> Endpoint:
+        return self.config.masters[self.master_index]
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting to be registered or acknowledged."""
+        return not (self._queue or self.changed or self.removed or self.full_needed) and not isinstance(
+            self._in_flight, Announce
+        )
+
+    def files_changed(self, changed: Sequence[SharedFile], removed: Sequence[str]) -> None:
+        for f in changed:
+            self.changed[f.name] = _info(f)
+            self.removed.discard(f.name)
+        for name in removed:
+            self.changed.pop(name, None)
+            self.removed.add(name)
+
+    def connected(self, now: float) -> None:
+        """A (new) connection to :attr:`master`: everything must be registered again."""
+        self.full_needed = True
+        self._queue.clear()
+        self._in_flight = None
+        self._heard = now
+
+    def next_message(self, now: float, files: Sequence[SharedFile]) -> Message | None:
+        """The message to send now, if any (one request in flight at a time)."""
+        if self._in_flight is not None:
+            return None
+        if self.full_needed:
+            self.full_needed = False
+            self.changed.clear()
+            self.removed.clear()
+            sync = next(self._refs)
+            infos = [_info(f) for f in files]
+            chunks = max(1, -(-len(infos) // BATCH))
+            self._queue = [
+                Announce(
+                    ref=next(self._refs),
+                    holder=self.node_id,
+                    address=self.config.address,
+                    files=infos[i * BATCH : (i + 1) * BATCH],
+                    full=True,
+                    sync=sync,
+                    final=i == chunks - 1,
+                )
+                for i in range(chunks)
+            ]
+        elif not self._queue and (self.changed or self.removed):
+            infos = list(self.changed.values())
+            gone = sorted(self.removed)
+            self.changed.clear()
+            self.removed.clear()
+            for i in range(max(1, -(-len(infos) // BATCH), -(-len(gone) // BATCH))):
+                self._queue.append(
+                    Announce(
+                        ref=next(self._refs),
+                        holder=self.node_id,
+                        address=self.config.address,
+                        files=infos[i * BATCH : (i + 1) * BATCH],
+                        removed=gone[i * BATCH : (i + 1) * BATCH],
+                    )
+                )
+        message: Message | None = None
+        if self._queue:
+            message = self._queue.pop(0)
+        elif now - self._last_beat >= self.config.heartbeat:
+            message = NodeBeat(ref=next(self._refs))
+            self._last_beat = now
+        if message is not None:
+            self._in_flight = message
+            self._sent_at = now
+        return message
+
+    def on_reply(self, reply: Message, now: float) -> None:
+        if not isinstance(reply, Ack) or self._in_flight is None or reply.ref != getattr(self._in_flight, "ref", -1):
+            return
+        self._heard = now
+        if not reply.ok:
+            log.error("master %s refused our registration: %s", self.master.display, reply.error)
+        self._in_flight = None
+
+    def failed(self, now: float) -> bool:
+        """True when the current master has not answered for ``failover`` s: move on to the next master."""
+        if self._in_flight is None or now - self._sent_at < self.config.failover:
+            return False
+        self.master_index = (self.master_index + 1) % len(self.config.masters)
+        self.failovers += 1
+        self.connected(now)
+        return True
+
+
+class _Watch(FileSystemEventHandler):
+    """Collects changed paths (relative to the folder) with the time of their last event."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lock = threading.Lock()
+        self.paths: dict[str, float] = {}
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        now = time.monotonic()
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            text = raw.decode(errors="surrogateescape") if isinstance(raw, bytes) else raw
+            try:
+                rel = Path(text).relative_to(self.folder).as_posix()
+            except ValueError:
+                continue
+            if rel and rel != ".":
+                with self.lock:
+                    self.paths[rel] = now
+
+    def take_settled(self, settle: float) -> list[str]:
+        now = time.monotonic()
+        with self.lock:
+            ready = [p for p, t in self.paths.items() if now - t >= settle]
+            for p in ready:
+                del self.paths[p]
+        return ready
+
+
+class Node(Runner):
+    """Registers a folder with the index and keeps it current (a background thread)."""
+
+    name = "overdrive-node"
+
+    def __init__(self, bus: Bus, scanner: FolderScanner, config: NodeConfig, *, watch: bool = True) -> None:
+        super().__init__(bus)
+        self.scanner = scanner
+        self.config = config
+        self.session = NodeSession(bus.node_id, config)
+        self.watch = watch
+        self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._handler = _Watch(scanner.folder)
+        self.registered = threading.Event()
+        """Set once the first full registration has been acknowledged."""
+
+    @property
+    def master(self) -> Endpoint:
+        return self.session.master
+
+    def setup(self) -> None:
+        if self.watch:
+            observer = Observer()
+            observer.schedule(self._handler, str(self.scanner.folder), recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        self._open(time.monotonic())
+
+    def teardown(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+        self.scanner.save_cache()
+
+    def _open(self, now: float) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._sock = self.bus.client(zmq.DEALER, hwm=1000)
+        self.bus.connect(self._sock, self.session.master, verify=False)
+        self.session.connected(now)
+        log.info("node %s: using master %s", self.bus.node_id, self.session.master.display)
+
+    def loop(self, control: zmq.Socket) -> None:  # type: ignore[type-arg]
+        while True:
+            sock = self._sock
+            assert sock is not None
+            poller = zmq.Poller()
+            poller.register(control, zmq.POLLIN)
+            poller.register(sock, zmq.POLLIN)
+            events = dict(poller.poll(100))
+            if control in events:
+                return
+            now = time.monotonic()
+            if sock in events:
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        reply, _ = CODEC.decode(frames)
+                    except ProtocolError as exc:
+                        log.debug("node: dropped a malformed reply: %s", exc)
+                        continue
+                    self.session.on_reply(reply, time.monotonic())
+                if self.session.idle and not self.registered.is_set():
+                    self.registered.set()
+            settled = self._handler.take_settled(self.config.settle)
+            if settled:
+                changed, removed = self.scanner.refresh(settled)
+                if changed or removed:
+                    log.info("node: %d changed, %d removed", len(changed), len(removed))
+                    self.session.files_changed(changed, removed)
+            if self.session.failed(now):
+                log.warning("node: master stopped answering; failing over to %s", self.session.master.display)
+                self._open(now)
+            message = self.session.next_message(now, self.scanner.files())
+            if message is not None:
+                try:
+                    self._sock.send_multipart(CODEC.encode(message), zmq.NOBLOCK)  # type: ignore[union-attr]
+                except zmq.Again:
+                    pass  # counted as unanswered; failover handles it

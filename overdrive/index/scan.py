@@ -1,0 +1,196 @@
+"""The sharing node's view of its folder: a scanner with a persistent hash cache, usable as a Catalogue.
+
+Only regular files count; symlinks (to files or folders, inside or out) are never followed or shared, nor are
+the transfer's partial files (``*.part``, ``*.part.state``). Names are relative POSIX paths; a file whose name
+the index cannot carry (not UTF-8, a backslash, over 4096 bytes) is skipped with a warning.
+
+Hashing is the slow part, so hashes are cached by (name, size, mtime_ns) in the cache folder: rescanning an
+unchanged folder only stats files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import blake3
+import msgspec
+
+from overdrive import paths
+from overdrive.index.records import check_name
+from overdrive.transfer.catalogue import SharedFile
+
+log = logging.getLogger(__name__)
+
+SKIP_SUFFIXES = (".part", ".part.state")
+_CacheEntry = tuple[int, int, str]
+
+
+def hash_file(path: Path) -> str:
+    """BLAKE3 hex digest of a whole file."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def cache_file_for(folder: Path) -> Path:
+    digest = hashlib.blake2b(str(folder).encode(errors="surrogateescape"), digest_size=8).hexdigest()
+    return paths.cache_dir() / "hashes" / f"{digest}.msgpack"
+
+
+class FolderScanner:
+    """The files under one folder, kept current by :meth:`scan` and :meth:`refresh` (thread-safe reads)."""
+
+    def __init__(self, folder: Path, cache_file: Path | None = None) -> None:
+        self.folder = Path(folder).resolve()
+        self.cache_file = cache_file or cache_file_for(self.folder)
+        self._files: dict[str, SharedFile] = {}
+        self._lock = threading.Lock()
+        self._cache: dict[str, _CacheEntry] = self._load_cache()
+        self._cache_dirty = False
+        self.hashed = 0
+        self.skipped = 0
+
+    # -- Catalogue -------------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> SharedFile | None:
+        with self._lock:
+            return self._files.get(name)
+
+    def files(self) -> list[SharedFile]:
+        with self._lock:
+            return list(self._files.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._files)
+
+    # -- scanning --------------------------------------------------------------------------------------------
+
+    def scan(self) -> dict[str, SharedFile]:
+        """Rescan everything; return the current files by name."""
+        found: dict[str, SharedFile] = {}
+        self._walk(self.folder, found)
+        with self._lock:
+            self._files = found
+        self._cache = {n: c for n, c in self._cache.items() if n in found}
+        self.save_cache()
+        return dict(found)
+
+    def refresh(self, names: Iterable[str]) -> tuple[list[SharedFile], list[str]]:
+        """Re-examine changed relative paths (files or folders); return (added or changed files, removed names)."""
+        changed: list[SharedFile] = []
+        removed: list[str] = []
+        for name in sorted(set(names)):
+            path = self.folder / name
+            try:
+                st = path.lstat()
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                found: dict[str, SharedFile] = {}
+                self._walk(path, found)
+                prefix = name + "/"
+                with self._lock:
+                    old = {n for n in self._files if n.startswith(prefix)}
+                    for gone in old - found.keys():
+                        del self._files[gone]
+                        removed.append(gone)
+                    for entry in found.values():
+                        if self._files.get(entry.name) != entry:
+                            self._files[entry.name] = entry
+                            changed.append(entry)
+                continue
+            current = self._describe(name, path, st) if st is not None and stat.S_ISREG(st.st_mode) else None
+            with self._lock:
+                if current is None:
+                    prefix = name + "/"
+                    for gone in [n for n in self._files if n == name or n.startswith(prefix)]:
+                        del self._files[gone]
+                        removed.append(gone)
+                elif self._files.get(name) != current:
+                    self._files[name] = current
+                    changed.append(current)
+        self.save_cache()
+        return changed, removed
+
+    def _walk(self, top: Path, found: dict[str, SharedFile]) -> None:
+        stack = [top]
+        while stack:
+            current = stack.pop()
+            try:
+                with os.scandir(current) as it:
+                    entries = list(it)
+            except OSError as exc:
+                log.warning("cannot read folder %s: %s", current, exc.strerror)
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_symlink():
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                path = Path(entry.path)
+                name = path.relative_to(self.folder).as_posix()
+                described = self._describe(name, path, st)
+                if described is not None:
+                    found[name] = described
+
+    def _describe(self, name: str, path: Path, st: os.stat_result) -> SharedFile | None:
+        if name.endswith(SKIP_SUFFIXES):
+            return None
+        try:
+            check_name(name)
+        except ValueError as exc:
+            self.skipped += 1
+            log.warning("not sharing %r: %s", name, exc)
+            return None
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
+            digest = cached[2]
+        else:
+            try:
+                digest = hash_file(path)
+            except OSError as exc:
+                log.warning("cannot read %s: %s", path, exc.strerror)
+                return None
+            self.hashed += 1
+            self._cache[name] = (st.st_size, st.st_mtime_ns, digest)
+            self._cache_dirty = True
+        return SharedFile(name=name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
+
+    # -- the hash cache --------------------------------------------------------------------------------------
+
+    def _load_cache(self) -> dict[str, _CacheEntry]:
+        try:
+            data = self.cache_file.read_bytes()
+        except OSError:
+            return {}
+        try:
+            return msgspec.msgpack.decode(data, type=dict[str, tuple[int, int, str]])
+        except msgspec.DecodeError:
+            log.warning("ignoring a damaged hash cache %s", self.cache_file)
+            return {}
+
+    def save_cache(self) -> None:
+        """Write the hash cache if it changed (atomically, mode 0600)."""
+        if not self._cache_dirty:
+            return
+        try:
+            paths.write_private(self.cache_file, msgspec.msgpack.encode(self._cache))
+            self._cache_dirty = False
+        except OSError as exc:
+            log.warning("cannot save the hash cache %s: %s", self.cache_file, exc.strerror)

@@ -1,0 +1,147 @@
+"""One store test suite, run against every backend: SQLite, MySQL (real MariaDB) and Firestore (emulator)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from overdrive.errors import ConfigError, StoreError
+from overdrive.index.records import RecordRow
+from overdrive.index.stores import BUCKETS, Store, open_store
+from overdrive.index.stores.base import row_checksums
+
+HOLDER = "holderaaaaaaaaaa"
+OTHER = "holderbbbbbbbbbb"
+ORIGIN = "originaaaaaaaaaa"
+ORIGIN2 = "originbbbbbbbbbb"
+_prefixes = itertools.count()
+
+
+def row(
+    name: str,
+    *,
+    holder: str = HOLDER,
+    origin: str = ORIGIN,
+    seq: int = 1,
+    hlc: int = 100,
+    deleted: bool = False,
+    size: int = 1,
+) -> RecordRow:
+    return (name, size, f"{size:064x}", holder, "127.0.0.1:7772", 5, origin, seq, hlc, deleted)
+
+
+@pytest.fixture(params=["sqlite", "mysql", "firestore", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    prefix = f"t{next(_prefixes)}_"
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'index.db'}"
+    elif request.param == "mysql":
+        url = f"{request.getfixturevalue('mariadb').url}?prefix={prefix}"
+    elif request.param == "firestore":
+        request.getfixturevalue("firestore")
+        url = f"firestore://overdrive-test?prefix={prefix}"
+    else:
+        url = "memory://test"
+    opened = open_store(url)
+    yield opened
+    opened.close()
+
+
+def test_apply_is_last_writer_wins_in_any_order(store: Store) -> None:
+    old, new = row("a", seq=1, hlc=100, size=1), row("a", origin=ORIGIN2, seq=1, hlc=200, size=2)
+    tie = row("a", origin=ORIGIN, seq=2, hlc=200, size=3)  # same hlc, smaller origin: loses to `new`
+    assert store.apply([new]) == 1
+    store.apply([old, tie])
+    got = store.get(HOLDER, "a")
+    assert got is not None and got.size == 2 and got.origin == ORIGIN2
+    assert store.apply([new]) == 0 or store.get(HOLDER, "a") == got  # idempotent
+
+
+def test_keys_are_holder_and_name_and_names_are_exact(store: Store) -> None:
+    names = ["Lectures/Week 1.mp4", "lectures/week 1.mp4", "日本語/ファイル.txt", "deep/" * 50 + "x"]
+    store.apply([row(n, seq=i + 1) for i, n in enumerate(names)] + [row(names[0], holder=OTHER, seq=9)])
+    assert store.count() == 5
+    assert sorted(r.holder for r in store.find(names[0])) == [HOLDER, OTHER]
+    assert [r.name for r in store.find(names[1])] == [names[1]]
+    assert [r.name for r in store.find("*.txt", glob=True)] == ["日本語/ファイル.txt"]
+    assert [r.name for r in store.find(names[3], content_hash=f"{1:064x}")] == [names[3]]
+    assert list(store.find(names[3], content_hash="f" * 64)) == []
+
+
+def test_tombstones_hide_entries_and_are_purged(store: Store) -> None:
+    store.apply([row("a", seq=1, hlc=100), row("b", seq=2, hlc=100)])
+    store.apply([row("a", seq=3, hlc=150, deleted=True)])
+    assert store.count() == 1
+    assert list(store.find("a")) == []
+    assert [r.deleted for r in store.find("a", include_deleted=True)] == [True]
+    assert store.purge(before_hlc=160) == 1
+    assert store.get(HOLDER, "a") is None and store.get(HOLDER, "b") is not None
+
+
+def test_vector_is_saved_with_the_batch_and_meta_persists(store: Store) -> None:
+    store.apply([row("a")], {ORIGIN: 1, ORIGIN2: 7})
+    assert store.load_vector() == {ORIGIN: 1, ORIGIN2: 7}
+    store.set_meta("origin", ORIGIN)
+    assert store.get_meta("origin") == ORIGIN
+    assert store.get_meta("missing") is None
+
+
+def test_since_returns_rows_above_the_vector_in_batches(store: Store) -> None:
+    rows = [row(f"f{i}", seq=i + 1, hlc=1000 + i) for i in range(50)]
+    rows += [row(f"g{i}", origin=ORIGIN2, seq=i + 1, hlc=2000 + i) for i in range(20)]
+    store.apply(rows)
+    batches = list(store.since({ORIGIN: 45, ORIGIN2: 0}, batch=7))
+    assert all(len(b) <= 7 for b in batches)
+    got = sorted(r[0] for b in batches for r in b)
+    assert got == sorted([f"f{i}" for i in range(45, 50)] + [f"g{i}" for i in range(20)])
+    everything = [r for b in store.since({}, batch=16) for r in b]
+    assert len(everything) == 70
+    assert sorted(r[0] for b in store.rows(batch=9) for r in b) == sorted(r[0] for r in rows)
+
+
+def test_checksums_match_between_stores_with_the_same_versions(store: Store) -> None:
+    rows = [row(f"f{i}", seq=i + 1, hlc=1000 + i, deleted=i % 5 == 0) for i in range(300)]
+    store.apply(rows[::-1])
+    sums = store.checksums()
+    assert len(sums) == BUCKETS
+    assert sums == row_checksums(rows)
+    store.apply([row("f7", seq=999, hlc=5000)])
+    changed = [i for i, (a, b) in enumerate(zip(sums, store.checksums(), strict=True)) if a != b]
+    assert changed == sorted({8 % BUCKETS, 999 % BUCKETS})  # f7 had seq 8
+    repaired = [r for b in store.bucket_rows(changed) for r in b]
+    assert {r[7] % BUCKETS for r in repaired} <= set(changed) and any(r[0] == "f7" for r in repaired)
+
+
+def test_holder_rows_and_describe(store: Store) -> None:
+    store.apply([row("a", seq=1), row("b", holder=OTHER, seq=2)])
+    assert [r[0] for r in store.holder_rows(OTHER)] == ["b"]
+    text = store.describe()
+    assert text and "password" not in text.lower()
+
+
+def test_bad_urls_give_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="scheme"):
+        open_store("postgres://x/y")
+    with pytest.raises(ConfigError):
+        open_store("index.db")
+    with pytest.raises(StoreError, match=r"cannot reach MySQL at 127\.0\.0\.1:1\b"):
+        open_store("mysql://u:secret@127.0.0.1:1/db")
+    try:
+        open_store("mysql://u:secret@127.0.0.1:1/db")
+    except StoreError as exc:
+        assert "secret" not in str(exc)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError):
+        open_store(f"sqlite://{blocker}/sub/index.db")
+
+
+def test_sqlite_data_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'x.db'}"
+    with open_store(url) as first:
+        first.apply([row("kept")], {ORIGIN: 1})
+    with open_store(url) as second:
+        assert second.get(HOLDER, "kept") is not None and second.load_vector() == {ORIGIN: 1}
