@@ -8,6 +8,7 @@ from overdrive.media.join import (
     DROP_STALE,
     DROP_WAIT_KEY,
     Accept,
+    CatchUp,
     Drop,
     JoinState,
     Phase,
@@ -107,3 +108,32 @@ def test_skip_plan_starts_at_newest_keyframe() -> None:
     assert skip_plan([frame(1), frame(2)]) == 0
     assert skip_plan([frame(1, key=True), frame(2), frame(3, key=True), frame(4)]) == 2
     assert skip_plan([frame(1), frame(2, key=True)]) == 1
+
+
+def at(seq: int, pts_ms: int, key: bool = False) -> VideoFrame:
+    return VideoFrame(stream_id="s1", seq=seq, pts_ns=pts_ms * 1_000_000, keyframe=key, codec="h264")
+
+
+def test_catchup_skips_a_late_backlog_until_a_live_keyframe() -> None:
+    c = CatchUp(stale_ns=1_000_000_000)
+    ms = 1_000_000
+    # live: 10 ms offset (the clock offset between machines does not matter: only the excess counts)
+    assert c.plan([at(1, 0, key=True), at(2, 33)], now_ns=5_000_043 * ms) == 0
+    # resumed after a 3 s pause: the backlog is 3 s late and has keyframes, but none is live
+    backlog = [at(3, 66), at(4, 1000, key=True), at(5, 1033)]
+    assert c.plan(backlog, now_ns=5_003_043 * ms) == 3
+    assert c.resyncing
+    # still late, no live keyframe: nothing decoded
+    assert c.plan([at(6, 2000, key=True), at(7, 2900)], now_ns=5_003_050 * ms) == 2
+    # live again: decoding restarts at the live keyframe
+    assert c.plan([at(8, 3000), at(9, 3030, key=True), at(10, 3060)], now_ns=5_003_070 * ms) == 1
+    assert not c.resyncing and c.resyncs == 1
+
+
+def test_catchup_adopts_a_lasting_delay() -> None:
+    c = CatchUp(stale_ns=1_000_000_000, window=10)
+    ms = 1_000_000
+    c.plan([at(1, 0, key=True)], now_ns=10 * ms)
+    # the delay jumps to 2 s and stays: after the window, those frames count as live again
+    starts = [c.plan([at(i, i * 100, key=True)], now_ns=(i * 100 + 2000) * ms) for i in range(2, 20)]
+    assert starts[0] == 1 and starts[-1] == 0

@@ -14,13 +14,14 @@ All transitions live in this module::
     any --info with another stream_id (streamer restart)--> Reset, WAIT_KEY
     frames of a stream other than the current info's are dropped until that info arrives
 
-:func:`skip_plan` is the catch-up rule for a drained batch: decode only from the newest keyframe on.
+:func:`skip_plan` and :class:`CatchUp` are the catch-up rules for drained batches: decode only from the newest
+keyframe on, and after falling behind, decode nothing until a keyframe that is live again.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,3 +143,45 @@ def skip_plan(frames: Sequence[VideoFrame]) -> int:
         if frames[i].keyframe:
             return i
     return 0
+
+
+class CatchUp:
+    """Where to start decoding a drained batch, so a viewer that fell behind jumps to live instead of replaying.
+
+    Within a batch, decoding starts at the newest keyframe (:func:`skip_plan`). Across batches: when the newest
+    frame is more than ``stale_ns`` later than usual, the viewer stops decoding until a keyframe that is not late.
+    "Late" is measured against the smallest capture-to-receive offset of the last ``window`` frames, so a clock
+    offset between streamer and viewer machines cancels out, and a lasting change of delay is adopted after
+    ``window`` frames instead of stopping the picture for good.
+    """
+
+    def __init__(self, stale_ns: int = 1_000_000_000, window: int = 300) -> None:
+        self.stale_ns = stale_ns
+        self._offsets: deque[int] = deque(maxlen=window)
+        self.resyncing = False
+        self.resyncs = 0
+
+    def reset(self) -> None:
+        self._offsets.clear()
+        self.resyncing = False
+
+    def plan(self, frames: Sequence[VideoFrame], now_ns: int) -> int:
+        """Index of the first frame to decode; ``len(frames)`` means decode none of them."""
+        if not frames:
+            return 0
+        self._offsets.extend(now_ns - f.pts_ns for f in frames)
+        base = min(self._offsets)
+
+        def late(f: VideoFrame) -> bool:
+            return now_ns - f.pts_ns - base > self.stale_ns
+
+        if late(frames[-1]) and not self.resyncing:
+            self.resyncing = True
+            self.resyncs += 1
+        if self.resyncing:
+            fresh = [i for i, f in enumerate(frames) if f.keyframe and not late(f)]
+            if not fresh:
+                return len(frames)
+            self.resyncing = False
+            return fresh[-1]
+        return skip_plan(frames)

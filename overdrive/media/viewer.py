@@ -3,8 +3,9 @@
 :class:`Viewer` connects a CURVE SUB (the first connect is verified, so a wrong password fails within seconds
 with "authentication failed for HOST"; afterwards ZeroMQ reconnects by itself when a streamer restarts). Each
 loop it **drains everything queued** (ZMQ_CONFLATE cannot be used with multipart messages), feeds headers to
-the sans-IO :class:`~overdrive.media.join.JoinState`, and decodes only from the newest keyframe of the batch
-(:func:`~overdrive.media.join.skip_plan`), showing only the newest picture. A viewer that was paused or slow
+the sans-IO :class:`~overdrive.media.join.JoinState`, and decodes only from the newest keyframe of the batch,
+or after falling more than a keyframe interval behind, from the next live keyframe
+(:class:`~overdrive.media.join.CatchUp`), showing only the newest picture. A viewer that was paused or slow
 therefore jumps back to live instead of replaying the past, and the publisher's high-water mark means it never
 slows the streamer. Malformed or oversized messages are dropped and counted (``stats.malformed``).
 
@@ -36,7 +37,7 @@ from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint, parse_endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, MediaError, ProtocolError
 from overdrive.media.decoders import Decoder, make_decoder
-from overdrive.media.join import Accept, JoinState, Reset, skip_plan
+from overdrive.media.join import Accept, CatchUp, JoinState, Reset
 from overdrive.media.protocol import (
     CODEC,
     TOPIC_AUDIO,
@@ -126,6 +127,7 @@ class Viewer:
         self.config = config
         self.bus = bus
         self.join = JoinState()
+        self.catchup = CatchUp()
         self.stats = ViewerStats()
         self._listeners: list[Listener] = []
         self._picture_listeners: list[PictureListener] = []
@@ -309,6 +311,7 @@ class Viewer:
         return message, bytes(payload[0]) if payload else b""
 
     def _reset(self, info: StreamInfo) -> None:
+        self.catchup = CatchUp(stale_ns=max(1_000_000_000, int(info.keyframe_interval * 1e9)))
         if self._decoder is not None:
             self._decoder.close()
             self._decoder = None
@@ -335,7 +338,7 @@ class Viewer:
                 self.stats.latencies_ms.append((now_ns - frame.pts_ns) / 1e6)
                 self._write_trace(now_ns, frame, decoded=False, shown=False)
             return None
-        start = skip_plan([f for f, _ in pending])
+        start = self.catchup.plan([f for f, _ in pending], now_ns)
         self.stats.frames_skipped += start
         for frame, _ in pending[:start]:
             self._write_trace(now_ns, frame, decoded=False, shown=False)
@@ -443,6 +446,7 @@ class Viewer:
             "resets": self.join.resets,
             "drops": dict(self.join.drops),
             "decode_errors": s.decode_errors,
+            "resyncs": self.catchup.resyncs,
             "audio_chunks": s.audio_chunks,
             "fps": fps,
             "latency_ms": {
