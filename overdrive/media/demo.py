@@ -1,0 +1,92 @@
+"""Demo step for ``overdrive demo``: a streamer on the test pattern and a headless viewer, both on loopback."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import time
+
+from overdrive.cliutil import console
+from overdrive.demo import DemoContext
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _video_only(command: str) -> list[str]:
+    """Options that keep the demo's stream video-only where the command has them (no sound card needed)."""
+    from overdrive.media import cli
+
+    params = inspect.signature(getattr(cli, command)).parameters
+    extra = ["--audio", "none"] if command == "stream" and "audio" in params else []
+    return [*extra, "--no-record"] if "no_record" in params else extra
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def step_stream_video(ctx: DemoContext) -> bool:
+    """Stream the test pattern (H.264) to a headless viewer; print its fps, latency and bitrate."""
+    console.rule("[bold]media: live video stream (test pattern, H.264, CURVE)")
+    port = _free_port()
+    streamer = ctx.spawn(
+        "stream",
+        "--source",
+        "testpattern",
+        "--bind",
+        f"tcp://127.0.0.1:{port}",
+        "--duration",
+        f"{ctx.seconds + 30:g}",
+        "--name",
+        "demo",
+        *_video_only("stream"),
+    )
+    deadline = time.monotonic() + 30
+    while not _listening(port):
+        if streamer.poll() is not None or time.monotonic() > deadline:
+            err = streamer.stderr.read().decode()[-300:] if streamer.stderr and streamer.poll() is not None else ""
+            console.print(f"[red]streamer did not start: {err or 'timeout'}")
+            return False
+        time.sleep(0.05)
+    stats_path = ctx.home / "view-stats.json"
+    viewer = ctx.spawn(
+        "view",
+        f"127.0.0.1:{port}",
+        "--headless",
+        "--duration",
+        f"{ctx.seconds:g}",
+        "--stats-json",
+        str(stats_path),
+        *_video_only("view"),
+    )
+    try:
+        _, err = viewer.communicate(timeout=ctx.seconds + 60)
+    except Exception:
+        viewer.kill()
+        raise
+    finally:
+        streamer.terminate()
+    if viewer.returncode != 0 or not stats_path.exists():
+        console.print(f"[red]viewer failed: {err.decode()[-300:]}")
+        return False
+    s = json.loads(stats_path.read_text())
+    lat = s["latency_ms"]
+    console.print(
+        f"viewer joined stream {s['stream_id']} ({s['codec']} {s['width']}x{s['height']}): "
+        f"{s['frames_shown']} frames shown at {s['fps'] or 0:.1f} fps, latency p50 {lat['p50'] or 0:.1f} ms "
+        f"p99 {lat['p99'] or 0:.1f} ms, {(s['bitrate'] or 0) / 1e6:.2f} Mbit/s, gaps {s['gaps']}, "
+        f"malformed {s['malformed']}"
+    )
+    return bool(s["frames_shown"] > 0 and s["decode_errors"] == 0 and s["malformed"] == 0)
+
+
+STEPS = [step_stream_video]
