@@ -12,7 +12,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 
 from tests.conftest import TestNetwork
 from tests.services import PulseAudio, Xvfb, free_port
