@@ -9,6 +9,7 @@ import time
 
 from overdrive.cliutil import console
 from overdrive.demo import DemoContext
+from overdrive.media.demo_audio import step_audio_recording
 
 
 def _free_port() -> int:
@@ -89,4 +90,4 @@ def step_stream_video(ctx: DemoContext) -> bool:
     return bool(s["frames_shown"] > 0 and s["decode_errors"] == 0 and s["malformed"] == 0)
 
 
-STEPS = [step_stream_video]
+STEPS = [step_stream_video, step_audio_recording]
