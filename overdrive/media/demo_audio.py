@@ -52,8 +52,9 @@ def measure_sync(path: Path, rate: int = 48_000) -> SyncReport:
             start = float(af.time or 0.0) if start is None else start
             parts.append(af.to_ndarray().mean(axis=0))
     pcm = np.concatenate(parts) if parts else np.zeros(0)
-    onsets, prev = [], -(10**9)
-    for k in np.flatnonzero(np.abs(pcm) > 0.1):
+    onsets: list[float] = []
+    prev = -(10**9)
+    for k in np.flatnonzero(np.abs(pcm) > 0.1).tolist():
         if k - prev > rate // 2:
             onsets.append((start or 0.0) + k / rate)
         prev = k

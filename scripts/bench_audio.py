@@ -1,0 +1,143 @@
+"""Audio benchmark: glass-to-ear latency, A/V offset in recordings, CPU cost of audio. Writes docs/benchmarks.md.
+
+Runs a private PulseAudio (null sink) so playback has a real device; the streamer uses the test tone so the
+capture side needs no sound card. Latency is capture timestamp → the moment the sample is due at the output
+(PortAudio's reported output latency included). CPU is measured on real `overdrive stream` processes
+(rusage of the child), with the video-only run as the baseline in the same session.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import benchlib  # noqa: E402
+
+from tests.services import PulseAudio, free_port  # noqa: E402
+
+SECONDS = 15.0
+
+
+def stream_cpu(audio: str, codec: str, home: Path) -> float:
+    """CPU seconds per wall second of a streamer (640x360 test pattern) with this audio, no viewer."""
+    env = dict(os.environ, OVERDRIVE_HOME=str(home))
+    argv = [
+        sys.executable,
+        "-m",
+        "overdrive",
+        "--insecure",
+        "stream",
+        "--source",
+        "testpattern",
+        "--scale",
+        "640x360",
+        "--audio",
+        audio,
+        "--audio-codec",
+        codec,
+        "--duration",
+        f"{SECONDS:g}",
+        "--no-record",
+        "--bind",
+        f"tcp://127.0.0.1:{free_port()}",
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=SECONDS + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / SECONDS
+
+
+def live_run(home: Path) -> tuple[dict[str, object], object, object]:
+    from overdrive.bus.security import NodeIdentity
+    from overdrive.bus.sockets import Bus, Security
+    from overdrive.media.audio_capture import attach_audio
+    from overdrive.media.demo_audio import measure_sync
+    from overdrive.media.playback import AudioPlayer
+    from overdrive.media.publisher import Streamer, StreamerConfig
+    from overdrive.media.recorder import attach_recorder
+    from overdrive.media.viewer import Viewer, ViewerConfig
+
+    sbus, vbus = Bus(Security(NodeIdentity.generate(), None)), Bus(Security(NodeIdentity.generate(), None))
+    streamer = Streamer(
+        StreamerConfig(
+            source="testpattern", bind="tcp://127.0.0.1:0", duration=SECONDS, pattern_size=(640, 360), name="bench"
+        ),
+        sbus,
+    )
+    attach_audio(streamer, "testtone")
+    srec = attach_recorder(streamer, home / "s")
+    endpoint = streamer.start()
+    viewer = Viewer(ViewerConfig(host=endpoint.display, headless=True, duration=SECONDS + 10), vbus)
+    player = AudioPlayer()
+    player.open()
+    viewer.add_listener(player)
+    vrec = attach_recorder(viewer, home / "v")
+    viewer.start()
+    time.sleep(SECONDS + 0.5)
+    streamer.stop()
+    viewer.stop()
+    player.close()
+    s_done, v_done = srec.close(), vrec.close()
+    sbus.close()
+    vbus.close()
+    return player.stats(), measure_sync(s_done[0].path), measure_sync(v_done[0].path)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp, PulseAudio() as pulse:
+        os.environ.update(pulse.env())  # before sounddevice is imported: PortAudio reads it at init
+        home = Path(tmp)
+        os.environ["OVERDRIVE_HOME"] = str(home)
+        stats, s_sync, v_sync = live_run(home)
+        cpu = {(a, c): stream_cpu(a, c, home) for a, c in (("none", "opus"), ("testtone", "opus"), ("testtone", "pcm"))}
+    lat = stats["latency_ms"]  # type: ignore[index]
+    rows = [
+        ["glass-to-ear latency p50 (capture → due at output)", f"{lat['p50']:.1f} ms"],  # type: ignore[index]
+        ["glass-to-ear latency p99", f"{lat['p99']:.1f} ms"],  # type: ignore[index]
+        ["of which output device latency (PortAudio, pulse)", f"{stats['output_latency_ms']:.1f} ms"],
+        ["late chunks dropped / underruns", f"{stats['late_dropped']} / {stats['underruns']}"],
+    ]
+    for label, rep in (("streamer", s_sync), ("viewer", v_sync)):
+        offs = rep.offsets_ms  # type: ignore[attr-defined]
+        rows.append(
+            [
+                f"A/V offset in the {label}'s MP4 (first flash frame − beep; {len(offs)} pairs)",
+                f"median {benchlib.median(offs):+.1f} ms, worst {rep.worst_ms:.1f} ms",
+            ]
+        )  # type: ignore[attr-defined]
+        rows.append([f"{label} MP4 duration", f"{rep.duration:.3f} s"])  # type: ignore[attr-defined]
+    base = cpu[("none", "opus")]
+    rows += [
+        ["streamer CPU, video only (baseline)", f"{base * 100:.1f} % of a core"],
+        [
+            "streamer CPU, + test tone as Opus",
+            f"{cpu[('testtone', 'opus')] * 100:.1f} % (+{(cpu[('testtone', 'opus')] - base) * 100:.1f})",
+        ],
+        [
+            "streamer CPU, + test tone as PCM",
+            f"{cpu[('testtone', 'pcm')] * 100:.1f} % (+{(cpu[('testtone', 'pcm')] - base) * 100:.1f})",
+        ],
+    ]
+    body = (
+        f"{benchlib.machine()}\n\n"
+        f"{SECONDS:g} s of 640x360 test pattern + test tone (a beep on every white flash) over loopback, a viewer "
+        "playing into a PulseAudio null sink and both ends recording. A/V offset is measured in the MP4s; a flash "
+        "frame can only show up to one frame (33 ms) after the beep that starts with it, so a positive median of "
+        "about half a frame is the expected result of exact timestamps.\n\n"
+        + benchlib.table(["measure", "result"], rows)
+    )
+    print(body)
+    benchlib.write_section("audio", "Audio: latency, A/V sync, CPU", body)
+
+
+if __name__ == "__main__":
+    main()
