@@ -249,7 +249,7 @@ def test_malformed_and_oversized_messages_are_dropped_and_counted(network, viewe
             pub.send_multipart([b"v", *CODEC.encode(header, data)])
         wait_until(lambda: pictures.count() >= 1, 10, "pictures after the junk")
         # a valid header whose keyframe bytes are garbage: a decode error, then recovery at the next keyframe
-        bad = VideoFrame(stream_id="rogue", seq=10, pts_ns=1, keyframe=True, codec="h264")
+        bad = VideoFrame(stream_id="rogue", seq=10, pts_ns=frames[2][0].pts_ns, keyframe=True, codec="h264")
         pub.send_multipart([b"v", *CODEC.encode(bad, b"\x00\x00\x01\x65" + b"\xff" * 500)])
         wait_until(lambda: viewer.stats.decode_errors >= 1, 10, "the bad keyframe")
         for i, (header, data) in enumerate(frames):

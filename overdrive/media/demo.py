@@ -70,14 +70,14 @@ def step_stream_video(ctx: DemoContext) -> bool:
         *_video_only("view"),
     )
     try:
-        _, err = viewer.communicate(timeout=ctx.seconds + 60)
+        _, viewer_err = viewer.communicate(timeout=ctx.seconds + 60)
     except Exception:
         viewer.kill()
         raise
     finally:
         streamer.terminate()
     if viewer.returncode != 0 or not stats_path.exists():
-        console.print(f"[red]viewer failed: {err.decode()[-300:]}")
+        console.print(f"[red]viewer failed: {viewer_err.decode()[-300:]}")
         return False
     s = json.loads(stats_path.read_text())
     lat = s["latency_ms"]

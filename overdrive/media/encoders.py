@@ -1,6 +1,6 @@
 """Video encoders: H.264 through PyAV (libx264) and JPEG through OpenCV, plus picture scaling.
 
-Each encoder takes BGR pictures with their capture time and returns :class:`Packet` objects: the encoded bytes
+Each encoder takes BGR or BGRA pictures with their capture time and returns :class:`Packet` objects: the encoded bytes
 of one picture (an H.264 access unit in Annex B, or a whole JPEG), the capture time and the keyframe flag.
 H.264 runs ultrafast/zerolatency (no B-frames, no lookahead: one picture in, one access unit out), repeats
 SPS/PPS on every keyframe so any keyframe starts a decoder, and forces a keyframe at least every
@@ -105,7 +105,9 @@ class H264Encoder:
         h, w = image.shape[:2]
         if (w, h) != (self.width, self.height):
             raise MediaError(f"picture is {w}x{h}, encoder expects {self.width}x{self.height}")
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        # OpenCV's BGR(A)->I420 is several times faster than swscale's and gives the same BT.601 limited range
+        code = cv2.COLOR_BGRA2YUV_I420 if image.shape[2] == 4 else cv2.COLOR_BGR2YUV_I420
+        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, code), format="yuv420p")
         pts = pts_ns // 1000
         frame.pts = pts
         if pts_ns - self._last_key_ns >= self._keyframe_ns:
@@ -145,6 +147,8 @@ class JpegEncoder:
         self.quality = quality
 
     def encode(self, image: Image, pts_ns: int) -> list[Packet]:
+        if image.shape[2] == 4:
+            image = cast(Image, cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise MediaError("JPEG encoding failed")

@@ -1,0 +1,560 @@
+#!/usr/bin/env python3
+"""Benchmark live streaming: overdrive (H.264 over CURVE) against imagezmq and vidgear NetGear (JPEG, PUB/SUB).
+
+Desktop-like content (windows, scrolling text, a moving picture) is drawn on a 1920x1080 Xvfb screen; every
+system captures that same screen with mss at 30 and 60 fps targets and publishes it on loopback to one decoding
+viewer (latency) plus 0, 5 or 20 receive-only viewers (fan-out). Per run: delivered fps, latency p50/p99 from
+capture to decoded picture, Mbit/s per viewer, and the publisher's CPU (percent of one core).
+
+The peers carry no capture timestamp on their wire, so their publisher stamps one into the picture (a 64-block
+barcode in the top-left corner) and their viewer reads it back after decoding. NetGear's PUB/SUB mode has its
+receiver bind and its sender connect to one address; for fan-out we connect its PUB socket to every receiver so
+it still encodes each picture once. Receive-only viewers of the peers are plain ZeroMQ SUB sockets counting
+messages (their own clients always decode); ours are :class:`overdrive.media.viewer.Viewer` with ``decode=False``.
+
+Usage: ``.venv/bin/python scripts/bench_stream.py [--seconds 8] [--quick]`` (needs Xvfb and the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+PY = sys.executable
+QUALITY = 80
+BLOCK = 10
+BITS = 64
+
+
+# --------------------------------------------------------------------------------------------------------------
+# roles run in child processes
+# --------------------------------------------------------------------------------------------------------------
+def role_content(fps: float) -> None:
+    """Desktop-like content on the X display: three windows, a scrolling text, a moving picture."""
+    import tkinter
+
+    import numpy as np
+
+    root = tkinter.Tk()
+    root.overrideredirect(True)
+    root.geometry("1920x1080+0+0")
+    canvas = tkinter.Canvas(root, width=1920, height=1080, bg="#3a6ea5", highlightthickness=0)
+    canvas.place(x=0, y=0)
+    canvas.create_rectangle(0, 1040, 1920, 1080, fill="#202020", outline="")
+    for i, (x, y, w, h) in enumerate(((60, 60, 900, 700), (1000, 100, 860, 520), (700, 650, 800, 360))):
+        canvas.create_rectangle(x, y, x + w, y + h, fill="#f4f4f4", outline="#888")
+        canvas.create_rectangle(x, y, x + w, y + 28, fill="#2b579a", outline="")
+        canvas.create_text(x + 10, y + 14, text=f"window {i + 1} - document.txt", anchor="w", fill="white")
+    text = tkinter.Text(root, width=100, height=36, font=("Courier", 10), bd=0)
+    text.place(x=70, y=95)
+    lines = [
+        f"{n:05d}  the quick brown fox jumps over the lazy dog; lorem ipsum dolor sit amet {n * 7919 % 10007}"
+        for n in range(400)
+    ]
+    text.insert("end", "\n".join(lines))
+    h, w = 240, 320
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = (xx * 255 // w).astype(np.uint8)
+    img[..., 1] = (yy * 255 // h).astype(np.uint8)
+    img[..., 2] = (((xx // 20 + yy // 20) % 2) * 180).astype(np.uint8)
+    photo = tkinter.PhotoImage(data=b"P6 %d %d 255\n" % (w, h) + img.tobytes(), format="PPM")
+    pic = canvas.create_image(1100, 200, image=photo, anchor="nw")
+    state = {"t": 0, "line": 0}
+    period = int(1000 / fps)
+
+    def tick() -> None:
+        state["t"] += 1
+        t = state["t"]
+        canvas.coords(pic, 1050 + (t * 6) % 500, 150 + (t * 3) % 300)
+        if t % 3 == 0:
+            state["line"] = (state["line"] + 1) % 360
+            text.yview_moveto(state["line"] / 400)
+        root.after(period, tick)
+
+    root.after(200, lambda: print("ready", flush=True))
+    root.after(period, tick)
+    root.mainloop()
+
+
+def _stamp(img: Any, pts_us: int) -> None:
+    for i in range(BITS):
+        img[0:BLOCK, i * BLOCK : (i + 1) * BLOCK] = 255 if (pts_us >> i) & 1 else 0
+
+
+def _read_stamp(img: Any) -> int:
+    value = 0
+    for i in range(BITS):
+        if img[2 : BLOCK - 2, i * BLOCK + 2 : (i + 1) * BLOCK - 2].mean() > 127:
+            value |= 1 << i
+    return value
+
+
+def _grab_loop(fps: float, seconds: float, send: Any) -> None:
+    """Capture the screen at ``fps`` (skipping when behind), stamp the capture time, hand the BGR picture over."""
+    import mss
+    import numpy as np
+
+    period = 1.0 / fps
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    with mss.MSS() as sct:
+        box = sct.monitors[1]
+        while time.monotonic() < end:
+            pts_us = time.time_ns() // 1000
+            shot = sct.grab(box)
+            img = np.ascontiguousarray(np.frombuffer(shot.raw, np.uint8).reshape(shot.height, shot.width, 4)[:, :, :3])
+            _stamp(img, pts_us)
+            send(img)
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_at = time.monotonic()
+
+
+def role_izmq_pub(port: int, fps: float, seconds: float) -> None:
+    import cv2
+    import imagezmq
+
+    sender = imagezmq.ImageSender(connect_to=f"tcp://127.0.0.1:{port}", REQ_REP=False)
+
+    def send(img: Any) -> None:
+        _, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+        sender.send_jpg("bench", jpg)
+
+    print("ready", flush=True)
+    _grab_loop(fps, seconds, send)
+    sender.close()
+
+
+def role_ng_pub(ports: list[int], fps: float, seconds: float) -> None:
+    from vidgear.gears import NetGear
+
+    server = NetGear(
+        address="127.0.0.1",
+        port=str(ports[0]),
+        protocol="tcp",
+        pattern=2,
+        logging=False,
+        jpeg_compression=True,
+        jpeg_compression_quality=QUALITY,
+    )
+    sock = server._NetGear__msg_socket  # fan-out: one PUB connected to every receiver (see module docstring)
+    for port in ports[1:]:
+        sock.connect(f"tcp://127.0.0.1:{port}")
+    print("ready", flush=True)
+    _grab_loop(fps, seconds, server.send)
+    server.close()
+
+
+def _viewer_result(latencies: list[float], times: list[float], nbytes: int, seconds: float) -> dict[str, Any]:
+    import numpy as np
+
+    span = times[-1] - times[0] if len(times) > 1 else 0
+    return {
+        "fps": (len(times) - 1) / span if span > 0 else 0.0,
+        "p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "mbps": nbytes * 8 / seconds / 1e6,
+    }
+
+
+def role_izmq_view(port: int, seconds: float, warmup: float, out: Path) -> None:
+    import cv2
+    import imagezmq
+    import numpy as np
+
+    hub = imagezmq.ImageHub(open_port=f"tcp://127.0.0.1:{port}", REQ_REP=False)
+    hub.zmq_socket.setsockopt(__import__("zmq").RCVTIMEO, 500)
+    lat, times, nbytes = [], [], 0
+    start = time.monotonic()
+    while time.monotonic() - start < warmup + seconds:
+        try:
+            _, jpg = hub.recv_jpg()
+        except Exception:  # noqa: BLE001 - zmq.Again on timeout
+            continue
+        img = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
+        now = time.monotonic()
+        if now - start >= warmup:
+            lat.append((time.time_ns() // 1000 - _read_stamp(img)) / 1000)
+            times.append(now)
+            nbytes += len(jpg)
+    out.write_text(json.dumps(_viewer_result(lat, times, nbytes, seconds)))
+    hub.close()
+
+
+def role_ng_view(port: int, seconds: float, warmup: float, out: Path) -> None:
+    from vidgear.gears import NetGear
+
+    client = NetGear(
+        address="127.0.0.1",
+        port=str(port),
+        protocol="tcp",
+        pattern=2,
+        receive_mode=True,
+        logging=False,
+        jpeg_compression=True,
+    )
+    print("ready", flush=True)
+    lat, times = [], []
+    start = time.monotonic()
+    while time.monotonic() - start < warmup + seconds:
+        frame = client.recv()
+        if frame is None:
+            time.sleep(0.001)
+            continue
+        now = time.monotonic()
+        if now - start >= warmup:
+            lat.append((time.time_ns() // 1000 - _read_stamp(frame)) / 1000)
+            times.append(now)
+    res = _viewer_result(lat, times, 0, seconds)
+    res["mbps"] = None  # NetGear's client hides the wire; taken from a raw receiver instead
+    out.write_text(json.dumps(res))
+    client.close()
+
+
+def role_raw_recv(mode: str, ports: list[int], seconds: float, warmup: float, out: Path) -> None:
+    """Receive-only peers: one SUB per port, counting messages and bytes."""
+    import zmq
+
+    ctx = zmq.Context()
+    socks = []
+    for port in ports:
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.rcvhwm = 60
+        (s.bind if mode == "bind" else s.connect)(f"tcp://127.0.0.1:{port}")
+        socks.append(s)
+    print("ready", flush=True)
+    counts = [0] * len(socks)
+    nbytes = [0] * len(socks)
+    poller = zmq.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    start = time.monotonic()
+    while time.monotonic() - start < warmup + seconds:
+        for s, _ in poller.poll(100):
+            i = socks.index(s)
+            while True:
+                try:
+                    parts = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                if time.monotonic() - start >= warmup:
+                    counts[i] += 1
+                    nbytes[i] += sum(len(p.buffer) for p in parts)
+    out.write_text(json.dumps({"fps": [c / seconds for c in counts], "mbps": [b * 8 / seconds / 1e6 for b in nbytes]}))
+    ctx.destroy(linger=0)
+
+
+def role_ours_recv(port: int, n: int, seconds: float, warmup: float, out: Path) -> None:
+    from overdrive.config import GlobalOptions
+    from overdrive.media.viewer import Viewer, ViewerConfig
+
+    opts = GlobalOptions(password=os.environ["OVERDRIVE_PASSWORD"], network="bench")
+    buses = [opts.bus() for _ in range(n)]
+    viewers = [Viewer(ViewerConfig(host=f"127.0.0.1:{port}", headless=True, decode=False), b) for b in buses]
+    for v in viewers:
+        v.start()
+    print("ready", flush=True)
+    time.sleep(warmup)
+    before = [(v.stats.frames_received, v.stats.bytes) for v in viewers]
+    time.sleep(seconds)
+    after = [(v.stats.frames_received, v.stats.bytes) for v in viewers]
+    for v in viewers:
+        v.stop()
+    for b in buses:
+        b.close()
+    out.write_text(
+        json.dumps(
+            {
+                "fps": [(a[0] - b[0]) / seconds for a, b in zip(after, before, strict=True)],
+                "mbps": [(a[1] - b[1]) * 8 / seconds / 1e6 for a, b in zip(after, before, strict=True)],
+            }
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the orchestrator
+# --------------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Run:
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env = env
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *argv: str, wait_ready: bool = False) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(list(argv), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        if wait_ready:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != b"ready":
+                raise RuntimeError(f"{argv[2:4]} failed: {proc.stderr.read().decode()[-800:]}")  # type: ignore[union-attr]
+        return proc
+
+    def role(self, *args: object, wait_ready: bool = False) -> subprocess.Popen[bytes]:
+        return self.spawn(PY, __file__, *map(str, args), wait_ready=wait_ready)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            for f in (p.stdout, p.stderr):
+                if f is not None:
+                    f.close()
+
+
+def cpu_of(proc: subprocess.Popen[bytes], seconds: float, warmup: float) -> float:
+    import psutil
+
+    ps = psutil.Process(proc.pid)
+    time.sleep(warmup)
+    ps.cpu_percent(None)
+    time.sleep(seconds)
+    return float(ps.cpu_percent(None))
+
+
+def video_only(command: str) -> list[str]:
+    from overdrive.media.demo import _video_only
+
+    return _video_only(command)
+
+
+def bench_ours(run: Run, fps: float, extra: int, seconds: float, warmup: float) -> dict[str, Any]:
+    port = free_port()
+    streamer = run.spawn(
+        PY,
+        "-m",
+        "overdrive",
+        "stream",
+        "--source",
+        "screen",
+        "--fps",
+        str(fps),
+        "--bind",
+        f"tcp://127.0.0.1:{port}",
+        *video_only("stream"),
+    )
+    time.sleep(2.0)
+    if streamer.poll() is not None:
+        raise RuntimeError(streamer.stderr.read().decode()[-800:])  # type: ignore[union-attr]
+    stats = run.tmp / f"ours-{fps}-{extra}.json"
+    recv_out = run.tmp / f"ours-recv-{fps}-{extra}.json"
+    if extra:
+        run.role("ours-recv", port, extra, seconds, warmup, recv_out, wait_ready=True)
+    viewer = run.spawn(
+        PY,
+        "-m",
+        "overdrive",
+        "view",
+        f"127.0.0.1:{port}",
+        "--headless",
+        "--duration",
+        str(warmup + seconds),
+        "--trace",
+        str(stats.with_suffix(".trace")),
+        "--stats-json",
+        str(stats),
+        *video_only("view"),
+    )
+    cpu = cpu_of(streamer, seconds, warmup)
+    viewer.wait(60)
+    rows = [tuple(map(int, line.split())) for line in stats.with_suffix(".trace").read_text().splitlines()]
+    t0 = rows[0][0] + int(warmup * 1e9) if rows else 0
+    dec = [r for r in rows if r[3] and r[4] and r[0] >= t0]
+    lat = [(r[0] - r[2]) / 1e6 for r in rows if r[3] and r[0] >= t0]
+    span = (dec[-1][0] - dec[0][0]) / 1e9 if len(dec) > 1 else 0
+    seqs = {r[1] for r in rows if r[0] >= t0}
+    result = _viewer_result(lat, [r[0] / 1e9 for r in dec], 0, seconds)
+    result["fps"] = (len(dec) - 1) / span if span else 0.0
+    result["mbps"] = (json.loads(stats.read_text())["bitrate"] or 0) / 1e6
+    result["recv_fps_min"] = min(json.loads(recv_out.read_text())["fps"]) if extra else None
+    result["received_fps"] = len(seqs) / seconds
+    result["cpu"] = cpu
+    streamer.terminate()
+    streamer.wait(10)
+    return result
+
+
+def bench_izmq(run: Run, fps: float, extra: int, seconds: float, warmup: float) -> dict[str, Any]:
+    port = free_port()
+    out = run.tmp / f"iz-{fps}-{extra}.json"
+    recv_out = run.tmp / f"iz-recv-{fps}-{extra}.json"
+    pub = run.role("izmq-pub", port, fps, warmup + seconds + 4, wait_ready=True)
+    viewer = run.role("izmq-view", port, seconds, warmup, out)
+    if extra:
+        run.role("raw-recv", "connect", ",".join([str(port)] * extra), seconds, warmup, recv_out, wait_ready=True)
+    cpu = cpu_of(pub, seconds, warmup)
+    viewer.wait(60)
+    result = json.loads(out.read_text())
+    if extra:
+        time.sleep(0.5)
+        recv = json.loads(recv_out.read_text())
+        result["recv_fps_min"] = min(recv["fps"])
+    else:
+        result["recv_fps_min"] = None
+    result["cpu"] = cpu
+    pub.terminate()
+    return result
+
+
+def bench_netgear(run: Run, fps: float, extra: int, seconds: float, warmup: float) -> dict[str, Any]:
+    ports = [free_port() for _ in range(extra + 2)]
+    out = run.tmp / f"ng-{fps}-{extra}.json"
+    recv_out = run.tmp / f"ng-recv-{fps}-{extra}.json"
+    viewer = run.role("ng-view", ports[0], seconds, warmup + 1, out, wait_ready=True)
+    run.role("raw-recv", "bind", ",".join(map(str, ports[1:])), seconds, warmup + 1, recv_out, wait_ready=True)
+    pub = run.role("ng-pub", ",".join(map(str, ports)), fps, warmup + seconds + 4, wait_ready=True)
+    cpu = cpu_of(pub, seconds, warmup + 1)
+    viewer.wait(60)
+    time.sleep(0.5)
+    result = json.loads(out.read_text())
+    recv = json.loads(recv_out.read_text())
+    result["mbps"] = recv["mbps"][0]  # the always-present extra receiver measures the wire rate
+    result["recv_fps_min"] = min(recv["fps"][1:]) if extra else None
+    result["cpu"] = cpu
+    pub.terminate()
+    return result
+
+
+def fmt(v: Any, spec: str = ".1f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--quick", action="store_true", help="30 fps and 0/5 viewers only")
+    args = parser.parse_args()
+    from benchlib import table, write_section
+
+    from tests.services import Xvfb
+
+    fps_list = [30.0] if args.quick else [30.0, 60.0]
+    extras = [0, 5] if args.quick else [0, 5, 20]
+    warmup = 2.0
+    rows: list[list[str]] = []
+    raw: list[dict[str, Any]] = []
+    with Xvfb() as xvfb, tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
+        env = {
+            **os.environ,
+            **xvfb.env(),
+            "OVERDRIVE_HOME": str(Path(tmp) / "home"),
+            "OVERDRIVE_PASSWORD": "bench",
+            "OVERDRIVE_NETWORK": "bench",
+        }
+        for fps in fps_list:
+            run = Run(env, Path(tmp))
+            try:
+                run.role("content", fps, wait_ready=True)
+                for extra in extras:
+                    for name, fn in (
+                        ("overdrive h264", bench_ours),
+                        ("imagezmq jpeg", bench_izmq),
+                        ("netgear jpeg", bench_netgear),
+                    ):
+                        sub = Run(env, Path(tmp))
+                        try:
+                            r = fn(sub, fps, extra, args.seconds, warmup)
+                        except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
+                            print(f"{name} {fps} fps +{extra}: FAILED {exc}", file=sys.stderr)
+                            r = {"error": str(exc)}
+                        finally:
+                            sub.close()
+                        r |= {"system": name, "fps_target": fps, "extra": extra}
+                        raw.append(r)
+                        print(json.dumps(r), file=sys.stderr, flush=True)
+                        rows.append(
+                            [
+                                name,
+                                f"{fps:g}",
+                                str(extra),
+                                fmt(r.get("fps")),
+                                fmt(r.get("recv_fps_min")),
+                                fmt(r.get("p50"), ".0f"),
+                                fmt(r.get("p99"), ".0f"),
+                                fmt(r.get("mbps"), ".2f"),
+                                fmt(r.get("cpu"), ".0f"),
+                            ]
+                        )
+            finally:
+                run.close()
+    headers = [
+        "system",
+        "target fps",
+        "extra viewers",
+        "decoding viewer fps",
+        "min fps of extra viewers",
+        "latency p50 ms",
+        "latency p99 ms",
+        "Mbit/s per viewer",
+        "publisher CPU %",
+    ]
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    (ROOT / ".cache" / "bench_stream.json").write_text(json.dumps(raw, indent=1))
+    body = table(headers, rows)
+    print(body)
+    write_section("stream", "Live streaming (scripts/bench_stream.py)", body + "\n" + NOTES)
+
+
+NOTES = ""  # filled in after a run with the honest reading of the numbers
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in {
+        "content",
+        "izmq-pub",
+        "ng-pub",
+        "izmq-view",
+        "ng-view",
+        "raw-recv",
+        "ours-recv",
+    }:
+        role, rest = sys.argv[1], sys.argv[2:]
+        if role == "content":
+            role_content(float(rest[0]))
+        elif role == "izmq-pub":
+            role_izmq_pub(int(rest[0]), float(rest[1]), float(rest[2]))
+        elif role == "ng-pub":
+            role_ng_pub([int(p) for p in rest[0].split(",")], float(rest[1]), float(rest[2]))
+        elif role == "izmq-view":
+            role_izmq_view(int(rest[0]), float(rest[1]), float(rest[2]), Path(rest[3]))
+        elif role == "ng-view":
+            role_ng_view(int(rest[0]), float(rest[1]), float(rest[2]), Path(rest[3]))
+        elif role == "raw-recv":
+            role_raw_recv(rest[0], [int(p) for p in rest[1].split(",")], float(rest[2]), float(rest[3]), Path(rest[4]))
+        else:
+            role_ours_recv(int(rest[0]), int(rest[1]), float(rest[2]), float(rest[3]), Path(rest[4]))
+        threading.Event().wait(0)
+    else:
+        main()
