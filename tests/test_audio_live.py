@@ -61,12 +61,13 @@ def one(folder: Path, pattern: str = "*.mp4") -> Path:
 def analyse(path: Path) -> dict[str, object]:
     """Flash-frame starts, beep onsets (s, file time), frame times, audio codec and samples of a recording."""
     with av.open(str(path)) as c:
-        times, flashes, last = [], [], False
+        times, flashes, last, windows = [], [], False, []
         for f in c.decode(video=0):
             t = float(f.pts * f.time_base)
             white = f.to_ndarray(format="gray").mean() > 200
             if white and not last:
                 flashes.append(t)
+                windows.append((times[-1] if times else -1.0, t))  # the flash began in (last dark, first white]
             times.append(t)
             last = white
     with av.open(str(path)) as c:
@@ -82,6 +83,7 @@ def analyse(path: Path) -> dict[str, object]:
     return {
         "times": times,
         "flashes": flashes,
+        "windows": windows,
         "onsets": onsets(pcm, RATE, start or 0.0),
         "codec": codec,
         "pcm": pcm,
@@ -96,6 +98,9 @@ def assert_synced(rec: dict, min_beeps: int) -> None:
     for beep in beeps:
         nearest = min(rec["flashes"], key=lambda f: abs(f - beep))  # type: ignore[arg-type]
         assert abs(nearest - beep) <= 0.040, f"beep at {beep:.3f}s, flash at {nearest:.3f}s"
+        dark, white = next(w for w in rec["windows"] if w[1] == nearest)  # type: ignore[union-attr]
+        # the test tone is stamped exactly: its onset must fall between the last dark and the first white frame
+        assert dark - 0.005 <= beep <= white + 0.005, f"beep at {beep:.3f}s, flash between {dark:.3f}, {white:.3f}"
     spacing = np.diff(beeps)
     assert np.all(np.abs(spacing - 2.0) < FRAME), spacing  # the file's timeline is the wall clock
 
