@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from overdrive.errors import ConfigError, StoreError
-from overdrive.index.records import RecordRow
+from overdrive.index.records import RecordRow, decode_rows, encode_rows
 from overdrive.index.stores import BUCKETS, Store, open_store
 from overdrive.index.stores.base import row_checksums
 
@@ -18,6 +18,8 @@ OTHER = "holderbbbbbbbbbb"
 ORIGIN = "originaaaaaaaaaa"
 ORIGIN2 = "originbbbbbbbbbb"
 _prefixes = itertools.count()
+HLC0 = 1_790_000_000_000 << 16  # realistic stamps and mtimes are above 2**53
+MTIME = 1_790_000_000_123_456_789
 
 
 def row(
@@ -30,7 +32,7 @@ def row(
     deleted: bool = False,
     size: int = 1,
 ) -> RecordRow:
-    return (name, size, f"{size:064x}", holder, "127.0.0.1:7772", 5, origin, seq, hlc, deleted)
+    return (name, size, f"{size:064x}", holder, "127.0.0.1:7772", MTIME, origin, seq, HLC0 + hlc, deleted)
 
 
 @pytest.fixture(params=["sqlite", "mysql", "firestore", "memory"])
@@ -77,7 +79,7 @@ def test_tombstones_hide_entries_and_are_purged(store: Store) -> None:
     assert store.count() == 1
     assert list(store.find("a")) == []
     assert [r.deleted for r in store.find("a", include_deleted=True)] == [True]
-    assert store.purge(before_hlc=160) == 1
+    assert store.purge(before_hlc=HLC0 + 160) == 1
     assert store.get(HOLDER, "a") is None and store.get(HOLDER, "b") is not None
 
 
@@ -99,6 +101,7 @@ def test_since_returns_rows_above_the_vector_in_batches(store: Store) -> None:
     assert got == sorted([f"f{i}" for i in range(45, 50)] + [f"g{i}" for i in range(20)])
     everything = [r for b in store.since({}, batch=16) for r in b]
     assert len(everything) == 70
+    assert sorted(decode_rows(encode_rows(everything))) == sorted(rows)  # rows go on the wire as they come out
     assert sorted(r[0] for b in store.rows(batch=9) for r in b) == sorted(r[0] for r in rows)
 
 

@@ -118,6 +118,7 @@ class _Serving:
     batches: Iterator[list[RecordRow]]
     vector: dict[str, int] | None
     waiting: list[object] | None = None
+    sent: int = 0
 
 
 @dataclass(slots=True)
@@ -153,10 +154,13 @@ class Master(Runner):
         self.master_live: Liveness[str] = Liveness(self.config.master_timeout)
         self.node_live: Liveness[str] = Liveness(self.config.node_timeout)
         self._links: dict[str, _Link] = {}
+        self._poller = zmq.Poller()
         self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         self._serving: list[_Serving] = []
         self._syncing: dict[str, tuple[int, float]] = {}
         self._full_syncs: dict[str, tuple[int, set[str]]] = {}
+        self._batches: dict[int, int] = {}
+        self._summary_cache: tuple[tuple[int, int, int], float, int, str] | None = None
         self.entries = 0
         self._refs = itertools.count(1)
         self._live_rows: list[RecordRow] = []
@@ -203,10 +207,21 @@ class Master(Runner):
             return None
         sock = self.bus.client(zmq.DEALER, hwm=10_000)
         self.bus.connect(sock, endpoint, verify=False)
+        self._poller.register(sock, zmq.POLLIN)
         link = _Link(address, sock)
         self._links[address] = link
         log.info("master %s: connecting to peer %s", self.origin, address)
         return link
+
+    def _unlink(self, link: _Link) -> None:
+        log.info("master %s: dropping link to %s (%s moved)", self.origin, link.address, link.origin)
+        self._poller.unregister(link.sock)
+        link.sock.close(linger=0)
+        del self._links[link.address]
+        syncing = self._syncing.pop(link.origin, None)
+        if syncing is not None:
+            self._batches.pop(syncing[0], None)
+        self._serving = [s for s in self._serving if s.sock is not link.sock]
 
     def _link_for(self, origin: str) -> _Link | None:
         for link in self._links.values():
@@ -222,16 +237,11 @@ class Master(Runner):
         beat = Ticker(self.config.heartbeat)
         entropy = Ticker(self.config.anti_entropy)
         purge = Ticker(self.config.purge_interval)
-        poller = zmq.Poller()
+        poller = self._poller
         poller.register(control, zmq.POLLIN)
         poller.register(self._router, zmq.POLLIN)
-        registered: set[int] = set()
         counted = Ticker(2.0)
         while True:
-            for link in self._links.values():
-                if id(link.sock) not in registered:
-                    poller.register(link.sock, zmq.POLLIN)
-                    registered.add(id(link.sock))
             events = dict(poller.poll(0 if self._serving else int(self.config.heartbeat * 500)))
             if control in events:
                 return
@@ -323,13 +333,10 @@ class Master(Runner):
             rows = decode_rows(payload[0])
             self._flush_live()
             self.replica.merge(rows)
+            if message.ref in self._batches:
+                self._batches[message.ref] += 1
         elif isinstance(message, SyncDone):
-            self._flush_live()
-            self.replica.finish_sync(message.vector)
-            self.stats.received_syncs += 1
-            for origin, (ref, _started) in list(self._syncing.items()):
-                if ref == message.ref:
-                    del self._syncing[origin]
+            self._sync_done(message)
         elif isinstance(message, Digest):
             self._digest(sock, identity, message)
         elif isinstance(message, BucketRequest):
@@ -396,6 +403,8 @@ class Master(Runner):
         fresh = self.master_live.seen(beat.origin, now)
         if fresh:
             log.info("master %s: peer %s (%s) is online", self.origin, beat.origin, beat.address)
+        for stale in [lk for lk in self._links.values() if lk.origin == beat.origin and lk.address != beat.address]:
+            self._unlink(stale)  # the master restarted elsewhere
         self.masters[beat.origin] = beat.address
         self.vectors[beat.origin] = dict(beat.vector)
         self.remote_nodes[beat.origin] = set(beat.nodes)
@@ -414,13 +423,37 @@ class Master(Runner):
             if syncing is None or now - syncing[1] > 30.0:
                 self._request_sync(beat.origin, now)
 
+    def _sync_done(self, done: SyncDone) -> None:
+        received = self._batches.pop(done.ref, None)
+        for origin, (ref, _started) in list(self._syncing.items()):
+            if ref == done.ref:
+                del self._syncing[origin]
+        if received is None:
+            raise ValueError(f"SyncDone for unknown sync {done.ref}")
+        if received != done.batches:
+            log.warning(
+                "master %s: sync %d incomplete (%d of %d batches); will retry",
+                self.origin,
+                done.ref,
+                received,
+                done.batches,
+            )
+            return
+        self._flush_live()
+        self.replica.finish_sync(done.vector)
+        self.stats.received_syncs += 1
+
     def _request_sync(self, origin: str, now: float) -> None:
         link = self._link_for(origin)
         if link is None:
             return
         ref = next(self._refs)
         if self._send(link.sock, None, SyncRequest(ref=ref, vector=dict(self.replica.vector))):
+            previous = self._syncing.get(origin)
+            if previous is not None:
+                self._batches.pop(previous[0], None)
             self._syncing[origin] = (ref, now)
+            self._batches[ref] = 0
 
     def _lookup(self, sock: zmq.Socket, identity: bytes | None, query: Lookup, now: float) -> None:  # type: ignore[type-arg]
         entries: list[Entry] = []
@@ -469,7 +502,8 @@ class Master(Runner):
                     if batch is None:
                         self._serving.remove(serving)
                         if serving.vector is not None:
-                            self._send(serving.sock, serving.identity, SyncDone(ref=serving.ref, vector=serving.vector))
+                            done = SyncDone(ref=serving.ref, vector=serving.vector, batches=serving.sent)
+                            self._send(serving.sock, serving.identity, done)
                         break
                     serving.waiting = [SyncBatch(ref=serving.ref), encode_rows(batch)]
                 message, data = serving.waiting
@@ -477,13 +511,16 @@ class Master(Runner):
                     self.stats.unsent -= 1  # not lost: retried next turn
                     break
                 serving.waiting = None
+                serving.sent += 1
 
     def _heartbeat(self, now: float) -> None:
         for origin in self.master_live.expired(now):
             log.info("master %s: peer %s is offline", self.origin, origin)
             self.remote_nodes.pop(origin, None)
             self.peer_masters.pop(origin, None)
-            self._syncing.pop(origin, None)
+            syncing = self._syncing.pop(origin, None)
+            if syncing is not None:
+                self._batches.pop(syncing[0], None)
         self.node_live.expired(now)
         beat = MasterBeat(
             origin=self.origin,
@@ -527,16 +564,27 @@ class Master(Runner):
                 online |= nodes
         return online
 
+    def _summary(self, now: float) -> tuple[int, str]:
+        """(entries, digest), recomputed at most every 0.5 s (a full scan on some backends)."""
+        version = (self.replica.stats.accepted, self.replica.stats.stamped, self.replica.stats.merged)
+        cached = self._summary_cache
+        if cached is None or (cached[0] != version and now - cached[1] >= 0.5):
+            self._flush_live()
+            cached = self._summary_cache = (version, now, self.store.count(), self.store.digest())
+        return cached[2], cached[3]
+
     def status(self, ref: int = 0) -> Status:
         now = time.monotonic()
+        entries, digest = self._summary(now)
         return Status(
             ref=ref,
             origin=self.origin,
-            entries=self.store.count(),
-            digest=self.store.digest(),
+            entries=entries,
+            digest=digest,
             masters=dict(self.masters),
             masters_online=sorted(o for o in self.masters if o != self.origin and self.master_live.alive(o, now)),
             nodes_online=sorted(self.online_nodes(now)),
+            nodes_local=sorted(n for n in self.node_live.peers() if self.node_live.alive(n, now)),
             vector=dict(self.replica.vector),
             applied=self.replica.stats.accepted + self.replica.stats.stamped,
             dropped=self.stats.dropped,

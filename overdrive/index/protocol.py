@@ -115,6 +115,7 @@ class Status(Message, tag="status", frozen=True):
     masters: dict[NodeId, Address]
     masters_online: list[NodeId]
     nodes_online: list[NodeId]
+    nodes_local: list[NodeId]
     vector: VersionVector
     applied: NonNegative
     dropped: NonNegative
@@ -157,10 +158,12 @@ class SyncBatch(Message, tag="syncbatch", frozen=True):
 
 
 class SyncDone(Message, tag="syncdone", frozen=True):
-    """End of a sync: the sender's version vector at the start, which the receiver now covers."""
+    """End of a sync: the sender's version vector at the start, which the receiver now covers if it got all
+    ``batches`` batches."""
 
     ref: Ref
     vector: VersionVector
+    batches: NonNegative
 
 
 class Digest(Message, tag="digest", frozen=True):

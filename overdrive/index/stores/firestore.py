@@ -36,8 +36,19 @@ def doc_id(holder: str, name: str) -> str:
     return hashlib.blake2b(f"{holder}/{name}".encode(), digest_size=16).hexdigest()
 
 
+_BIG = ("size", "mtime_ns", "hlc")
+"""Fields that can exceed 2**53: stored as decimal strings, because the emulator (JavaScript numbers) fails on
+larger integers. Nothing queries them by range; last-writer-wins is decided here."""
+
+
 def _row(data: Mapping[str, Any]) -> RecordRow:
-    return tuple(data[c] for c in COLUMNS)  # type: ignore[return-value]
+    return tuple(int(data[c]) if c in _BIG else data[c] for c in COLUMNS)  # type: ignore[return-value]
+
+
+def _doc(row: RecordRow) -> dict[str, Any]:
+    doc = {c: (str(v) if c in _BIG else v) for c, v in zip(COLUMNS, row, strict=True)}
+    doc["bucket"] = int(row[7]) % BUCKETS
+    return doc
 
 
 class FirestoreStore(Store):
@@ -109,7 +120,7 @@ class FirestoreStore(Store):
                 old = current.get(key)
                 if old is not None and not wins(row, _row(old)):
                     continue
-                batch.set(ref, dict(zip(COLUMNS, row, strict=True)) | {"bucket": int(row[7]) % BUCKETS})
+                batch.set(ref, _doc(row))
                 changed += 1
             if vector is not None and start + WRITE_BATCH >= len(keys):
                 batch.set(self.meta.document("vector"), {"v": encode_vector(vector)})

@@ -62,6 +62,11 @@ def _gen_translated(fn: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
     return wrapper
 
 
+def _rows(page: list[Any]) -> list[RecordRow]:
+    """DB rows as record rows (SQL gives ``deleted`` as 0/1; the wire wants a bool)."""
+    return [(*r[:9], r[9] == 1) for r in page]
+
+
 def key_hex(holder: str, name: str) -> str:
     return key_id(holder, name).hex()
 
@@ -136,7 +141,7 @@ class SqlStore(Store):
             if not page:
                 return
             last = page[-1][0]
-            yield [tuple(r[1:]) for r in page]  # type: ignore[misc]
+            yield [(*r[1:10], r[10] == 1) for r in page]
 
     @_gen_translated
     def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
@@ -154,7 +159,7 @@ class SqlStore(Store):
                 if not page:
                     break
                 last = page[-1][7]
-                yield page
+                yield _rows(page)
 
     @_gen_translated
     def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
@@ -173,7 +178,7 @@ class SqlStore(Store):
             if not page:
                 return
             last = page[-1][0]
-            yield [tuple(r[1:]) for r in page]  # type: ignore[misc]
+            yield [(*r[1:10], r[10] == 1) for r in page]
 
     @_translated
     def checksums(self) -> list[int]:
@@ -188,7 +193,7 @@ class SqlStore(Store):
 
     @_translated
     def holder_rows(self, holder: str) -> list[RecordRow]:
-        return self._fetch(f"{self._select} WHERE holder = {self.param}", (holder,))
+        return _rows(self._fetch(f"{self._select} WHERE holder = {self.param}", (holder,)))
 
     @_translated
     def purge(self, before_hlc: int) -> int:
