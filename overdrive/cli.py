@@ -162,16 +162,12 @@ def demo(
 
 
 def _register_features() -> None:
-    """Add the commands of each feature package that provides them."""
-    import importlib
+    """Add each feature package's commands (imported here, after ``app`` exists, to keep them beside it)."""
+    from overdrive.index import cli as index_cli
+    from overdrive.media import cli as media_cli
+    from overdrive.transfer import cli as transfer_cli
 
-    for module in ("overdrive.media.cli", "overdrive.index.cli", "overdrive.transfer.cli"):
-        try:
-            feature = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
+    for feature in (media_cli, index_cli, transfer_cli):
         feature.register(app)
 
 
