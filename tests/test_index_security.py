@@ -1,0 +1,106 @@
+"""Bad input to a master: malformed and forged messages are dropped and counted, state unchanged; wrong password."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+import zmq
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.codec import PROTOCOL_VERSION
+from overdrive.bus.sockets import Bus
+from overdrive.errors import AuthError
+from overdrive.index.client import IndexClient
+from overdrive.index.master import Master, MasterConfig
+from overdrive.index.protocol import CODEC, Ack, Announce, SyncBatch, SyncDone, Updates
+from overdrive.index.records import FileInfo, encode_rows
+from overdrive.index.stores.memory import MemoryStore
+from tests.conftest import TestNetwork
+
+GOOD = FileInfo(name="ok.txt", size=1, content_hash="ab" * 32, mtime_ns=1)
+
+
+@pytest.fixture
+def master(network: TestNetwork) -> Iterator[Master]:
+    m = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0), heartbeat=0.2))
+    m.start()
+    yield m
+    m.stop()
+
+
+def dealer(bus: Bus, master: Master) -> zmq.Socket:  # type: ignore[type-arg]
+    assert master.endpoint is not None
+    sock = bus.client(zmq.DEALER)
+    bus.connect(sock, master.endpoint)
+    return sock
+
+
+def ask(sock: zmq.Socket, frames: list[object]) -> Ack | None:  # type: ignore[type-arg]
+    sock.send_multipart(frames)
+    if not sock.poll(3000):
+        return None
+    reply, _ = CODEC.decode(sock.recv_multipart())
+    assert isinstance(reply, Ack)
+    return reply
+
+
+def test_malformed_and_forged_messages_are_dropped_counted_and_change_nothing(
+    network: TestNetwork, master: Master
+) -> None:
+    bus = network.bus()
+    with IndexClient(bus, [master.endpoint]) as client:  # type: ignore[list-item]
+        client.register([GOOD], "127.0.0.1:7772")
+        before = client.status()
+    sock = dealer(bus, master)
+    row = ("../escape", 1, "ab" * 32, bus.node_id, "127.0.0.1:1", 1, "a" * 16, 1, 1, False)
+    bad_rows = encode_rows([row])  # type: ignore[list-item]
+    other = network.bus().node_id
+    junk: list[list[object]] = [
+        [b"\xff\x00garbage"],
+        [msgspec.msgpack.encode([PROTOCOL_VERSION + 7, {"t": "nbeat", "ref": 1}])],
+        [msgspec.msgpack.encode([PROTOCOL_VERSION, {"t": "no-such-message"}])],
+        [msgspec.msgpack.encode([PROTOCOL_VERSION, {"t": "announce", "ref": 1, "holder": bus.node_id}])],
+        CODEC.encode(Updates(origin="a" * 16), bad_rows),
+        CODEC.encode(Updates(origin="a" * 16), b"\x93not rows"),
+        CODEC.encode(SyncBatch(ref=1), bad_rows),
+        CODEC.encode(SyncDone(ref=424242, vector={"a" * 16: 10**6}, batches=0)),  # a sync nobody asked for
+        [*CODEC.encode(Updates(origin="a" * 16), bad_rows), b"extra frame"],
+        CODEC.encode(Ack(ref=1)),
+    ]
+    for frames in junk:
+        sock.send_multipart(frames)  # type: ignore[arg-type]
+    forged = Announce(ref=99, holder=other, address="127.0.0.1:7772", files=[GOOD])
+    reply = ask(sock, CODEC.encode(forged))  # type: ignore[arg-type]
+    assert reply is not None and not reply.ok and "holder" in reply.error
+    sock.close(linger=0)
+    with IndexClient(bus, [master.endpoint]) as client:  # type: ignore[list-item]
+        after = client.status()
+        assert client.lookup("*") == client.lookup("ok.txt")  # nothing for `other`, nothing escaped
+    assert after.dropped == before.dropped + len(junk) + 1
+    assert (after.entries, after.digest, after.vector) == (before.entries, before.digest, before.vector)
+    assert master.stats.refused == 1
+
+
+def test_a_node_cannot_register_for_another_node_id(network: TestNetwork, master: Master) -> None:
+    victim, mallory = network.bus(), network.bus()
+    with IndexClient(victim, [master.endpoint]) as client:  # type: ignore[list-item]
+        client.register([GOOD], "10.0.0.1:7772")
+    sock = dealer(mallory, master)
+    tomb = Announce(ref=1, holder=victim.node_id, address="10.6.6.6:7772", removed=["ok.txt"])
+    reply = ask(sock, CODEC.encode(tomb))  # type: ignore[arg-type]
+    assert reply is not None and not reply.ok
+    sock.close(linger=0)
+    with IndexClient(mallory, [master.endpoint]) as client:  # type: ignore[list-item]
+        entries = client.lookup("ok.txt")
+    assert [(e.holder, e.address) for e in entries] == [(victim.node_id, "10.0.0.1:7772")]
+
+
+def test_wrong_password_is_refused(network: TestNetwork, master: Master) -> None:
+    with (
+        IndexClient(network.bus(password="wrong"), [master.endpoint], timeout=3.0) as client,  # type: ignore[list-item]
+        pytest.raises(AuthError),
+    ):
+        client.lookup("*")
+    assert master.store.count() == 0
