@@ -167,7 +167,8 @@ def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
         except BusError as exc:
             sock.close(linger=0)
             errors.append(exc)
-            log.warning("%s", exc)
+            if len(request.sources) > 1:
+                log.warning("skipping a holder: %s", exc)
             continue
         conn = _Conn(endpoint, sock)
         conn.monitor = _monitor(bus, sock)

@@ -11,7 +11,10 @@ Usage (this is what ``overdrive share`` does)::
 
 The ROUTER has ``ROUTER_MANDATORY`` set and sends without blocking, so a reply to a peer that has gone (or whose
 queue is full) is counted in ``stats.unroutable`` instead of being dropped silently or stalling other peers.
-Every request is attributed to the authenticated node id of its connection (``bus.peer_id``), which is what the
+A chunk is read with one ``os.pread`` and copied once into the ZeroMQ message. (pyzmq's zero-copy send would
+save that copy but frees buffers through a process-wide helper thread with a PUSH socket per sending thread that
+is never closed; the copy costs little, see docs/benchmarks.md.) Every request is attributed to the
+authenticated node id of its connection (``bus.peer_id``), which is what the
 per-peer transfer limit counts.
 """
 
@@ -172,7 +175,7 @@ class FileServer:
                         continue
                     for reply in core.handle(peer, frames[1:], now):
                         try:
-                            router.send_multipart([routing, *reply], zmq.NOBLOCK, copy=False)
+                            router.send_multipart([routing, *reply], zmq.NOBLOCK)
                         except zmq.ZMQError as exc:
                             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                                 raise

@@ -1,0 +1,466 @@
+"""Fetching over real CURVE sockets on loopback: the CLI against real file servers, with failures injected.
+
+Holders are :class:`FileServer` objects in this process (so their stats can be read) or stand-alone servers in
+child processes (so they can be killed with -9); fetchers run as ``python -m overdrive fetch`` child processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+import zmq
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.sockets import Bus
+from overdrive.errors import TransferError
+from overdrive.transfer.catalogue import SharedFile
+from overdrive.transfer.fetcher import FetchRequest, fetch
+from overdrive.transfer.folder import FolderCatalogue
+from overdrive.transfer.protocol import CODEC, Chunk, Open, Opened, Read, Refused
+from overdrive.transfer.server import FileServer
+from overdrive.transfer.serving import DEFAULT_CHUNK, build_table
+from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
+from tests.conftest import TestNetwork
+
+MB = 1_000_000
+BIG = 200 * MB
+LOOPBACK = Endpoint("127.0.0.1", 0)
+
+
+def _write_file(path: Path, size: int, seed: int = 0) -> str:
+    """A file of distinct 1 MiB blocks (fast to make); returns its BLAKE3 hex."""
+    block = bytearray(os.urandom(1 << 20))
+    hasher = blake3.blake3()
+    with path.open("wb") as fh:
+        written = 0
+        n = 0
+        while written < size:
+            block[:16] = n.to_bytes(8, "little") + seed.to_bytes(8, "little")
+            part = memoryview(block)[: min(len(block), size - written)]
+            fh.write(part)
+            hasher.update(part)
+            written += len(part)
+            n += 1
+    return hasher.hexdigest()
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """A folder on tmpfs when there is one (big files are cheaper there), else under tmp_path."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else tmp_path
+    folder = Path(tempfile.mkdtemp(prefix="overdrive-test-", dir=base))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def shared(scratch: Path) -> tuple[Path, str]:
+    """A shared folder holding big.bin (200 MB); returns (folder, its hash)."""
+    folder = scratch / "shared"
+    folder.mkdir()
+    return folder, _write_file(folder / "big.bin", BIG)
+
+
+class Holder:
+    """A FileServer in this process over a scanned folder."""
+
+    def __init__(self, bus: Bus, folder: Path) -> None:
+        self.folder = folder
+        self.catalogue = FolderCatalogue.scan(folder)
+        self.server = FileServer(bus, folder, LOOPBACK, self.catalogue)
+        self.endpoint = self.server.start()
+
+    @property
+    def address(self) -> str:
+        return self.endpoint.display
+
+
+@pytest.fixture
+def holders(network: TestNetwork) -> Iterator[Callable[[Path], Holder]]:
+    made: list[Holder] = []
+
+    def make(folder: Path) -> Holder:
+        holder = Holder(network.bus(), folder)
+        made.append(holder)
+        return holder
+
+    yield make
+    for holder in made:
+        holder.server.stop()
+
+
+def _fetch_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "overdrive", "fetch", *args, "--json"]
+
+
+def _spawn(network: TestNetwork, home: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        _fetch_cmd(*args),
+        env=network.env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,  # type: ignore[call-overload]
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, dict[str, object], str]:
+    out, err = proc.communicate(timeout=timeout)
+    result = json.loads(out) if proc.returncode == 0 and out.strip() else {}
+    return proc.returncode, result, err
+
+
+def _wait_until(check: Callable[[], bool], proc: subprocess.Popen[str] | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"fetcher ended early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.005)
+
+
+def test_fetch_200mb_with_from(network: TestNetwork, holders: Callable[[Path], Holder], shared, scratch, tmp_path):
+    folder, digest = shared
+    holder = holders(folder)
+    out = scratch / "out"
+    code, result, err = _finish(
+        _spawn(network, tmp_path / "home", "big.bin", "--from", holder.address, "--out", str(out))
+    )
+    assert code == 0, err
+    assert result["hash"] == digest and result["bytes"] == BIG and result["sources"] == [holder.address]
+    assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in out.iterdir()) == ["big.bin"]  # no .part or state left behind
+    assert holder.server.stats.bytes_sent == BIG
+    # the same file again: nothing to do
+    code, again, err = _finish(
+        _spawn(network, tmp_path / "home", "big.bin", "--from", holder.address, "--out", str(out))
+    )
+    assert code == 0 and again["already_present"] is True, err
+    assert holder.server.stats.bytes_sent == BIG
+
+
+def test_existing_different_file_is_kept(network: TestNetwork, holders, scratch, tmp_path):
+    folder = scratch / "shared"
+    folder.mkdir()
+    digest = _write_file(folder / "talk.mp4", 3 * MB)
+    holder = holders(folder)
+    out = scratch / "out"
+    out.mkdir()
+    (out / "talk.mp4").write_bytes(b"my own notes")
+    code, result, err = _finish(
+        _spawn(network, tmp_path / "h", "talk.mp4", "--from", holder.address, "--out", str(out))
+    )
+    assert code == 0, err
+    assert (out / "talk.mp4").read_bytes() == b"my own notes"
+    assert result["path"] == str((out / "talk (1).mp4").resolve())
+    assert blake3.blake3((out / "talk (1).mp4").read_bytes()).hexdigest() == digest
+
+
+def test_resume_after_kill9_resends_at_most_one_window(
+    network: TestNetwork, holders, shared, scratch, tmp_path
+) -> None:
+    folder, digest = shared
+    holder = holders(folder)
+    stats = holder.server.stats
+    out = scratch / "out"
+    args = ("big.bin", "--from", holder.address, "--out", str(out))
+    proc = _spawn(network, tmp_path / "home", *args, "--limit-rate", "80")
+    _wait_until(lambda: stats.bytes_sent >= BIG // 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    sent_before = stats.bytes_sent
+    assert sent_before < BIG
+    assert (out / "big.bin.part").exists() and (out / "big.bin.part.state").exists()
+    code, result, err = _finish(_spawn(network, tmp_path / "home", *args))
+    assert code == 0, err
+    assert result["hash"] == digest and int(result["resumed_chunks"]) > 0  # type: ignore[call-overload]
+    assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest
+    resent = stats.bytes_sent - BIG
+    assert 0 <= resent <= DEFAULT_WINDOW * DEFAULT_CHUNK, f"re-sent {resent} bytes"
+
+
+def _standalone_holder(network: TestNetwork, folder: Path, home: Path) -> tuple[subprocess.Popen[str], Endpoint]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overdrive.transfer.folder", str(folder)],
+        env=network.env(home),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("port "), proc.stderr.read() if proc.stderr else line
+    return proc, Endpoint("127.0.0.1", int(line.split()[1]))
+
+
+def test_two_holders_one_killed_midway(network: TestNetwork, holders, shared, scratch, tmp_path) -> None:
+    folder, digest = shared
+    survivor = holders(folder)
+    victim, victim_ep = _standalone_holder(network, folder, tmp_path / "victim")
+    try:
+        out = scratch / "out"
+        proc = _spawn(
+            network, tmp_path / "home", "big.bin", "--from", f"{victim_ep.display},{survivor.address}",
+            "--out", str(out), "--limit-rate", "100",
+        )  # fmt: skip
+        _wait_until(lambda: survivor.server.stats.bytes_sent >= BIG // 5, proc)
+        victim.kill()
+        victim.wait(10)
+        code, result, err = _finish(proc)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(10)
+        for stream in (victim.stdin, victim.stdout, victim.stderr):
+            if stream:
+                stream.close()
+    assert code == 0, err
+    assert result["hash"] == digest and set(result["sources"]) == {victim_ep.display, survivor.address}  # type: ignore[arg-type]
+    assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest
+    assert BIG // 2 < survivor.server.stats.bytes_sent < BIG  # the survivor took over the victim's share
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True], ids=["mtime-changes", "mtime-restored"])
+def test_file_modified_during_transfer(
+    network: TestNetwork, holders, shared, scratch, tmp_path, keep_mtime: bool
+) -> None:
+    folder, _ = shared
+    holder = holders(folder)
+    out = scratch / "out"
+    proc = _spawn(
+        network, tmp_path / "h", "big.bin", "--from", holder.address, "--out", str(out), "--limit-rate", "100"
+    )
+    _wait_until(lambda: holder.server.stats.bytes_sent >= BIG // 5, proc)
+    path = folder / "big.bin"
+    before = path.stat()
+    with path.open("r+b") as fh:  # overwrite a region the fetcher has not reached yet
+        fh.seek(BIG * 9 // 10)
+        fh.write(b"\x00tampered\x00" * 1000)
+    if keep_mtime:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    code, _, err = _finish(proc)
+    assert code == 1
+    assert "changed" in err and "Traceback" not in err, err
+    assert not (out / "big.bin").exists()  # never a wrong file in place
+    if not keep_mtime:
+        assert holder.server.stats.changed >= 1
+
+
+def test_wrong_password_is_refused(network: TestNetwork, holders, scratch, tmp_path) -> None:
+    folder = scratch / "shared"
+    folder.mkdir()
+    _write_file(folder / "a.bin", MB)
+    holder = holders(folder)
+    env = {**network.env(tmp_path / "h"), "OVERDRIVE_PASSWORD": "not the password"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        _fetch_cmd("a.bin", "--from", holder.address, "--out", str(scratch / "out")),
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "authentication failed" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert time.monotonic() - started < 30
+    assert holder.server.stats.opened == 0 and not (scratch / "out" / "a.bin").exists()
+
+
+def test_full_disk_keeps_the_partial_file(network: TestNetwork, holders, scratch, tmp_path) -> None:
+    folder = scratch / "shared"
+    folder.mkdir()
+    digest = _write_file(folder / "a.bin", 48 * MB)
+    holder = holders(folder)
+    out = scratch / "out"
+    args = ("a.bin", "--from", holder.address, "--out", str(out))
+    limit = 20 * MB
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    code, _, err = _finish(_spawn(network, tmp_path / "h", *args, preexec_fn=small_disk))
+    assert code == 1
+    assert "too large" in err and "partial file is kept" in err and "Traceback" not in err, err
+    part = out / "a.bin.part"
+    assert part.exists() and 0 < part.stat().st_size <= limit
+    assert (out / "a.bin.part.state").exists() and not (out / "a.bin").exists()
+    code, result, err = _finish(_spawn(network, tmp_path / "h", *args))  # space freed: resume
+    assert code == 0, err
+    assert result["hash"] == digest and int(result["resumed_chunks"]) > 0  # type: ignore[call-overload]
+
+
+HOSTILE_NAMES = [
+    "../secret.txt",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "sub/../../secret.txt",
+    "link_out",
+    "dir_out/x.txt",
+    "abs_link",
+    "fifo",
+    "devnull",
+    "sub",
+    "a\x00b",
+    "..\\secret.txt",
+    "x" * 5000,
+    "./ok.txt",
+]
+
+
+def test_traversal_and_special_files_refused_over_the_wire(network: TestNetwork, scratch: Path) -> None:
+    folder = scratch / "shared"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "ok.txt").write_text("fine")
+    secret = scratch / "secret.txt"
+    secret.write_text("SECRET")
+    (scratch / "outdir").mkdir()
+    (scratch / "outdir" / "x.txt").write_text("SECRET")
+    (folder / "link_out").symlink_to(secret)
+    (folder / "dir_out").symlink_to(scratch / "outdir")
+    (folder / "abs_link").symlink_to("/etc/passwd")
+    (folder / "devnull").symlink_to("/dev/null")
+    os.mkfifo(folder / "fifo")
+    catalogue = FolderCatalogue.scan(folder)
+    secret_hash = blake3.blake3(b"SECRET").hexdigest()
+    for name in HOSTILE_NAMES:  # a catalogue that (wrongly) lists them must not matter
+        catalogue.put(SharedFile(name=name, size=6, content_hash=secret_hash, mtime_ns=0))
+    server = FileServer(network.bus(), folder, LOOPBACK, catalogue)
+    endpoint = server.start()
+    client = network.bus()
+    sock = client.client(zmq.DEALER)
+    try:
+        client.connect(sock, endpoint)
+        for rid, name in enumerate(HOSTILE_NAMES):
+            if len(name.encode()) > 4096:
+                frames = CODEC._encoder.encode((1, {"t": "open", "rid": rid, "name": name, "content_hash": ""}))
+                sock.send_multipart([frames])
+                continue
+            sock.send_multipart(CODEC.encode(Open(rid=rid, name=name, content_hash="")))
+            assert sock.poll(10_000)
+            reply, _ = CODEC.decode(sock.recv_multipart())
+            assert isinstance(reply, Refused), (name, reply)
+        sock.send_multipart(CODEC.encode(Open(rid=99, name="ok.txt", content_hash="")))  # still serving
+        assert sock.poll(10_000)
+        reply, _ = CODEC.decode(sock.recv_multipart())
+        assert isinstance(reply, Opened)
+    finally:
+        sock.close(linger=0)
+        server.stop()
+    assert server.stats.bytes_sent == 0 and server.stats.chunks_sent == 0
+    assert sum(server.stats.refused.values()) == len(HOSTILE_NAMES) - 1 and server.stats.malformed == 1
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "a\x01b", "x" * 300])
+def test_fetch_refuses_unsafe_names_before_connecting(run_cli, network: TestNetwork, tmp_path, name) -> None:
+    out = tmp_path / "dest" / "inner"
+    proc = run_cli("fetch", name, "--from", "127.0.0.1:1", "--out", str(out), env=network.env(tmp_path / "h"))
+    assert proc.returncode == 1 and "overdrive: error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "x").exists()
+
+
+def test_malformed_requests_to_a_live_server(network: TestNetwork, holders, scratch) -> None:
+    folder = scratch / "shared"
+    folder.mkdir()
+    _write_file(folder / "a.bin", MB)
+    holder = holders(folder)
+    client = network.bus()
+    sock = client.client(zmq.DEALER)
+    try:
+        client.connect(sock, holder.endpoint)
+        junk = [
+            [b""],
+            [b"\x00" * 100],
+            [b"\x92\x01\xc0"],
+            CODEC.encode(Chunk(tid=1, index=0), b"x"),
+            [b"a", b"b", b"c"],
+        ]
+        for frames in junk:
+            sock.send_multipart(frames)
+        sock.send_multipart(CODEC.encode(Read(tid=12345, index=0)))
+        assert sock.poll(10_000)
+        reply, _ = CODEC.decode(sock.recv_multipart())
+        assert reply.reason == "unknown-transfer"  # type: ignore[union-attr]
+    finally:
+        sock.close(linger=0)
+    assert holder.server.stats.malformed == len(junk)
+    result = fetch(client, FetchRequest(name="a.bin", sources=(holder.endpoint,), dest_dir=scratch / "out"))
+    assert result.bytes == MB
+
+
+class HostileHolder:
+    """A fake holder: answers Open honestly, but surrounds each chunk with junk and wrong-transfer replies."""
+
+    def __init__(self, bus: Bus, path: Path, *, corrupt: bool = False) -> None:
+        self.bus, self.path, self.corrupt = bus, path, corrupt
+        self.sock = bus.server(zmq.ROUTER)
+        self.endpoint = bus.bind(self.sock, LOOPBACK)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hostile-holder")
+        self.thread.start()
+
+    def _run(self) -> None:
+        data = self.path.read_bytes()
+        fd = os.open(self.path, os.O_RDONLY)
+        table = build_table(fd, len(data), DEFAULT_CHUNK)
+        os.close(fd)
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            routing, *frames = self.sock.recv_multipart()
+            msg, _ = CODEC.decode(frames)
+            if isinstance(msg, Open):
+                opened = Opened(rid=msg.rid, tid=7, size=len(data), chunk_size=DEFAULT_CHUNK, mtime_ns=1,
+                                content_hash=table.content_hash)  # fmt: skip
+                self.sock.send_multipart([routing, *CODEC.encode(opened, table.digests)])
+            elif isinstance(msg, Read):
+                start = msg.index * DEFAULT_CHUNK
+                chunk = data[start : start + DEFAULT_CHUNK]
+                junk = [
+                    [b"\xff\x00"],  # not msgpack
+                    CODEC.encode(Chunk(tid=8, index=msg.index), chunk),  # another transfer
+                    CODEC.encode(Chunk(tid=7, index=10**5), b"zz"),  # beyond the file
+                    [b"\x92\x01\x81\xa1t\xa5chunk"],  # a chunk without fields
+                ]
+                for frames in junk:
+                    self.sock.send_multipart([routing, *frames])
+                if self.corrupt:
+                    chunk = bytes(len(chunk))
+                self.sock.send_multipart([routing, *CODEC.encode(Chunk(tid=7, index=msg.index), chunk)])
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        self.sock.close(linger=0)
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["junk-replies", "bad-chunks"])
+def test_malformed_and_wrong_replies_are_dropped(network: TestNetwork, scratch: Path, corrupt: bool) -> None:
+    source = scratch / "src.bin"
+    digest = _write_file(source, 5 * MB)
+    holder = HostileHolder(network.bus(), source, corrupt=corrupt)
+    try:
+        request = FetchRequest(name="src.bin", sources=(holder.endpoint,), dest_dir=scratch / "out",
+                               config=FetchConfig(window=2))  # fmt: skip
+        if corrupt:
+            with pytest.raises(TransferError, match="does not match"):
+                fetch(network.bus(), request)
+            assert not (scratch / "out" / "src.bin").exists()
+        else:
+            result = fetch(network.bus(), request)
+            assert result.hash == digest and result.stats.unexpected >= 3 * 5
+            assert blake3.blake3((scratch / "out" / "src.bin").read_bytes()).hexdigest() == digest
+    finally:
+        holder.close()
