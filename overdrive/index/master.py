@@ -160,6 +160,7 @@ class Master(Runner):
         self._syncing: dict[str, tuple[int, float]] = {}
         self._full_syncs: dict[str, tuple[int, set[str]]] = {}
         self._batches: dict[int, int] = {}
+        self._clash_warned = False
         self._summary_cache: tuple[tuple[int, int, int], float, int, str] | None = None
         self.entries = 0
         self._refs = itertools.count(1)
@@ -399,6 +400,13 @@ class Master(Runner):
 
     def _master_beat(self, beat: MasterBeat, now: float) -> None:
         if beat.origin == self.origin:
+            if beat.address != self.address and not self._clash_warned:
+                self._clash_warned = True
+                log.error(
+                    "master at %s uses the same store (origin %s) as this one: give each master its own --db",
+                    beat.address,
+                    self.origin,
+                )
             return
         fresh = self.master_live.seen(beat.origin, now)
         if fresh:

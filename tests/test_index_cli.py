@@ -1,0 +1,63 @@
+"""The index commands as a user meets them: clear one-line errors, help text, doctor's database check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import TestNetwork
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("overdrive: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_unreachable_database_is_one_clear_line(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    result = run_cli(
+        "master",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--db",
+        "mysql://me:hunter2@127.0.0.1:1/idx",
+        env=network.env(tmp_path / "home"),
+    )
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert "cannot reach MySQL at 127.0.0.1:1" in line and "hunter2" not in result.stderr
+
+
+def test_bad_database_url_is_a_usage_error(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    result = run_cli("master", "--db", "postgres://x/y", env=network.env(tmp_path / "home"))
+    assert result.returncode == 2
+    assert "sqlite, mysql or firestore" in one_line_error(result)
+
+
+def test_ls_without_a_live_master_fails_cleanly(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    result = run_cli("ls", "--master", "127.0.0.1:9", "--timeout", "1", env=network.env(tmp_path / "home"))
+    assert result.returncode == 1
+    assert "no index master answered" in one_line_error(result)
+
+
+def test_share_of_a_missing_folder_is_a_usage_error(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    result = run_cli("share", str(tmp_path / "nope"), env=network.env(tmp_path / "home"))
+    assert result.returncode == 2
+    assert "is not a folder" in one_line_error(result)
+
+
+def test_help_and_doctor_database_check(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    for command in ("master", "share", "ls"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and "--master" in result.stdout + ("--master" if command == "master" else "")
+    db = tmp_path / "doctor.db"
+    result = run_cli("doctor", "--json", "--db", f"sqlite://{db}", env=network.env(tmp_path / "home"))
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["database"]["ok"], checks["database"]
+    assert "0 record(s)" in checks["database"]["detail"]
