@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
 
 log = logging.getLogger(__name__)
 
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_MASTERS = f"127.0.0.1:{DEFAULT_MASTER_PORT}"
+
 
 def register(app: typer.Typer) -> None:
     app.command("fetch")(fetch_command)
@@ -35,9 +39,9 @@ def fetch_command(
         typer.Option("--from", help="Fetch from HOST:PORT[,HOST:PORT...] directly, skipping the index."),
     ] = None,
     master: Annotated[
-        str | None,
-        typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to look NAME up in: HOST[:PORT],..."),
-    ] = None,
+        str,
+        typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to look NAME up in: HOST[:PORT],... (unless --from)."),
+    ] = DEFAULT_MASTERS,
     content_hash: Annotated[
         str | None, typer.Option("--hash", help="Fetch this version (BLAKE3 hex) when several exist.")
     ] = None,
@@ -64,16 +68,16 @@ def fetch_command(
     opts = options(ctx)
     warn_insecure(opts)
     names.check_name(name)
-    if from_ is None and master is None:
-        raise ConfigError("say where to find the file: --master HOST,... (the index) or --from HOST:PORT")
+    wanted = (content_hash or "").lower()
+    if wanted and not HASH_RE.match(wanted):
+        raise ConfigError(f"--hash must be 64 hex characters (a BLAKE3 digest as 'overdrive ls' shows), not {wanted!r}")
     try:
         config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     dest_dir = out if out is not None else paths.backup_dir()
-    masters = parse_endpoints(master, DEFAULT_MASTER_PORT) if master else []
+    masters = parse_endpoints(master, DEFAULT_MASTER_PORT) if from_ is None else []
     with opts.bus() as bus:
-        wanted = (content_hash or "").lower()
         if from_ is not None:
             sources = tuple(parse_endpoints(from_, DEFAULT_SHARE_PORT))
             size_hint = 0

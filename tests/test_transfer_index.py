@@ -1,0 +1,127 @@
+"""``overdrive fetch NAME`` through the index: a real master, a real ``overdrive share`` node, the fetch CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from overdrive.bus.address import Endpoint
+from overdrive.index.client import IndexClient
+from tests.conftest import TestNetwork
+from tests.test_transfer_live import BIG, _write_file, scratch  # noqa: F401 - fixture re-used
+
+
+class Procs:
+    """Child overdrive processes, stopped (SIGTERM, then kill) at teardown."""
+
+    def __init__(self, network: TestNetwork, tmp: Path) -> None:
+        self.network, self.tmp, self.children = network, tmp, []  # type: ignore[var-annotated]
+
+    def start(self, home: str, *args: str, ready: str) -> tuple[subprocess.Popen[str], Endpoint]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "overdrive", *args],
+            env=self.network.env(self.tmp / home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.children.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith(ready):
+            proc.kill()
+            pytest.fail(f"{args[0]} did not start: {line}{proc.communicate(timeout=10)[1][-2000:]}")
+        host, port = line.split()[1].rsplit(":", 1)
+        return proc, Endpoint(host, int(port))
+
+    def stop(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.children:
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def procs(network: TestNetwork, tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(network, tmp_path)
+    yield p
+    p.stop()
+
+
+def _wait_for(client: IndexClient, name: str, holders: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = [e for e in client.lookup(name) if e.online and not e.deleted]
+        if len(entries) >= holders:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"index never showed {holders} online holder(s) of {name}: {entries}")
+        time.sleep(0.1)
+
+
+def test_fetch_through_the_index(network: TestNetwork, procs: Procs, scratch: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = scratch / "shared"
+    folder.mkdir()
+    digest = _write_file(folder / "big.bin", BIG)
+    _, master = procs.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", ready="listening")
+    _, share = procs.start(
+        "node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0", ready="serving"
+    )
+    with IndexClient(network.bus(), [master]) as client:
+        _wait_for(client, "big.bin", 1)
+        out = scratch / "out"
+        env = network.env(tmp_path / "fetcher")
+
+        def fetch(*args: str) -> subprocess.CompletedProcess[str]:
+            cmd = [sys.executable, "-m", "overdrive", "fetch", *args, "--master", master.display, "--json"]
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+        done = fetch("big.bin", "--out", str(out), "--advertise", "127.0.0.1:9")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["hash"] == digest and result["sources"] == [share.display] and result["registered"] is True
+        assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest
+        copies = {e.address for e in client.lookup("big.bin", content_hash=digest)}
+        assert copies == {share.display, "127.0.0.1:9"}  # the fetcher registered its copy
+
+        missing = fetch("nothing-here.bin", "--out", str(out))
+        assert missing.returncode == 1 and "not found in the index" in missing.stderr, missing.stderr
+        wrong_version = fetch("big.bin", "--hash", "0" * 64, "--out", str(out))
+        assert wrong_version.returncode == 1 and "not found" in wrong_version.stderr
+        bad_hash = fetch("big.bin", "--hash", "xyz", "--out", str(out))
+        assert bad_hash.returncode == 2 and "--hash" in bad_hash.stderr
+
+
+def test_no_holder_online(network: TestNetwork, procs: Procs, scratch: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = scratch / "shared"
+    folder.mkdir()
+    _write_file(folder / "a.bin", 1_000_000)
+    _, master = procs.start(
+        "master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--timeout", "1", ready="listening"
+    )
+    node, _ = procs.start(
+        "node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0", ready="serving"
+    )
+    with IndexClient(network.bus(), [master]) as client:
+        _wait_for(client, "a.bin", 1)
+        node.kill()
+        node.communicate(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(e.online for e in client.lookup("a.bin")):
+            assert time.monotonic() < deadline, "holder never went offline"
+            time.sleep(0.1)
+    cmd = [sys.executable, "-m", "overdrive", "fetch", "a.bin", "--master", master.display, "--out", str(scratch)]
+    proc = subprocess.run(cmd, env=network.env(tmp_path / "f"), capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and "no holder of 'a.bin' is online" in proc.stderr, proc.stderr
