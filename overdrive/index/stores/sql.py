@@ -10,6 +10,7 @@ open across the master's event loop.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,6 +61,9 @@ def _gen_translated(fn: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
             raise StoreError(f"{store.describe()}: {exc}") from exc  # type: ignore[attr-defined]
 
     return wrapper
+
+
+_key_order = operator.itemgetter(0, 3)
 
 
 def _rows(page: list[Any]) -> list[RecordRow]:
@@ -118,7 +122,9 @@ class SqlStore(Store):
             changed = 0
             if rows:
                 cursor = self.db.cursor()
-                cursor.executemany(self._insert, self.prepare(rows))
+                # in key order: B-tree inserts with locality are markedly faster on big batches
+                ordered = sorted(rows, key=_key_order) if len(rows) > 64 else rows
+                cursor.executemany(self._insert, self.prepare(ordered))
                 changed = max(cursor.rowcount, 0)
             if vector is not None:
                 self._set_meta("vector", encode_vector(vector))
