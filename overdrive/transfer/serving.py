@@ -99,9 +99,9 @@ class ChunkTable:
     content_hash: str
 
 
-def build_table(fd: int, size: int, chunk_size: int) -> ChunkTable:
-    """Hash ``fd`` chunk by chunk and as a whole in one pass (memory: one chunk)."""
-    whole = blake3.blake3()
+def build_table(fd: int, size: int, chunk_size: int, known_hash: str = "") -> ChunkTable:
+    """Hash ``fd`` chunk by chunk (memory: one chunk), and as a whole unless ``known_hash`` is given."""
+    whole = None if known_hash else blake3.blake3()
     digests = bytearray()
     offset = 0
     while offset < size:
@@ -109,9 +109,10 @@ def build_table(fd: int, size: int, chunk_size: int) -> ChunkTable:
         if not data:
             raise TransferError("file shrank while hashing it")
         digests += blake3.blake3(data).digest()
-        whole.update(data)
+        if whole is not None:
+            whole.update(data)
         offset += len(data)
-    return ChunkTable(bytes(digests), whole.hexdigest())
+    return ChunkTable(bytes(digests), whole.hexdigest() if whole is not None else known_hash)
 
 
 class ServeCore:
@@ -202,7 +203,10 @@ class ServeCore:
                 chunk_size *= 2
             if chunk_count(st.st_size, chunk_size) > MAX_CHUNKS:
                 raise _RefuseError("bad-chunking", "file too large")
-            table = self._table(fd, st, chunk_size)
+            # Same size and mtime as when the catalogue hashed it: trust its hash and only build the chunk table.
+            # Otherwise hash the whole file too and serve it only if it still matches (touched, not changed).
+            unchanged = st.st_mtime_ns == entry.mtime_ns
+            table = self._table(fd, st, chunk_size, entry.content_hash if unchanged else "")
             if table.content_hash != entry.content_hash:
                 raise _ChangedError(f"{msg.name!r} no longer matches its catalogued hash")
         except _ChangedError as exc:
@@ -267,13 +271,13 @@ class ServeCore:
             if self._per_peer[transfer.peer] <= 0:
                 del self._per_peer[transfer.peer]
 
-    def _table(self, fd: int, st: os.stat_result, chunk_size: int) -> ChunkTable:
+    def _table(self, fd: int, st: os.stat_result, chunk_size: int, known_hash: str) -> ChunkTable:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, chunk_size)
         table = self._tables.get(key)
         if table is not None:
             self._tables.move_to_end(key)
             return table
-        table = build_table(fd, st.st_size, chunk_size)
+        table = build_table(fd, st.st_size, chunk_size, known_hash)
         after = os.fstat(fd)
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise _ChangedError("file changed while its chunk table was built")
