@@ -2,7 +2,7 @@
 
 ``overdrive share`` uses the index's own scanner; this simple one serves tests, the benchmark and the demo, and
 ``python -m overdrive.transfer.folder FOLDER [--bind HOST:PORT]`` runs a file server in its own process (it
-prints ``port N`` once serving and stops on SIGTERM/SIGINT or when its stdin closes). It reads
+prints ``port N`` once serving and stops on SIGTERM/SIGINT, or when its stdin closes with ``--stdin-stop``). It reads
 ``OVERDRIVE_PASSWORD``/``OVERDRIVE_NETWORK`` or serves in the clear with ``--insecure``.
 """
 
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bind", default="127.0.0.1:0")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
+    parser.add_argument("--stdin-stop", action="store_true", help="also stop when stdin closes")
     args = parser.parse_args(argv)
     opts = GlobalOptions(
         password=os.environ.get("OVERDRIVE_PASSWORD"),
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdin.read()
         done.set()
 
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    if args.stdin_stop:
+        threading.Thread(target=watch_stdin, daemon=True).start()
     with opts.bus() as bus:
         server = FileServer(
             bus,
