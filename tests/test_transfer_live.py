@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -288,10 +287,19 @@ def test_full_disk_keeps_the_partial_file(network: TestNetwork, holders, scratch
     args = ("a.bin", "--from", holder.address, "--out", str(out))
     limit = 20 * MB
 
-    def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    code, _, err = _finish(_spawn(network, tmp_path / "h", *args, preexec_fn=small_disk))
+    # RLIMIT_FSIZE set inside the child (no preexec_fn: this process has threads); Python ignores SIGXFSZ, so a
+    # write past the limit fails with EFBIG like a full disk would with ENOSPC.
+    limited = [
+        sys.executable,
+        "-c",
+        f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "sys.argv = ['overdrive', *sys.argv[1:]]; runpy.run_module('overdrive', run_name='__main__')",
+        "fetch", *args, "--json",
+    ]  # fmt: skip
+    child = subprocess.Popen(
+        limited, env=network.env(tmp_path / "h"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    code, _, err = _finish(child)
     assert code == 1
     assert "too large" in err and "partial file is kept" in err and "Traceback" not in err, err
     part = out / "a.bin.part"
