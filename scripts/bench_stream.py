@@ -210,20 +210,24 @@ def role_ng_view(port: int, seconds: float, warmup: float, out: Path) -> None:
         jpeg_compression=True,
     )
     print("ready", flush=True)
-    lat, times = [], []
+    lat: list[float] = []
+    times: list[float] = []
     start = time.monotonic()
-    while time.monotonic() - start < warmup + seconds:
-        frame = client.recv()
-        if frame is None:
-            time.sleep(0.001)
-            continue
-        now = time.monotonic()
-        if now - start >= warmup:
-            lat.append((time.time_ns() // 1000 - _read_stamp(frame)) / 1000)
-            times.append(now)
-    res = _viewer_result(lat, times, 0, seconds)
+
+    def receive() -> None:  # NetGear's recv() blocks (spinning) until a frame comes, so it runs aside
+        while True:
+            frame = client.recv()
+            now = time.monotonic()
+            if frame is not None and now - start >= warmup:
+                lat.append((time.time_ns() // 1000 - _read_stamp(frame)) / 1000)
+                times.append(now)
+
+    threading.Thread(target=receive, daemon=True).start()
+    time.sleep(warmup + seconds)
+    res = _viewer_result(list(lat), list(times), 0, seconds)
     res["mbps"] = None  # NetGear's client hides the wire; taken from a raw receiver instead
     out.write_text(json.dumps(res))
+    os._exit(0)
     client.close()
 
 
@@ -434,7 +438,7 @@ def bench_netgear(run: Run, fps: float, extra: int, seconds: float, warmup: floa
     recv_out = run.tmp / f"ng-recv-{fps}-{extra}.json"
     viewer = run.role("ng-view", ports[0], seconds, warmup + 1, out, wait_ready=True)
     run.role("raw-recv", "bind", ",".join(map(str, ports[1:])), seconds, warmup + 1, recv_out, wait_ready=True)
-    pub = run.role("ng-pub", ",".join(map(str, ports)), fps, warmup + seconds + 4, wait_ready=True)
+    pub = run.role("ng-pub", ",".join(map(str, ports)), fps, warmup + seconds + 10, wait_ready=True)
     cpu = cpu_of(pub, seconds, warmup + 1)
     viewer.wait(60)
     time.sleep(0.5)
@@ -455,15 +459,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--quick", action="store_true", help="30 fps and 0/5 viewers only")
+    parser.add_argument("--render", action="store_true", help="only rewrite the docs from the last run's JSON")
+    parser.add_argument("--only", help="run only this system (overdrive, imagezmq, netgear); merge into the last JSON")
     args = parser.parse_args()
-    from benchlib import table, write_section
+    if args.render:
+        render(json.loads((ROOT / ".cache" / "bench_stream.json").read_text()))
+        return
 
     from tests.services import Xvfb
 
     fps_list = [30.0] if args.quick else [30.0, 60.0]
     extras = [0, 5] if args.quick else [0, 5, 20]
     warmup = 2.0
-    rows: list[list[str]] = []
     raw: list[dict[str, Any]] = []
     with Xvfb() as xvfb, tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         env = {
@@ -483,6 +490,8 @@ def main() -> None:
                         ("imagezmq jpeg", bench_izmq),
                         ("netgear jpeg", bench_netgear),
                     ):
+                        if args.only and not name.startswith(args.only):
+                            continue
                         sub = Run(env, Path(tmp))
                         try:
                             r = fn(sub, fps, extra, args.seconds, warmup)
@@ -494,21 +503,21 @@ def main() -> None:
                         r |= {"system": name, "fps_target": fps, "extra": extra}
                         raw.append(r)
                         print(json.dumps(r), file=sys.stderr, flush=True)
-                        rows.append(
-                            [
-                                name,
-                                f"{fps:g}",
-                                str(extra),
-                                fmt(r.get("fps")),
-                                fmt(r.get("recv_fps_min")),
-                                fmt(r.get("p50"), ".0f"),
-                                fmt(r.get("p99"), ".0f"),
-                                fmt(r.get("mbps"), ".2f"),
-                                fmt(r.get("cpu"), ".0f"),
-                            ]
-                        )
             finally:
                 run.close()
+    saved = ROOT / ".cache" / "bench_stream.json"
+    if args.only and saved.exists():  # replace that system's rows in the last full run, keeping the order
+        fresh = {(r["system"], r["fps_target"], r["extra"]): r for r in raw}
+        raw = [fresh.get((r["system"], r["fps_target"], r["extra"]), r) for r in json.loads(saved.read_text())]
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps(raw, indent=1))
+    render(raw)
+
+
+def render(raw: list[dict[str, Any]]) -> None:
+    """Write the table, a check of each target against the numbers, and the method notes."""
+    from benchlib import table, write_section
+
     headers = [
         "system",
         "target fps",
@@ -520,14 +529,96 @@ def main() -> None:
         "Mbit/s per viewer",
         "publisher CPU %",
     ]
-    (ROOT / ".cache").mkdir(exist_ok=True)
-    (ROOT / ".cache" / "bench_stream.json").write_text(json.dumps(raw, indent=1))
-    body = table(headers, rows)
+    rows = [
+        [
+            r["system"],
+            f"{r['fps_target']:g}",
+            str(r["extra"]),
+            fmt(r.get("fps")),
+            fmt(r.get("recv_fps_min")),
+            fmt(r.get("p50"), ".0f"),
+            fmt(r.get("p99"), ".0f"),
+            fmt(r.get("mbps"), ".2f"),
+            fmt(r.get("cpu"), ".0f"),
+        ]
+        for r in raw
+    ]
+    ours = [r for r in raw if r["system"].startswith("overdrive") and r["fps_target"] == 30 and "error" not in r]
+    peers = [r for r in raw if not r["system"].startswith("overdrive") and "error" not in r and r.get("mbps")]
+    checks = []
+    if ours:
+        worst = min(min(r["fps"], r["recv_fps_min"] or r["fps"]) for r in ours)
+        checks.append(
+            f"- 1080p30 reaches every viewer at >= 29 fps: {'met' if worst >= 29 else 'MISSED'} "
+            f"(slowest viewer {worst:.1f} fps over the 0/5/20-viewer runs)"
+        )
+        p50 = max(r["p50"] for r in ours)
+        p99 = max(r["p99"] for r in ours)
+        checks.append(
+            f"- decoded latency p50 <= 50 ms and p99 <= 150 ms: p50 {'met' if p50 <= 50 else 'MISSED'} "
+            f"(worst run {p50:.0f} ms), p99 {'met' if p99 <= 150 else 'MISSED'} (worst run {p99:.0f} ms)"
+        )
+        mbps = max(r["mbps"] for r in ours)
+        checks.append(
+            f"- desktop content <= 4 Mbit/s per viewer with H.264: {'met' if mbps <= 4 else 'MISSED'} "
+            f"(highest {mbps:.2f} Mbit/s)"
+        )
+        for peer in sorted({p["system"] for p in peers}):
+            pm = [p["mbps"] for p in peers if p["system"] == peer and p["fps_target"] == 30]
+            pl = [p["p50"] for p in peers if p["system"] == peer and p["fps_target"] == 30]
+            if pm:
+                ratio = min(pm) / mbps
+                checks.append(
+                    f"- at least 5x less bandwidth than {peer} at equal or better latency: "
+                    f"{'met' if ratio >= 5 and p50 <= min(pl) else 'MISSED'} ({ratio:.0f}x less, "
+                    f"comparing our highest rate with its lowest; latency p50 {p50:.0f} ms vs its best "
+                    f"{min(pl):.0f} ms)"
+                )
+    o60 = [r for r in raw if r["system"].startswith("overdrive") and r["fps_target"] == 60 and "error" not in r]
+    sixty = ""
+    if o60:
+        fps60 = [r["fps"] for r in o60]
+        p99s = [r["p99"] for r in o60]
+        mb = [r["mbps"] for r in o60]
+        sixty = (
+            f": with a 60 fps target it delivered {min(fps60):.0f}-{max(fps60):.0f} fps with p99 of "
+            f"{min(p99s):.0f}-{max(p99s):.0f} ms at {min(mb):.1f}-{max(mb):.1f} Mbit/s (more pictures per "
+            "second cost more bits)"
+        )
+    body = (
+        table(headers, rows)
+        + "\n**Targets (1080p30, this run):**\n\n"
+        + "\n".join(checks)
+        + "\n\n"
+        + NOTES.format(sixty=sixty)
+    )
     print(body)
-    write_section("stream", "Live streaming (scripts/bench_stream.py)", body + "\n" + NOTES)
+    write_section("stream", "Live streaming (scripts/bench_stream.py)", body)
 
 
-NOTES = ""  # filled in after a run with the honest reading of the numbers
+NOTES = """\
+How it was measured: a Tk program draws desktop-like content on a 1920x1080 Xvfb screen (three windows, text
+scrolling every 100 ms, a 320x240 picture moving every frame). Each system captures that screen with mss at the
+target rate and publishes on loopback: overdrive as `overdrive stream --source screen` (H.264
+ultrafast/zerolatency, CURVE encryption on); imagezmq (`ImageSender`/`ImageHub` PUB/SUB) and vidgear NetGear
+(`pattern=2`) with JPEG quality 80 and no encryption. The decoding viewer measures fps and latency from capture
+to decoded picture (same machine, same wall clock); "Mbit/s per viewer" is what one viewer receives. Extra
+viewers only receive (overdrive: `Viewer` with `decode=False`; peers: plain SUB sockets, since their clients
+always decode). Publisher CPU is percent of one core for the publishing process. Everything (Xvfb, the content
+program, the publisher, all viewers) shares the same 2 cores, so fan-out rows measure the whole machine under
+load, not a network. Each run measures 8 s after a 2 s warm-up; one run per row (not a median of repeats), so
+single rows are noisy (e.g. one NetGear p99 of about 1 s). The NetGear rows in the committed table come from a
+`--only netgear` re-run a few minutes after the others, made after fixing this harness's NetGear viewer (its
+`recv()` blocks forever when no frame comes, which had hung three runs).
+
+Reading it honestly: the peers are limited by per-picture JPEG encoding of 1080p and push tens of Mbit/s to
+every viewer; overdrive is limited by capture and libx264 time. 60 fps at 1080p is out of reach for every
+system on 2 cores (capture plus encode of one picture takes most of the 16 ms budget, and the viewers' decoding
+shares the cores); the overdrive streamer always encodes the newest captured picture instead of queueing, so
+latency stays bounded while the frame rate falls{sixty}. With 20
+extra viewers, 20 receiving threads (and, for overdrive, 21 CURVE sessions) compete with the decoder for the
+same cores, which shows in fps and p99.
+"""
 
 
 if __name__ == "__main__":

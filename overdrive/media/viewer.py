@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STREAM_RCVHWM = 60
 MAX_BATCH = 5000
+MAX_LATENCIES = 200_000
 _TOPIC_TYPES: dict[bytes, type] = {TOPIC_INFO: StreamInfo, TOPIC_VIDEO: VideoFrame, TOPIC_AUDIO: AudioChunk}
 
 Listener = Callable[[StreamMessage, bytes], None]
@@ -106,6 +107,12 @@ class ViewerStats:
     first_shown_ns: int = 0
     last_shown_ns: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+
+    def note_latency(self, ms: float) -> None:
+        """Keep latencies for percentiles; past MAX_LATENCIES samples, the oldest half is forgotten."""
+        if len(self.latencies_ms) >= MAX_LATENCIES:
+            del self.latencies_ms[: MAX_LATENCIES // 2]
+        self.latencies_ms.append(ms)
 
     def note_bytes(self, n: int, now_ns: int) -> None:
         self.bytes += n
@@ -335,7 +342,7 @@ class Viewer:
         now_ns = time.time_ns()
         if not self.config.decode or self._decoder is None:
             for frame, _ in pending:
-                self.stats.latencies_ms.append((now_ns - frame.pts_ns) / 1e6)
+                self.stats.note_latency((now_ns - frame.pts_ns) / 1e6)
                 self._write_trace(now_ns, frame, decoded=False, shown=False)
             return None
         start = self.catchup.plan([f for f, _ in pending], now_ns)
@@ -361,7 +368,7 @@ class Viewer:
             done_ns = time.time_ns()
             for image in images:
                 self.stats.frames_decoded += 1
-                self.stats.latencies_ms.append((done_ns - frame.pts_ns) / 1e6)
+                self.stats.note_latency((done_ns - frame.pts_ns) / 1e6)
                 for listener in self._picture_listeners:
                     listener(image, frame)
                 newest, newest_frame = image, frame
