@@ -274,7 +274,7 @@ def _run(session: FetchSession, conns: Sequence[_Conn], partial: PartialFile, pr
                 conn.sock.send_multipart(CODEC.encode(Read(tid=conn.tid, index=index)), zmq.NOBLOCK)
             except zmq.Again:
                 session.fail(label, "send queue full")
-        events = dict(poller.poll(timeout_ms))
+        events = dict(poller.poll(2 if partial.unwritten else timeout_ms))
         for conn in conns:
             if conn.sock in events:
                 _drain(session, conn, partial)
@@ -282,6 +282,8 @@ def _run(session: FetchSession, conns: Sequence[_Conn], partial: PartialFile, pr
                 while conn.monitor.poll(0):
                     if recv_monitor_message(conn.monitor)["event"] == zmq.EVENT_DISCONNECTED:
                         session.fail(conn.label, "disconnected")
+        for index in partial.take_written():
+            session.written(index)
         now = time.monotonic()
         session.check_timeouts(now)
         if partial.state_due(now):
@@ -304,12 +306,7 @@ def _drain(session: FetchSession, conn: _Conn, partial: PartialFile) -> None:
             continue
         if isinstance(msg, Chunk) and msg.tid == conn.tid:
             if msg.index < session.plan.chunks and session.received(conn.label, msg.index, payload[0]):
-                try:
-                    partial.write(msg.index, payload[0])
-                except TransferError:
-                    session.write_failed(msg.index)
-                    raise
-                session.written(msg.index)
+                partial.write(msg.index, payload[0])
             elif msg.index >= session.plan.chunks:
                 session.stats.unexpected += 1
         elif isinstance(msg, Failed) and msg.tid == conn.tid:
