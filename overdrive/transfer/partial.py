@@ -15,7 +15,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import blake3
@@ -72,6 +75,71 @@ def hash_path(path: Path) -> str:
     return hasher.hexdigest()
 
 
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view.nbytes:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[written:]
+        offset += written
+
+
+class _Writer:
+    """Writes chunks in a helper thread (``os.pwrite`` releases the GIL), so disk writes overlap receiving.
+
+    At most ``depth`` chunks wait in its queue (memory stays bounded); :meth:`take_done` hands back the indices
+    that reached the file, and the first write error is raised by the next :meth:`put` or :meth:`check`.
+    """
+
+    def __init__(self, fd: int, path: Path, depth: int = 16) -> None:
+        self._fd, self._path = fd, path
+        self._queue: queue.Queue[tuple[int, int, memoryview] | None] = queue.Queue(maxsize=depth)
+        self._done: deque[int] = deque()
+        self._error: TransferError | None = None
+        self.pending = 0
+        self._thread = threading.Thread(target=self._run, name="overdrive-part-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            index, offset, view = item
+            if self._error is None:
+                try:
+                    _pwrite_all(self._fd, view, offset)
+                    self._done.append(index)
+                except OSError as exc:
+                    self._error = disk_error(self._path, exc)
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, index: int, offset: int, view: memoryview) -> None:
+        self.check()
+        self.pending += 1
+        self._queue.put((index, offset, view))
+
+    def take_done(self) -> list[int]:
+        done = []
+        while self._done:
+            done.append(self._done.popleft())
+        self.pending -= len(done)
+        self.check()
+        return done
+
+    def flush(self) -> None:
+        """Wait until every queued chunk is written (or failed)."""
+        self._queue.join()
+        self.check()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class PartialFile:
     """``dest.part`` plus its state file, for one plan."""
 
@@ -88,6 +156,7 @@ class PartialFile:
         self._cursor = 0
         self._waiting: dict[int, memoryview | None] = {}
         self._held = 0
+        self._writer: _Writer | None = None
 
     def saved_state(self) -> ResumeState | None:
         """The state left by an earlier run, if readable."""
@@ -147,19 +216,12 @@ class PartialFile:
             return exc.errno != errno.ENXIO  # ENXIO: only a hole after offset; anything else: check the bytes
 
     def write(self, index: int, data: memoryview | bytes) -> None:
-        """Write a verified chunk at its offset; TransferError on a full disk or size limit."""
+        """Queue a verified chunk for writing at its offset (see :meth:`take_written`); TransferError on a full
+        disk or size limit (raised by this or a later call)."""
         assert self._plan is not None
-        offset = index * self._plan.chunk_size
-        view = memoryview(data)
-        try:
-            while view.nbytes:
-                written = os.pwrite(self._fd, view, offset)
-                if written <= 0:
-                    raise OSError(errno.ENOSPC, "short write")
-                view = view[written:]
-                offset += written
-        except OSError as exc:
-            raise disk_error(self.part, exc) from exc
+        if self._writer is None:
+            self._writer = _Writer(self._fd, self.part)
+        self._writer.put(index, index * self._plan.chunk_size, memoryview(data))
         if index == self._cursor:
             self._whole.update(data)
             self._cursor += 1
@@ -170,12 +232,23 @@ class PartialFile:
         else:
             self._waiting[index] = None
 
+    def take_written(self) -> list[int]:
+        """Indices of chunks that have reached the file since the last call."""
+        return self._writer.take_done() if self._writer is not None else []
+
+    @property
+    def unwritten(self) -> int:
+        """Chunks queued but not yet reported by :meth:`take_written`."""
+        return self._writer.pending if self._writer is not None else 0
+
     def _advance(self) -> None:
         """Feed every waiting chunk that is next in order to the whole-file hash."""
         assert self._plan is not None
         while self._cursor in self._waiting:
             held = self._waiting.pop(self._cursor)
             if held is None:
+                if self._writer is not None:
+                    self._writer.flush()  # the chunk must be on disk before reading it back
                 offset, length = self._plan.chunk_range(self._cursor)
                 self._whole.update(os.pread(self._fd, length, offset))
             else:
@@ -213,6 +286,10 @@ class PartialFile:
     def finish(self) -> Path:
         """fsync, check the whole-file hash, move into place without overwriting; return the final path."""
         assert self._plan is not None
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
         try:
             os.fsync(self._fd)
         except OSError as exc:
@@ -248,6 +325,9 @@ class PartialFile:
         self.state_path.unlink(missing_ok=True)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
