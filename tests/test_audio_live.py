@@ -124,7 +124,12 @@ def test_testtone_sync_at_streamer_and_viewer_and_crash_safety(
         ["view", f"127.0.0.1:{port}", "--headless", "--duration", "40", "--backup", str(tmp_path / "c")], env, tmp_path
     )
     try:
-        wait_for(lambda: list((tmp_path / "c").glob(".*.part")), 20, "the victim's recording")
+        # the recording has begun once the first keyframe made it into the file (moov and a first fragment)
+        wait_for(
+            lambda: [p for p in (tmp_path / "c").glob(".*.part") if p.stat().st_size > 4096],
+            30,
+            "the victim's recording",
+        )
         time.sleep(10)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.communicate(timeout=10)

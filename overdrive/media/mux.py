@@ -173,7 +173,12 @@ class Mp4Writer:
                 str(path),
                 "w",
                 format="mp4",
-                options={"movflags": MOVFLAGS, "max_interleave_delta": "1000000", "avoid_negative_ts": "disabled"},
+                options={
+                    "movflags": MOVFLAGS,
+                    "max_interleave_delta": "1000000",
+                    "avoid_negative_ts": "disabled",
+                    "flush_packets": "1",  # each finished fragment reaches the file at once (crash safety)
+                },
             )
         except av.error.FFmpegError as exc:
             raise MediaError(f"cannot create {path}: {exc}") from exc
