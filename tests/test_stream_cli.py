@@ -139,6 +139,13 @@ def test_bad_options_are_config_errors(env: dict[str, str], tmp_path: Path) -> N
         assert needle in err and "Traceback" not in err
 
 
+def test_view_without_a_display_says_so(env: dict[str, str], tmp_path: Path) -> None:
+    env = {k: v for k, v in env.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    code, err = finish(spawn(["view", "127.0.0.1:9"], env, tmp_path))
+    assert code == 1
+    assert "no display" in err and "--headless" in err and "Traceback" not in err
+
+
 def read_trace(path: Path) -> list[tuple[int, int, int, int, int]]:
     rows = []
     for line in path.read_text().splitlines():

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -160,6 +162,8 @@ class Viewer:
         """Connect and verify the handshake; AuthError (wrong password) or UnreachableError within the timeout."""
         if self._sock is not None:
             return
+        if not self.config.headless:
+            _check_display()
         sock = self.bus.client(zmq.SUB, hwm=self.config.rcvhwm)
         sock.setsockopt(zmq.RCVBUF, 1 << 20)
         for topic in (TOPIC_INFO, TOPIC_VIDEO, TOPIC_AUDIO):
@@ -467,3 +471,9 @@ class Viewer:
             "bitrate": s.bytes * 8 / byte_span if byte_span > 0 else None,
             "seconds": time.monotonic() - self.started if self.started else 0.0,
         }
+
+
+def _check_display() -> None:
+    """Fail clearly before OpenCV's Qt backend aborts the whole process for want of a display."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise MediaError("no display to show the stream on (DISPLAY is not set); use --headless")
