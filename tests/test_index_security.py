@@ -104,3 +104,17 @@ def test_wrong_password_is_refused(network: TestNetwork, master: Master) -> None
     ):
         client.lookup("*")
     assert master.store.count() == 0
+
+
+def test_long_names_and_pre_1970_files_travel_in_size_bounded_batches(network: TestNetwork, master: Master) -> None:
+    bus = network.bus()
+    long_dir = "/".join(["ü" * 60] * 16)  # about 2 KiB of UTF-8 per name
+    infos = [
+        FileInfo(name=f"{long_dir}/{i:04d}.txt", size=i, content_hash="cd" * 32, mtime_ns=-1_000_000 * i)
+        for i in range(1200)
+    ]
+    with IndexClient(bus, [master.endpoint]) as client:  # type: ignore[list-item]
+        assert client.register(infos, "127.0.0.1:7772") == 1200
+        found = client.lookup("*")
+    assert len(found) == 1200 and found[5].mtime_ns == -5_000_000
+    assert master.stats.dropped == 0

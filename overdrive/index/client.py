@@ -32,7 +32,7 @@ import zmq
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, ProtocolError, StoreError, UnreachableError
-from overdrive.index.protocol import CODEC, Ack, Announce, Entry, Found, Lookup, Status, StatusQuery
+from overdrive.index.protocol import CODEC, Ack, Announce, Entry, Found, Lookup, Status, StatusQuery, size_batches
 from overdrive.index.records import FileInfo
 from overdrive.transfer.catalogue import SharedFile
 
@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Entry", "IndexClient", "is_glob"]
 
-BATCH = 2000
+
+def _name(f: FileInfo) -> str:
+    return f.name
 
 
 def is_glob(pattern: str) -> bool:
@@ -125,14 +127,14 @@ class IndexClient:
 
         ``full=True`` means "this is everything I share": entries of this node not listed are deleted.
         """
-        infos = [_info(f) for f in files]
-        gone = list(removed)
+        infos = size_batches([_info(f) for f in files], _name)
+        gone = size_batches(list(removed), str)
         sync = next(self._refs) if full else 0
-        chunks = max(1, -(-len(infos) // BATCH), -(-len(gone) // BATCH))
+        chunks = max(1, len(infos), len(gone))
         applied = 0
         for i in range(chunks):
-            part = infos[i * BATCH : (i + 1) * BATCH]
-            drop = gone[i * BATCH : (i + 1) * BATCH]
+            part = infos[i] if i < len(infos) else []
+            drop = gone[i] if i < len(gone) else []
             final = i == chunks - 1
             result: list[Ack] = []
 

@@ -27,6 +27,8 @@ from overdrive.bus.heartbeat import Liveness, Ticker
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, ConfigError, ProtocolError
 from overdrive.index.protocol import (
+    BATCH_BYTES,
+    BATCH_ITEMS,
     CODEC,
     Ack,
     Announce,
@@ -44,7 +46,7 @@ from overdrive.index.protocol import (
     SyncRequest,
     Updates,
 )
-from overdrive.index.records import RecordRow, decode_rows, encode_rows
+from overdrive.index.records import RecordRow, decode_rows, encode_rows, wire_size
 from overdrive.index.replication import Replica, ReplicationConfig
 from overdrive.index.runner import Runner
 from overdrive.index.stores.base import Store
@@ -52,7 +54,7 @@ from overdrive.index.stores.base import Store
 log = logging.getLogger(__name__)
 
 _DRAIN = 512
-_FOUND_BATCH = 2000
+_DRAIN_SECONDS = 0.05
 _LIVE_BATCH = 5000
 
 
@@ -261,11 +263,16 @@ class Master(Runner):
             if purge.due(now):
                 self.replica.purge()
             if counted.due(now):
+                began = time.monotonic()
                 self.entries = self.store.count()
+                counted.interval = max(2.0, 10 * (time.monotonic() - began))
             self._update_rate(now)
 
     def _drain(self, sock: zmq.Socket, *, routed: bool) -> None:  # type: ignore[type-arg]
+        budget = time.monotonic() + _DRAIN_SECONDS  # a big sync must not starve heartbeats and clients
         for _ in range(_DRAIN):
+            if time.monotonic() > budget:
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -290,7 +297,7 @@ class Master(Runner):
         if identity is not None:
             frames = [identity, *frames]
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            sock.send_multipart(frames, zmq.NOBLOCK)  # copy: zero-copy sends start pyzmq's gc thread
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
                 raise
@@ -465,11 +472,17 @@ class Master(Runner):
 
     def _lookup(self, sock: zmq.Socket, identity: bytes | None, query: Lookup, now: float) -> None:  # type: ignore[type-arg]
         entries: list[Entry] = []
+        size = 0
         online = self.online_nodes(now)
         found = self.store.find(
             query.name, glob=query.glob, content_hash=query.content_hash, include_deleted=query.include_deleted
         )
         for record in found:
+            cost = wire_size(record.name)
+            if entries and (len(entries) >= BATCH_ITEMS or size + cost > BATCH_BYTES):
+                self._send(sock, identity, Found(ref=query.ref, entries=entries, done=False))
+                entries, size = [], 0
+            size += cost
             entries.append(
                 Entry(
                     name=record.name,
@@ -482,9 +495,6 @@ class Master(Runner):
                     deleted=record.deleted,
                 )
             )
-            if len(entries) >= _FOUND_BATCH:
-                self._send(sock, identity, Found(ref=query.ref, entries=entries, done=False))
-                entries = []
         self._send(sock, identity, Found(ref=query.ref, entries=entries, done=True))
 
     def _digest(self, sock: zmq.Socket, identity: bytes | None, digest: Digest) -> None:  # type: ignore[type-arg]
@@ -576,9 +586,12 @@ class Master(Runner):
         """(entries, digest), recomputed at most every 0.5 s (a full scan on some backends)."""
         version = (self.replica.stats.accepted, self.replica.stats.stamped, self.replica.stats.merged)
         cached = self._summary_cache
-        if cached is None or (cached[0] != version and now - cached[1] >= 0.5):
+        if cached is None or (cached[0] != version and now >= cached[1]):
             self._flush_live()
-            cached = self._summary_cache = (version, now, self.store.count(), self.store.digest())
+            began = time.monotonic()
+            entries, digest = self.store.count(), self.store.digest()
+            cost = time.monotonic() - began  # a full scan on big indexes: never more than ~20% of our time
+            cached = self._summary_cache = (version, now + max(0.5, 5 * cost), entries, digest)
         return cached[2], cached[3]
 
     def status(self, ref: int = 0) -> Status:

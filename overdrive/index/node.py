@@ -24,15 +24,13 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, ProtocolError
-from overdrive.index.protocol import CODEC, Ack, Announce, NodeBeat
+from overdrive.index.protocol import CODEC, Ack, Announce, NodeBeat, size_batches
 from overdrive.index.records import FileInfo
 from overdrive.index.runner import Runner
 from overdrive.index.scan import FolderScanner
 from overdrive.transfer.catalogue import SharedFile
 
 log = logging.getLogger(__name__)
-
-BATCH = 2000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +51,10 @@ class NodeConfig:
             raise ConfigError("a node needs at least one master (--master HOST:PORT)")
         if self.heartbeat <= 0 or self.failover <= self.heartbeat or self.settle < 0:
             raise ConfigError("need 0 < heartbeat < failover and settle >= 0")
+
+
+def _name(f: FileInfo) -> str:
+    return f.name
 
 
 def _info(f: SharedFile) -> FileInfo:
@@ -112,33 +114,32 @@ class NodeSession:
             self.changed.clear()
             self.removed.clear()
             sync = next(self._refs)
-            infos = [_info(f) for f in files]
-            chunks = max(1, -(-len(infos) // BATCH))
+            chunks = size_batches([_info(f) for f in files], _name) or [[]]
             self._queue = [
                 Announce(
                     ref=next(self._refs),
                     holder=self.node_id,
                     address=self.config.address,
-                    files=infos[i * BATCH : (i + 1) * BATCH],
+                    files=chunk,
                     full=True,
                     sync=sync,
-                    final=i == chunks - 1,
+                    final=i == len(chunks) - 1,
                 )
-                for i in range(chunks)
+                for i, chunk in enumerate(chunks)
             ]
         elif not self._queue and (self.changed or self.removed):
-            infos = list(self.changed.values())
-            gone = sorted(self.removed)
+            infos = size_batches(list(self.changed.values()), _name)
+            gone = size_batches(sorted(self.removed), str)
             self.changed.clear()
             self.removed.clear()
-            for i in range(max(1, -(-len(infos) // BATCH), -(-len(gone) // BATCH))):
+            for i in range(max(len(infos), len(gone))):
                 self._queue.append(
                     Announce(
                         ref=next(self._refs),
                         holder=self.node_id,
                         address=self.config.address,
-                        files=infos[i * BATCH : (i + 1) * BATCH],
-                        removed=gone[i * BATCH : (i + 1) * BATCH],
+                        files=infos[i] if i < len(infos) else [],
+                        removed=gone[i] if i < len(gone) else [],
                     )
                 )
         message: Message | None = None

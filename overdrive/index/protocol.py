@@ -23,14 +23,18 @@ Master <-> master (each master connects a DEALER to every other master's ROUTER)
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Annotated, ClassVar, TypeVar
 
 import msgspec
 
 from overdrive.bus.codec import Codec, Message
-from overdrive.index.records import Address, ContentHash, FileInfo, Name, NodeId, NonNegative
+from overdrive.index.records import Address, ContentHash, FileInfo, Mtime, Name, NodeId, NonNegative, wire_size
 
 MAX_ROWS_PAYLOAD = 48 << 20
+BATCH_BYTES = 512 << 10
+"""Target header size for batched messages (Announce, Found): half the codec's 1 MiB header limit."""
+BATCH_ITEMS = 2000
 """Largest payload frame of record rows (a snapshot batch)."""
 
 Ref = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -38,6 +42,26 @@ Pattern = Annotated[str, msgspec.Meta(max_length=4096)]
 Text = Annotated[str, msgspec.Meta(max_length=300)]
 BucketList = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=255)]], msgspec.Meta(max_length=256)]
 VersionVector = Annotated[dict[NodeId, NonNegative], msgspec.Meta(max_length=10_000)]
+
+
+T = TypeVar("T")
+
+
+def size_batches(items: Sequence[T], name: Callable[[T], str], *, limit: int = BATCH_BYTES) -> list[list[T]]:
+    """Split ``items`` into batches of at most BATCH_ITEMS and about ``limit`` bytes (names can be 4 KiB)."""
+    batches: list[list[T]] = []
+    current: list[T] = []
+    size = 0
+    for item in items:
+        cost = wire_size(name(item))
+        if current and (len(current) >= BATCH_ITEMS or size + cost > limit):
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += cost
+    if current:
+        batches.append(current)
+    return batches
 
 
 class Announce(Message, tag="announce", frozen=True):
@@ -86,7 +110,7 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     content_hash: ContentHash
     holder: NodeId
     address: Address
-    mtime_ns: NonNegative
+    mtime_ns: Mtime
     online: bool
     deleted: bool = False
 

@@ -26,6 +26,8 @@ NodeId = Annotated[str, msgspec.Meta(min_length=16, max_length=16)]
 ContentHash = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
 Address = Annotated[str, msgspec.Meta(min_length=3, max_length=300)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+Mtime = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+"""Modification time in ns since the epoch; files from before 1970 have negative ones."""
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_BYTES)]
 
 
@@ -70,7 +72,7 @@ class FileInfo(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     name: Name
     size: NonNegative
     content_hash: ContentHash
-    mtime_ns: NonNegative
+    mtime_ns: Mtime
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -85,7 +87,7 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     content_hash: ContentHash
     holder: NodeId
     address: Address
-    mtime_ns: NonNegative
+    mtime_ns: Mtime
     origin: NodeId
     seq: NonNegative
     hlc: NonNegative
@@ -136,7 +138,7 @@ def record_row(record: Record) -> tuple[object, ...]:
 RECORDS_DECODER = msgspec.msgpack.Decoder(list[Record])
 RECORDS_ENCODER = msgspec.msgpack.Encoder()
 
-RecordRow = tuple[Name, NonNegative, ContentHash, NodeId, Address, NonNegative, NodeId, NonNegative, NonNegative, bool]
+RecordRow = tuple[Name, NonNegative, ContentHash, NodeId, Address, Mtime, NodeId, NonNegative, NonNegative, bool]
 """A record as a plain tuple in field order: the bulk (snapshot) form, validated per batch, not per row."""
 
 _ROWS_DECODER = msgspec.msgpack.Decoder(list[RecordRow])
@@ -189,6 +191,11 @@ def validate_rows(rows: list[RecordRow]) -> None:
         raise ValueError("content hash must be 64 lowercase hex characters")
     if "".join([r[3] + r[6] for r in rows]).translate(_DROP_BASE32):
         raise ValueError("holder and origin must be 16 lowercase base32 characters")
+
+
+def wire_size(name: str) -> int:
+    """A generous estimate of the bytes one entry named ``name`` takes in a message (for batching)."""
+    return len(name) * 4 + 200 if not name.isascii() else len(name) + 200
 
 
 def encode_rows(rows: list[RecordRow] | list[Record]) -> bytes:
