@@ -196,9 +196,7 @@ def ls_command(
         str, typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to ask: HOST[:PORT],... (any live one answers).")
     ] = DEFAULT_MASTERS,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array (stable shape, see the docs).")] = False,
-    offline: Annotated[bool, typer.Option("--offline/--online-only", help="Include files with no holder online.")] = (
-        True
-    ),
+    online_only: Annotated[bool, typer.Option("--online-only", help="Only files a holder serves now.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a master.")] = 3.0,
 ) -> None:
     """List the files the network holds: size, hash, every holder, online or offline."""
@@ -207,7 +205,7 @@ def ls_command(
     with opts.bus() as bus, IndexClient(bus, parse_endpoints(master, DEFAULT_MASTER_PORT), timeout=timeout) as client:
         entries = client.lookup(glob)
     files = group_entries(entries)
-    if not offline:
+    if online_only:
         files = [f for f in files if f["online"]]
     if as_json:
         print_json(files)
