@@ -50,7 +50,7 @@ from overdrive.media.sources import FLASH_NS, FLASH_PERIOD_NS
 log = logging.getLogger(__name__)
 
 AudioMode = Literal["system", "mic", "both", "none", "testtone"]
-AUDIO_MODES: tuple[str, ...] = ("system", "mic", "both", "none", "testtone")
+AUDIO_MODES: tuple[str, ...] = ("auto", "system", "mic", "both", "none", "testtone")
 TONE_HZ = 1000.0
 TONE_AMPLITUDE = 0.5
 RESYNC_NS = 80_000_000
@@ -465,6 +465,13 @@ def open_audio(
         raise ConfigError(f"--audio-codec must be opus or pcm, not {codec!r}")
     if mode == "none":
         return None
+    if mode == "auto":
+        # the default: system audio where this machine can capture it, otherwise video only, said once
+        try:
+            return open_audio("system", codec=codec, stream_id=stream_id, started_ns=started_ns)
+        except MediaError as exc:
+            log.warning("streaming without sound (pass --audio none to silence this): %s", exc)
+            return None
     sources: list[BlockSource] = []
     if mode == "testtone":
         sources.append(ToneSource(started_ns))

@@ -31,8 +31,12 @@ def stream(
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.", show_default=False)] = None,
     name: Annotated[str, typer.Option(help="Stream name shown to viewers.")] = "overdrive",
     audio: Annotated[
-        str, typer.Option(help="Audio: system (what this machine plays), mic, both, none or testtone.")
-    ] = "system",
+        str,
+        typer.Option(
+            help="Audio: auto (system audio if it can be captured, else none), system (what this machine plays; "
+            "an error if it cannot be captured), mic, both, none or testtone."
+        ),
+    ] = "auto",
     mic: Annotated[
         str | None, typer.Option(help="Microphone: index, name or pulse:SOURCE (see `overdrive devices`).")
     ] = None,
