@@ -169,8 +169,9 @@ def test_existing_different_file_is_kept(network: TestNetwork, holders, scratch,
     assert blake3.blake3((out / "talk (1).mp4").read_bytes()).hexdigest() == digest
 
 
-def test_resume_after_kill9_resends_at_most_one_window(
-    network: TestNetwork, holders, shared, scratch, tmp_path
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_resume_after_interruption_resends_at_most_one_window(
+    network: TestNetwork, holders, shared, scratch, tmp_path, sig: signal.Signals
 ) -> None:
     folder, digest = shared
     holder = holders(folder)
@@ -179,9 +180,9 @@ def test_resume_after_kill9_resends_at_most_one_window(
     args = ("big.bin", "--from", holder.address, "--out", str(out))
     proc = _spawn(network, tmp_path / "home", *args, "--limit-rate", "80")
     _wait_until(lambda: stats.bytes_sent >= BIG // 2, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err
     sent_before = stats.bytes_sent
     assert sent_before < BIG
     assert (out / "big.bin.part").exists() and (out / "big.bin.part.state").exists()
@@ -191,6 +192,39 @@ def test_resume_after_kill9_resends_at_most_one_window(
     assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest
     resent = stats.bytes_sent - BIG
     assert 0 <= resent <= DEFAULT_WINDOW * DEFAULT_CHUNK, f"re-sent {resent} bytes"
+
+
+def test_sole_holder_gone_then_resume_from_another(network: TestNetwork, holders, shared, scratch, tmp_path) -> None:
+    folder, digest = shared
+    victim, victim_ep = _standalone_holder(network, folder, tmp_path / "victim")
+    out = scratch / "out"
+    try:
+        proc = _spawn(network, tmp_path / "home", "big.bin", "--from", victim_ep.display, "--out", str(out),
+                      "--limit-rate", "100")  # fmt: skip
+        _wait_until((out / "big.bin.part.state").exists, proc)
+        victim.kill()
+        victim.wait(10)
+        code, _, err = _finish(proc)
+    finally:
+        _reap(victim)
+    assert code == 1 and "no holder left" in err and "run the same command again" in err, err
+    assert (out / "big.bin.part").exists() and not (out / "big.bin").exists()
+    other = holders(folder)
+    code, result, err = _finish(
+        _spawn(network, tmp_path / "home", "big.bin", "--from", other.address, "--out", str(out))
+    )
+    assert code == 0, err
+    assert result["hash"] == digest and int(result["resumed_chunks"]) > 0  # type: ignore[call-overload]
+    assert other.server.stats.bytes_sent < BIG
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
 
 
 def _standalone_holder(network: TestNetwork, folder: Path, home: Path) -> tuple[subprocess.Popen[str], Endpoint]:
@@ -223,12 +257,7 @@ def test_two_holders_one_killed_midway(network: TestNetwork, holders, shared, sc
         victim.wait(10)
         code, result, err = _finish(proc)
     finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait(10)
-        for stream in (victim.stdin, victim.stdout, victim.stderr):
-            if stream:
-                stream.close()
+        _reap(victim)
     assert code == 0, err
     assert result["hash"] == digest and set(result["sources"]) == {victim_ep.display, survivor.address}  # type: ignore[arg-type]
     assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest

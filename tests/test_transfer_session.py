@@ -13,7 +13,7 @@ from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.protocol import CODEC, MIN_CHUNK, Chunk, Close, Failed, Open, Opened, Read, Refused
 from overdrive.transfer.serving import ServeCore, ServerConfig
-from overdrive.transfer.session import FetchConfig, FetchSession, Plan
+from overdrive.transfer.session import MAX_INFLIGHT, FetchConfig, FetchSession, Plan
 
 CHUNK = MIN_CHUNK
 
@@ -106,6 +106,20 @@ def test_window_is_the_credit(folder: Path) -> None:
     assert session.requests(0.0) == [(source, 4)]
 
 
+def test_total_inflight_is_capped_over_many_sources(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    root.mkdir()
+    (root / "f.bin").write_bytes(os.urandom(200 * CHUNK))
+    core, catalogue = _core(root)
+    _, plan = _open(core, catalogue, "f.bin")
+    sources = [f"s{i}" for i in range(10)]
+    session = FetchSession(plan, sources, config=FetchConfig(window=16))
+    first = session.requests(0.0)
+    assert len(first) == MAX_INFLIGHT and len({s for s, _ in first}) == 10  # spread over all, capped in total
+    session.fail("s0", "gone")
+    assert len(session.requests(0.0)) == sum(1 for s, _ in first if s == "s0")  # freed credit is reused
+
+
 def test_failed_source_chunks_go_to_the_others(folder: Path) -> None:
     core, catalogue = _core(folder)
     opened, plan = _open(core, catalogue)
@@ -154,7 +168,7 @@ def test_resume_asks_only_for_missing_chunks(folder: Path) -> None:
 def test_rate_limit_spaces_requests(folder: Path) -> None:
     core, catalogue = _core(folder)
     _, plan = _open(core, catalogue)
-    session = FetchSession(plan, ["a"], config=FetchConfig(window=64, rate_limit=CHUNK))  # one chunk per second
+    session = FetchSession(plan, ["a"], config=FetchConfig(window=32, rate_limit=CHUNK))  # one chunk per second
     assert len(session.requests(0.0)) == 1
     assert session.requests(0.5) == []
     assert len(session.requests(1.01)) == 1

@@ -35,13 +35,15 @@ from overdrive.errors import (
 from overdrive.transfer import names
 from overdrive.transfer.partial import PartialFile, hash_path
 from overdrive.transfer.protocol import CODEC, Chunk, Close, Failed, Open, Opened, Read, Refused
-from overdrive.transfer.session import FetchConfig, FetchSession, Plan, SessionStats
+from overdrive.transfer.session import MAX_INFLIGHT, FetchConfig, FetchSession, Plan, SessionStats
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 """Called with (bytes done, total bytes) as chunks land."""
 
+RECEIVE_QUEUE = 4 * MAX_INFLIGHT
+"""Message parts queued per holder connection: bounds what a holder sending unasked-for chunks can make us hold."""
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _DRAIN = 64
 
@@ -161,7 +163,7 @@ def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
     conns: list[_Conn] = []
     errors: list[OverdriveError] = []
     for endpoint in dict.fromkeys(request.sources):
-        sock = bus.client(zmq.DEALER, hwm=100_000)
+        sock = bus.client(zmq.DEALER, hwm=RECEIVE_QUEUE)
         try:
             bus.connect(sock, endpoint, timeout=request.connect_timeout)
         except BusError as exc:

@@ -36,6 +36,10 @@ from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0
+SEND_QUEUE = 256
+"""High-water mark per connection (message parts): a peer that asks for chunks without reading them gets at most
+~128 replies queued (then they are dropped and counted in ``stats.unroutable``); a fetcher that keeps to its
+window never comes near it."""
 _BATCH = 256
 """Most requests handled per poll wake-up before checking the control socket again."""
 
@@ -124,7 +128,7 @@ class FileServer:
         router = None
         try:
             control.connect(self._control_addr)
-            router = self.bus.server(zmq.ROUTER, hwm=10_000)
+            router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._endpoint = self.bus.bind(router, self.requested)
         except (
