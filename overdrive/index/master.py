@@ -41,6 +41,7 @@ from overdrive.index.protocol import (
     NodeBeat,
     Status,
     StatusQuery,
+    SyncAck,
     SyncBatch,
     SyncDone,
     SyncRequest,
@@ -121,6 +122,9 @@ class _Serving:
     vector: dict[str, int] | None
     waiting: list[object] | None = None
     sent: int = 0
+    window: int = 0
+    """Batches allowed ahead of the receiver's acks (0: no flow control, for small repairs)."""
+    acked: int = 0
 
 
 @dataclass(slots=True)
@@ -190,6 +194,9 @@ class Master(Runner):
         self.masters[self.origin] = self.address
         for peer in self.config.peers:
             self._link(peer.display)
+        if self._links:  # the Clone pattern: catch up from the first peer without waiting for its heartbeat
+            first = next(iter(self._links.values()))
+            self._start_sync(first, "@" + first.address, time.monotonic())
         log.info("master %s on %s (advertised %s)", self.origin, self.endpoint.display, self.address)
 
     def teardown(self) -> None:
@@ -238,14 +245,15 @@ class Master(Runner):
     def loop(self, control: zmq.Socket) -> None:  # type: ignore[type-arg]
         assert self._router is not None
         beat = Ticker(self.config.heartbeat)
-        entropy = Ticker(self.config.anti_entropy)
-        purge = Ticker(self.config.purge_interval)
+        entropy = Ticker(self.config.anti_entropy, time.monotonic() + self.config.anti_entropy)
+        purge = Ticker(self.config.purge_interval, time.monotonic() + min(60.0, self.config.purge_interval))
         poller = self._poller
         poller.register(control, zmq.POLLIN)
         poller.register(self._router, zmq.POLLIN)
         counted = Ticker(2.0)
         while True:
-            events = dict(poller.poll(0 if self._serving else int(self.config.heartbeat * 500)))
+            busy = any(not sv.window or sv.sent - sv.acked < sv.window for sv in self._serving)
+            events = dict(poller.poll(0 if busy else int(self.config.heartbeat * 500)))
             if control in events:
                 return
             now = time.monotonic()
@@ -335,7 +343,8 @@ class Master(Runner):
         elif isinstance(message, SyncRequest):
             self._flush_live()
             batches = self.replica.serve_sync(message.vector)
-            self._serving.append(_Serving(sock, identity, message.ref, batches, dict(self.replica.vector)))
+            serving = _Serving(sock, identity, message.ref, batches, dict(self.replica.vector), window=message.window)
+            self._serving.append(serving)
             self.stats.served_syncs += 1
         elif isinstance(message, SyncBatch):
             rows = decode_rows(payload[0])
@@ -343,6 +352,11 @@ class Master(Runner):
             self.replica.merge(rows)
             if message.ref in self._batches:
                 self._batches[message.ref] += 1
+                self._send(sock, identity, SyncAck(ref=message.ref, received=self._batches[message.ref]))
+        elif isinstance(message, SyncAck):
+            for serving in self._serving:
+                if serving.ref == message.ref and serving.identity == identity and serving.sock is sock:
+                    serving.acked = max(serving.acked, message.received)
         elif isinstance(message, SyncDone):
             self._sync_done(message)
         elif isinstance(message, Digest):
@@ -433,10 +447,14 @@ class Master(Runner):
         link = self._links.get(beat.address)
         if link is not None and not link.origin:
             link.origin = beat.origin
-        if self.replica.behind(beat.vector):
-            syncing = self._syncing.get(beat.origin)
-            if syncing is None or now - syncing[1] > 30.0:
-                self._request_sync(beat.origin, now)
+        if self.replica.behind(beat.vector) and not self._sync_active(now):
+            link = self._link_for(beat.origin)
+            if link is not None:
+                self._start_sync(link, beat.origin, now)
+
+    def _sync_active(self, now: float) -> bool:
+        """One catch-up at a time; one silent for 30 s is presumed lost."""
+        return any(now - started < 30.0 for _ref, started in self._syncing.values())
 
     def _sync_done(self, done: SyncDone) -> None:
         received = self._batches.pop(done.ref, None)
@@ -458,16 +476,14 @@ class Master(Runner):
         self.replica.finish_sync(done.vector)
         self.stats.received_syncs += 1
 
-    def _request_sync(self, origin: str, now: float) -> None:
-        link = self._link_for(origin)
-        if link is None:
-            return
+    def _start_sync(self, link: _Link, key: str, now: float) -> None:
+        """Ask the master behind ``link`` for everything after our vector (``key``: its origin, or its address)."""
         ref = next(self._refs)
         if self._send(link.sock, None, SyncRequest(ref=ref, vector=dict(self.replica.vector))):
-            previous = self._syncing.get(origin)
+            previous = self._syncing.get(key)
             if previous is not None:
                 self._batches.pop(previous[0], None)
-            self._syncing[origin] = (ref, now)
+            self._syncing[key] = (ref, now)
             self._batches[ref] = 0
 
     def _lookup(self, sock: zmq.Socket, identity: bytes | None, query: Lookup, now: float) -> None:  # type: ignore[type-arg]
@@ -512,6 +528,8 @@ class Master(Runner):
     def _pump_serving(self) -> None:
         for serving in list(self._serving):
             for _ in range(2):
+                if serving.window and serving.sent - serving.acked >= serving.window:
+                    break  # wait for credit
                 if serving.waiting is None:
                     try:
                         batch = next(serving.batches)

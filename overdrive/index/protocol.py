@@ -17,6 +17,8 @@ Master <-> master (each master connects a DEALER to every other master's ROUTER)
 * :class:`Updates` -- newly stamped records (live replication); payload frame = msgpack array of record rows.
 * :class:`SyncRequest` / :class:`SyncBatch` / :class:`SyncDone` -- Clone-style catch-up: "send me everything
   after my version vector"; batches carry rows in one payload frame, ``SyncDone`` carries the vector to merge.
+  :class:`SyncAck` gives credit: the server keeps at most ``window`` batches unacknowledged, so a slow
+  receiver never has a whole snapshot queued in memory.
 * :class:`Digest` / :class:`BucketRequest` / :class:`SyncBatch` -- anti-entropy over hash buckets: a peer whose
   bucket digests differ sends its records of those buckets and asks for ours.
 """
@@ -166,10 +168,18 @@ class Updates(Message, tag="updates", frozen=True):
 
 
 class SyncRequest(Message, tag="syncreq", frozen=True):
-    """Send me every record newer than this version vector."""
+    """Send me every record newer than this version vector, at most ``window`` batches ahead of my acks."""
 
     ref: Ref
     vector: VersionVector
+    window: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+
+
+class SyncAck(Message, tag="syncack", frozen=True):
+    """Credit for a sync: I have applied ``received`` batches of sync ``ref``."""
+
+    ref: Ref
+    received: NonNegative
 
 
 class SyncBatch(Message, tag="syncbatch", frozen=True):
@@ -215,6 +225,7 @@ IndexMessage = (
     | MasterBeat
     | Updates
     | SyncRequest
+    | SyncAck
     | SyncBatch
     | SyncDone
     | Digest
@@ -232,6 +243,7 @@ CODEC: Codec[Message] = Codec(
     MasterBeat,
     Updates,
     SyncRequest,
+    SyncAck,
     SyncBatch,
     SyncDone,
     Digest,
