@@ -10,7 +10,7 @@ API::
         ...
     client.register([SharedFile(...)], address="10.0.0.5:7772")   # "I (this bus's node id) now hold these"
     client.unregister(["old.mp4"], address="10.0.0.5:7772")
-    status = client.status()                                  # protocol.Status of the master answering
+    status = client.status()              # protocol.Status of the master answering (digest=False: cheaper)
     client.close()                                            # or use it as a context manager
 
 Any master will do: the client talks to the first that answers and moves on to the next one when a request times
@@ -167,8 +167,8 @@ class IndexClient:
         """Tell the index this node no longer holds ``names``."""
         return self.register([], address, removed=names)
 
-    def status(self) -> Status:
-        """The answering master's :class:`~overdrive.index.protocol.Status`."""
+    def status(self, *, digest: bool = True) -> Status:
+        """The answering master's :class:`~overdrive.index.protocol.Status` (``digest=False``: cheaper)."""
         result: list[Status] = []
 
         def take(reply: object) -> bool:
@@ -177,7 +177,7 @@ class IndexClient:
                 return True
             return False
 
-        self._request(lambda ref: StatusQuery(ref=ref), take)
+        self._request(lambda ref: StatusQuery(ref=ref, digest=digest), take)
         return result[-1]
 
     # -- transport ---------------------------------------------------------------------------------------------

@@ -339,7 +339,7 @@ class Master(Runner):
         elif isinstance(message, Lookup):
             self._lookup(sock, identity, message, now)
         elif isinstance(message, StatusQuery):
-            self._send(sock, identity, self.status(message.ref))
+            self._send(sock, identity, self.status(message.ref, digest=message.digest))
         elif isinstance(message, SyncRequest):
             self._flush_live()
             batches = self.replica.serve_sync(message.vector)
@@ -437,7 +437,7 @@ class Master(Runner):
         self.masters[beat.origin] = beat.address
         self.vectors[beat.origin] = dict(beat.vector)
         self.remote_nodes[beat.origin] = set(beat.nodes)
-        self.peer_masters[beat.origin] = set(beat.masters)
+        self.peer_masters[beat.origin] = set(beat.hears)
         for origin, address in beat.masters.items():
             if origin != self.origin and origin not in self.masters:
                 self.masters[origin] = address
@@ -564,6 +564,7 @@ class Master(Runner):
             vector=dict(self.replica.vector),
             masters=dict(self.masters),
             nodes=self.node_live.peers(),
+            hears=[o for o in self.master_live.peers() if self.master_live.alive(o, now)],
         )
         for link in self._links.values():
             self._send(link.sock, None, beat)
@@ -612,14 +613,14 @@ class Master(Runner):
             cached = self._summary_cache = (version, now + max(0.5, 5 * cost), entries, digest)
         return cached[2], cached[3]
 
-    def status(self, ref: int = 0) -> Status:
+    def status(self, ref: int = 0, *, digest: bool = True) -> Status:
         now = time.monotonic()
-        entries, digest = self._summary(now)
+        entries, summary = self._summary(now) if digest else (self.entries, "")
         return Status(
             ref=ref,
             origin=self.origin,
             entries=entries,
-            digest=digest,
+            digest=summary,
             masters=dict(self.masters),
             masters_online=sorted(o for o in self.masters if o != self.origin and self.master_live.alive(o, now)),
             nodes_online=sorted(self.online_nodes(now)),

@@ -126,9 +126,10 @@ class Found(Message, tag="found", frozen=True):
 
 
 class StatusQuery(Message, tag="statusq", frozen=True):
-    """Ask a master how it is doing."""
+    """Ask a master how it is doing; ``digest=False`` skips the full-index scan (``entries`` may lag then)."""
 
     ref: Ref
+    digest: bool = True
 
 
 class Status(Message, tag="status", frozen=True):
@@ -156,6 +157,8 @@ class MasterBeat(Message, tag="mbeat", frozen=True):
     vector: VersionVector
     masters: Annotated[dict[NodeId, Address], msgspec.Meta(max_length=1000)]
     nodes: Annotated[list[NodeId], msgspec.Meta(max_length=100_000)]
+    hears: Annotated[list[NodeId], msgspec.Meta(max_length=1000)] = msgspec.field(default_factory=list)
+    """Masters the sender currently hears from: updates from them need no relaying to it."""
 
 
 class Updates(Message, tag="updates", frozen=True):
