@@ -133,6 +133,8 @@ class Viewer:
     """Subscribe, join, decode and (unless headless) show one stream."""
 
     def __init__(self, config: ViewerConfig, bus: Bus) -> None:
+        if not config.headless:
+            _check_display()  # before anything (audio devices, sockets) is opened for a viewer that cannot show
         self.config = config
         self.bus = bus
         self.join = JoinState()
@@ -162,8 +164,6 @@ class Viewer:
         """Connect and verify the handshake; AuthError (wrong password) or UnreachableError within the timeout."""
         if self._sock is not None:
             return
-        if not self.config.headless:
-            _check_display()
         sock = self.bus.client(zmq.SUB, hwm=self.config.rcvhwm)
         sock.setsockopt(zmq.RCVBUF, 1 << 20)
         for topic in (TOPIC_INFO, TOPIC_VIDEO, TOPIC_AUDIO):
