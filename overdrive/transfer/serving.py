@@ -53,6 +53,8 @@ class ServerConfig:
     max_transfers: int = 256
     idle_timeout: float = 120.0
     table_cache_bytes: int = 64 << 20
+    max_chunk_size: int = 4 << 20
+    """Largest chunk a fetcher may ask for (bigger only when a file needs it to stay under MAX_CHUNKS)."""
 
     def __post_init__(self) -> None:
         if not valid_chunk_size(self.chunk_size):
@@ -198,7 +200,8 @@ class ServeCore:
         try:
             if st.st_size != entry.size:
                 raise _ChangedError(f"{msg.name!r} changed size since it was catalogued")
-            chunk_size = msg.chunk_size or self.config.chunk_size
+            asked = msg.chunk_size
+            chunk_size = asked if asked and asked <= self.config.max_chunk_size else self.config.chunk_size
             while chunk_count(st.st_size, chunk_size) > MAX_CHUNKS and chunk_size < MAX_CHUNK:
                 chunk_size *= 2
             if chunk_count(st.st_size, chunk_size) > MAX_CHUNKS:

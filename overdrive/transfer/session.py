@@ -24,7 +24,7 @@ from overdrive.transfer.protocol import DIGEST_SIZE, Opened, chunk_count
 DEFAULT_WINDOW = 16
 """Requests in flight per source; chosen by scripts/bench_transfer.py (docs/benchmarks.md): 2-32 with 1 MiB
 chunks were within the machine's noise of each other, 16 sits in the plateau and keeps memory low."""
-MAX_INFLIGHT = 48
+MAX_INFLIGHT = 32
 """Requests in flight over all sources together, so memory stays flat however many holders there are."""
 
 
