@@ -121,6 +121,9 @@ def test_checksums_match_between_stores_with_the_same_versions(store: Store) -> 
 def test_holder_rows_and_describe(store: Store) -> None:
     store.apply([row("a", seq=1), row("b", holder=OTHER, seq=2)])
     assert [r[0] for r in store.holder_rows(OTHER)] == ["b"]
+    store.apply([row(f"n{i}", holder=OTHER, seq=10 + i) for i in range(700)])
+    wanted = [f"n{i}" for i in range(0, 700, 3)] + ["missing", "a"]
+    assert sorted(r[0] for r in store.named_rows(OTHER, wanted)) == sorted(wanted[:-2])
     text = store.describe()
     assert text and "password" not in text.lower()
 

@@ -59,6 +59,10 @@ _DRAIN_SECONDS = 0.05
 _LIVE_BATCH = 5000
 
 
+def _nonzero(vector: dict[str, int]) -> dict[str, int]:
+    return {origin: seq for origin, seq in vector.items() if seq}
+
+
 def guess_host() -> str:
     """This machine's LAN address as others would reach it (falls back to 127.0.0.1)."""
     try:
@@ -167,7 +171,7 @@ class Master(Runner):
         self._full_syncs: dict[str, tuple[int, set[str]]] = {}
         self._batches: dict[int, int] = {}
         self._clash_warned = False
-        self._summary_cache: tuple[tuple[int, int, int], float, int, str] | None = None
+        self._summary_cache: tuple[tuple[int, int, int], float, float, int, str] | None = None
         self.entries = 0
         self._refs = itertools.count(1)
         self._live_rows: list[RecordRow] = []
@@ -575,7 +579,7 @@ class Master(Runner):
             for link in self._links.values()
             if link.origin
             and self.master_live.alive(link.origin, time.monotonic())
-            and self.vectors.get(link.origin) == self.replica.vector
+            and _nonzero(self.vectors.get(link.origin, {})) == _nonzero(self.replica.vector)
         ]
         if not calm or self._serving or self._syncing:
             return
@@ -605,13 +609,14 @@ class Master(Runner):
         """(entries, digest), recomputed at most every 0.5 s (a full scan on some backends)."""
         version = (self.replica.stats.accepted, self.replica.stats.stamped, self.replica.stats.merged)
         cached = self._summary_cache
-        if cached is None or (cached[0] != version and now >= cached[1]):
+        stale = cached is None or cached[0] != version or now - cached[2] > 5.0  # 5 s: writes from outside
+        if cached is None or (stale and now >= cached[1]):
             self._flush_live()
             began = time.monotonic()
             entries, digest = self.store.count(), self.store.digest()
             cost = time.monotonic() - began  # a full scan on big indexes: never more than ~20% of our time
-            cached = self._summary_cache = (version, now + max(0.5, 5 * cost), entries, digest)
-        return cached[2], cached[3]
+            cached = self._summary_cache = (version, now + max(0.5, 5 * cost), now, entries, digest)
+        return cached[3], cached[4]
 
     def status(self, ref: int = 0, *, digest: bool = True) -> Status:
         now = time.monotonic()

@@ -111,7 +111,12 @@ class Replica:
 
         Unchanged files produce nothing, so a node re-registering after a failover costs no replication.
         """
-        current = {row[0]: row for row in self.store.holder_rows(holder)}
+        removed = list(removed)
+        if keep_only is None:
+            known = self.store.named_rows(holder, [f.name for f in files] + removed)
+        else:
+            known = self.store.holder_rows(holder)
+        current = {row[0]: row for row in known}
         out: list[RecordRow] = []
         for info in files:
             old = current.get(info.name)

@@ -112,6 +112,11 @@ class Store(ABC):
     def holder_rows(self, holder: str) -> list[RecordRow]:
         """Every row (tombstones included) of one holder."""
 
+    def named_rows(self, holder: str, names: Sequence[str]) -> list[RecordRow]:
+        """The rows of one holder with these names (backends override this with an indexed query)."""
+        wanted = set(names)
+        return [r for r in self.holder_rows(holder) if r[0] in wanted]
+
     @abstractmethod
     def purge(self, before_hlc: int) -> int:
         """Remove tombstones stamped before ``before_hlc``; return how many."""

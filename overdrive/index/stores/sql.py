@@ -202,6 +202,17 @@ class SqlStore(Store):
         return _rows(self._fetch(f"{self._select} WHERE holder = {self.param}", (holder,)))
 
     @_translated
+    def named_rows(self, holder: str, names: Sequence[str]) -> list[RecordRow]:
+        p = self.param
+        out: list[RecordRow] = []
+        unique = sorted(set(names))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ", ".join([p] * len(chunk))
+            out += _rows(self._fetch(f"{self._select} WHERE holder = {p} AND name IN ({marks})", (holder, *chunk)))
+        return out
+
+    @_translated
     def purge(self, before_hlc: int) -> int:
         with self.db.atomic():
             cursor = self.db.execute_sql(
