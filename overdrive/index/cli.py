@@ -26,8 +26,9 @@ from overdrive import paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, parse_endpoint, parse_endpoints
 from overdrive.cliutil import console, options, print_json, warn_insecure
 from overdrive.errors import ConfigError, OverdriveError
+from overdrive.index.addresses import advertised
 from overdrive.index.client import Entry, IndexClient, is_glob
-from overdrive.index.master import Master, MasterConfig, advertised
+from overdrive.index.master import Master, MasterConfig
 from overdrive.index.node import Node, NodeConfig
 from overdrive.index.replication import ReplicationConfig
 from overdrive.index.scan import FolderScanner

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from overdrive.bus.codec import Message
 from overdrive.bus.heartbeat import Liveness, Ticker
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, ConfigError, ProtocolError
+from overdrive.index.addresses import advertised
 from overdrive.index.protocol import (
     BATCH_BYTES,
     BATCH_ITEMS,
@@ -61,25 +61,6 @@ _LIVE_BATCH = 5000
 
 def _nonzero(vector: dict[str, int]) -> dict[str, int]:
     return {origin: seq for origin, seq in vector.items() if seq}
-
-
-def guess_host() -> str:
-    """This machine's LAN address as others would reach it (falls back to 127.0.0.1)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))  # no packet is sent for UDP connect
-            return str(probe.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"
-
-
-def advertised(bind: Endpoint, host: str | None) -> str:
-    """``host:port`` others should use for an endpoint bound at ``bind``."""
-    if host:
-        return Endpoint(host, bind.port).display
-    if bind.host in ("0.0.0.0", "*", "::"):
-        return Endpoint(guess_host(), bind.port).display
-    return bind.display
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
