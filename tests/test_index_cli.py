@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,3 +62,28 @@ def test_help_and_doctor_database_check(run_cli: Run, network: TestNetwork, tmp_
     checks = {c["name"]: c for c in json.loads(result.stdout)}
     assert checks["database"]["ok"], checks["database"]
     assert "0 record(s)" in checks["database"]["detail"]
+
+
+def test_share_with_the_wrong_password_is_refused_clearly(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    master = subprocess.Popen(
+        [sys.executable, "-m", "overdrive", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0"],
+        env=network.env(tmp_path / "m"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert master.stdout is not None
+        address = master.stdout.readline().split()[1]
+        folder = tmp_path / "shared"
+        folder.mkdir()
+        env = network.env(tmp_path / "node")
+        env["OVERDRIVE_PASSWORD"] = "not the password"
+        result = run_cli("share", str(folder), "--master", address, "--bind", "tcp://127.0.0.1:0", env=env)
+        assert result.returncode == 1
+        assert "authentication failed" in one_line_error(result)
+        listed = run_cli("ls", "--master", address, env=env)
+        assert listed.returncode == 1 and "authentication failed" in one_line_error(listed)
+    finally:
+        master.terminate()
+        master.wait(10)

@@ -25,7 +25,7 @@ from rich.table import Table
 from overdrive import paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, parse_endpoint, parse_endpoints
 from overdrive.cliutil import console, options, print_json, warn_insecure
-from overdrive.errors import ConfigError, OverdriveError
+from overdrive.errors import ConfigError, OverdriveError, UnreachableError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
@@ -165,6 +165,11 @@ def share_command(
     stop = _Stop()
     try:
         with opts.bus() as bus:
+            try:  # a wrong password should be one clear line now, not a failover loop later
+                with IndexClient(bus, list(masters), timeout=3.0) as probe:
+                    probe.status(digest=False)
+            except UnreachableError as exc:
+                console.print(f"[yellow]warning: {exc}; sharing anyway, will keep trying[/]")
             server = FileServer(bus, root, endpoint, scanner)
             bound = server.start()
             try:

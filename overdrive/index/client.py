@@ -202,11 +202,13 @@ class IndexClient:
         assert callable(ask) and callable(take)
         failures: list[str] = []
         auth_failure: AuthError | None = None
+        auth_failures = 0
         for _attempt in range(len(self.masters)):
             try:
                 sock = self._connect()
             except AuthError as exc:
                 auth_failure = exc
+                auth_failures += 1
                 failures.append(str(exc))
                 self._next_master()
                 continue
@@ -235,6 +237,6 @@ class IndexClient:
             self._next_master()
             if not retry:
                 break
-        if auth_failure is not None and len(failures) == 1:
-            raise auth_failure
+        if auth_failure is not None and auth_failures == len(failures):
+            raise auth_failure if len(failures) == 1 else AuthError("; ".join(failures))
         raise UnreachableError("no index master answered: " + "; ".join(failures))
