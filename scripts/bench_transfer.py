@@ -128,6 +128,7 @@ def zmq_raw_run(curve: bool, size: int) -> Run:
 
     ctx = zmq.Context()
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    push.sndhwm = pull.rcvhwm = 16  # keep this process small: children forked later inherit its RSS in ru_maxrss
     if curve:
         spub, ssec = zmq.curve_keypair()
         cpub, csec = zmq.curve_keypair()
