@@ -14,8 +14,9 @@ from overdrive.errors import ConfigError
 from overdrive.index.client import Entry, IndexClient
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.node import Node, NodeConfig
-from overdrive.index.scan import FolderScanner, hash_file
+from overdrive.index.scan import FolderScanner
 from overdrive.index.stores.memory import MemoryStore
+from overdrive.transfer.catalogue import hash_file
 from tests.conftest import TestNetwork
 
 

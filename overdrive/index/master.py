@@ -23,6 +23,7 @@ import zmq
 from overdrive.bus.address import DEFAULT_MASTER_PORT, Endpoint, parse_endpoint
 from overdrive.bus.codec import Message
 from overdrive.bus.heartbeat import Liveness, Ticker
+from overdrive.bus.runner import Runner
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, ConfigError, ProtocolError
 from overdrive.index.addresses import advertised
@@ -49,7 +50,6 @@ from overdrive.index.protocol import (
 )
 from overdrive.index.records import RecordRow, decode_rows, encode_rows, wire_size
 from overdrive.index.replication import Replica, ReplicationConfig
-from overdrive.index.runner import Runner
 from overdrive.index.stores.base import Store
 
 log = logging.getLogger(__name__)

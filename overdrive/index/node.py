@@ -22,11 +22,11 @@ from watchdog.observers import Observer
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
+from overdrive.bus.runner import Runner
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, ProtocolError
 from overdrive.index.protocol import CODEC, Ack, Announce, NodeBeat, size_batches
 from overdrive.index.records import FileInfo
-from overdrive.index.runner import Runner
 from overdrive.index.scan import FolderScanner
 from overdrive.transfer.catalogue import SharedFile
 

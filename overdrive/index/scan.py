@@ -18,26 +18,16 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-import blake3
 import msgspec
 
 from overdrive import paths
 from overdrive.index.records import check_name
-from overdrive.transfer.catalogue import SharedFile
+from overdrive.transfer.catalogue import SharedFile, hash_file
 
 log = logging.getLogger(__name__)
 
 SKIP_SUFFIXES = (".part", ".part.state")
 _CacheEntry = tuple[int, int, str]
-
-
-def hash_file(path: Path) -> str:
-    """BLAKE3 hex digest of a whole file."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def cache_file_for(folder: Path) -> Path:

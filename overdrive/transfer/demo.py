@@ -12,7 +12,7 @@ import sys
 
 from overdrive.cliutil import console
 from overdrive.demo import DemoContext, Step
-from overdrive.transfer.folder import hash_file
+from overdrive.transfer.catalogue import hash_file
 
 DEMO_SIZE = 64 << 20
 

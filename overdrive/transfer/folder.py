@@ -16,18 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-import blake3
-
-from overdrive.transfer.catalogue import SharedFile
-
-
-def hash_file(path: Path) -> str:
-    """BLAKE3 hex digest of a whole file, read in 1 MiB blocks."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
+from overdrive.transfer.catalogue import SharedFile, hash_file
 
 
 def describe(folder: Path, name: str) -> SharedFile:

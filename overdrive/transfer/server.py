@@ -21,21 +21,20 @@ per-peer transfer limit counts.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
 import zmq
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.runner import START_TIMEOUT, Runner
 from overdrive.bus.sockets import Bus
-from overdrive.errors import BusError, OverdriveError, TransferError
+from overdrive.errors import BusError, TransferError
 from overdrive.transfer.catalogue import Catalogue
 from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 10.0
 SEND_QUEUE = 256
 """High-water mark per connection (message parts): a peer that asks for chunks without reading them gets at most
 ~128 replies queued (then they are dropped and counted in ``stats.unroutable``); a fetcher that keeps to its
@@ -44,8 +43,10 @@ _BATCH = 256
 """Most requests handled per poll wake-up before checking the control socket again."""
 
 
-class FileServer:
+class FileServer(Runner):
     """Serve ``folder`` (only names ``catalogue`` holds) on ``endpoint`` until :meth:`stop`."""
+
+    name = "overdrive-fileserver"
 
     def __init__(
         self,
@@ -55,16 +56,12 @@ class FileServer:
         catalogue: Catalogue,
         config: ServerConfig | None = None,
     ) -> None:
-        self.bus = bus
+        super().__init__(bus)
         self.folder = Path(folder)
         self.requested = endpoint
         self.core = ServeCore(self.folder, catalogue, config)
         self._endpoint: Endpoint | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._control_addr = f"inproc://overdrive-fileserver-{id(self):x}"
-        self._control: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._router: zmq.Socket | None = None  # type: ignore[type-arg]
 
     @property
     def stats(self) -> ServerStats:
@@ -77,79 +74,32 @@ class FileServer:
             raise RuntimeError("FileServer not started")
         return self._endpoint
 
-    def start(self, timeout: float = START_TIMEOUT) -> Endpoint:
+    def start(self, timeout: float = START_TIMEOUT) -> Endpoint:  # type: ignore[override]
         """Start the server thread; return the bound endpoint once it is serving, or raise its start error."""
-        if self._thread is not None:
-            raise RuntimeError("FileServer already started")
         if not self.folder.is_dir():
             raise TransferError(f"shared folder {self.folder} does not exist")
-        self._control = self.bus.context.socket(zmq.PAIR)
-        self._control.linger = 0
-        self._control.bind(self._control_addr)
-        self._thread = threading.Thread(target=self._run, name="overdrive-fileserver", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise BusError(f"file server did not start within {timeout:g} s")
-        if self._error is not None:
-            error = self._error
-            self.stop()
-            if isinstance(error, OverdriveError):
-                raise error
-            raise BusError(f"file server failed to start: {error}") from error
+        super().start(timeout)
         return self.endpoint
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (via an inproc message) and wait for it; idempotent."""
-        thread, control = self._thread, self._control
-        if control is not None:
-            try:
-                control.send(b"stop", zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.error("file server thread did not stop within %g s", timeout)
-        if control is not None:
-            control.close(linger=0)
-        self._control = None
 
     def __enter__(self) -> FileServer:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        control = self.bus.context.socket(zmq.PAIR)
-        control.linger = 0
-        router = None
-        try:
-            control.connect(self._control_addr)
-            router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE)
-            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self._endpoint = self.bus.bind(router, self.requested)
-        except (
-            OverdriveError,
-            zmq.ZMQError,
-            OSError,
-        ) as exc:  # reported to start(), which raises it in the caller's thread
-            self._error = exc
-            self._ready.set()
-            if router is not None:
-                router.close(linger=0)
-            control.close(linger=0)
-            return
+    def setup(self) -> None:
+        router = self._router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._endpoint = self.bus.bind(router, self.requested)
         log.info("serving %s on %s", self.folder, self._endpoint.display)
-        self._ready.set()
-        try:
-            self._loop(router, control)
-        finally:
-            self.core.close()
-            router.close(linger=0)
-            control.close(linger=0)
+
+    def loop(self, control: zmq.Socket) -> None:  # type: ignore[type-arg]
+        assert self._router is not None
+        self._loop(self._router, control)
+
+    def teardown(self) -> None:
+        self.core.close()
+        if self._router is not None:
+            self._router.close(linger=0)
+            self._router = None
 
     def _loop(self, router: zmq.Socket, control: zmq.Socket) -> None:  # type: ignore[type-arg]
         poller = zmq.Poller()

@@ -1,4 +1,4 @@
-"""A background thread around a ZeroMQ loop: started with a readiness event, stopped over inproc.
+"""A background thread around a ZeroMQ loop (masters, nodes, the file server): ready event to start, inproc to stop.
 
 Subclasses implement :meth:`Runner.setup` (make and bind sockets in the loop thread; raise to fail start),
 :meth:`Runner.loop` (poll until the control socket is readable) and :meth:`Runner.teardown` (close sockets).
