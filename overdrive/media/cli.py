@@ -13,6 +13,13 @@ from overdrive.cliutil import console, options, warn_insecure
 from overdrive.media import audio_cli
 from overdrive.media.audio_cli import stream_extras, view_extras
 
+# Recording options shared by `stream` and `view`.
+NoRecord = Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")]
+Backup = Annotated[
+    Path | None, typer.Option(help="Folder for recordings (default: the backup folder).", show_default=False)
+]
+Wav = Annotated[bool, typer.Option("--wav", help="Also write each audio track as WAV.")]
+
 
 def stream(
     ctx: typer.Context,
@@ -41,11 +48,9 @@ def stream(
         str | None, typer.Option(help="Microphone: index, name or pulse:SOURCE (see `overdrive devices`).")
     ] = None,
     audio_codec: Annotated[str, typer.Option(help="Audio codec on the wire: opus or pcm.")] = "opus",
-    no_record: Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")] = False,
-    backup: Annotated[
-        Path | None, typer.Option(help="Folder for recordings (default: the backup folder).", show_default=False)
-    ] = None,
-    wav: Annotated[bool, typer.Option("--wav", help="Also write each audio track as WAV.")] = False,
+    no_record: NoRecord = False,
+    backup: Backup = None,
+    wav: Wav = False,
 ) -> None:
     """Capture the screen (or a test pattern or webcam), encode it and publish it to viewers on the LAN."""
     from overdrive.media.publisher import Streamer, StreamerConfig, StreamerStats
@@ -114,11 +119,9 @@ def view(
     ] = False,
     trace: Annotated[Path | None, typer.Option(hidden=True, help="Per-frame timing log (tests).")] = None,
     mute: Annotated[bool, typer.Option("--mute", help="Do not play the audio (--headless implies it).")] = False,
-    no_record: Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")] = False,
-    backup: Annotated[
-        Path | None, typer.Option(help="Folder for recordings (default: the backup folder).", show_default=False)
-    ] = None,
-    wav: Annotated[bool, typer.Option("--wav", help="Also write each audio track as WAV.")] = False,
+    no_record: NoRecord = False,
+    backup: Backup = None,
+    wav: Wav = False,
 ) -> None:
     """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' toggles the overlay)."""
     from overdrive.media.viewer import Viewer, ViewerConfig
