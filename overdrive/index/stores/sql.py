@@ -33,6 +33,8 @@ T = TypeVar("T")
 COLUMNS = ("name", "size", "content_hash", "holder", "address", "mtime_ns", "origin", "seq", "hlc", "deleted")
 _COLS = ", ".join(COLUMNS)
 _WINS = "{new}hlc > {old}hlc OR ({new}hlc = {old}hlc AND {new}origin > {old}origin)"
+LOAD_MIN_ROWS = 5000
+"""An apply of at least this many rows (without a vector: snapshot rows) into an empty SQLite store bulk-loads."""
 PREFIX_RE = re.compile(r"^[a-z0-9_]{0,32}$")
 _DB_ERRORS: tuple[type[BaseException], ...] = (peewee.PeeweeException, sqlite3.Error, pymysql.err.Error, OSError)
 
@@ -295,7 +297,19 @@ class SqliteStore(SqlStore):
             },
         )
         super().__init__(db, prefix)
+        self._loading = False
+        self._plain_insert = f"INSERT INTO {self.table} ({_COLS}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        self._resume_load()
         self._setup()
+
+    @_translated
+    def _resume_load(self) -> None:
+        """A bulk load cut short (a crash) leaves the table without its unique index: finish that load first."""
+        self.db.connect(reuse_if_open=True)
+        master = "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?"
+        if self._fetch(master, ("table", self.table)) and not self._fetch(master, ("index", f"{self.table}_key")):
+            self._loading = True
+            self.end_load()
 
     def upsert_sql(self, marks: str) -> str:
         sets = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("name", "holder"))
@@ -319,6 +333,106 @@ class SqliteStore(SqlStore):
 
     def describe(self) -> str:
         return f"SQLite {self.path}"
+
+    # -- bulk load into an empty store ---------------------------------------------------------------------------
+    # A snapshot into an empty store is the one big write: inserting without any index and building the indexes
+    # once at the end is about 1.5x faster than indexed upserts (1,000,000 rows, see docs/benchmarks.md). While
+    # loading, every write is a plain INSERT (a key written twice is kept twice); the load ends before any read
+    # that needs the indexes or the last-writer-wins result: duplicates are then resolved by (hlc, origin) and the
+    # unique index rebuilt, so readers never see the difference (``count`` alone may over-count such a key
+    # meanwhile).
+
+    @_translated
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        if not self._loading:
+            if vector is not None or len(rows) < LOAD_MIN_ROWS or self._fetch(f"SELECT 1 FROM {self.table} LIMIT 1"):
+                return super().apply(rows, vector)
+            with self.db.atomic():
+                for index in ("key", "origin_seq", "holder"):
+                    self.db.execute_sql(f"DROP INDEX IF EXISTS {self.table}_{index}")
+            self._loading = True
+            log.info("%s: empty, bulk loading without indexes", self.describe())
+        with self.db.atomic():
+            if rows:
+                self.db.cursor().executemany(self._plain_insert, rows)
+            if vector is not None:
+                self._set_meta("vector", encode_vector(vector))
+        return len(rows)
+
+    @_translated
+    def end_load(self) -> None:
+        """Resolve keys written twice during a bulk load and build the indexes (no-op when not loading)."""
+        if not self._loading:
+            return
+        t = self.table
+        with self.db.atomic():
+            try:
+                self.db.execute_sql(f"CREATE UNIQUE INDEX {t}_key ON {t} (name, holder)")
+            except (sqlite3.IntegrityError, peewee.IntegrityError):
+                self.db.execute_sql(
+                    f"DELETE FROM {t} WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                    f"(PARTITION BY name, holder ORDER BY hlc DESC, origin DESC) AS n FROM {t}) WHERE n > 1)"
+                )
+                self.db.execute_sql(f"CREATE UNIQUE INDEX {t}_key ON {t} (name, holder)")
+            for statement in self.ddl():
+                self.db.execute_sql(statement)
+        self._loading = False
+        log.info("%s: bulk load done, indexes built", self.describe())
+
+    def get(self, holder: str, name: str) -> Record | None:
+        self.end_load()
+        return super().get(holder, name)
+
+    def rows(self, batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        self.end_load()
+        return super().rows(batch)
+
+    def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        self.end_load()
+        return super().since(vector, batch)
+
+    def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
+        self.end_load()
+        return super().bucket_rows(buckets, batch)
+
+    def checksums(self) -> list[int]:
+        self.end_load()
+        return super().checksums()
+
+    def holder_rows(self, holder: str) -> list[RecordRow]:
+        self.end_load()
+        return super().holder_rows(holder)
+
+    def named_rows(self, holder: str, names: Sequence[str]) -> list[RecordRow]:
+        self.end_load()
+        return super().named_rows(holder, names)
+
+    def purge(self, before_hlc: int) -> int:
+        self.end_load()
+        return super().purge(before_hlc)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.end_load()  # the end of a sync saves the vector
+        super().set_meta(key, value)
+
+    def find(
+        self,
+        name: str = "",
+        *,
+        glob: bool = False,
+        content_hash: str | None = None,
+        include_deleted: bool = False,
+    ) -> Iterator[Record]:
+        self.end_load()
+        return super().find(name, glob=glob, content_hash=content_hash, include_deleted=include_deleted)
+
+    def close(self) -> None:
+        if not self._closed:
+            try:
+                self.end_load()
+            except StoreError as exc:
+                log.warning("%s", exc)
+        super().close()
 
 
 class MySqlStore(SqlStore):
