@@ -32,7 +32,7 @@ from overdrive.errors import (
     TransferError,
     UnsafePathError,
 )
-from overdrive.transfer import names
+from overdrive.transfer import allocator, names
 from overdrive.transfer.partial import PartialFile, hash_path
 from overdrive.transfer.protocol import CODEC, Chunk, Close, Failed, Open, Opened, Read, Refused
 from overdrive.transfer.session import MAX_INFLIGHT, FetchConfig, FetchSession, Plan, SessionStats
@@ -103,6 +103,7 @@ class _Conn:
 def fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None = None) -> FetchResult:
     """Fetch ``request.name`` into ``request.dest_dir``; raise an OverdriveError subclass on failure."""
     started = time.monotonic()
+    allocator.tune()
     names.check_name(request.name)
     dest_dir = Path(request.dest_dir)
     try:

@@ -30,6 +30,7 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.runner import START_TIMEOUT, Runner
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, TransferError
+from overdrive.transfer import allocator
 from overdrive.transfer.catalogue import Catalogue
 from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats
 
@@ -86,6 +87,7 @@ class FileServer(Runner):
         return self
 
     def setup(self) -> None:
+        allocator.tune()
         router = self._router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._endpoint = self.bus.bind(router, self.requested)
