@@ -198,3 +198,16 @@ def test_sqlite_bulk_load_cut_short_is_finished_on_reopening(tmp_path: Path) -> 
         got = again.get(HOLDER, "bulk/3")
         assert got is not None and got.size == 50
         assert again.count() == 11_000 - 1  # bulk/5 is a tombstone
+
+
+def test_sqlite_bulk_load_finished_by_another_opener_keeps_working(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'shared.db'}"
+    first, second = _snapshot_batches()
+    with open_store(url) as loading:
+        loading.apply(first)
+        with open_store(url) as other:  # e.g. `overdrive doctor` while a master loads: builds the indexes
+            assert other.count() == 6000
+        loading.apply(second)  # bulk/3..5 again: now an upsert, not a duplicate
+        got = loading.get(HOLDER, "bulk/3")
+        assert got is not None and got.size == 50
+        assert loading.count() == 11_000 - 1

@@ -352,11 +352,16 @@ class SqliteStore(SqlStore):
                     self.db.execute_sql(f"DROP INDEX IF EXISTS {self.table}_{index}")
             self._loading = True
             log.info("%s: empty, bulk loading without indexes", self.describe())
-        with self.db.atomic():
-            if rows:
-                self.db.cursor().executemany(self._plain_insert, rows)
-            if vector is not None:
-                self._set_meta("vector", encode_vector(vector))
+        try:
+            with self.db.atomic():
+                if rows:
+                    self.db.cursor().executemany(self._plain_insert, rows)
+                if vector is not None:
+                    self._set_meta("vector", encode_vector(vector))
+        except (sqlite3.IntegrityError, peewee.IntegrityError):
+            # another process opened the file and finished the load (see _resume_load): upsert from now on
+            self.end_load()
+            return super().apply(rows, vector)
         return len(rows)
 
     @_translated
@@ -367,7 +372,7 @@ class SqliteStore(SqlStore):
         t = self.table
         with self.db.atomic():
             try:
-                self.db.execute_sql(f"CREATE UNIQUE INDEX {t}_key ON {t} (name, holder)")
+                self.db.execute_sql(f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_key ON {t} (name, holder)")
             except (sqlite3.IntegrityError, peewee.IntegrityError):
                 self.db.execute_sql(
                     f"DELETE FROM {t} WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
