@@ -342,9 +342,16 @@ Where the gap comes from: the "ceiling" rows are libzmq moving 1 MiB messages be
 and no Python per byte (1 GiB); with CURVE, libzmq's encryption in its single I/O thread per side caps the link
 well below sendfile on this machine, so the CURVE target is out of reach for any design on libzmq CURVE. On top of
 the wire, overdrive reads with `pread` and copies once into the message on the holder, and on the fetcher hashes
-every byte twice (chunk digest + whole-file BLAKE3, ~0.35 s/GiB each here) and writes with `pwrite` from a helper
-thread. The machine is a shared 2-core VM with other benchmarks running: sendfile itself varied from ~400 to
-~1100 MB/s between runs, which is why contenders are interleaved run by run.
+every byte twice (chunk digest + whole-file BLAKE3, ~0.5 s/GiB each here: a cProfile of a 1 GiB fetch shows its
+main thread hashing for 1.2 of 1.6 s) and writes with `pwrite` from a helper thread. Both ends raise glibc's
+mmap/trim thresholds (`overdrive/transfer/allocator.py`): before that, every 1 MiB buffer was a fresh `mmap` whose
+pages were faulted in and zeroed (~17 % of the holder's CPU in `perf`); with it, CPU per GiB (both ends, median
+of interleaved A/B runs) went from ~3.7 to ~2.7-2.9 with `--insecure` and from ~5.4 to ~4.9 with CURVE. Since the
+two ends together need ~2.8 CPU s/GiB against sendfile's ~1.3 on 2 cores, 0.8 of sendfile is out of reach while
+every byte is hashed twice. Measured without gain (within noise, not kept): the whole-file hash in its own
+thread, `max_threads=2` for both hashes (more CPU), and 2-4 MiB chunks at the same bytes in flight. The machine
+is a shared 2-core VM with other benchmarks running (load average 3-4 during this run): sendfile itself varies
+from ~700 to ~1250 MB/s between runs, which is why contenders are interleaved run by run and medians are shown.
 
 Window (requests in flight per holder) × chunk size, on the smallest file. Differences of ±30 % between
 neighbouring cells are run-to-run noise on this machine; 1 MiB chunks with a window of 8-32 sit on the plateau, so
