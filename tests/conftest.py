@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from zmq.utils import garbage
 
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.sockets import Bus, Security
@@ -54,9 +55,15 @@ def _tracking_socket(self: zmq.Context, *args: object, **kwargs: object) -> zmq.
 zmq.Context.socket = _tracking_socket  # type: ignore[method-assign]
 
 
+def _pyzmq_internal(sock: zmq.Socket) -> bool:  # type: ignore[type-arg]
+    """pyzmq's zero-copy garbage collector owns a process-wide context, thread and sockets; they are not leaks,
+    and closing them from here would pull a socket out from under that thread (a libzmq signaler assertion)."""
+    return garbage.gc._context is not None and sock.context is garbage.gc._context
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves ZeroMQ sockets open or threads running."""
+    """Fail a test that leaves ZeroMQ sockets open or threads running (pyzmq's own zero-copy helper excepted)."""
     threads_before = set(threading.enumerate())
     sockets_before = {id(s) for s in _open_sockets if not s.closed}
     yield
@@ -64,8 +71,14 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     deadline = time.monotonic() + 5.0
     while True:
-        leaked_sockets = [s for s in _open_sockets if not s.closed and id(s) not in sockets_before]
-        leaked_threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        leaked_sockets = [
+            s for s in _open_sockets if not s.closed and id(s) not in sockets_before and not _pyzmq_internal(s)
+        ]
+        leaked_threads = [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and not isinstance(t, garbage.GarbageCollectorThread)
+        ]
         if not (leaked_sockets or leaked_threads) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
