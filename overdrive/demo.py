@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,13 @@ class DemoContext:
 
 
 Step = Callable[[DemoContext], bool]
+
+
+def free_port() -> int:
+    """A port free on loopback now (a child binds it a moment later; the demo accepts that small race)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _client_bus(ctx: DemoContext, password: str | None) -> Bus:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -15,28 +14,13 @@ import pytest
 
 from tests.services import free_port
 
-
-@functools.cache
-def video_only(command: str) -> tuple[str, ...]:
-    """Options that keep a stream/view video-only (no audio device, no recording) where the command has them."""
-    text = subprocess.run(
-        [sys.executable, "-m", "overdrive", command, "--help"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        check=False,
-    ).stdout
-    extra: list[str] = []
-    if command == "stream" and "--audio" in text:
-        extra += ["--audio", "none"]
-    if "--no-record" in text:
-        extra.append("--no-record")
-    return tuple(extra)
+VIDEO_ONLY = {"stream": ("--audio", "none", "--no-record"), "view": ("--no-record",)}
+"""Keep these tests about video: no audio device needed, no recordings written."""
 
 
 def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     if args[0] in ("stream", "view"):
-        args = [*args, *video_only(args[0])]
+        args = [*args, *VIDEO_ONLY[args[0]]]
     return subprocess.Popen(
         [sys.executable, "-m", "overdrive", *args],
         env=env,

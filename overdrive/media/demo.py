@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import socket
 import time
 
 from overdrive.cliutil import console
-from overdrive.demo import DemoContext
+from overdrive.demo import DemoContext, free_port
 from overdrive.media.demo_audio import step_audio_recording
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _video_only(command: str) -> list[str]:
-    """Options that keep the demo's stream video-only where the command has them (no sound card needed)."""
-    from overdrive.media import cli
-
-    params = inspect.signature(getattr(cli, command)).parameters
-    extra = ["--audio", "none"] if command == "stream" and "audio" in params else []
-    return [*extra, "--no-record"] if "no_record" in params else extra
+VIDEO_ONLY = {"stream": ("--audio", "none", "--no-record"), "view": ("--no-record",)}
+"""The video step needs no sound card and keeps no recording (the audio step covers both)."""
 
 
 def _listening(port: int) -> bool:
@@ -38,7 +25,7 @@ def _listening(port: int) -> bool:
 def step_stream_video(ctx: DemoContext) -> bool:
     """Stream the test pattern (H.264) to a headless viewer; print its fps, latency and bitrate."""
     console.rule("[bold]media: live video stream (test pattern, H.264, CURVE)")
-    port = _free_port()
+    port = free_port()
     streamer = ctx.spawn(
         "stream",
         "--source",
@@ -49,7 +36,7 @@ def step_stream_video(ctx: DemoContext) -> bool:
         f"{ctx.seconds + 30:g}",
         "--name",
         "demo",
-        *_video_only("stream"),
+        *VIDEO_ONLY["stream"],
     )
     deadline = time.monotonic() + 30
     while not _listening(port):
@@ -67,7 +54,7 @@ def step_stream_video(ctx: DemoContext) -> bool:
         f"{ctx.seconds:g}",
         "--stats-json",
         str(stats_path),
-        *_video_only("view"),
+        *VIDEO_ONLY["view"],
     )
     try:
         _, viewer_err = viewer.communicate(timeout=ctx.seconds + 60)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from overdrive.cliutil import console
-from overdrive.demo import DemoContext
+from overdrive.demo import DemoContext, free_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +62,10 @@ def measure_sync(path: Path, rate: int = 48_000) -> SyncReport:
     return SyncReport(duration, frames, codec, offsets)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def step_audio_recording(ctx: DemoContext) -> bool:
     """Stream test pattern + test tone (beep on every flash); the viewer's MP4 is checked for duration and A/V."""
     console.rule("[bold]media: audio + recording (test tone, Opus → AAC, fragmented MP4)")
-    port = _free_port()
+    port = free_port()
     seconds = max(6.0, ctx.seconds)
     backup = ctx.home / "demo-recordings"
     streamer = ctx.spawn(
