@@ -8,6 +8,7 @@ finished when it ends, or the test fails.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -146,17 +147,28 @@ def network() -> Iterator[TestNetwork]:
 
 @pytest.fixture
 def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run ``python -m overdrive ARGS`` as a real subprocess and capture its output."""
+    """Run ``python -m overdrive ARGS`` as a real subprocess and capture its output.
+
+    A run that outlives ``timeout`` is sent SIGABRT first, so faulthandler prints where every thread was stuck
+    (the failure shows it), and only then killed.
+    """
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "overdrive", *args],
-            check=False,
-            env=env or dict(os.environ),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=tmp_path,
-        )
+        argv = [sys.executable, "-m", "overdrive", *args]
+        child_env = {**(env or os.environ), "PYTHONFAULTHANDLER": "1"}
+        with subprocess.Popen(
+            argv, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        ) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)
+                try:
+                    stdout, stderr = proc.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    stdout, stderr = proc.communicate()
+                pytest.fail(f"{' '.join(args)} still running after {timeout} s; its stderr:\n{stderr}", pytrace=False)
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     return run
