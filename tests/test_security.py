@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import time
 from pathlib import Path
@@ -81,9 +82,11 @@ def test_plain_null_client_gets_nothing(network: TestNetwork) -> None:
 def test_nobody_listening_is_unreachable_not_a_hang(network: TestNetwork) -> None:
     bus = network.bus()
     sock = bus.client(zmq.DEALER)
-    probe = bus.server(zmq.ROUTER)
-    port = bus.bind(probe, LOOPBACK).port
-    probe.close()
+    # A bound but never listening TCP socket: connections to it are refused, and nobody else (another test, a
+    # concurrent run on the same machine) can take the port while the test runs.
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
     try:
         started = time.monotonic()
         with pytest.raises(UnreachableError, match="no answer"):
@@ -91,6 +94,7 @@ def test_nobody_listening_is_unreachable_not_a_hang(network: TestNetwork) -> Non
         assert time.monotonic() - started < 2.5
     finally:
         sock.close()
+        holder.close()
 
 
 @pytest.mark.parametrize("insecure", [False, True], ids=["curve", "insecure"])
