@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -111,6 +114,34 @@ def test_source_specs() -> None:
             make_source(bad)
     with pytest.raises(ConfigError):
         make_source("testpattern", pip="screen")
+
+
+def test_webcam_path_specs(tmp_path: Path) -> None:
+    clip = tmp_path / "cam.mp4"
+    clip.write_bytes(b"")
+    source = make_source(f"webcam:{clip}")
+    assert isinstance(source, WebcamSource) and source.device == str(clip) and source.is_file
+    with pytest.raises(ConfigError, match="no such device or file"):
+        make_source("testpattern", pip=f"webcam:{tmp_path / 'missing.mp4'}")
+
+
+def test_video_file_as_webcam_loops_at_its_own_rate(tmp_path: Path) -> None:
+    from tests.test_stream_live import solid_clip
+
+    source = WebcamSource(str(solid_clip(tmp_path / "cam.mp4", (255, 0, 0), frames=3)))  # blue, 10 fps
+    source.open()
+    try:
+        seen = []
+        deadline = time.monotonic() + 1.0  # ~10 pictures from a 3-frame clip: it must loop, not stop
+        while time.monotonic() < deadline:
+            picture = source.grab(0, 0)
+            if not seen or picture is not seen[-1]:
+                seen.append(picture)
+            time.sleep(0.01)
+        assert 5 <= len(seen) <= 20, f"{len(seen)} distinct pictures in 1 s from a 10 fps clip"
+        assert seen[-1].shape == (48, 64, 3) and seen[-1][..., 0].mean() > 200
+    finally:
+        source.close()
 
 
 def test_missing_webcam_is_a_clear_error() -> None:

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -280,3 +281,34 @@ def test_receive_path_on_crafted_frames_without_a_socket(network) -> None:
     assert viewer.stats.frames_decoded == 3
     assert viewer.stats.frames_shown == 1  # only the newest picture of a batch is shown
     viewer.stop()
+
+
+def solid_clip(path: Path, bgr: tuple[int, int, int], frames: int = 12, size: tuple[int, int] = (64, 48)) -> Path:
+    """A short H.264 clip of one colour: a stand-in webcam (OpenCV opens files and cameras alike)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        picture = np.zeros((size[1], size[0], 3), np.uint8)
+        picture[:] = bgr
+        for _ in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="bgr24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_webcam_picture_in_picture_reaches_the_viewer(network, viewers, tmp_path: Path) -> None:
+    clip = solid_clip(tmp_path / "cam.mp4", (0, 0, 255))  # pure red
+    with Streamer(pattern_config(pip=f"webcam:{clip}"), network.bus()) as streamer:
+        endpoint = streamer.start()
+        _, pictures = start_viewer(network.bus(), endpoint, viewers)
+        wait_until(lambda: pictures.count() >= 15, 20, "15 pictures")
+        _, _, image = pictures.snapshot()[-1]
+    h, w = image.shape[:2]
+    inset_w, inset_h = w // 4, 48 * (w // 4) // 64  # a quarter of the width, the clip's aspect, 8 px from the edge
+    inset = image[h - 8 - inset_h + 4 : h - 8 - 4, w - 8 - inset_w + 4 : w - 8 - 4].reshape(-1, 3).mean(axis=0)
+    assert inset[2] > 200 and inset[0] < 60 and inset[1] < 60, f"no red inset at the bottom right: BGR {inset}"
+    corner = image[: h // 3, : w // 3].reshape(-1, 3).mean(axis=0)
+    assert not (corner[2] > 200 and corner[0] < 60 and corner[1] < 60), "the inset covers the whole picture"

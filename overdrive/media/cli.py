@@ -23,11 +23,20 @@ Wav = Annotated[bool, typer.Option("--wav", help="Also write each audio track as
 
 def stream(
     ctx: typer.Context,
-    source: Annotated[str, typer.Option(help="What to capture: screen, testpattern or webcam[:N].")] = "screen",
+    source: Annotated[
+        str,
+        typer.Option(
+            help="What to capture: screen, testpattern, webcam[:N] (camera N) or webcam:PATH (device or video file)."
+        ),
+    ] = "screen",
     monitor: Annotated[int, typer.Option(help="Monitor to capture (1 = first, 0 = all of them).")] = 1,
     region: Annotated[str | None, typer.Option(help="Capture only X,Y,W,H of the monitor.", show_default=False)] = None,
     pip: Annotated[
-        str | None, typer.Option(help="Draw webcam[:N] picture-in-picture over the source.", show_default=False)
+        str | None,
+        typer.Option(
+            help="Draw webcam[:N|:PATH] picture-in-picture in the bottom-right corner of the source.",
+            show_default=False,
+        ),
     ] = None,
     fps: Annotated[float, typer.Option(help="Target frames per second.")] = 30.0,
     scale: Annotated[str, typer.Option(help="Output size: a factor (0.5) or WxH (1280x720).")] = "1",

@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -170,11 +171,27 @@ class TestPattern:
 
 
 class WebcamSource:
-    """A camera through OpenCV (``webcam:N`` picks device N)."""
+    """A camera through OpenCV: ``webcam:N`` (device N), ``webcam:/dev/videoN``, or a video file played in a loop.
 
-    def __init__(self, device: int = 0) -> None:
+    A reader thread keeps only the newest picture, so the capture rate is never held back by the camera's own
+    rate (a camera's ``read`` blocks until its next frame) and a viewer sees the freshest picture. A video file
+    (handy as a stand-in camera, and how the tests exercise this path) is paced at its own frame rate.
+    """
+
+    FIRST_PICTURE_TIMEOUT = 5.0
+
+    def __init__(self, device: int | str = 0) -> None:
         self.device = device
         self._cap: Any = None
+        self._latest: Image | None = None
+        self._error: str | None = None
+        self._fresh = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return isinstance(self.device, str) and not self.device.startswith("/dev/")
 
     def open(self) -> None:
         cap = cv2.VideoCapture(self.device)
@@ -182,14 +199,54 @@ class WebcamSource:
             cap.release()
             raise MediaError(f"cannot open webcam {self.device}: no such camera (or it is busy)")
         self._cap = cap
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._read_loop, name="overdrive-webcam", daemon=True)
+        self._thread.start()
+        with self._fresh:
+            self._fresh.wait_for(
+                lambda: self._latest is not None or self._error is not None, self.FIRST_PICTURE_TIMEOUT
+            )
+        if self._latest is None:
+            reason = self._error or f"no picture within {self.FIRST_PICTURE_TIMEOUT:g} s"
+            self.close()
+            raise MediaError(f"webcam {self.device}: {reason}")
+
+    def _read_loop(self) -> None:
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) if self.is_file else 0.0
+        period = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 30 if self.is_file else 0.0)
+        next_at = time.monotonic()
+        rewound = False
+        while not self._stop.is_set():
+            ok, img = self._cap.read()
+            if (not ok or img is None) and self.is_file and not rewound:
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # a file loops
+                rewound = True
+                continue
+            if not ok or img is None:
+                with self._fresh:
+                    self._error = "stopped delivering pictures"
+                    self._fresh.notify_all()
+                return
+            rewound = False
+            with self._fresh:
+                self._latest = np.ascontiguousarray(img[:, :, :3])
+                self._fresh.notify_all()
+            if period:
+                next_at += period
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def grab(self, pts_ns: int, index: int) -> Image:
-        ok, img = self._cap.read()
-        if not ok or img is None:
-            raise MediaError(f"webcam {self.device} stopped delivering pictures")
-        return np.ascontiguousarray(img[:, :, :3])
+        with self._fresh:
+            if self._error is not None:
+                raise MediaError(f"webcam {self.device} {self._error}")
+            assert self._latest is not None, "grab() before open()"
+            return self._latest
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
         if self._cap is not None:
             self._cap.release()
             self._cap = None
@@ -231,7 +288,7 @@ class PictureInPicture:
         self.main.close()
 
 
-_SOURCE = re.compile(r"^(screen|testpattern|webcam)(?::(\d+))?$")
+_SOURCE = re.compile(r"^(screen|testpattern|webcam)(?::(.+))?$")
 
 
 def make_source(
@@ -243,10 +300,10 @@ def make_source(
     pattern_size: tuple[int, int] = (1280, 720),
     started_ns: int | None = None,
 ) -> PictureSource:
-    """Build a source from ``screen``, ``testpattern`` or ``webcam[:N]`` (plus an optional ``--pip webcam[:N]``)."""
+    """Build a source from ``screen``, ``testpattern`` or ``webcam[:N|:PATH]`` (plus an optional ``--pip webcam..``)."""
     match = _SOURCE.match(spec.strip())
     if match is None:
-        raise ConfigError(f"--source must be screen, testpattern or webcam[:N], not {spec!r}")
+        raise ConfigError(f"--source must be screen, testpattern or webcam[:N|:PATH], not {spec!r}")
     kind, number = match.group(1), match.group(2)
     if number is not None and kind != "webcam":
         raise ConfigError(f"--source {kind} takes no :N")
@@ -256,13 +313,22 @@ def make_source(
     elif kind == "testpattern":
         source = TestPattern(*pattern_size, started_ns=started_ns)
     else:
-        source = WebcamSource(int(number or 0))
+        source = WebcamSource(_webcam_device(number))
     if pip:
         inset = make_source(pip)
         if not isinstance(inset, WebcamSource):
-            raise ConfigError(f"--pip must be webcam[:N], not {pip!r}")
+            raise ConfigError(f"--pip must be webcam[:N|:PATH], not {pip!r}")
         source = PictureInPicture(source, inset)
     return source
+
+
+def _webcam_device(text: str | None) -> int | str:
+    """``N`` is a camera index; anything else a device path or a video file, which must exist."""
+    if text is None or text.isdigit():
+        return int(text or 0)
+    if not Path(text).exists():
+        raise ConfigError(f"webcam {text!r}: no such device or file")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
