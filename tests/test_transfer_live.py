@@ -24,7 +24,7 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.errors import TransferError
+from overdrive.errors import IntegrityError, TransferError
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.fetcher import FetchRequest, fetch
 from overdrive.transfer.folder import FolderCatalogue
@@ -440,8 +440,10 @@ def test_malformed_requests_to_a_live_server(network: TestNetwork, holders, scra
 class HostileHolder:
     """A fake holder: answers Open honestly, but surrounds each chunk with junk and wrong-transfer replies."""
 
-    def __init__(self, bus: Bus, path: Path, *, corrupt: bool = False) -> None:
-        self.bus, self.path, self.corrupt = bus, path, corrupt
+    def __init__(self, bus: Bus, path: Path, *, corrupt: bool = False, claim: str = "") -> None:
+        """``corrupt``: send zeros instead of each chunk; ``claim``: announce this content hash for ``path``'s
+        bytes and checksum table (a holder lying consistently: every chunk passes its checksum)."""
+        self.bus, self.path, self.corrupt, self.claim = bus, path, corrupt, claim
         self.sock = bus.server(zmq.ROUTER)
         self.endpoint = bus.bind(self.sock, LOOPBACK)
         self._stop = threading.Event()
@@ -460,7 +462,7 @@ class HostileHolder:
             msg, _ = CODEC.decode(frames)
             if isinstance(msg, Open):
                 opened = Opened(rid=msg.rid, tid=7, size=len(data), chunk_size=DEFAULT_CHUNK, mtime_ns=1,
-                                content_hash=table.content_hash)  # fmt: skip
+                                content_hash=self.claim or table.content_hash)  # fmt: skip
                 self.sock.send_multipart([routing, *CODEC.encode(opened, table.digests)])
             elif isinstance(msg, Read):
                 start = msg.index * DEFAULT_CHUNK
@@ -501,3 +503,19 @@ def test_malformed_and_wrong_replies_are_dropped(network: TestNetwork, scratch: 
             assert blake3.blake3((scratch / "out" / "src.bin").read_bytes()).hexdigest() == digest
     finally:
         holder.close()
+
+
+def test_consistent_lie_is_caught_by_the_whole_file_hash(network: TestNetwork, scratch: Path) -> None:
+    """Chunks that all match the holder's checksum table still cannot put a wrong file in place."""
+    wanted = _write_file(scratch / "real.bin", 3 * MB, seed=1)
+    source = scratch / "src.bin"
+    _write_file(source, 3 * MB, seed=2)
+    holder = HostileHolder(network.bus(), source, claim=wanted)
+    out = scratch / "out"
+    try:
+        request = FetchRequest(name="src.bin", sources=(holder.endpoint,), dest_dir=out, content_hash=wanted)
+        with pytest.raises(IntegrityError, match="not this file"):
+            fetch(network.bus(), request)
+    finally:
+        holder.close()
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -9,9 +9,10 @@ import blake3
 import pytest
 
 from overdrive.bus.codec import Codec, Message
+from overdrive.errors import TransferError
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.folder import FolderCatalogue
-from overdrive.transfer.protocol import CODEC, MIN_CHUNK, Chunk, Close, Failed, Open, Opened, Read, Refused
+from overdrive.transfer.protocol import CODEC, DIGEST_SIZE, MIN_CHUNK, Chunk, Close, Failed, Open, Opened, Read, Refused
 from overdrive.transfer.serving import ServeCore, ServerConfig
 from overdrive.transfer.session import MAX_INFLIGHT, FetchConfig, FetchSession, Plan
 
@@ -255,7 +256,9 @@ def test_idle_transfers_expire(folder: Path) -> None:
     assert core.open_transfers == 0 and core.stats.expired == 1
 
 
-def test_plan_rejects_a_short_digest_table() -> None:
+def test_plan_rejects_a_short_checksum_table() -> None:
     opened = Opened(rid=1, tid=1, size=3 * CHUNK, chunk_size=CHUNK, mtime_ns=0, content_hash="a" * 64)
-    with pytest.raises(Exception, match="digest"):
-        Plan.from_opened(opened, b"\0" * 64)
+    for size in (2 * DIGEST_SIZE, 4 * DIGEST_SIZE, 3 * 32):  # short, long, an older version's 32-byte digests
+        with pytest.raises(TransferError, match="checksum"):
+            Plan.from_opened(opened, b"\0" * size)
+    assert Plan.from_opened(opened, b"\0" * (3 * DIGEST_SIZE)).chunks == 3

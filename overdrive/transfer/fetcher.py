@@ -1,7 +1,7 @@
 """Fetching one file from one or more holders: the socket shell around :class:`FetchSession` and :class:`PartialFile`.
 
 :func:`fetch` connects a DEALER to every holder (CURVE handshake checked, so a wrong password fails fast), opens
-the file on each, agrees on one :class:`Plan` (same hash, size, chunking and digest table), resumes from
+the file on each, agrees on one :class:`Plan` (same hash, size, chunking and checksum table), resumes from
 ``NAME.part`` if one is there, then runs the session's window until every chunk is on disk, verifies the whole
 file and moves it into place. Holders that disconnect (socket monitor), time out, or say the file changed drop
 out and the others take their chunks; when none is left the partial file is kept for a later resume.

@@ -3,11 +3,14 @@
 ``NAME.part`` is written chunk by chunk at the chunk's offset (sparse until complete). ``NAME.part.state`` (JSON)
 records which version it belongs to and which chunks are done; it is rewritten at most every
 ``STATE_INTERVAL`` seconds and when the fetch stops for any reason. On resume every chunk the state claims, and
-every other chunk range that holds data, is re-verified against the digest table, so a state file that lags
-behind (kill -9) loses nothing that reached the disk, and a bad one cannot smuggle wrong bytes in.
+every other chunk range that holds data, is re-checked against the checksum table, so a state file that lags
+behind (kill -9) loses nothing that reached the disk.
 
-Finishing: fsync, hash the whole file (must equal the content hash), then ``link`` it to a free name (never
-overwriting: ``name (1).ext`` when a different file is there) and remove the ``.part``.
+Finishing: fsync, check the whole file's BLAKE3 (fed in chunk order as chunks land, resumed ones read back) against
+the content hash, then ``link`` it to a free name (never overwriting: ``name (1).ext`` when a different file is
+there) and remove the ``.part``. That one hash over every byte is the authoritative check: whatever passed the
+per-chunk checksums (a lying holder can craft chunks that do, a bad state file can claim them), a file whose
+BLAKE3 is not the content hash is deleted, never put in place.
 """
 
 from __future__ import annotations
@@ -303,7 +306,7 @@ class PartialFile:
             self.discard()
             raise IntegrityError(
                 f"{self.name}: whole-file hash {actual[:16]}… does not match {self._plan.content_hash[:16]}…; "
-                "the holders' chunk table was wrong, nothing was kept"
+                "a holder sent bytes that are not this file, nothing was kept"
             )
         while True:
             final = free_name(self.dest)

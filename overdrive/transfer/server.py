@@ -11,9 +11,8 @@ Usage (this is what ``overdrive share`` does)::
 
 The ROUTER has ``ROUTER_MANDATORY`` set and sends without blocking, so a reply to a peer that has gone (or whose
 queue is full) is counted in ``stats.unroutable`` instead of being dropped silently or stalling other peers.
-A chunk is read with one ``os.pread`` and copied once into the ZeroMQ message. (pyzmq's zero-copy send would
-save that copy but frees buffers through a process-wide helper thread with a PUSH socket per sending thread that
-is never closed; the copy costs little, see docs/benchmarks.md.) Every request is attributed to the
+A chunk is read with one ``os.pread`` and sent zero-copy (``copy=False``): libzmq sends from the ``bytes``
+object itself and pyzmq's garbage-collector thread releases it once libzmq is done. Every request is attributed to the
 authenticated node id of its connection (``bus.peer_id``), which is what the
 per-peer transfer limit counts.
 """
@@ -131,7 +130,7 @@ class FileServer(Runner):
                         continue
                     for reply in core.handle(peer, frames[1:], now):
                         try:
-                            router.send_multipart([routing, *reply], zmq.NOBLOCK)
+                            router.send_multipart([routing, *reply], zmq.NOBLOCK, copy=False)
                         except zmq.ZMQError as exc:
                             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                                 raise

@@ -3,8 +3,10 @@
 :class:`ServeCore` decides everything :class:`~overdrive.transfer.server.FileServer` does: which names may be
 opened (catalogue + :func:`~overdrive.transfer.names.open_shared`), how many transfers a peer may hold, which
 chunk to read, and when a file has changed under a transfer (``fstat`` size/mtime on every read, and the whole
-file's hash checked against the catalogue when its chunk table is built). It reads files with ``os.pread`` and
-hands the bytes out as a payload frame, never copying them again.
+file's hash checked against the catalogue when its chunk table is built, unless size and mtime are the ones the
+catalogue hashed). It reads files with ``os.pread`` and hands the bytes out as a payload frame, never copying them
+again. The chunk table holds one XXH3-128 checksum per chunk (see :mod:`~overdrive.transfer.protocol` for why
+that is enough), so building it costs a read of the file and little CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from overdrive.transfer.protocol import (
     Read,
     Refused,
     RefuseReason,
+    chunk_checksum,
     chunk_count,
     valid_chunk_size,
 )
@@ -95,14 +98,14 @@ class _Transfer:
 
 @dataclass(frozen=True, slots=True)
 class ChunkTable:
-    """BLAKE3 of each chunk and of the whole file, for one version (dev, inode, size, mtime) of a file."""
+    """XXH3-128 of each chunk and BLAKE3 of the whole file, for one version (dev, inode, size, mtime) of a file."""
 
     digests: bytes
     content_hash: str
 
 
 def build_table(fd: int, size: int, chunk_size: int, known_hash: str = "") -> ChunkTable:
-    """Hash ``fd`` chunk by chunk (memory: one chunk), and as a whole unless ``known_hash`` is given."""
+    """Checksum ``fd`` chunk by chunk (memory: one chunk), and BLAKE3 it as a whole unless ``known_hash`` is given."""
     whole = None if known_hash else blake3.blake3()
     digests = bytearray()
     offset = 0
@@ -110,7 +113,7 @@ def build_table(fd: int, size: int, chunk_size: int, known_hash: str = "") -> Ch
         data = os.pread(fd, min(chunk_size, size - offset), offset)
         if not data:
             raise TransferError("file shrank while hashing it")
-        digests += blake3.blake3(data).digest()
+        digests += chunk_checksum(data)
         if whole is not None:
             whole.update(data)
         offset += len(data)

@@ -1,9 +1,11 @@
 """The fetcher's protocol logic, without sockets: which chunk to ask which holder for, and what to do with replies.
 
-A :class:`FetchSession` starts from a :class:`Plan` (size, chunking and chunk digests from the holders'
+A :class:`FetchSession` starts from a :class:`Plan` (size, chunking and chunk checksums from the holders'
 ``Opened`` replies) and the chunks already on disk. It keeps a window of ``config.window`` requests in flight per
 source (credit-based flow control: a new request only when a reply arrives), spreads chunks over every live
-source lowest-index first, verifies each chunk against its digest, and when a source fails (disconnected, timed
+source lowest-index first, checks each chunk against its checksum (XXH3-128: catches damage and a changed file
+early and names the source; the whole-file BLAKE3 in :mod:`~overdrive.transfer.partial` is what proves the
+content, see :mod:`~overdrive.transfer.protocol`), and when a source fails (disconnected, timed
 out, refused, sent a chunk that does not match) gives its outstanding chunks to the others. Time is passed in.
 
 The shell (:mod:`overdrive.transfer.fetcher`) sends what :meth:`FetchSession.requests` returns, feeds replies to
@@ -16,10 +18,8 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import blake3
-
 from overdrive.errors import TransferError
-from overdrive.transfer.protocol import DIGEST_SIZE, Opened, chunk_count
+from overdrive.transfer.protocol import DIGEST_SIZE, Opened, chunk_checksum, chunk_count
 
 DEFAULT_WINDOW = 16
 """Requests in flight per source; chosen by scripts/bench_transfer.py (docs/benchmarks.md): 2-32 with 1 MiB
@@ -68,15 +68,18 @@ class Plan:
         return self.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
 
     def matches(self, index: int, data: memoryview | bytes) -> bool:
-        """True when ``data`` is exactly chunk ``index``."""
-        return len(data) == self.chunk_range(index)[1] and blake3.blake3(data).digest() == self.digest(index)
+        """True when ``data`` has chunk ``index``'s length and checksum."""
+        return len(data) == self.chunk_range(index)[1] and chunk_checksum(data) == self.digest(index)
 
     @classmethod
     def from_opened(cls, opened: Opened, digests: bytes | memoryview) -> Plan:
-        """Validate an ``Opened`` reply's digest table; raise TransferError if it does not fit the file."""
+        """Validate an ``Opened`` reply's checksum table; raise TransferError if it does not fit the file."""
         table = bytes(digests)
         if len(table) != opened.chunks * DIGEST_SIZE:
-            raise TransferError(f"holder sent {len(table)} digest bytes for {opened.chunks} chunks")
+            raise TransferError(
+                f"holder sent {len(table)} checksum bytes for {opened.chunks} chunks of {DIGEST_SIZE} "
+                "(a different overdrive version?)"
+            )
         return cls(opened.size, opened.chunk_size, opened.content_hash, table)
 
 
@@ -87,7 +90,7 @@ class SessionStats:
     chunks_received: int = 0
     bytes_received: int = 0
     rejected: int = 0
-    """Chunks that did not match their digest."""
+    """Chunks that did not match their checksum."""
     unexpected: int = 0
     """Replies for chunks not asked of that source (duplicates, stale, malformed)."""
     reassigned: int = 0
@@ -214,7 +217,7 @@ class FetchSession:
         if not self.plan.matches(index, data):
             self.stats.rejected += 1
             heapq.heappush(self._pending, index)
-            self.fail(source, f"sent chunk {index} that does not match its digest (file changed on the holder?)")
+            self.fail(source, f"sent chunk {index} that does not match its checksum (file changed on the holder?)")
             return False
         src.received += 1
         self.stats.chunks_received += 1
