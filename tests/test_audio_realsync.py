@@ -19,6 +19,7 @@ from typing import cast
 
 import av
 import numpy as np
+import pytest
 
 from tests.conftest import TestNetwork
 from tests.services import PulseAudio, Xvfb, free_port
@@ -113,10 +114,12 @@ def track_pcm(path: Path, index: int) -> np.ndarray:
         return np.concatenate([f.to_ndarray().mean(axis=0) for f in c.decode(c.streams.audio[index])])
 
 
-def test_audio_both_records_system_and_mic_as_two_aac_tracks(
-    pulse: PulseAudio, network: TestNetwork, tmp_path: Path, overdrive_home: Path
+@pytest.mark.parametrize(("mode", "tracks"), [("both", [440, 660]), ("mic", [660])])
+def test_audio_system_and_mic_are_recorded_as_aac_tracks(
+    pulse: PulseAudio, network: TestNetwork, tmp_path: Path, overdrive_home: Path, mode: str, tracks: list[int]
 ) -> None:
-    """--audio both: system (440 Hz on the default sink) and mic (660 Hz on another sink's monitor), two tracks."""
+    """System audio is 440 Hz on the default sink, the mic 660 Hz on another sink's monitor: --audio both records
+    two tracks (system, mic); --audio mic only the mic."""
     mic_sink = f"mic{uuid.uuid4().hex[:6]}"
     pulse.add_null_sink(mic_sink)
     fmt = ["--format=s16le", f"--rate={RATE}", "--channels=1", "--raw", "--latency-msec=40"]
@@ -130,7 +133,7 @@ def test_audio_both_records_system_and_mic_as_two_aac_tracks(
         [
             "stream",
             *("--source", "testpattern", "--scale", "320x180", "--duration", "6"),
-            *("--audio", "both", "--mic", f"pulse:{mic_sink}.monitor"),
+            *("--audio", mode, "--mic", f"pulse:{mic_sink}.monitor"),
             *("--bind", f"tcp://127.0.0.1:{free_port()}", "--backup", str(tmp_path / "s")),
         ],
         network.env(overdrive_home),
@@ -147,8 +150,8 @@ def test_audio_both_records_system_and_mic_as_two_aac_tracks(
             streamer.communicate()
     path = one(tmp_path / "s")
     with av.open(str(path)) as c:
-        assert [s.codec_context.name for s in c.streams.audio] == ["aac", "aac"]
-    for index, hz in ((0, 440), (1, 660)):
+        assert [s.codec_context.name for s in c.streams.audio] == ["aac"] * len(tracks)
+    for index, hz in enumerate(tracks):
         pcm = track_pcm(path, index)[-3 * RATE :]  # the last 3 s (a fresh null sink may stall at first)
         assert len(pcm) == 3 * RATE and float(np.sqrt(np.mean(pcm**2))) > 0.05, f"track {index} is silent"
         assert abs(dominant_hz(pcm) - hz) <= 2, (index, dominant_hz(pcm))
