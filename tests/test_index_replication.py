@@ -140,8 +140,12 @@ class Sim:
                         continue
                     if a.behind(b.vector):
                         snapshot = dict(b.vector)
-                        for batch in b.serve_sync(a.vector):
-                            a.merge(batch)
+                        if self.rng.random() < 0.5:
+                            for batch in b.serve_sync(a.vector):
+                                a.merge(batch)
+                        else:  # the same catch-up as snapshot pages
+                            for page in b.serve_sync_pages(a.vector):
+                                a.merge_page(page)
                         a.finish_sync(snapshot)
                     differ = Replica.differing(a.checksums(), b.checksums())
                     if differ:

@@ -14,6 +14,7 @@ from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
+from overdrive.index.pages import encode_page
 from overdrive.index.protocol import CODEC, Ack, Announce, SyncBatch, SyncDone, Updates
 from overdrive.index.records import FileInfo, encode_rows
 from overdrive.index.stores.memory import MemoryStore
@@ -65,6 +66,8 @@ def test_malformed_and_forged_messages_are_dropped_counted_and_change_nothing(
         CODEC.encode(Updates(origin="a" * 16), bad_rows),
         CODEC.encode(Updates(origin="a" * 16), b"\x93not rows"),
         CODEC.encode(SyncBatch(ref=1), bad_rows),
+        CODEC.encode(SyncBatch(ref=1, page=True), encode_page([row])),  # type: ignore[list-item]
+        CODEC.encode(SyncBatch(ref=1, page=True), b"not a snapshot page"),
         CODEC.encode(SyncDone(ref=424242, vector={"a" * 16: 10**6}, batches=0)),  # a sync nobody asked for
         [*CODEC.encode(Updates(origin="a" * 16), bad_rows), b"extra frame"],
         CODEC.encode(Ack(ref=1)),

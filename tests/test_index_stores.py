@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from overdrive.errors import ConfigError, StoreError
+from overdrive.index.pages import PAGE_COLUMNS, PAGE_TABLE, decode_page, encode_page
 from overdrive.index.records import RecordRow, decode_rows, encode_rows
 from overdrive.index.stores import BUCKETS, Store, open_store
 from overdrive.index.stores.base import row_checksums
+from overdrive.index.stores.memory import MemoryStore
 
 HOLDER = "holderaaaaaaaaaa"
 OTHER = "holderbbbbbbbbbb"
@@ -211,3 +214,104 @@ def test_sqlite_bulk_load_finished_by_another_opener_keeps_working(tmp_path: Pat
         got = loading.get(HOLDER, "bulk/3")
         assert got is not None and got.size == 50
         assert loading.count() == 11_000 - 1
+
+
+# -- snapshot pages ----------------------------------------------------------------------------------------------
+
+
+def _page_rows() -> list[RecordRow]:
+    rows = [row(f"f{i}", seq=i + 1, hlc=1000 + i, deleted=i % 9 == 0) for i in range(50)]
+    rows += [row(f"g{i}", origin=ORIGIN2, seq=i + 1, hlc=2000 + i) for i in range(20)]
+    rows += [row("日本語/ファイル.txt", seq=51, hlc=3000), row("line\nbreak", seq=52, hlc=3001)]
+    return [*rows, row("a" * 4000, holder=OTHER, seq=53, hlc=3002, size=2**62)]
+
+
+def test_snapshot_pages_round_trip_between_any_stores(store: Store, tmp_path: Path) -> None:
+    rows = _page_rows()
+    with open_store(f"sqlite://{tmp_path / 'source.db'}") as source:
+        source.apply(rows)
+        pages = list(source.since_pages({ORIGIN: 45, ORIGIN2: 0}, batch=7))
+        got = sorted(r[0] for page in pages for r in decode_page(page))
+        wanted = [f"f{i}" for i in range(45, 50)] + [f"g{i}" for i in range(20)] + [r[0] for r in rows[-3:]]
+        assert got == sorted(wanted)
+        for page in source.since_pages({OTHER: 0}, batch=16):  # a vector that covers nothing: every row
+            store.apply_page(page, 0)
+        assert store.checksums() == source.checksums() == row_checksums(rows)
+    copy = MemoryStore()
+    for page in store.since_pages({}, batch=10):  # this backend's pages, read by another backend
+        assert copy.apply_page(memoryview(page), 0)[0] > 0
+    assert sorted(copy.data.values()) == sorted(rows)
+
+
+def test_snapshot_pages_skip_stale_tombstones_and_report_the_newest_stamp(store: Store) -> None:
+    rows = [row("gone", seq=1, hlc=10, deleted=True), row("kept", seq=2, hlc=20, deleted=True), row("x", seq=3)]
+    assert store.apply_page(encode_page(rows), HLC0 + 15) == (2, HLC0 + 100)
+    assert store.get(HOLDER, "gone") is None
+    got = store.get(HOLDER, "kept")
+    assert got is not None and got.deleted
+
+
+def _forged_page(value_sql: str) -> bytes:
+    """A page whose schema text says STRICT with CHECKs but whose one row breaks them."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute(f"CREATE TABLE t ({PAGE_COLUMNS})")  # no types, no constraints
+    conn.execute(f"INSERT INTO t ({PAGE_COLUMNS}) VALUES ({value_sql})")
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 't'", (PAGE_TABLE,))
+    conn.execute("PRAGMA writable_schema = OFF")
+    return conn.serialize()
+
+
+def _bad_pages() -> list[bytes]:
+    good = row("ok")
+    extra = sqlite3.connect(":memory:", isolation_level=None)
+    extra.deserialize(encode_page([good]))
+    extra.execute("CREATE VIEW v AS SELECT 1")
+    fields = "'{name}', {size}, '" + "a" * 64 + "', '" + HOLDER + "', '1.2.3.4:5', 1, '" + ORIGIN + "', 1, 1, 0"
+    return [
+        b"not a database at all" * 10,
+        encode_page([good])[:1000],  # cut short
+        extra.serialize(),
+        encode_page([good, ("../escape", *good[1:])]),
+        encode_page([("a\x00b", *good[1:])]),
+        encode_page([("/abs", *good[1:])]),
+        encode_page([("a\\b", *good[1:])]),
+        encode_page([(*good[:2], "Z" * 64, *good[3:])]),
+        encode_page([(*good[:3], "HOLDERAAAAAAAAAA", *good[4:])]),
+        encode_page([(*good[:6], "origin!aaaaaaaaa", *good[7:])]),
+        _forged_page(fields.format(name="x", size="'text in an integer column'")),
+        _forged_page(fields.format(name="x", size="-5")),
+        _forged_page(fields.format(name="x", size="1.5")),
+        _forged_page(fields.replace("'{name}'", "CAST(x'ff41' AS TEXT)").format(size=1)),  # not UTF-8
+        _forged_page(fields.replace("'{name}'", "x'41'").format(size=1)),  # a blob
+        _forged_page(fields.replace("'{name}'", "NULL").format(size=1)),
+    ]
+
+
+def test_bad_snapshot_pages_are_refused_and_change_nothing(store: Store) -> None:
+    store.apply([row("before")])
+    sums = store.checksums()
+    for page in _bad_pages():
+        with pytest.raises(ValueError, match=r"page|name|hash|holder"):
+            store.apply_page(page, 0)
+        with pytest.raises(ValueError):
+            decode_page(page)
+    assert store.checksums() == sums
+    store.apply_page(encode_page([row("after", seq=2)]), 0)  # still works afterwards
+    assert store.get(HOLDER, "after") is not None
+
+
+def test_sqlite_bulk_load_from_pages_is_last_writer_wins(tmp_path: Path) -> None:
+    reference = open_store("memory://")
+    with open_store(f"sqlite://{tmp_path / 'bulk.db'}") as store:
+        for batch in _snapshot_batches():
+            assert store.apply_page(encode_page(batch), 0)[0] == len(batch)
+            reference.apply(batch)
+        assert store._loading  # type: ignore[attr-defined]
+        assert store.checksums() == reference.checksums()
+        got = store.get(HOLDER, "bulk/3")
+        assert got is not None and got.size == 50
+        assert store.count() == reference.count() == 11_000 - 1  # bulk/5 is a tombstone
+        assert [r for p in store.since_pages({ORIGIN: 10**6, ORIGIN2: 5000}) for r in decode_page(p)] == [
+            r for r in _snapshot_batches()[1] if r[7] > 5000
+        ]

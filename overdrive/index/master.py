@@ -103,7 +103,7 @@ class _Serving:
     sock: zmq.Socket  # type: ignore[type-arg]
     identity: bytes | None
     ref: int
-    batches: Iterator[list[RecordRow]]
+    batches: Iterator[list[RecordRow] | bytes]
     vector: dict[str, int] | None
     waiting: list[object] | None = None
     sent: int = 0
@@ -327,14 +327,20 @@ class Master(Runner):
             self._send(sock, identity, self.status(message.ref, digest=message.digest))
         elif isinstance(message, SyncRequest):
             self._flush_live()
-            batches = self.replica.serve_sync(message.vector)
+            batches: Iterator[list[RecordRow] | bytes]
+            if message.pages:
+                batches = self.replica.serve_sync_pages(message.vector)
+            else:
+                batches = self.replica.serve_sync(message.vector)
             serving = _Serving(sock, identity, message.ref, batches, dict(self.replica.vector), window=message.window)
             self._serving.append(serving)
             self.stats.served_syncs += 1
         elif isinstance(message, SyncBatch):
-            rows = decode_rows(payload[0])
             self._flush_live()
-            self.replica.merge(rows)
+            if message.page:
+                self.replica.merge_page(payload[0])
+            else:
+                self.replica.merge(decode_rows(payload[0]))
             if message.ref in self._batches:
                 self._batches[message.ref] += 1
                 self._send(sock, identity, SyncAck(ref=message.ref, received=self._batches[message.ref]))
@@ -464,7 +470,7 @@ class Master(Runner):
     def _start_sync(self, link: _Link, key: str, now: float) -> None:
         """Ask the master behind ``link`` for everything after our vector (``key``: its origin, or its address)."""
         ref = next(self._refs)
-        if self._send(link.sock, None, SyncRequest(ref=ref, vector=dict(self.replica.vector))):
+        if self._send(link.sock, None, SyncRequest(ref=ref, vector=dict(self.replica.vector), pages=True)):
             previous = self._syncing.get(key)
             if previous is not None:
                 self._batches.pop(previous[0], None)
@@ -516,6 +522,7 @@ class Master(Runner):
                 if serving.window and serving.sent - serving.acked >= serving.window:
                     break  # wait for credit
                 if serving.waiting is None:
+                    batch: list[RecordRow] | bytes | None
                     try:
                         batch = next(serving.batches)
                     except StopIteration:
@@ -526,7 +533,10 @@ class Master(Runner):
                             done = SyncDone(ref=serving.ref, vector=serving.vector, batches=serving.sent)
                             self._send(serving.sock, serving.identity, done)
                         break
-                    serving.waiting = [SyncBatch(ref=serving.ref), encode_rows(batch)]
+                    if isinstance(batch, bytes):
+                        serving.waiting = [SyncBatch(ref=serving.ref, page=True), batch]
+                    else:
+                        serving.waiting = [SyncBatch(ref=serving.ref), encode_rows(batch)]
                 message, data = serving.waiting
                 if not self._send(serving.sock, serving.identity, message, data):  # type: ignore[arg-type]
                     self.stats.unsent -= 1  # not lost: retried next turn

@@ -16,7 +16,8 @@ Master <-> master (each master connects a DEALER to every other master's ROUTER)
   the nodes connected to it (so any master can say who is online).
 * :class:`Updates` -- newly stamped records (live replication); payload frame = msgpack array of record rows.
 * :class:`SyncRequest` / :class:`SyncBatch` / :class:`SyncDone` -- Clone-style catch-up: "send me everything
-  after my version vector"; batches carry rows in one payload frame, ``SyncDone`` carries the vector to merge.
+  after my version vector"; batches carry rows in one payload frame (``pages``: a SQLite page image each, which
+  SQLite stores fill and load without Python objects per row), ``SyncDone`` carries the vector to merge.
   :class:`SyncAck` gives credit: the server keeps at most ``window`` batches unacknowledged, so a slow
   receiver never has a whole snapshot queued in memory.
 * :class:`Digest` / :class:`BucketRequest` / :class:`SyncBatch` -- anti-entropy over hash buckets: a peer whose
@@ -176,6 +177,8 @@ class SyncRequest(Message, tag="syncreq", frozen=True):
     ref: Ref
     vector: VersionVector
     window: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    pages: bool = False
+    """Send the rows as snapshot pages (:mod:`overdrive.index.pages`) rather than msgpack rows."""
 
 
 class SyncAck(Message, tag="syncack", frozen=True):
@@ -192,6 +195,8 @@ class SyncBatch(Message, tag="syncbatch", frozen=True):
     max_payload: ClassVar[int] = MAX_ROWS_PAYLOAD
 
     ref: Ref
+    page: bool = False
+    """The payload is a snapshot page (:mod:`overdrive.index.pages`), else a msgpack array of rows."""
 
 
 class SyncDone(Message, tag="syncdone", frozen=True):

@@ -207,6 +207,18 @@ class Replica:
         """Every stored row a peer with vector ``theirs`` may lack, in batches."""
         return self.store.since(theirs, self.config.batch)
 
+    def serve_sync_pages(self, theirs: Mapping[str, int]) -> Iterator[bytes]:
+        """:meth:`serve_sync` as snapshot pages (:mod:`overdrive.index.pages`)."""
+        return self.store.since_pages(theirs, self.config.batch)
+
+    def merge_page(self, data: bytes | memoryview, now_ms: int | None = None) -> int:
+        """:meth:`merge` for a snapshot page; raise ValueError (nothing applied) if the page is bad."""
+        won, newest = self.store.apply_page(data, self._cutoff(now_ms))
+        if newest:
+            self.clock.observe(newest)
+        self.stats.merged += won
+        return won
+
     def merge(self, rows: Sequence[RecordRow], now_ms: int | None = None) -> int:
         """Apply snapshot or repair rows (last-writer-wins; vector untouched); return how many won."""
         cutoff = self._cutoff(now_ms)

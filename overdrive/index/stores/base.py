@@ -100,6 +100,22 @@ class Store(ABC):
     def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
         """Rows whose ``seq`` is above ``vector[origin]`` (0 for unknown origins), in batches."""
 
+    def since_pages(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[bytes]:
+        """:meth:`since` as snapshot pages (:mod:`overdrive.index.pages`); SQLite fills them without Python rows."""
+        from overdrive.index.pages import encode_page
+
+        for rows in self.since(vector, batch):
+            yield encode_page(rows)
+
+    def apply_page(self, data: bytes | memoryview, stale_before: int) -> tuple[int, int]:
+        """Apply a snapshot page from a peer last-writer-wins, skipping tombstones stamped before ``stale_before``;
+        return (rows that won, largest hlc in the page). Raise ValueError (nothing applied) if the page is bad."""
+        from overdrive.index.pages import decode_page
+
+        rows = decode_page(data)
+        newest = max((r[8] for r in rows), default=0)
+        return self.apply([r for r in rows if not (r[9] and r[8] < stale_before)]), newest
+
     @abstractmethod
     def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
         """Rows in the given anti-entropy buckets."""

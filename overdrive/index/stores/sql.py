@@ -22,6 +22,7 @@ import peewee
 import pymysql
 
 from overdrive.errors import StoreError
+from overdrive.index.pages import PAGE_BYTES, check_page, new_page
 from overdrive.index.records import Record, RecordRow, key_id
 from overdrive.index.stores.base import BATCH, BUCKETS, Store, checksum, encode_vector, to_record
 
@@ -35,6 +36,9 @@ _COLS = ", ".join(COLUMNS)
 _WINS = "{new}hlc > {old}hlc OR ({new}hlc = {old}hlc AND {new}origin > {old}origin)"
 LOAD_MIN_ROWS = 5000
 """An apply of at least this many rows (without a vector: snapshot rows) into an empty SQLite store bulk-loads."""
+_OUT = "overdrive_page_out"
+_IN = "overdrive_page_in"
+"""Schema names of the snapshot pages being filled (sender) and loaded (receiver)."""
 PREFIX_RE = re.compile(r"^[a-z0-9_]{0,32}$")
 _DB_ERRORS: tuple[type[BaseException], ...] = (peewee.PeeweeException, sqlite3.Error, pymysql.err.Error, OSError)
 
@@ -311,13 +315,15 @@ class SqliteStore(SqlStore):
             self._loading = True
             self.end_load()
 
-    def upsert_sql(self, marks: str) -> str:
+    @property
+    def _conflict(self) -> str:
+        """The last-writer-wins upsert clause."""
         sets = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("name", "holder"))
         wins = _WINS.format(new="excluded.", old=f"{self.table}.")
-        return (
-            f"INSERT INTO {self.table} ({_COLS}) VALUES ({marks}) "
-            f"ON CONFLICT(name, holder) DO UPDATE SET {sets} WHERE {wins}"
-        )
+        return f"ON CONFLICT(name, holder) DO UPDATE SET {sets} WHERE {wins}"
+
+    def upsert_sql(self, marks: str) -> str:
+        return f"INSERT INTO {self.table} ({_COLS}) VALUES ({marks}) {self._conflict}"
 
     def ddl(self) -> list[str]:
         t = self.table
@@ -344,14 +350,8 @@ class SqliteStore(SqlStore):
 
     @_translated
     def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
-        if not self._loading:
-            if vector is not None or len(rows) < LOAD_MIN_ROWS or self._fetch(f"SELECT 1 FROM {self.table} LIMIT 1"):
-                return super().apply(rows, vector)
-            with self.db.atomic():
-                for index in ("key", "origin_seq", "holder"):
-                    self.db.execute_sql(f"DROP INDEX IF EXISTS {self.table}_{index}")
-            self._loading = True
-            log.info("%s: empty, bulk loading without indexes", self.describe())
+        if not self._loading and (vector is not None or not self._begin_load(len(rows))):
+            return super().apply(rows, vector)
         try:
             with self.db.atomic():
                 if rows:
@@ -363,6 +363,85 @@ class SqliteStore(SqlStore):
             self.end_load()
             return super().apply(rows, vector)
         return len(rows)
+
+    def _begin_load(self, rows: int) -> bool:
+        """Start a bulk load if the store is empty and ``rows`` snapshot rows are coming; True if loading now."""
+        if self._loading:
+            return True
+        if rows < LOAD_MIN_ROWS or self._fetch(f"SELECT 1 FROM {self.table} LIMIT 1"):
+            return False
+        with self.db.atomic():
+            for index in ("key", "origin_seq", "holder"):
+                self.db.execute_sql(f"DROP INDEX IF EXISTS {self.table}_{index}")
+        self._loading = True
+        log.info("%s: empty, bulk loading without indexes", self.describe())
+        return True
+
+    # -- snapshot pages: filled and loaded with SQL, rows never become Python objects -------------------------------
+
+    @_gen_translated
+    def since_pages(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[bytes]:
+        self.end_load()
+        origins = [r[0] for r in self._fetch(f"SELECT DISTINCT origin FROM {self.table}")]
+        if not any(vector.get(origin, 0) for origin in origins):  # a new master: everything, in table order
+            yield from self._pages("", "id", "rowid", batch)
+            return
+        for origin in origins:
+            yield from self._pages("origin = ? AND ", "seq", "seq", batch, origin, vector.get(origin, 0))
+
+    def _pages(self, where: str, order: str, top: str, batch: int, *params: object) -> Iterator[bytes]:
+        """Pages of the rows matching ``where`` (a prefix ending in AND, or ""), paged by column ``order``, which
+        the page holds as ``top``; ``params``: the where clause's, then the first value of ``order`` to skip."""
+        *fixed, last = params if params else (-1,)
+        conn = self.db.connection()
+        while True:
+            new_page(conn, _OUT)
+            try:
+                conn.execute(
+                    f"INSERT INTO {_OUT}.t (rowid, {_COLS}) SELECT id, {_COLS} FROM {self.table} "
+                    f"WHERE {where}{order} > ? ORDER BY {order} LIMIT ?",
+                    (*fixed, last, batch),
+                )
+                count, highest = conn.execute(f"SELECT count(*), max({top}) FROM {_OUT}.t").fetchone()
+                image = conn.serialize(name=_OUT) if count else b""
+            finally:
+                conn.execute(f"DETACH DATABASE {_OUT}")
+            if not count:
+                return
+            if len(image) > PAGE_BYTES and batch > 1:
+                batch = max(1, batch // 4)  # long names: smaller pages
+                continue
+            last = highest
+            yield image
+
+    @_translated
+    def apply_page(self, data: bytes | memoryview, stale_before: int) -> tuple[int, int]:
+        conn = self.db.connection()
+        conn.execute(f"ATTACH DATABASE ':memory:' AS {_IN}")
+        try:
+            try:
+                conn.deserialize(data, name=_IN)
+            except sqlite3.Error as exc:
+                raise ValueError(f"bad snapshot page: {exc}") from exc
+            count, newest = check_page(conn, _IN)
+            if not count:
+                return 0, 0
+            keep = f"FROM {_IN}.t WHERE NOT (deleted = 1 AND hlc < ?)"
+            if self._begin_load(count):
+                try:
+                    with self.db.atomic():
+                        conn.execute(f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep}", (stale_before,))
+                        return int(conn.execute("SELECT changes()").fetchone()[0]), newest
+                except (sqlite3.IntegrityError, peewee.IntegrityError):
+                    self.end_load()  # another process finished the load (see _resume_load): upsert instead
+            with self.db.atomic():
+                conn.execute(
+                    f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder {self._conflict}",
+                    (stale_before,),
+                )
+                return int(conn.execute("SELECT changes()").fetchone()[0]), newest
+        finally:
+            conn.execute(f"DETACH DATABASE {_IN}")
 
     @_translated
     def end_load(self) -> None:
