@@ -255,7 +255,7 @@ class Master(Runner):
                 self._anti_entropy()
             if purge.due(now):
                 self.replica.purge()
-            if counted.due(now):
+            if counted.due(now) and not (busy or self._sync_active(now)):  # a full scan: not amid a snapshot
                 began = time.monotonic()
                 self.entries = self.store.count()
                 counted.interval = max(2.0, 10 * (time.monotonic() - began))

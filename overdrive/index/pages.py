@@ -38,9 +38,10 @@ PAGE_COLUMNS = "name, size, content_hash, holder, address, mtime_ns, origin, seq
 PAGE_BYTES = 32 << 20
 """Largest page a sender makes (names of up to 4 KiB make some rows big): below the message's payload limit."""
 _SUMMARY = (
-    "SELECT count(*), group_concat(name, char(10)), group_concat(content_hash, ''), group_concat(holder, ''), "
-    "group_concat(origin, ''), max(hlc), group_concat(address, char(10)) FROM {schema}.t"
+    "SELECT count(*), group_concat(name, ?), group_concat(content_hash, ''), group_concat(holder, ''), "
+    "group_concat(origin, ''), max(hlc), group_concat(DISTINCT address) FROM {schema}.t"
 )
+"""Everything Python checks, as a few long strings (reading the names and addresses also checks their UTF-8)."""
 
 
 def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
@@ -53,7 +54,7 @@ def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
         if problems != [("ok",)]:
             raise ValueError(f"bad snapshot page: {problems[0][0] if problems else 'no check result'}")
         count, names, hashes, holders, origins, newest, _addresses = conn.execute(
-            _SUMMARY.format(schema=schema)
+            _SUMMARY.format(schema=schema), ("\n",)
         ).fetchone()
         if not count:
             return 0, 0
