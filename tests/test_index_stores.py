@@ -315,3 +315,13 @@ def test_sqlite_bulk_load_from_pages_is_last_writer_wins(tmp_path: Path) -> None
         assert [r for p in store.since_pages({ORIGIN: 10**6, ORIGIN2: 5000}) for r in decode_page(p)] == [
             r for r in _snapshot_batches()[1] if r[7] > 5000
         ]
+
+
+def test_sqlite_pages_survive_a_page_left_attached(tmp_path: Path) -> None:
+    with open_store(f"sqlite://{tmp_path / 'left.db'}") as store:
+        conn = store.db.connection()  # type: ignore[attr-defined]
+        conn.execute("ATTACH DATABASE ':memory:' AS overdrive_page_in")  # as if an earlier load died midway
+        conn.execute("ATTACH DATABASE ':memory:' AS overdrive_page_out")
+        store.apply_page(encode_page([row("a")]), 0)
+        assert [r[0] for p in store.since_pages({}) for r in decode_page(p)] == ["a"]
+        assert [r[1] for r in conn.execute("PRAGMA database_list")] == ["main"]

@@ -71,9 +71,17 @@ def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
     return int(count), int(newest)
 
 
+def attach(conn: sqlite3.Connection, schema: str) -> None:
+    """Attach an empty in-memory database as ``schema`` on ``conn`` (outside any transaction), first detaching
+    one left there by an earlier failure."""
+    if any(row[1] == schema for row in conn.execute("PRAGMA database_list")):
+        conn.execute(f"DETACH DATABASE {schema}")
+    conn.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+
+
 def new_page(conn: sqlite3.Connection, schema: str) -> None:
     """Attach an empty in-memory page as ``schema`` on ``conn`` (outside any transaction)."""
-    conn.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+    attach(conn, schema)
     conn.execute(PAGE_TABLE.replace("CREATE TABLE t", f"CREATE TABLE {schema}.t", 1))
 
 

@@ -22,7 +22,7 @@ import peewee
 import pymysql
 
 from overdrive.errors import StoreError
-from overdrive.index.pages import PAGE_BYTES, check_page, new_page
+from overdrive.index.pages import PAGE_BYTES, attach, check_page, new_page
 from overdrive.index.records import Record, RecordRow, key_id
 from overdrive.index.stores.base import BATCH, BUCKETS, Store, checksum, encode_vector, to_record
 
@@ -417,7 +417,7 @@ class SqliteStore(SqlStore):
     @_translated
     def apply_page(self, data: bytes | memoryview, stale_before: int) -> tuple[int, int]:
         conn = self.db.connection()
-        conn.execute(f"ATTACH DATABASE ':memory:' AS {_IN}")
+        attach(conn, _IN)
         try:
             try:
                 conn.deserialize(data, name=_IN)
