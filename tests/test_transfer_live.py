@@ -24,9 +24,9 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.errors import IntegrityError, TransferError
+from overdrive.errors import ConfigError, IntegrityError, TransferError
 from overdrive.transfer.catalogue import SharedFile
-from overdrive.transfer.fetcher import FetchRequest, fetch
+from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, fetch
 from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.protocol import CODEC, Chunk, Open, Opened, Read, Refused
 from overdrive.transfer.server import FileServer
@@ -143,7 +143,7 @@ def test_fetch_200mb_with_from(network: TestNetwork, holders: Callable[[Path], H
     assert result["hash"] == digest and result["bytes"] == BIG and result["sources"] == [holder.address]
     assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in out.iterdir()) == ["big.bin"]  # no .part or state left behind
-    assert holder.server.stats.bytes_sent == BIG
+    assert holder.server.stats.bytes_sent == BIG and holder.server.stats.opened == CONNECTIONS
     # the same file again: nothing to do
     code, again, err = _finish(
         _spawn(network, tmp_path / "home", "big.bin", "--from", holder.address, "--out", str(out))
@@ -519,3 +519,18 @@ def test_consistent_lie_is_caught_by_the_whole_file_hash(network: TestNetwork, s
     finally:
         holder.close()
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_connections_per_holder(network: TestNetwork, holders, scratch: Path, connections: int) -> None:
+    """Each connection opens its own transfer on the holder; the result names the holder once."""
+    folder = scratch / "shared"
+    folder.mkdir()
+    digest = _write_file(folder / "a.bin", 12 * MB)
+    holder = holders(folder)
+    request = FetchRequest(name="a.bin", sources=(holder.endpoint,), dest_dir=scratch / "out", connections=connections)
+    result = fetch(network.bus(), request)
+    assert result.hash == digest and result.sources == [holder.address]
+    assert holder.server.stats.opened == connections and holder.server.stats.bytes_sent == 12 * MB
+    with pytest.raises(ConfigError, match="connections"):
+        FetchRequest(name="a.bin", sources=(holder.endpoint,), dest_dir=scratch / "out", connections=0)

@@ -14,7 +14,7 @@ from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.protocol import CODEC, DIGEST_SIZE, MIN_CHUNK, Chunk, Close, Failed, Open, Opened, Read, Refused
 from overdrive.transfer.serving import ServeCore, ServerConfig
-from overdrive.transfer.session import MAX_INFLIGHT, FetchConfig, FetchSession, Plan
+from overdrive.transfer.session import MAX_INFLIGHT, MAX_WINDOW, FetchConfig, FetchSession, Plan
 
 CHUNK = MIN_CHUNK
 
@@ -114,9 +114,10 @@ def test_total_inflight_is_capped_over_many_sources(tmp_path: Path) -> None:
     core, catalogue = _core(root)
     _, plan = _open(core, catalogue, "f.bin")
     sources = [f"s{i}" for i in range(10)]
-    session = FetchSession(plan, sources, config=FetchConfig(window=16))
+    session = FetchSession(plan, sources, config=FetchConfig(window=16, max_inflight=MAX_WINDOW))
     first = session.requests(0.0)
-    assert len(first) == MAX_INFLIGHT and len({s for s, _ in first}) == 10  # spread over all, capped in total
+    assert len(first) == MAX_WINDOW and len({s for s, _ in first}) == 10  # spread over all, capped in total
+    assert len(FetchSession(plan, sources, config=FetchConfig(window=16)).requests(0.0)) == MAX_INFLIGHT
     session.fail("s0", "gone")
     assert len(session.requests(0.0)) == sum(1 for s, _ in first if s == "s0")  # freed credit is reused
 

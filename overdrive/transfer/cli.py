@@ -18,7 +18,7 @@ from overdrive.cliutil import console, options, print_json, warn_insecure
 from overdrive.errors import ConfigError, OverdriveError, TransferError
 from overdrive.transfer import names
 from overdrive.transfer.catalogue import SharedFile
-from overdrive.transfer.fetcher import FetchRequest, FetchResult, fetch
+from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, FetchResult, fetch
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,15 @@ def fetch_command(
         Path | None, typer.Option(help="Folder to put the file in (default: the backup folder).", show_default=False)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    window: Annotated[int, typer.Option(help="Chunk requests in flight per holder.")] = DEFAULT_WINDOW,
+    window: Annotated[
+        int, typer.Option(help="Chunk requests in flight per holder (over all holders: 16, or the window if larger).")
+    ] = DEFAULT_WINDOW,
     chunk_size: Annotated[
         int, typer.Option(help="Chunk size in bytes (power of two, 64 KiB-16 MiB); 0 = the holder's choice.")
     ] = 0,
+    connections: Annotated[
+        int, typer.Option(help="Connections per holder, sharing its window (spreads CURVE crypto over cores).")
+    ] = CONNECTIONS,
     limit_rate: Annotated[float, typer.Option(help="Download at most this many MB/s (0 = no limit).")] = 0.0,
     timeout: Annotated[float, typer.Option(help="Seconds without an answer before a holder is given up.")] = 15.0,
     register_copy: Annotated[
@@ -84,7 +89,13 @@ def fetch_command(
         else:
             sources, wanted, size_hint = _resolve(bus, masters, name, wanted)
         request = FetchRequest(
-            name=name, sources=sources, dest_dir=dest_dir, content_hash=wanted, chunk_size=chunk_size, config=config
+            name=name,
+            sources=sources,
+            dest_dir=dest_dir,
+            content_hash=wanted,
+            chunk_size=chunk_size,
+            config=config,
+            connections=connections,
         )
         result = _fetch_with_progress(bus, request, size_hint, quiet=as_json)
         registered = False

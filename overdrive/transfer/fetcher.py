@@ -1,10 +1,15 @@
 """Fetching one file from one or more holders: the socket shell around :class:`FetchSession` and :class:`PartialFile`.
 
-:func:`fetch` connects a DEALER to every holder (CURVE handshake checked, so a wrong password fails fast), opens
-the file on each, agrees on one :class:`Plan` (same hash, size, chunking and checksum table), resumes from
+:func:`fetch` connects ``connections`` DEALERs to every holder (CURVE handshake checked, so a wrong password fails
+fast), opens the file on each, agrees on one :class:`Plan` (same hash, size, chunking and checksum table), resumes from
 ``NAME.part`` if one is there, then runs the session's window until every chunk is on disk, verifies the whole
 file and moves it into place. Holders that disconnect (socket monitor), time out, or say the file changed drop
 out and the others take their chunks; when none is left the partial file is kept for a later resume.
+
+Why more than one connection per holder: libzmq encrypts and decrypts a CURVE connection in one I/O thread on each
+side, so one connection is capped by one core's crypto. The fetch's sockets live in their own context with
+:data:`IO_THREADS` I/O threads, the file server has as many, and each connection is a separate session to the
+scheduler (the holder's window is split between them), so the crypto of a holder's stream runs on several cores.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import zmq
@@ -35,15 +40,20 @@ from overdrive.errors import (
 from overdrive.transfer import allocator, names
 from overdrive.transfer.partial import PartialFile, hash_path
 from overdrive.transfer.protocol import CODEC, Chunk, Close, Failed, Open, Opened, Read, Refused
-from overdrive.transfer.session import MAX_INFLIGHT, FetchConfig, FetchSession, Plan, SessionStats
+from overdrive.transfer.session import MAX_WINDOW, FetchConfig, FetchSession, Plan, SessionStats
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 """Called with (bytes done, total bytes) as chunks land."""
 
-RECEIVE_QUEUE = 4 * MAX_INFLIGHT
+RECEIVE_QUEUE = 4 * MAX_WINDOW
 """Message parts queued per holder connection: bounds what a holder sending unasked-for chunks can make us hold."""
+CONNECTIONS = 2
+"""Connections per holder (see the module docstring); chosen by scripts/bench_transfer.py (docs/benchmarks.md)."""
+MAX_CONNECTIONS = 4
+IO_THREADS = 2
+"""libzmq I/O threads of the fetch's own context: one per connection to a holder, up to the default 2."""
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _DRAIN = 64
 
@@ -61,10 +71,14 @@ class FetchRequest:
     config: FetchConfig = field(default_factory=FetchConfig)
     open_timeout: float = 60.0
     connect_timeout: float = 3.0
+    connections: int = CONNECTIONS
+    """Connections to each holder; the holder's window (``config.window``) is split between them."""
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ConfigError("no holder to fetch from")
+        if not 1 <= self.connections <= MAX_CONNECTIONS:
+            raise ConfigError(f"connections must be 1..{MAX_CONNECTIONS}, not {self.connections}")
         if self.content_hash and not _HASH_RE.match(self.content_hash):
             raise ConfigError(f"--hash must be 64 lowercase hex characters (BLAKE3), not {self.content_hash!r}")
 
@@ -94,14 +108,28 @@ class _Conn:
     tid: int = -1
     plan: Plan | None = None
     refused: str = ""
+    number: int = 1
+    """Which of the connections to ``endpoint`` this is (1, 2, ...)."""
 
     @property
     def label(self) -> str:
-        return self.endpoint.display
+        """The session's name for this connection: the holder, plus ``#N`` for its extra connections."""
+        return self.endpoint.display if self.number == 1 else f"{self.endpoint.display}#{self.number}"
 
 
 def fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None = None) -> FetchResult:
-    """Fetch ``request.name`` into ``request.dest_dir``; raise an OverdriveError subclass on failure."""
+    """Fetch ``request.name`` into ``request.dest_dir``; raise an OverdriveError subclass on failure.
+
+    The data connections use ``bus``'s security in a context of their own (:data:`IO_THREADS`), destroyed on return.
+    """
+    context: zmq.Context = zmq.Context(io_threads=IO_THREADS)  # type: ignore[type-arg]
+    try:
+        return _fetch(Bus(bus.security, context), request, progress)
+    finally:
+        context.destroy(linger=0)
+
+
+def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> FetchResult:
     started = time.monotonic()
     allocator.tune()
     names.check_name(request.name)
@@ -134,7 +162,13 @@ def fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None = None) -
                 already_present=True,
             )
         done = partial.open(plan)
-        session = FetchSession(plan, [c.label for c in usable], done, request.config)
+        window = request.config.window  # per holder: split over its connections, and never capped below it
+        config = replace(
+            request.config,
+            window=-(-window // request.connections),
+            max_inflight=max(request.config.max_inflight, window),
+        )
+        session = FetchSession(plan, [c.label for c in usable], done, config)
         try:
             _run(session, usable, partial, progress)
         except BaseException:
@@ -153,7 +187,7 @@ def fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None = None) -
         seconds=seconds,
         mb_per_s=received / seconds / 1e6 if seconds > 0 else 0.0,
         hash=plan.content_hash,
-        sources=[c.label for c in usable if session.received_by(c.label)],
+        sources=list(dict.fromkeys(c.endpoint.display for c in usable if session.received_by(c.label))),
         resumed_chunks=len(done),
         bytes_received=received,
         stats=session.stats,
@@ -164,18 +198,20 @@ def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
     conns: list[_Conn] = []
     errors: list[OverdriveError] = []
     for endpoint in dict.fromkeys(request.sources):
-        sock = bus.client(zmq.DEALER, hwm=RECEIVE_QUEUE)
-        try:
-            bus.connect(sock, endpoint, timeout=request.connect_timeout)
-        except BusError as exc:
-            sock.close(linger=0)
-            errors.append(exc)
-            if len(request.sources) > 1:
-                log.warning("skipping a holder: %s", exc)
-            continue
-        conn = _Conn(endpoint, sock)
-        conn.monitor = _monitor(bus, sock)
-        conns.append(conn)
+        for number in range(1, request.connections + 1):
+            sock = bus.client(zmq.DEALER, hwm=RECEIVE_QUEUE)
+            try:
+                bus.connect(sock, endpoint, timeout=request.connect_timeout)
+            except BusError as exc:
+                sock.close(linger=0)
+                if number == 1:  # an extra connection failing just means fewer connections to that holder
+                    errors.append(exc)
+                    if len(request.sources) > 1:
+                        log.warning("skipping a holder: %s", exc)
+                break
+            conn = _Conn(endpoint, sock, number=number)
+            conn.monitor = _monitor(bus, sock)
+            conns.append(conn)
     if not conns:
         auth = [e for e in errors if isinstance(e, AuthError)]
         raise (auth or errors)[0]
@@ -245,14 +281,14 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) ->
 
 def _open_error(name: str, conns: Sequence[_Conn]) -> TransferError:
     reasons = [c.refused for c in conns]
-    where = ", ".join(c.label for c in conns)
+    where = ", ".join(dict.fromkeys(c.endpoint.display for c in conns))
     if all(r.startswith("not-found") for r in reasons):
         return TransferError(f"{name!r} not found on {where}")
     if any(r.startswith("unsafe") for r in reasons):
         return UnsafePathError(f"{where} refused {name!r} as an unsafe name")
     if all(r.startswith("changed") for r in reasons):
         return TransferError(f"{name!r} on {where} is not the version asked for (it changed); look it up again")
-    detail = "; ".join(f"{c.label}: {c.refused}" for c in conns)
+    detail = "; ".join(dict.fromkeys(f"{c.endpoint.display}: {c.refused}" for c in conns))
     return TransferError(f"cannot open {name!r}: {detail}")
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 STATE_INTERVAL = 0.25
-MAX_HELD = 16 << 20
+MAX_HELD = 8 << 20
 """Bytes of out-of-order chunks kept in memory for the running whole-file hash (beyond that: read back)."""
 _HASH_BLOCK = 16 << 20
 

@@ -15,6 +15,10 @@ A chunk is read with one ``os.pread`` and sent zero-copy (``copy=False``): libzm
 object itself and pyzmq's garbage-collector thread releases it once libzmq is done. Every request is attributed to the
 authenticated node id of its connection (``bus.peer_id``), which is what the
 per-peer transfer limit counts.
+
+The server's sockets live in a context of their own with :data:`IO_THREADS` libzmq I/O threads (and its own ZAP
+handler, same security as the ``bus`` given): libzmq encrypts each CURVE connection in one I/O thread, so a
+fetcher's several connections (:mod:`~overdrive.transfer.fetcher`) are encrypted on several cores.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ SEND_QUEUE = 256
 window never comes near it."""
 _BATCH = 256
 """Most requests handled per poll wake-up before checking the control socket again."""
+IO_THREADS = 2
 
 
 class FileServer(Runner):
@@ -57,6 +62,8 @@ class FileServer(Runner):
         config: ServerConfig | None = None,
     ) -> None:
         super().__init__(bus)
+        self._shared_bus = bus
+        self._context: zmq.Context | None = None  # type: ignore[type-arg]
         self.folder = Path(folder)
         self.requested = endpoint
         self.core = ServeCore(self.folder, catalogue, config)
@@ -78,8 +85,20 @@ class FileServer(Runner):
         """Start the server thread; return the bound endpoint once it is serving, or raise its start error."""
         if not self.folder.is_dir():
             raise TransferError(f"shared folder {self.folder} does not exist")
+        if self._context is None:
+            self._context = zmq.Context(io_threads=IO_THREADS)
+            self.bus = Bus(self._shared_bus.security, self._context)
         super().start(timeout)
         return self.endpoint
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server thread, then its ZAP handler and context; idempotent."""
+        super().stop(timeout)
+        if self._context is not None and not self.running:  # never close sockets under a thread still using them
+            self.bus.close()
+            self._context.destroy(linger=0)
+            self._context = None
+            self.bus = self._shared_bus
 
     def __enter__(self) -> FileServer:
         self.start()

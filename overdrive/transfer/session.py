@@ -24,8 +24,12 @@ from overdrive.transfer.protocol import DIGEST_SIZE, Opened, chunk_checksum, chu
 DEFAULT_WINDOW = 16
 """Requests in flight per source; chosen by scripts/bench_transfer.py (docs/benchmarks.md): 2-32 with 1 MiB
 chunks were within the machine's noise of each other, 16 sits in the plateau and keeps memory low."""
-MAX_INFLIGHT = 32
-"""Requests in flight over all sources together, so memory stays flat however many holders there are."""
+MAX_WINDOW = 32
+"""Largest window (and total of requests in flight) a fetch may ask for."""
+MAX_INFLIGHT = 16
+"""Default cap on requests in flight over all sources together, so memory stays flat however many holders (and
+connections) there are: with 32, a fetch from 3 holders peaked at ~100 MB RSS, with 16 at ~80 MB, for no loss of
+throughput on loopback (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,13 +37,17 @@ class FetchConfig:
     """How a fetch behaves."""
 
     window: int = DEFAULT_WINDOW
+    max_inflight: int = MAX_INFLIGHT
+    """Requests in flight over all sources together."""
     request_timeout: float = 15.0
     rate_limit: float = 0.0
     """Bytes per second to ask for in total (0 = as fast as possible)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.window <= MAX_INFLIGHT:
-            raise ValueError(f"window must be 1..{MAX_INFLIGHT}, not {self.window}")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise ValueError(f"window must be 1..{MAX_WINDOW}, not {self.window}")
+        if not 1 <= self.max_inflight <= MAX_WINDOW:
+            raise ValueError(f"max_inflight must be 1..{MAX_WINDOW}, not {self.max_inflight}")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
         if self.rate_limit < 0:
@@ -186,7 +194,7 @@ class FetchSession:
                 source = live[(self._turn + k) % len(live)]
                 if len(source.inflight) >= self.config.window or not self._pending or not self._allowed(now):
                     continue
-                if self._inflight >= MAX_INFLIGHT:
+                if self._inflight >= self.config.max_inflight:
                     break
                 index = heapq.heappop(self._pending)
                 source.inflight[index] = now
