@@ -21,6 +21,7 @@ Anything else raises ValueError: the page is dropped and counted like any malfor
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Sequence
 
 from overdrive.index.records import _DROP_BASE32, _DROP_HEX, _SUSPICIOUS, RecordRow, check_name
@@ -44,12 +45,21 @@ _SUMMARY = (
 """Everything Python checks, as a few long strings (reading the names and addresses also checks their UTF-8)."""
 
 
-def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
-    """Validate the page deserialized as ``schema`` on ``conn``; return (rows, largest hlc) or raise ValueError."""
+def check_schema(conn: sqlite3.Connection, schema: str) -> None:
+    """Raise ValueError unless the page deserialized as ``schema`` holds exactly :data:`PAGE_TABLE` (so reading
+    ``t`` reads a plain table: no view or trigger of the sender's runs here)."""
     try:
         objects = conn.execute(f"SELECT type, name, tbl_name, sql FROM {schema}.sqlite_master").fetchall()  # noqa: S608
-        if objects != [("table", "t", "t", PAGE_TABLE)]:
-            raise ValueError("a snapshot page must hold exactly the page table")
+    except sqlite3.Error as exc:
+        raise ValueError(f"bad snapshot page: {exc}") from exc
+    if objects != [("table", "t", "t", PAGE_TABLE)]:
+        raise ValueError("a snapshot page must hold exactly the page table")
+
+
+def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
+    """Validate the page deserialized as ``schema`` on ``conn``; return (rows, largest hlc) or raise ValueError."""
+    check_schema(conn, schema)
+    try:
         problems = conn.execute(f"PRAGMA {schema}.quick_check(1)").fetchall()
         if problems != [("ok",)]:
             raise ValueError(f"bad snapshot page: {problems[0][0] if problems else 'no check result'}")
@@ -69,6 +79,46 @@ def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
     if (holders + origins).translate(_DROP_BASE32):
         raise ValueError("holder and origin must be 16 lowercase base32 characters")
     return int(count), int(newest)
+
+
+def check_image(data: bytes) -> tuple[int, int]:
+    """:func:`check_page` on a private in-memory connection (safe to run in another thread)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        try:
+            conn.deserialize(data)
+        except sqlite3.Error as exc:
+            raise ValueError(f"bad snapshot page: {exc}") from exc
+        return check_page(conn, "main")
+    finally:
+        conn.close()
+
+
+class PageCheck:
+    """:func:`check_image` in its own short-lived thread: SQLite releases the GIL, so a receiver can check a page
+    on one core while it loads the same page (in a transaction it commits only if the check passes) on another."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._result: tuple[int, int] | None = None
+        self._error: ValueError | None = None
+        self._thread = threading.Thread(target=self._run, name="overdrive-page-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = check_image(self._data)
+        except ValueError as exc:
+            self._error = exc
+
+    def result(self) -> tuple[int, int]:
+        """(rows, largest hlc) once the check is done; raise its ValueError if the page is bad."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise ValueError("snapshot page check failed")
+        return self._result
 
 
 def attach(conn: sqlite3.Connection, schema: str) -> None:

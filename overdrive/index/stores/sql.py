@@ -9,6 +9,7 @@ open across the master's event loop.
 # ruff: noqa: S608 - table names come from a prefix checked against PREFIX_RE; values are always parameters
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import re
@@ -22,7 +23,7 @@ import peewee
 import pymysql
 
 from overdrive.errors import StoreError
-from overdrive.index.pages import PAGE_BYTES, attach, check_page, new_page
+from overdrive.index.pages import PAGE_BYTES, PageCheck, attach, check_schema, new_page
 from overdrive.index.records import Record, RecordRow, key_id
 from overdrive.index.stores.base import BATCH, BUCKETS, Store, checksum, encode_vector, to_record
 
@@ -416,31 +417,50 @@ class SqliteStore(SqlStore):
 
     @_translated
     def apply_page(self, data: bytes | memoryview, stale_before: int) -> tuple[int, int]:
+        checked = PageCheck(bytes(data))  # in parallel with the insert below, which commits only if it passes
         conn = self.db.connection()
         attach(conn, _IN)
         try:
             try:
                 conn.deserialize(data, name=_IN)
-            except sqlite3.Error as exc:
+                check_schema(conn, _IN)  # before reading t: it must be the plain page table
+                count = int(conn.execute(f"SELECT count(*) FROM {_IN}.t").fetchone()[0])
+            except (ValueError, sqlite3.Error) as exc:
+                checked.result()  # its ValueError, if it has one, says more
                 raise ValueError(f"bad snapshot page: {exc}") from exc
-            count, newest = check_page(conn, _IN)
             if not count:
+                checked.result()
                 return 0, 0
             keep = f"FROM {_IN}.t WHERE NOT (deleted = 1 AND hlc < ?)"
-            if self._begin_load(count):
-                try:
-                    with self.db.atomic():
+            loading = self._begin_load(count)
+            try:
+                with self.db.atomic():
+                    if loading:
                         conn.execute(f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep}", (stale_before,))
-                        return int(conn.execute("SELECT changes()").fetchone()[0]), newest
-                except (sqlite3.IntegrityError, peewee.IntegrityError):
-                    self.end_load()  # another process finished the load (see _resume_load): upsert instead
+                    else:
+                        conn.execute(
+                            f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder "
+                            f"{self._conflict}",
+                            (stale_before,),
+                        )
+                    won = int(conn.execute("SELECT changes()").fetchone()[0])
+                    _rows, newest = checked.result()  # ValueError: rolled back
+                    return won, newest
+            except (sqlite3.IntegrityError, peewee.IntegrityError):
+                checked.result()  # a bad page (a NULL, say) first; else another process finished the load:
+                if not self._loading:
+                    raise
+                self.end_load()  # (see _resume_load) upsert instead
             with self.db.atomic():
                 conn.execute(
                     f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder {self._conflict}",
                     (stale_before,),
                 )
-                return int(conn.execute("SELECT changes()").fetchone()[0]), newest
+                won = int(conn.execute("SELECT changes()").fetchone()[0])
+            return won, checked.result()[1]
         finally:
+            with contextlib.suppress(ValueError):
+                checked.result()  # never leave a check running behind us
             conn.execute(f"DETACH DATABASE {_IN}")
 
     @_translated
