@@ -291,25 +291,40 @@ client polling nine masters at once.
 
 Notes on the figures (one run each; the machine is shared, so repeat runs vary by up to 2x):
 
-* **Snapshot sync.** The receiving master applies the snapshot in 20,000-row batches. Into an empty SQLite
-  store these are plain INSERTs into a table without indexes; the indexes are built once when the sync ends
-  (keys written twice meanwhile are resolved last-writer-wins first). In-process, 1,000,000 rows take 6 to
-  11 s this way against about 15 s of indexed upserts (the bulk-apply row above, which is what every later
-  write still costs: at that rate {entries:,} rows need {floor:.1f} s). End to end, three alternating runs of
-  this sync before and after the change measured 19.1 / 20.9 / 19.3 s and 9.8 / 18.0 / 17.4 s: the rest is
-  the sender's paging and encoding, CURVE, decoding and validating rows (~2 µs/row each side) and the machine
-  (about a third of CPU time was stolen by the hypervisor or spent waiting on the disk during these runs), with
-  sender and receiver on the same 2 cores. 5 s would need a receiver that does not bind every value through
-  Python's sqlite3 and a sender that does not share its cores. The snapshot is credit-windowed (4 batches in
-  flight), so memory stays flat; the receiver's RSS is higher than before (about 205 vs 150 MiB) because the
-  index build sorts in memory.
+* **Snapshot sync.** A joining master asks for snapshot *pages*: each page (20,000 rows) is the serialized
+  image of a small in-memory SQLite database with one STRICT table. The serving master fills it with one
+  `INSERT ... SELECT` in table order and the joining master loads it with another, so no row becomes a Python
+  object on either side; before loading, the receiver checks the page (exact schema, `PRAGMA quick_check`, which
+  also enforces the column types and CHECKs, and names, hashes and ids validated in Python on `group_concat`
+  strings, as for msgpack rows); a SQLite receiver runs that check in a short-lived thread on a private copy
+  while it inserts the page in a transaction that commits only if the check passes (SQLite releases the GIL, so
+  both cores work: in-process apply of 1,000,000 rows, three alternating runs, median 4.23 -> 3.13 s). Into an
+  empty SQLite store the pages go into a table without indexes, which are
+  built once when the sync ends (keys written twice meanwhile are resolved last-writer-wins first). Where the
+  time goes for 1,000,000 rows, measured in-process on this machine: the sender fills and serializes pages in
+  1.5 to 2.2 s (reading rows through peewee and encoding msgpack took 3.7 s); the receiver checks pages in 1 to
+  2 s and inserts them in 1.6 to 1.8 s (decoding and validating msgpack rows then binding every value through
+  Python's sqlite3 took 7.4 s); building the three indexes takes 3 to 3.5 s and is now the largest single
+  part; process start is about 0.6 s. Three alternating end-to-end runs before and after the change measured
+  10.97 / 9.78 / 11.68 s and 8.44 / 7.55 / 8.01 s (medians 10.97 and 8.01 s; the 17 to 19 s measured earlier
+  were taken under heavier load). 5 s is not reached: tried without gain were `PRAGMA threads=2` and a 256 MiB
+  cache for the index build, keeping the two secondary indexes during the load (1.6 + 3.5 s became 4.3 +
+  1.0 s), and sending rows in key order into a table that keeps its unique index (4.7 vs 4.9 s); SQLite's
+  JSON functions (`json_each`) were 2x slower than binding, and `mmap_size` slowed the load. Left alone: fewer
+  or smaller indexes (a schema change), and building the secondary indexes after the sync is reported done
+  (that would only move the cost). The snapshot is
+  credit-windowed (4 pages in flight), so memory stays flat; the receiver's RSS includes the index build's
+  sort.
 * **Sustained updates.** Measured at a second master applying what the first stamped while three clients
   registered new files in batches of 2,000 (each client waits for its acknowledgement). The replica keeps pace
   with the stamping master; the limit is the stamping path (read current versions, stamp, upsert, forward) on a
-  1,000,000-entry SQLite file, and above all how busy the shared machine is: the same three alternating runs
-  measured 10,000 / 21,080 / 25,441/s before the change and 13,701 / 26,141 / 29,147/s after it (medians
-  21,080 and 26,141/s, a difference within this machine's noise), and a quiet full run
-  42,385/s; earlier runs under load average 4 to 6 measured 8,000 to 9,000/s.
+  1,000,000-entry SQLite file, and above all how busy the shared machine is. In-process, without sockets, one
+  replica applies 68,000 to 85,000 updates/s (half of it the indexed upsert, a quarter the commit) and one master
+  stamps about 53,000/s. End to end, the three alternating runs above measured 55,160 / 10,283 / 45,335/s
+  (old) and 36,621 / 32,859 / 48,286/s (new): the same code path, and a spread that is this machine's noise.
+  Committing five 2,000-row messages per transaction instead of one was inconclusive in-process (70,000 vs
+  99,000/s, then 85,000 vs 71,000/s) and was not kept. Masters skip their periodic full-table entry count while
+  a snapshot is served or received.
 * The baseline (one INSERT and COMMIT per update, as the original project stored its index) is 10 to 100 times
   slower than the batched store (this run: the whole replicated path vs the store alone).
 """
