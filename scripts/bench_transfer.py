@@ -338,7 +338,7 @@ def main() -> None:
             finally:
                 holder.stop()
 
-        # connections per holder, interleaved: 1 vs 2 (the default), each security
+        # connections per holder, interleaved: 1 (the default) vs 2, each security
         for insecure in (True, False):
             holder = Holder(folder, home, insecure)
             conn_runs: dict[int, list[Run]] = {1: [], 2: []}

@@ -6,10 +6,11 @@ fast), opens the file on each, agrees on one :class:`Plan` (same hash, size, chu
 file and moves it into place. Holders that disconnect (socket monitor), time out, or say the file changed drop
 out and the others take their chunks; when none is left the partial file is kept for a later resume.
 
-Why more than one connection per holder: libzmq encrypts and decrypts a CURVE connection in one I/O thread on each
-side, so one connection is capped by one core's crypto. The fetch's sockets live in their own context with
-:data:`IO_THREADS` I/O threads, the file server has as many, and each connection is a separate session to the
-scheduler (the holder's window is split between them), so the crypto of a holder's stream runs on several cores.
+Why more than one connection per holder (``connections``, default :data:`CONNECTIONS`): libzmq encrypts and
+decrypts a CURVE connection in one I/O thread on each side, so one connection is capped by one core's crypto. The
+fetch's sockets live in their own context with one I/O thread per connection (up to :data:`IO_THREADS`), the file
+server has two, and each connection is a separate source to the scheduler (the holder's window is split between
+them), so the crypto of a holder's stream can run on several cores.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ ProgressFn = Callable[[int, int], None]
 
 RECEIVE_QUEUE = 4 * MAX_WINDOW
 """Message parts queued per holder connection: bounds what a holder sending unasked-for chunks can make us hold."""
-CONNECTIONS = 2
-"""Connections per holder (see the module docstring); chosen by scripts/bench_transfer.py (docs/benchmarks.md)."""
+CONNECTIONS = 1
+"""Connections per holder by default. On the 2-core benchmark machine a second connection gained CURVE ~6-8 %
+(within its noise) but let the fetcher's peak RSS creep up with file size (~95 MB at 4 GiB against ~83 MB), so one
+it is; ``--connections 2`` is there for machines with cores to spare (docs/benchmarks.md)."""
 MAX_CONNECTIONS = 4
 IO_THREADS = 2
-"""libzmq I/O threads of the fetch's own context: one per connection to a holder, up to the default 2."""
+"""Most libzmq I/O threads of the fetch's own context: one per connection to a holder, up to 2."""
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _DRAIN = 64
 
@@ -122,7 +125,7 @@ def fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None = None) -
 
     The data connections use ``bus``'s security in a context of their own (:data:`IO_THREADS`), destroyed on return.
     """
-    context: zmq.Context = zmq.Context(io_threads=IO_THREADS)  # type: ignore[type-arg]
+    context: zmq.Context = zmq.Context(io_threads=min(request.connections, IO_THREADS))  # type: ignore[type-arg]
     try:
         return _fetch(Bus(bus.security, context), request, progress)
     finally:
