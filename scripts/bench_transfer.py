@@ -474,36 +474,42 @@ median of the ratios within a round.
 {main_table}
 Targets: ratio ≥ 0.8 with `--insecure`, ≥ 0.6 with CURVE, peak RSS ≤ 100 MB at any size.
 
-What changed in this run: (1) each byte is hashed once on the fetcher. The per-chunk check is XXH3-128 (~0.04
-s/GiB) instead of a second BLAKE3 pass (~0.35-0.5 s/GiB); the whole-file BLAKE3 against the content hash chosen
-before the transfer (index entry or `--hash`) stays, and nothing is put in place unless it matches. The chunk
-table comes from the holder over the same channel as the chunks, so a cryptographic per-chunk digest never stopped
-a lying holder; what a crafted XXH3 collision can do is waste a fetch (caught at the end, file deleted, tested),
-not plant a file. The holder's table build is now a read + XXH3 pass (BLAKE3 only when the file's mtime changed
-since it was catalogued). (2) The holder sends chunks zero-copy. (3) Two CURVE connections per holder, the
-fetcher's and the server's contexts with 2 libzmq I/O threads each, so encryption and decryption run on both
-cores (connections table below). (4) At most 16 requests in flight over all holders (was 32) and 8 MiB of
-out-of-order chunks held for the running hash (was 16): with 3 holders the fetcher peaked at ~100 MB before.
-Interleaved A/B on 1 GiB before this table (5 paired rounds): (1)+(2) +25 % insecure, +11 % CURVE, CPU/GiB −17 %
-and −8 %; (3) on top: CURVE +8 %, insecure within noise.
+What changed in this session (commits 87679c8..7da6048): (1) each byte is hashed once on the fetcher. The
+per-chunk check is XXH3-128 (~0.04 s/GiB) instead of a second BLAKE3 pass (~0.35-0.5 s/GiB); the whole-file BLAKE3
+against the content hash chosen before the transfer (index entry or `--hash`) stays, and nothing is put in place
+unless it matches. The chunk table comes from the holder over the same channel as the chunks, so a cryptographic
+per-chunk digest never stopped a lying holder; a crafted XXH3 collision can waste a fetch (caught at the end, the
+file deleted; tested), not plant a file. The holder's table build is now a read + XXH3 pass (BLAKE3 only when the
+mtime changed since cataloguing). (2) The holder sends chunks zero-copy. (3) `--connections N` opens N CURVE
+connections per holder (fetch context with one libzmq I/O thread per connection, file server with 2); the default
+stays 1, see the table below. (4) At most 16 requests in flight over all holders (was 32) and 8 MiB of out-of-order
+chunks held for the running hash (was 16): with 3 holders the fetcher peaked at 101-105 MB on 1 GiB before, 75-82
+after (GNU time). Interleaved A/B on 1 GiB, 5 paired rounds, before this table: (1)+(2) +25 % insecure and +11 %
+CURVE, CPU/GiB −17 % and −8 %. Tried without gain: 2 MiB chunks with window 8 and 4 MiB with window 4 (insecure
+−8 to −12 %, CURVE ±0, 4 paired rounds).
 
-Where the rest of the gap comes from: the CURVE "ceiling" rows are libzmq alone; on this 2-core machine the two
-ends of a CURVE stream need ~2.5 CPU s/GiB for crypto and copies before any file is read, written or hashed, and
-sendfile needs ~1.3 in all, so the CURVE target is above what libzmq CURVE can carry here even with nothing else
-to do whenever sendfile runs fast. overdrive adds, per GiB and both ends: the holder's `pread` (~0.2 s), the
-fetcher's tmpfs `pwrite` (~0.5 s in `perf`, which sendfile's receiver pays too), the whole-file BLAKE3 (~0.35 s)
-and Python/ZeroMQ per chunk. Measured without gain earlier (not kept): the whole-file hash in its own thread,
-`max_threads=2` for BLAKE3 (more CPU), 2-4 MiB chunks at the same bytes in flight; and in this session: one glibc
-malloc arena, `malloc_trim` during the fetch, a lower trim threshold (RSS unchanged: the peak was live buffers,
-not fragmentation). The machine is a shared 2-core VM with other benchmarks running: sendfile itself varies
-several-fold between rounds, which is why contenders are interleaved round by round.
+Where the rest of the gap comes from: on this 2-core machine the run is CPU-bound (`perf`: ~3 % idle during a CURVE
+fetch). A CURVE stream costs ~2.3-2.7 CPU s/GiB for libzmq alone (ceiling rows), and the "two processes, 1
+connection" ceiling reaches 0.66-1.1 of sendfile depending on the round; overdrive adds the holder's `pread`
+(~0.2 s/GiB), the fetcher's tmpfs `pwrite` (~0.5 s/GiB in `perf`, which sendfile's receiver pays too), the
+whole-file BLAKE3 (~0.35 s/GiB) and Python/ZeroMQ per chunk, for ~4.6-5 CPU s/GiB in all (including the fetcher's
+interpreter start). Two connections do not add cores: libzmq alone with 2 connections and 2 I/O threads per side
+was slower than with one (ceiling rows), and for overdrive the gain is within noise, while the fetcher's peak RSS
+crept up with file size (~95 MB at 4 GiB against ~83 with one connection), hence the default of 1. The CURVE
+target of 0.6 was not met on 1 GiB (0.38) and only touched on 4 GiB (0.57, against a slow sendfile round);
+`--insecure` reached 0.72-0.77, short of 0.8. Earlier sessions measured without gain: the whole-file hash in its
+own thread, `max_threads=2` for BLAKE3 (more CPU). The machine is a shared 2-core VM with other benchmarks running:
+sendfile itself varies from ~560 to ~1440 MB/s between rounds, which is why contenders are interleaved round by
+round and the paired ratio is shown.
 
 Connections per holder (smallest file, window 16 split over the connections, interleaved runs):
 
 {conn_table}
 Window (requests in flight per holder) × chunk size, on the smallest file. Differences of ±30 % between
 neighbouring cells are run-to-run noise on this machine; 1 MiB chunks with a window of 8-32 sit on the plateau, so
-the defaults are 1 MiB and 16:
+the defaults are 1 MiB and 16. 4 MiB chunks with windows of 8-32 look faster for `--insecure` here, but keep 32-128
+MiB in flight (against 16, and the 100 MB RSS target); at the same bytes in flight (4 MiB × 4, 2 MiB × 8) the
+interleaved A/B above found no gain:
 
 {sweep_table}"""
 
