@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import msgspec
@@ -15,8 +16,9 @@ from overdrive.errors import AuthError
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.pages import encode_page
-from overdrive.index.protocol import CODEC, Ack, Announce, SyncBatch, SyncDone, Updates
+from overdrive.index.protocol import CODEC, Ack, Announce, SyncBatch, SyncDone, SyncRequest, Updates
 from overdrive.index.records import FileInfo, encode_rows
+from overdrive.index.replication import ReplicationConfig
 from overdrive.index.stores.memory import MemoryStore
 from tests.conftest import TestNetwork
 
@@ -121,3 +123,32 @@ def test_long_names_and_pre_1970_files_travel_in_size_bounded_batches(network: T
         found = client.lookup("*")
     assert len(found) == 1200 and found[5].mtime_ns == -5_000_000
     assert master.stats.dropped == 0
+
+
+def test_a_sync_whose_receiver_never_acks_is_dropped(network: TestNetwork) -> None:
+    """A peer that asks for snapshots and never acks them (dead, or hostile) cannot make the master keep them."""
+    config = MasterConfig(
+        bind=Endpoint("127.0.0.1", 0), heartbeat=0.2, sync_idle=5.0, replication=ReplicationConfig(batch=1)
+    )
+    master = Master(network.bus(), MemoryStore(), config)
+    master.start()
+    try:
+        bus = network.bus()
+        with IndexClient(bus, [master.endpoint]) as client:  # type: ignore[list-item]
+            client.register([GOOD, FileInfo(name="two.txt", size=2, content_hash="cd" * 32, mtime_ns=1)], "h:1")
+        sock = dealer(bus, master)
+        for ref in range(1, 4):  # three requests from one peer: each replaces the one before
+            sock.send_multipart(CODEC.encode(SyncRequest(ref=ref, vector={}, window=1)))  # type: ignore[arg-type]
+        batches = []
+        while sock.poll(500):
+            message, _ = CODEC.decode(sock.recv_multipart())
+            batches.append(message)
+        assert [type(m).__name__ for m in batches].count("SyncBatch") >= 1  # served, then stuck on credit
+        assert master.stats.abandoned_syncs == 2, "a new request from the same peer replaces its old sync"
+        deadline = time.monotonic() + 10
+        while master.stats.abandoned_syncs < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert master.stats.abandoned_syncs == 3, "two replaced syncs and one that timed out"
+        sock.close(linger=0)
+    finally:
+        master.stop()

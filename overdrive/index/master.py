@@ -77,10 +77,14 @@ class MasterConfig:
     anti_entropy: float = 5.0
     """Seconds between digest comparisons with a peer whose version vector equals ours."""
     purge_interval: float = 600.0
+    sync_idle: float = 120.0
+    """A snapshot being served is dropped when its receiver has acked nothing for this long (it died, or never
+    meant to ack), so nothing of a dead sync is kept. Generous: a receiver on a slow store (Firestore at ~1k
+    writes/s) takes up to ~25 s per page."""
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat", "master_timeout", "node_timeout", "anti_entropy", "purge_interval"):
+        for name in ("heartbeat", "master_timeout", "node_timeout", "anti_entropy", "purge_interval", "sync_idle"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.master_timeout <= self.heartbeat or self.node_timeout <= self.heartbeat:
@@ -110,6 +114,12 @@ class _Serving:
     window: int = 0
     """Batches allowed ahead of the receiver's acks (0: no flow control, for small repairs)."""
     acked: int = 0
+    progress: float = field(default_factory=time.monotonic)
+    """When the receiver last acked (or the sync began)."""
+
+
+MAX_SERVING = 16
+"""Syncs and repairs served at once; beyond that the oldest is dropped (a peer cannot pile them up)."""
 
 
 @dataclass(slots=True)
@@ -122,6 +132,7 @@ class MasterStats:
     received_syncs: int = 0
     repairs: int = 0
     unsent: int = 0
+    abandoned_syncs: int = 0
     rate: float = 0.0
 
 
@@ -333,7 +344,7 @@ class Master(Runner):
             else:
                 batches = self.replica.serve_sync(message.vector)
             serving = _Serving(sock, identity, message.ref, batches, dict(self.replica.vector), window=message.window)
-            self._serving.append(serving)
+            self._start_serving(serving)
             self.stats.served_syncs += 1
         elif isinstance(message, SyncBatch):
             self._flush_live()
@@ -346,15 +357,17 @@ class Master(Runner):
                 self._send(sock, identity, SyncAck(ref=message.ref, received=self._batches[message.ref]))
         elif isinstance(message, SyncAck):
             for serving in self._serving:
-                if serving.ref == message.ref and serving.identity == identity and serving.sock is sock:
-                    serving.acked = max(serving.acked, message.received)
+                mine = serving.ref == message.ref and serving.identity == identity and serving.sock is sock
+                if mine and message.received > serving.acked:
+                    serving.acked = message.received
+                    serving.progress = time.monotonic()
         elif isinstance(message, SyncDone):
             self._sync_done(message)
         elif isinstance(message, Digest):
             self._digest(sock, identity, message)
         elif isinstance(message, BucketRequest):
             self._flush_live()
-            self._serving.append(_Serving(sock, identity, 0, self.replica.bucket_rows(message.buckets), None))
+            self._start_serving(_Serving(sock, identity, 0, self.replica.bucket_rows(message.buckets), None))
         else:  # Ack, Found, Status: replies meant for clients
             raise ValueError(f"unexpected {type(message).__name__}")
 
@@ -511,13 +524,31 @@ class Master(Runner):
             return
         self.stats.repairs += 1
         log.info("master %s: %d bucket(s) differ from %s; repairing", self.origin, len(differ), digest.origin)
-        self._serving.append(_Serving(sock, identity, 0, self.replica.bucket_rows(differ), None))
+        self._start_serving(_Serving(sock, identity, 0, self.replica.bucket_rows(differ), None))
         self._send(sock, identity, BucketRequest(ref=0, buckets=differ))
 
     # -- periodic work -----------------------------------------------------------------------------------------
 
+    def _start_serving(self, serving: _Serving) -> None:
+        """Serve a sync or repair; a new sync from the same peer replaces its old one, and the total is bounded."""
+        if serving.vector is not None:
+            for old in [s for s in self._serving if s.vector is not None and s.identity == serving.identity]:
+                if old.sock is serving.sock:
+                    self._serving.remove(old)
+                    self.stats.abandoned_syncs += 1
+        while len(self._serving) >= MAX_SERVING:
+            self._serving.pop(0)
+            self.stats.abandoned_syncs += 1
+        self._serving.append(serving)
+
     def _pump_serving(self) -> None:
+        now = time.monotonic()
         for serving in list(self._serving):
+            if serving.window and now - serving.progress > self.config.sync_idle:
+                log.info("master %s: dropping sync %d, its receiver stopped acking", self.origin, serving.ref)
+                self._serving.remove(serving)
+                self.stats.abandoned_syncs += 1
+                continue
             for _ in range(2):
                 if serving.window and serving.sent - serving.acked >= serving.window:
                     break  # wait for credit
