@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,3 +326,27 @@ def test_sqlite_pages_survive_a_page_left_attached(tmp_path: Path) -> None:
         store.apply_page(encode_page([row("a")]), 0)
         assert [r[0] for p in store.since_pages({}) for r in decode_page(p)] == ["a"]
         assert [r[1] for r in conn.execute("PRAGMA database_list")] == ["main"]
+
+
+@pytest.mark.parametrize("empty", [True, False], ids=["bulk-load", "upsert"])
+def test_damaged_snapshot_pages_are_refused_not_store_errors(tmp_path: Path, empty: bool) -> None:
+    """Bytes flipped inside a page's records (the schema intact) must give ValueError, never a store error: a
+    master drops and counts a ValueError, but a StoreError would end it."""
+    rows = [row(f"dir/file{i}.txt", seq=i + 1, hlc=100 + i) for i in range(50)]
+    good = encode_page(rows)
+    rng = random.Random(7)
+    refused = 0
+    with open_store(f"sqlite://{tmp_path / 'fuzz.db'}") as store:
+        if not empty:
+            store.apply(rows[:1])
+        for _ in range(150):
+            page = bytearray(good)
+            for _ in range(2):
+                page[rng.randrange(4096, len(page))] = rng.randrange(256)  # past the schema page
+            try:
+                store.apply_page(bytes(page), 0)
+            except ValueError:
+                refused += 1
+        assert refused > 0
+        store.apply_page(encode_page([row("after", seq=999)]), 0)  # the store still works
+        assert store.get(HOLDER, "after") is not None

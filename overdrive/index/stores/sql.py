@@ -432,32 +432,37 @@ class SqliteStore(SqlStore):
                 checked.result()
                 return 0, 0
             keep = f"FROM {_IN}.t WHERE NOT (deleted = 1 AND hlc < ?)"
-            loading = self._begin_load(count)
-            try:
+            try:  # a damaged page can pass the schema check and fail only when read: then the check says why
+                loading = self._begin_load(count)
+                try:
+                    with self.db.atomic():
+                        if loading:
+                            conn.execute(f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep}", (stale_before,))
+                        else:
+                            conn.execute(
+                                f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder "
+                                f"{self._conflict}",
+                                (stale_before,),
+                            )
+                        won = int(conn.execute("SELECT changes()").fetchone()[0])
+                        _rows, newest = checked.result()  # ValueError: rolled back
+                        return won, newest
+                except (sqlite3.IntegrityError, peewee.IntegrityError):
+                    checked.result()  # a bad page (a NULL, say) first; else another process finished the load:
+                    if not self._loading:
+                        raise
+                    self.end_load()  # (see _resume_load) upsert instead
                 with self.db.atomic():
-                    if loading:
-                        conn.execute(f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep}", (stale_before,))
-                    else:
-                        conn.execute(
-                            f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder "
-                            f"{self._conflict}",
-                            (stale_before,),
-                        )
+                    conn.execute(
+                        f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder "
+                        f"{self._conflict}",
+                        (stale_before,),
+                    )
                     won = int(conn.execute("SELECT changes()").fetchone()[0])
-                    _rows, newest = checked.result()  # ValueError: rolled back
-                    return won, newest
-            except (sqlite3.IntegrityError, peewee.IntegrityError):
-                checked.result()  # a bad page (a NULL, say) first; else another process finished the load:
-                if not self._loading:
-                    raise
-                self.end_load()  # (see _resume_load) upsert instead
-            with self.db.atomic():
-                conn.execute(
-                    f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder {self._conflict}",
-                    (stale_before,),
-                )
-                won = int(conn.execute("SELECT changes()").fetchone()[0])
-            return won, checked.result()[1]
+                return won, checked.result()[1]
+            except (sqlite3.DatabaseError, peewee.DatabaseError):
+                checked.result()  # ValueError for a bad page (rolled back, nothing changed)
+                raise  # the page is sound: a real store error
         finally:
             with contextlib.suppress(ValueError):
                 checked.result()  # never leave a check running behind us
