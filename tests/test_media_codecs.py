@@ -123,6 +123,8 @@ def test_webcam_path_specs(tmp_path: Path) -> None:
     assert isinstance(source, WebcamSource) and source.device == str(clip) and source.is_file
     with pytest.raises(ConfigError, match="no such device or file"):
         make_source("testpattern", pip=f"webcam:{tmp_path / 'missing.mp4'}")
+    with pytest.raises(ConfigError, match="no such device or file"):
+        make_source("webcam:²")  # a digit to str.isdigit, not to int()
 
 
 def test_video_file_as_webcam_loops_at_its_own_rate(tmp_path: Path) -> None:

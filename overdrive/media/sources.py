@@ -182,7 +182,6 @@ class WebcamSource:
 
     def __init__(self, device: int | str = 0) -> None:
         self.device = device
-        self._cap: Any = None
         self._latest: Image | None = None
         self._error: str | None = None
         self._fresh = threading.Condition()
@@ -198,9 +197,9 @@ class WebcamSource:
         if not cap.isOpened():
             cap.release()
             raise MediaError(f"cannot open webcam {self.device}: no such camera (or it is busy)")
-        self._cap = cap
         self._stop.clear()
-        self._thread = threading.Thread(target=self._read_loop, name="overdrive-webcam", daemon=True)
+        self._latest, self._error = None, None
+        self._thread = threading.Thread(target=self._read_loop, args=(cap,), name="overdrive-webcam", daemon=True)
         self._thread.start()
         with self._fresh:
             self._fresh.wait_for(
@@ -211,15 +210,23 @@ class WebcamSource:
             self.close()
             raise MediaError(f"webcam {self.device}: {reason}")
 
-    def _read_loop(self) -> None:
-        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) if self.is_file else 0.0
+    def _read_loop(self, cap: Any) -> None:
+        """Owns ``cap``: only this thread reads it and releases it (VideoCapture is not thread-safe, and a
+        camera's read can block for seconds, longer than close() waits)."""
+        try:
+            self._read_frames(cap)
+        finally:
+            cap.release()
+
+    def _read_frames(self, cap: Any) -> None:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if self.is_file else 0.0
         period = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 30 if self.is_file else 0.0)
         next_at = time.monotonic()
         rewound = False
         while not self._stop.is_set():
-            ok, img = self._cap.read()
+            ok, img = cap.read()
             if (not ok or img is None) and self.is_file and not rewound:
-                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # a file loops
+                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # a file loops
                 rewound = True
                 continue
             if not ok or img is None:
@@ -245,11 +252,8 @@ class WebcamSource:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=5)  # a camera stuck in read() releases itself when it returns
             self._thread = None
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
 
 class PictureInPicture:
@@ -324,7 +328,7 @@ def make_source(
 
 def _webcam_device(text: str | None) -> int | str:
     """``N`` is a camera index; anything else a device path or a video file, which must exist."""
-    if text is None or text.isdigit():
+    if text is None or (text.isascii() and text.isdigit()):
         return int(text or 0)
     if not Path(text).exists():
         raise ConfigError(f"webcam {text!r}: no such device or file")
