@@ -12,6 +12,7 @@ from overdrive.bus.address import Endpoint
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.stores import open_store
+from overdrive.index.stores.memory import MemoryStore
 from tests.conftest import TestNetwork
 
 
@@ -70,3 +71,11 @@ def test_digest_anti_entropy_repairs_a_silent_divergence(network: TestNetwork, t
         first.stop()
         first.store.close()
         second.store.close()
+
+
+def test_a_long_catch_up_that_keeps_delivering_is_not_presumed_lost(network: TestNetwork) -> None:
+    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    master._syncing["peer"] = (5, time.monotonic() - 40)  # began 40 s ago: silent that long means lost
+    assert not master._sync_active(time.monotonic())
+    master._sync_progress(5)  # but a batch of it just arrived
+    assert master._sync_active(time.monotonic())

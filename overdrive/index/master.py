@@ -354,6 +354,7 @@ class Master(Runner):
                 self.replica.merge(decode_rows(payload[0]))
             if message.ref in self._batches:
                 self._batches[message.ref] += 1
+                self._sync_progress(message.ref)
                 self._send(sock, identity, SyncAck(ref=message.ref, received=self._batches[message.ref]))
         elif isinstance(message, SyncAck):
             for serving in self._serving:
@@ -457,8 +458,17 @@ class Master(Runner):
                 self._start_sync(link, beat.origin, now)
 
     def _sync_active(self, now: float) -> bool:
-        """One catch-up at a time; one silent for 30 s is presumed lost."""
+        """One catch-up at a time; one with no batch for 30 s is presumed lost (a long one that keeps delivering
+        batches is not restarted)."""
         return any(now - started < 30.0 for _ref, started in self._syncing.values())
+
+    def _sync_progress(self, ref: int) -> None:
+        """A batch of sync ``ref`` arrived: it is alive, however long the whole catch-up takes."""
+        now = time.monotonic()
+        for key, (syncing_ref, _started) in self._syncing.items():
+            if syncing_ref == ref:
+                self._syncing[key] = (ref, now)
+                return
 
     def _sync_done(self, done: SyncDone) -> None:
         received = self._batches.pop(done.ref, None)
