@@ -14,7 +14,7 @@ from overdrive.bus.codec import PROTOCOL_VERSION
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError
 from overdrive.index.client import IndexClient
-from overdrive.index.master import Master, MasterConfig
+from overdrive.index.master import MAX_SERVING, Master, MasterConfig
 from overdrive.index.pages import encode_page
 from overdrive.index.protocol import CODEC, Ack, Announce, SyncBatch, SyncDone, SyncRequest, Updates
 from overdrive.index.records import FileInfo, encode_rows
@@ -151,4 +151,26 @@ def test_a_sync_whose_receiver_never_acks_is_dropped(network: TestNetwork) -> No
         assert master.stats.abandoned_syncs == 3, "two replaced syncs and one that timed out"
         sock.close(linger=0)
     finally:
+        master.stop()
+
+
+def test_served_syncs_are_bounded_and_one_peer_cannot_push_out_another(network: TestNetwork) -> None:
+    config = MasterConfig(bind=Endpoint("127.0.0.1", 0), heartbeat=0.2, replication=ReplicationConfig(batch=1))
+    master = Master(network.bus(), MemoryStore(), config)
+    master.start()
+    socks: list[zmq.Socket] = []  # type: ignore[type-arg]
+    try:
+        bus = network.bus()
+        with IndexClient(bus, [master.endpoint]) as client:  # type: ignore[list-item]
+            client.register([GOOD, FileInfo(name="two.txt", size=2, content_hash="cd" * 32, mtime_ns=1)], "h:1")
+        for ref in range(1, MAX_SERVING + 3):  # each DEALER is its own peer; every sync stalls on credit
+            sock = dealer(bus, master)
+            socks.append(sock)
+            sock.send_multipart(CODEC.encode(SyncRequest(ref=ref, vector={}, window=1)))  # type: ignore[arg-type]
+        served = [sock.poll(3000) for sock in socks]
+        assert served == [True] * MAX_SERVING + [False, False], "the first 16 served, later peers refused"
+        assert master.stats.abandoned_syncs == 2
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
         master.stop()

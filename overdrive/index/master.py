@@ -119,7 +119,8 @@ class _Serving:
 
 
 MAX_SERVING = 16
-"""Syncs and repairs served at once; beyond that the oldest is dropped (a peer cannot pile them up)."""
+"""Syncs and repairs served at once. Beyond that a peer's request replaces its own oldest, or is refused: one peer
+can neither pile them up nor push out another's."""
 
 
 @dataclass(slots=True)
@@ -546,8 +547,12 @@ class Master(Runner):
                 if old.sock is serving.sock:
                     self._serving.remove(old)
                     self.stats.abandoned_syncs += 1
-        while len(self._serving) >= MAX_SERVING:
-            self._serving.pop(0)
+        if len(self._serving) >= MAX_SERVING:
+            own = [s for s in self._serving if s.identity == serving.identity and s.sock is serving.sock]
+            if not own:  # full with other peers' work: this request waits for the requester's retry
+                self.stats.abandoned_syncs += 1
+                return
+            self._serving.remove(own[0])  # a peer may only push out its own oldest
             self.stats.abandoned_syncs += 1
         self._serving.append(serving)
 
