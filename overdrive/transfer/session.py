@@ -134,7 +134,6 @@ class FetchSession:
         self._requested_bytes = 0
         self._started: float | None = None
         self._turn = 0
-        self._inflight = 0
 
     # -- queries ------------------------------------------------------------------------------------------------
 
@@ -177,6 +176,9 @@ class FetchSession:
     def inflight(self, source: str) -> int:
         return len(self._sources[source].inflight)
 
+    def _total_inflight(self) -> int:
+        return sum(len(s.inflight) for s in self._sources.values())
+
     # -- inputs ---------------------------------------------------------------------------------------------------
 
     def requests(self, now: float) -> list[tuple[str, int]]:
@@ -194,11 +196,10 @@ class FetchSession:
                 source = live[(self._turn + k) % len(live)]
                 if len(source.inflight) >= self.config.window or not self._pending or not self._allowed(now):
                     continue
-                if self._inflight >= self.config.max_inflight:
+                if self._total_inflight() >= self.config.max_inflight:
                     break
                 index = heapq.heappop(self._pending)
                 source.inflight[index] = now
-                self._inflight += 1
                 self._requested_bytes += self.plan.chunk_range(index)[1]
                 out.append((source.name, index))
                 progress = True
@@ -218,7 +219,6 @@ class FetchSession:
             self.stats.unexpected += 1
             return False
         del src.inflight[index]
-        self._inflight -= 1
         if self._done[index] or index in self._accepted:
             self.stats.unexpected += 1
             return False
@@ -254,7 +254,6 @@ class FetchSession:
         for index in src.inflight:
             heapq.heappush(self._pending, index)
             self.stats.reassigned += 1
-        self._inflight -= len(src.inflight)
         src.inflight.clear()
 
     def check_timeouts(self, now: float) -> list[str]:
