@@ -217,6 +217,47 @@ def test_sqlite_bulk_load_finished_by_another_opener_keeps_working(tmp_path: Pat
         assert loading.count() == 11_000 - 1
 
 
+def test_sqlite_lookups_by_holder_or_name_use_the_unique_key(tmp_path: Path) -> None:
+    """(holder, name) is SQLite's only key besides (origin, seq): a lookup by name alone seeks it once per holder
+    (a loose index scan) instead of reading the whole table."""
+    with open_store(f"sqlite://{tmp_path / 'plan.db'}") as store:
+        store.apply([row(f"f{i}", holder=h) for i in range(50) for h in (HOLDER, OTHER)])
+        assert sorted(r.holder for r in store.find("f7")) == [HOLDER, OTHER]
+        assert len(store.holder_rows(OTHER)) == 50
+        db = store.db  # type: ignore[attr-defined]
+        by_name = db.execute_sql(f"EXPLAIN QUERY PLAN SELECT * FROM records WHERE {store._by_name}", ("f7",))  # type: ignore[attr-defined]
+        plan = " / ".join(r[-1] for r in by_name.fetchall())
+        assert "SCAN records" not in plan and "INDEX records_hkey (holder=? AND name=?)" in plan, plan
+        by_holder = db.execute_sql("EXPLAIN QUERY PLAN SELECT * FROM records WHERE holder = ?", (OTHER,))
+        assert "INDEX records_hkey (holder=?)" in by_holder.fetchall()[0][-1]
+
+
+def test_sqlite_database_of_the_earlier_layout_is_migrated(tmp_path: Path) -> None:
+    """Earlier versions keyed (name, holder) and indexed holder apart: opening such a file rebuilds the key."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE records (id INTEGER PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, "
+        "content_hash TEXT NOT NULL, holder TEXT NOT NULL, address TEXT NOT NULL, mtime_ns INTEGER NOT NULL, "
+        "origin TEXT NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL, deleted INTEGER NOT NULL);"
+        "CREATE UNIQUE INDEX records_key ON records (name, holder);"
+        "CREATE INDEX records_origin_seq ON records (origin, seq);"
+        "CREATE INDEX records_holder ON records (holder);"
+        "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+    )
+    conn.executemany(
+        f"INSERT INTO records ({PAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [row("a"), row("b")]
+    )
+    conn.commit()
+    conn.close()
+    with open_store(f"sqlite://{path}") as store:
+        store.apply([row("a", hlc=200, size=9)])  # an upsert on the rebuilt key
+        got = store.get(HOLDER, "a")
+        assert got is not None and got.size == 9 and store.count() == 2
+    indexes = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    assert sorted(i for (i,) in indexes if not i.startswith("sqlite_")) == ["records_hkey", "records_origin_seq"]
+
+
 # -- snapshot pages ----------------------------------------------------------------------------------------------
 
 

@@ -70,7 +70,8 @@ def _gen_translated(fn: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
     return wrapper
 
 
-_key_order = operator.itemgetter(0, 3)
+_key_order = operator.itemgetter(3, 0)
+"""(holder, name): the order of SQLite's unique key; MySQL keys a hash, where no order helps."""
 
 
 def _rows(page: list[Any]) -> list[RecordRow]:
@@ -101,6 +102,8 @@ class SqlStore(Store):
         marks = ", ".join([p] * len(COLUMNS))
         self._insert = self.upsert_sql(marks)
         self._select = f"SELECT {_COLS} FROM {self.table}"
+        self._by_name = f"name = {p}"
+        """The condition that finds the rows of one exact name."""
         self._closed = False
 
     def upsert_sql(self, marks: str) -> str:
@@ -257,7 +260,7 @@ class SqlStore(Store):
             yield from super().find(name, glob=glob, content_hash=content_hash, include_deleted=include_deleted)
             return
         p = self.param
-        sql = f"{self._select} WHERE name = {p}"
+        sql = f"{self._select} WHERE {self._by_name}"
         params: list[object] = [name]
         if content_hash is not None:
             sql += f" AND content_hash = {p}"
@@ -304,6 +307,14 @@ class SqliteStore(SqlStore):
         super().__init__(db, prefix)
         self._loading = False
         self._plain_insert = f"INSERT INTO {self.table} ({_COLS}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        # The unique key is (holder, name), so a holder's rows need no index of their own. A lookup by name alone
+        # seeks it once per distinct holder, which a loose index scan of the key lists (a seek per holder).
+        t = self.table
+        self._by_name = (
+            f"holder IN (WITH RECURSIVE h(x) AS (SELECT min(holder) FROM {t} UNION ALL "
+            f"SELECT (SELECT min(holder) FROM {t} WHERE holder > x) FROM h WHERE x IS NOT NULL) "
+            "SELECT x FROM h WHERE x IS NOT NULL) AND name = ?"
+        )
         self._resume_load()
         self._setup()
 
@@ -312,7 +323,7 @@ class SqliteStore(SqlStore):
         """A bulk load cut short (a crash) leaves the table without its unique index: finish that load first."""
         self.db.connect(reuse_if_open=True)
         master = "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?"
-        if self._fetch(master, ("table", self.table)) and not self._fetch(master, ("index", f"{self.table}_key")):
+        if self._fetch(master, ("table", self.table)) and not self._fetch(master, ("index", f"{self.table}_hkey")):
             self._loading = True
             self.end_load()
 
@@ -332,9 +343,11 @@ class SqliteStore(SqlStore):
             f"CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, "
             "content_hash TEXT NOT NULL, holder TEXT NOT NULL, address TEXT NOT NULL, mtime_ns INTEGER NOT NULL, "
             "origin TEXT NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL, deleted INTEGER NOT NULL)",
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_key ON {t} (name, holder)",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_hkey ON {t} (holder, name)",
             f"CREATE INDEX IF NOT EXISTS {t}_origin_seq ON {t} (origin, seq)",
-            f"CREATE INDEX IF NOT EXISTS {t}_holder ON {t} (holder)",
+            # earlier versions keyed (name, holder) and indexed holder apart
+            f"DROP INDEX IF EXISTS {t}_key",
+            f"DROP INDEX IF EXISTS {t}_holder",
             f"CREATE TABLE IF NOT EXISTS {self.meta} (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
         ]
 
@@ -342,8 +355,9 @@ class SqliteStore(SqlStore):
         return f"SQLite {self.path}"
 
     # -- bulk load into an empty store ---------------------------------------------------------------------------
-    # A snapshot into an empty store is the one big write: inserting without any index and building the indexes
-    # once at the end is about 1.5x faster than indexed upserts (1,000,000 rows, see docs/benchmarks.md). While
+    # A snapshot into an empty store is the one big write: inserting without the unique key and building it once
+    # at the end is about 1.5x faster than indexed upserts (1,000,000 rows, see docs/benchmarks.md). The (origin,
+    # seq) index stays, as snapshots come in that order and its entries only append (cheaper than building it). While
     # loading, every write is a plain INSERT (a key written twice is kept twice); the load ends before any read
     # that needs the indexes or the last-writer-wins result: duplicates are then resolved by (hlc, origin) and the
     # unique index rebuilt, so readers never see the difference (``count`` alone may over-count such a key
@@ -371,8 +385,8 @@ class SqliteStore(SqlStore):
             return True
         if rows < LOAD_MIN_ROWS or self._fetch(f"SELECT 1 FROM {self.table} LIMIT 1"):
             return False
-        with self.db.atomic():
-            for index in ("key", "origin_seq", "holder"):
+        with self.db.atomic():  # (origin, seq) stays: pages come in that order, so its entries only append
+            for index in ("hkey", "key", "holder"):
                 self.db.execute_sql(f"DROP INDEX IF EXISTS {self.table}_{index}")
         self._loading = True
         log.info("%s: empty, bulk loading without indexes", self.describe())
@@ -384,7 +398,9 @@ class SqliteStore(SqlStore):
     def since_pages(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[bytes]:
         self.end_load()
         origins = [r[0] for r in self._fetch(f"SELECT DISTINCT origin FROM {self.table}")]
-        if not any(vector.get(origin, 0) for origin in origins):  # a new master: everything, in table order
+        if not any(vector.get(origin, 0) for origin in origins):
+            # a new master: everything, in table order (a plain scan, twice as fast as by origin through the
+            # index); each origin's rows are in seq order in it, so the receiver's (origin, seq) index appends
             yield from self._pages("", "id", "rowid", batch)
             return
         for origin in origins:
@@ -440,7 +456,7 @@ class SqliteStore(SqlStore):
                             conn.execute(f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep}", (stale_before,))
                         else:
                             conn.execute(
-                                f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder "
+                                f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY holder, name "
                                 f"{self._conflict}",
                                 (stale_before,),
                             )
@@ -454,7 +470,7 @@ class SqliteStore(SqlStore):
                     self.end_load()  # (see _resume_load) upsert instead
                 with self.db.atomic():
                     conn.execute(
-                        f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY name, holder "
+                        f"INSERT INTO {self.table} ({_COLS}) SELECT {_COLS} {keep} ORDER BY holder, name "
                         f"{self._conflict}",
                         (stale_before,),
                     )
@@ -476,13 +492,13 @@ class SqliteStore(SqlStore):
         t = self.table
         with self.db.atomic():
             try:
-                self.db.execute_sql(f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_key ON {t} (name, holder)")
+                self.db.execute_sql(f"CREATE UNIQUE INDEX IF NOT EXISTS {t}_hkey ON {t} (holder, name)")
             except (sqlite3.IntegrityError, peewee.IntegrityError):
                 self.db.execute_sql(
                     f"DELETE FROM {t} WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
                     f"(PARTITION BY name, holder ORDER BY hlc DESC, origin DESC) AS n FROM {t}) WHERE n > 1)"
                 )
-                self.db.execute_sql(f"CREATE UNIQUE INDEX {t}_key ON {t} (name, holder)")
+                self.db.execute_sql(f"CREATE UNIQUE INDEX {t}_hkey ON {t} (holder, name)")
             for statement in self.ddl():
                 self.db.execute_sql(statement)
         self._loading = False
