@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import Any
 
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from overdrive.bus.address import Endpoint, parse_endpoints
 from overdrive.config import GlobalOptions
+from overdrive.errors import ConfigError
 
 console = Console(stderr=True, highlight=False)
 """Human-facing output (status lines, progress, warnings) goes to stderr; stdout is for results and --json."""
@@ -21,6 +25,34 @@ def options(ctx: typer.Context) -> GlobalOptions:
     if not isinstance(root.obj, GlobalOptions):
         raise RuntimeError("global options missing: command invoked outside the overdrive app")
     return root.obj
+
+
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown(text: str) -> str:
+    """``text`` (a file name or path from the network) made safe to print: control characters and bidi overrides
+    as escapes (``\\x1b``, ``\\u202e``), so a name can neither drive the terminal nor pass for another name."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS else c
+        for c in text
+    )
+
+
+def markup_safe(text: str) -> str:
+    """``text`` from the network, for a rich markup string: :func:`shown`, with ``[`` escaped (``[/b]`` in a file
+    name must print as itself, not be read as a closing tag)."""
+    return escape(shown(text))
+
+
+def endpoints(value: str, default_port: int, option: str) -> list[Endpoint]:
+    """A comma-separated address list given to ``option``; an empty one is a usage error."""
+    parsed = parse_endpoints(value, default_port)
+    if not parsed:
+        raise ConfigError(f"{option} needs at least one address: HOST[:PORT],...")
+    return parsed
 
 
 def print_json(value: Any) -> None:

@@ -21,10 +21,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from overdrive import paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, parse_endpoint, parse_endpoints
-from overdrive.cliutil import console, options, print_json, warn_insecure
+from overdrive.cliutil import console, endpoints, markup_safe, options, print_json, shown, warn_insecure
 from overdrive.errors import ConfigError, OverdriveError, UnreachableError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import Entry, IndexClient, is_glob
@@ -153,13 +154,13 @@ def share_command(
         root.mkdir(parents=True, exist_ok=True)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder")
-    masters = tuple(parse_endpoints(master, DEFAULT_MASTER_PORT))
+    masters = tuple(endpoints(master, DEFAULT_MASTER_PORT, "--master"))
     endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
     scanner = FolderScanner(root)
     started = time.monotonic()
     scanner.scan()
     console.print(
-        f"scanned {root}: {len(scanner)} file(s), {scanner.hashed} hashed, "
+        f"scanned {markup_safe(str(root))}: {len(scanner)} file(s), {scanner.hashed} hashed, "
         f"{time.monotonic() - started:.2f} s" + (f", {scanner.skipped} skipped" if scanner.skipped else "")
     )
     stop = _Stop()
@@ -207,8 +208,11 @@ def ls_command(
 ) -> None:
     """List the files the network holds: size, hash, every holder, online or offline."""
     opts = options(ctx)
+    if timeout <= 0:
+        raise ConfigError(f"--timeout must be positive, not {timeout:g}")
+    masters = endpoints(master, DEFAULT_MASTER_PORT, "--master")
     glob = pattern if not pattern or is_glob(pattern) else f"*{pattern}*"
-    with opts.bus() as bus, IndexClient(bus, parse_endpoints(master, DEFAULT_MASTER_PORT), timeout=timeout) as client:
+    with opts.bus() as bus, IndexClient(bus, masters, timeout=timeout) as client:
         entries = client.lookup(glob)
     files = group_entries(entries)
     if online_only:
@@ -217,7 +221,7 @@ def ls_command(
         print_json(files)
         return
     if not files:
-        console.print("no files" + (f" matching {pattern!r}" if pattern else ""))
+        console.print("no files" + (f" matching {markup_safe(repr(pattern))}" if pattern else ""))
         return
     _print_table(files)
 
@@ -257,11 +261,16 @@ def _print_table(files: list[dict[str, Any]]) -> None:
     table.add_column("hash")
     table.add_column("holders", overflow="fold")
     for f in files:
-        holders = ", ".join(
-            f"{h['address']} ({h['node_id'][:6]}, {'[green]online[/]' if h['online'] else '[red]offline[/]'})"
+        holders = Text(", ").join(
+            Text.assemble(
+                f"{shown(h['address'])} ({h['node_id'][:6]}, ",
+                ("online", "green") if h["online"] else ("offline", "red"),
+                ")",
+            )
             for h in f["holders"]
         )
-        table.add_row(f["name"], _size(f["size"]), f["hash"][:12], holders)
+        # names come from the network: plain Text (never markup), control characters shown as escapes
+        table.add_row(Text(shown(f["name"])), _size(f["size"]), f["hash"][:12], holders)
     Console(highlight=False).print(table)
     online = sum(1 for f in files if f["online"])
     console.print(f"{len(files)} file(s), {online} available now")

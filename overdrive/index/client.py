@@ -25,6 +25,7 @@ import fnmatch
 import itertools
 import logging
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import zmq
@@ -43,6 +44,17 @@ __all__ = ["Entry", "IndexClient", "is_glob"]
 
 def _name(f: FileInfo) -> str:
     return f.name
+
+
+def _nfc(text: str) -> str:
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def _spellings(name: str) -> list[str]:
+    """``name`` as given, composed and decomposed (one entry when it is ASCII or already the same)."""
+    if name.isascii():
+        return [name]
+    return list(dict.fromkeys([name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)]))
 
 
 def is_glob(pattern: str) -> bool:
@@ -90,30 +102,37 @@ class IndexClient:
     ) -> list[Entry]:
         """Entries for an exact name, or for a glob pattern (see :func:`is_glob`); "" lists everything."""
         glob = is_glob(name_or_pattern)
-        entries: list[Entry] = []
+        found: dict[tuple[str, str, str], Entry] = {}
+        # the same name can be stored composed (NFC, as typed) or decomposed (NFD, as macOS saves it): ask for both
+        for spelling in _spellings(name_or_pattern):
+            entries: list[Entry] = []
 
-        def ask(ref: int) -> Lookup:
-            entries.clear()
-            return Lookup(
-                ref=ref,
-                name=name_or_pattern,
-                glob=glob,
-                content_hash=content_hash,
-                include_deleted=include_deleted,
-            )
+            def ask(ref: int, spelling: str = spelling, entries: list[Entry] = entries) -> Lookup:
+                entries.clear()
+                return Lookup(
+                    ref=ref,
+                    name=spelling,
+                    glob=glob,
+                    content_hash=content_hash,
+                    include_deleted=include_deleted,
+                )
 
-        def take(reply: object) -> bool:
-            if not isinstance(reply, Found):
-                return False
-            entries.extend(reply.entries)
-            return reply.done
+            def take(reply: object, entries: list[Entry] = entries) -> bool:
+                if not isinstance(reply, Found):
+                    return False
+                entries.extend(reply.entries)
+                return reply.done
 
-        self._request(ask, take)
+            self._request(ask, take)
+            for e in entries:
+                found[(e.name, e.holder, e.content_hash)] = e
+        result = list(found.values())
+        wanted = _nfc(name_or_pattern)
         if glob:  # never trust a master's filtering for what we show
-            entries = [e for e in entries if fnmatch.fnmatchcase(e.name, name_or_pattern)]
+            result = [e for e in result if fnmatch.fnmatchcase(_nfc(e.name), wanted)]
         elif name_or_pattern:
-            entries = [e for e in entries if e.name == name_or_pattern]
-        return sorted(entries, key=lambda e: (e.name, e.holder))
+            result = [e for e in result if _nfc(e.name) == wanted]
+        return sorted(result, key=lambda e: (e.name, e.holder))
 
     def register(
         self,

@@ -2,7 +2,8 @@
 
 Only regular files count; symlinks (to files or folders, inside or out) are never followed or shared, nor are
 the transfer's partial files (``*.part``, ``*.part.state``). Names are relative POSIX paths; a file whose name
-the index cannot carry (not UTF-8, a backslash, over 4096 bytes) is skipped with a warning.
+the index cannot carry or a fetcher would refuse (not UTF-8, a backslash, a control character, over 4096 bytes,
+more than 32 folders deep) is skipped with a warning.
 
 Hashing is the slow part, so hashes are cached by (name, size, mtime_ns) in the cache folder: rescanning an
 unchanged folder only stats files.
@@ -21,8 +22,10 @@ from pathlib import Path
 import msgspec
 
 from overdrive import paths
+from overdrive.errors import UnsafePathError
 from overdrive.index.records import check_name
 from overdrive.transfer.catalogue import SharedFile, hash_file
+from overdrive.transfer.names import check_name as check_fetchable
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +145,10 @@ class FolderScanner:
     def _describe(self, name: str, path: Path, st: os.stat_result) -> SharedFile | None:
         if name.endswith(SKIP_SUFFIXES):
             return None
-        try:
+        try:  # the index's rules, and the stricter ones every fetcher applies (no control characters, depth)
             check_name(name)
-        except ValueError as exc:
+            check_fetchable(name)
+        except (ValueError, UnsafePathError) as exc:
             self.skipped += 1
             log.warning("not sharing %r: %s", name, exc)
             return None

@@ -12,13 +12,14 @@ from typing import Annotated
 import typer
 
 from overdrive import paths
-from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
+from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.cliutil import console, options, print_json, warn_insecure
+from overdrive.cliutil import console, endpoints, markup_safe, options, print_json, warn_insecure
 from overdrive.errors import ConfigError, OverdriveError, TransferError
 from overdrive.transfer import names
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, FetchResult, fetch
+from overdrive.transfer.protocol import valid_chunk_size
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
 
 log = logging.getLogger(__name__)
@@ -76,18 +77,24 @@ def fetch_command(
     wanted = (content_hash or "").lower()
     if wanted and not HASH_RE.match(wanted):
         raise ConfigError(f"--hash must be 64 hex characters (a BLAKE3 digest as 'overdrive ls' shows), not {wanted!r}")
+    if chunk_size and not valid_chunk_size(chunk_size):
+        raise ConfigError(f"--chunk-size must be 0 or a power of two from 64 KiB to 16 MiB, not {chunk_size}")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout must be positive, not {timeout:g}")
+    if limit_rate < 0:
+        raise ConfigError(f"--limit-rate must be 0 (no limit) or more, not {limit_rate:g}")
     try:
         config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     dest_dir = out if out is not None else paths.backup_dir()
-    masters = parse_endpoints(master, DEFAULT_MASTER_PORT) if from_ is None else []
+    masters = endpoints(master, DEFAULT_MASTER_PORT, "--master") if from_ is None else []
     with opts.bus() as bus:
         if from_ is not None:
-            sources = tuple(parse_endpoints(from_, DEFAULT_SHARE_PORT))
+            sources = tuple(endpoints(from_, DEFAULT_SHARE_PORT, "--from"))
             size_hint = 0
         else:
-            sources, wanted, size_hint = _resolve(bus, masters, name, wanted)
+            sources, wanted, size_hint, name = _resolve(bus, masters, name, wanted)
         request = FetchRequest(
             name=name,
             sources=sources,
@@ -119,18 +126,22 @@ def fetch_command(
         )
         return
     if result.already_present:
-        console.print(f"{result.path} is already here with hash {result.hash[:16]}…; nothing to do")
+        console.print(f"{markup_safe(result.path)} is already here with hash {result.hash[:16]}…; nothing to do")
     else:
         resumed = f", resumed {result.resumed_chunks} chunks" if result.resumed_chunks else ""
         console.print(
-            f"fetched {result.path}: {result.bytes:,} bytes in {result.seconds:.2f} s "
+            f"fetched {markup_safe(result.path)}: {result.bytes:,} bytes in {result.seconds:.2f} s "
             f"({result.mb_per_s:.0f} MB/s) from {', '.join(result.sources) or 'the partial file'}{resumed}; "
             f"BLAKE3 {result.hash} verified"
         )
 
 
-def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple[tuple[Endpoint, ...], str, int]:
-    """Online holders of ``name`` (one version) from the index: (sources, content hash, size)."""
+def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple[tuple[Endpoint, ...], str, int, str]:
+    """Online holders of ``name`` (one version) from the index: (sources, content hash, size, name as held).
+
+    The name matches whatever its Unicode normalisation (a file saved as NFD is found by the NFC name a user
+    types); an exact match wins, and the holders are asked for the name as they hold it.
+    """
     try:
         from overdrive.index.client import IndexClient, is_glob
     except ModuleNotFoundError as exc:  # pragma: no cover - the index package ships with overdrive
@@ -138,7 +149,9 @@ def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple
     if is_glob(name):
         raise ConfigError(f"fetch takes one exact name, not a pattern ({name!r}); see 'overdrive ls'")
     with IndexClient(bus, masters) as client:
-        entries = [e for e in client.lookup(name, content_hash=wanted or None) if not e.deleted and e.name == name]
+        entries = [e for e in client.lookup(name, content_hash=wanted or None) if not e.deleted]
+    if any(e.name == name for e in entries):
+        entries = [e for e in entries if e.name == name]
     if wanted:
         entries = [e for e in entries if e.content_hash == wanted]
     if not entries:
@@ -151,10 +164,14 @@ def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple
         {e.content_hash for e in online}, key=lambda h: max(e.mtime_ns for e in online if e.content_hash == h)
     )
     chosen = wanted or versions[-1]
+    # one name for every source: of the chosen version's spellings, the one most holders use
+    spellings = [e.name for e in online if e.content_hash == chosen]
+    held_as = max(dict.fromkeys(spellings), key=spellings.count)
+    online = [e for e in online if e.name == held_as]
     if len(versions) > 1 and not wanted:
         console.print(
-            f"{name!r} exists in {len(versions)} versions online; fetching the newest ({chosen[:16]}…), "
-            "pick another with --hash"
+            f"{markup_safe(repr(name))} exists in {len(versions)} versions online; "
+            f"fetching the newest ({chosen[:16]}…), pick another with --hash"
         )
     sources: list[Endpoint] = []
     for entry in online:
@@ -167,7 +184,7 @@ def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple
     if not sources:
         raise TransferError(f"no online holder of {name!r} has a usable address")
     size = next(e.size for e in online if e.content_hash == chosen)
-    return tuple(dict.fromkeys(sources)), chosen, size
+    return tuple(dict.fromkeys(sources)), chosen, size, held_as
 
 
 def _fetch_with_progress(bus: Bus, request: FetchRequest, size_hint: int, *, quiet: bool) -> FetchResult:
@@ -191,7 +208,7 @@ def _fetch_with_progress(bus: Bus, request: FetchRequest, size_hint: int, *, qui
         console=console,
         transient=True,
     ) as bar:
-        task = bar.add_task(request.name, total=size_hint or None)
+        task = bar.add_task(markup_safe(request.name), total=size_hint or None)
         last = [0.0]
 
         def update(done: int, total: int) -> None:
@@ -220,7 +237,9 @@ def _register(bus: Bus, masters: list[Endpoint], result: FetchResult, dest_dir: 
         with IndexClient(bus, masters) as client:
             client.register([entry], address)
     except (OverdriveError, OSError, ValueError) as exc:
-        console.print(f"[yellow]warning: fetched, but could not register the new copy in the index: {exc}")
+        console.print(
+            f"[yellow]warning: fetched, but could not register the new copy in the index: {markup_safe(str(exc))}"
+        )
         return False
     return True
 

@@ -1,0 +1,196 @@
+"""Acceptance: the sharing commands as a new user (and a hostile peer with the password) meets them.
+
+Each test here reproduces something found by running the installed CLI by hand: names in several scripts and
+normalisations, names that look like terminal markup or carry control characters, and usage mistakes that must be
+one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from overdrive.bus.address import Endpoint
+from overdrive.index.client import IndexClient
+from overdrive.index.records import FileInfo
+from overdrive.index.scan import FolderScanner
+from overdrive.transfer import names
+from tests.conftest import TestNetwork
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+HASH = "ab" * 32
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("overdrive: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+class Children:
+    """overdrive child processes that print one ready line (``listening``/``serving`` ADDRESS) on stdout."""
+
+    def __init__(self, network: TestNetwork, tmp: Path) -> None:
+        self.network, self.tmp = network, tmp
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, home: str, *args: str) -> Endpoint:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "overdrive", *args],
+            env=self.network.env(self.tmp / home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith(("listening", "serving")):
+            proc.kill()
+            pytest.fail(f"{args[0]} did not start: {line}{proc.communicate(timeout=10)[1][-2000:]}")
+        host, port = line.split()[1].rsplit(":", 1)
+        return Endpoint(host, int(port))
+
+    def master(self) -> Endpoint:
+        return self.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def children(network: TestNetwork, tmp_path: Path) -> Iterator[Children]:
+    c = Children(network, tmp_path)
+    yield c
+    c.stop()
+
+
+def _register(network: TestNetwork, master: Endpoint, *file_names: str) -> None:
+    """A peer with the password registers these names (as its own files) through the master."""
+    with IndexClient(network.bus(), [master]) as client:
+        files = [FileInfo(name=n, size=10, content_hash=HASH, mtime_ns=1) for n in file_names]
+        assert client.register(files, "127.0.0.1:9") == len(files)
+
+
+def test_ls_shows_names_with_brackets_and_control_characters_literally(
+    run_cli: Run, network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """A name that looks like rich markup ('x[/b]y.txt' is a folder 'x[' and a file 'b]y.txt') crashed 'overdrive
+    ls' for everyone with a MarkupError traceback; '[draft] notes.txt' was shown as ' notes.txt'; an ESC in a
+    name reached the terminal."""
+    master = children.master()
+    _register(network, master, "x[/b]y.txt", "[draft] notes.txt", "esc\x1b[2Jclear.txt", "[bold red]red.txt")
+    result = run_cli("ls", "--master", master.display, env=network.env(tmp_path / "lister"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    table = "".join(result.stdout.split())  # the table folds long names over lines
+    for shown in ("x[/b]y.txt", "[draft]notes.txt", "[boldred]red.txt", "esc\\x1b[2Jclear.txt"):
+        assert shown in table, result.stdout
+    assert "\x1b" not in result.stdout
+    as_json = run_cli("ls", "--json", "--master", master.display, env=network.env(tmp_path / "lister"))
+    assert "esc\x1b[2Jclear.txt" in {f["name"] for f in json.loads(as_json.stdout)}  # JSON keeps the real name
+
+
+@pytest.mark.parametrize("command", [["ls"], ["fetch", "a.txt"], ["share", "."]])
+def test_an_empty_master_list_is_a_usage_error(
+    run_cli: Run, network: TestNetwork, tmp_path: Path, command: list[str]
+) -> None:
+    result = run_cli(*command, "--master", " , ", env=network.env(tmp_path / "home"))
+    assert result.returncode == 2, result.stderr
+    assert "--master" in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "mentions"),
+    [("--chunk-size", "3", "--chunk-size"), ("--timeout", "-1", "--timeout"), ("--limit-rate", "-5", "--limit-rate")],
+)
+def test_bad_fetch_options_are_one_line_naming_the_option(
+    run_cli: Run, network: TestNetwork, tmp_path: Path, option: str, value: str, mentions: str
+) -> None:
+    result = run_cli(
+        "fetch", "a.txt", "--from", "127.0.0.1:1", option, value, "--out", str(tmp_path / "out"),
+        env=network.env(tmp_path / "home"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert mentions in one_line_error(result)
+
+
+def test_ls_timeout_must_be_positive(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    result = run_cli("ls", "--master", "127.0.0.1:1", "--timeout", "-3", env=network.env(tmp_path / "home"))
+    assert result.returncode == 2 and "--timeout" in one_line_error(result)
+
+
+def test_the_scanner_shares_only_names_a_fetcher_accepts(tmp_path: Path) -> None:
+    """A file whose name has a control character, or that sits deeper than a fetcher accepts, was listed in the
+    index but every fetch of it failed ('contains NUL or control characters', 'nested more than 32 deep')."""
+    folder = tmp_path / "shared"
+    deep = folder.joinpath(*[f"d{i}" for i in range(names.MAX_DEPTH + 3)])
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("deep")
+    (folder / "tab\there.txt").write_text("tab")
+    (folder / "new\nline.txt").write_text("newline")
+    (folder / "fine.txt").write_text("fine")
+    scanner = FolderScanner(folder, cache_file=tmp_path / "cache.msgpack")
+    found = scanner.scan()
+    assert set(found) == {"fine.txt"}
+    assert scanner.skipped == 3
+    changed, _ = scanner.refresh(["tab\there.txt", "fine.txt", deep.relative_to(folder).as_posix()])
+    assert [f.name for f in changed] == []
+    for name in found:
+        names.check_name(name)
+
+
+def test_names_match_whatever_the_unicode_normalisation(
+    run_cli: Run, network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """A file saved with a decomposed name (NFD, as macOS writes them) could not be found by the name a user
+    types (NFC): 'overdrive ls résumé' listed nothing and 'overdrive fetch' said 'not found in the index'."""
+    nfd = unicodedata.normalize("NFD", "cours/résumé été.txt")
+    nfc = unicodedata.normalize("NFC", nfd)
+    assert nfd != nfc
+    folder = tmp_path / "shared"
+    (folder / "cours").mkdir(parents=True)
+    data = b"notes " * 1000
+    (folder / nfd).write_bytes(data)
+    master = children.master()
+    share = children.start(
+        "node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0", "--no-watch"
+    )
+    env = network.env(tmp_path / "user")
+    with IndexClient(network.bus(), [master]) as client:
+        deadline = time.monotonic() + 60
+        while not client.lookup(nfd):
+            assert time.monotonic() < deadline, "the node never registered its file"
+            time.sleep(0.1)
+        assert [e.name for e in client.lookup(nfc)] == [nfd]
+        assert [e.name for e in client.lookup("*" + unicodedata.normalize("NFC", "é") + "*")] == [nfd]
+
+    listed = run_cli("ls", "résumé", "--json", "--master", master.display, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [f["name"] for f in json.loads(listed.stdout)] == [nfd]
+
+    out = tmp_path / "out"
+    fetched = run_cli("fetch", nfc, "--master", master.display, "--out", str(out), "--json", "--no-register", env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    result = json.loads(fetched.stdout)
+    assert result["sources"] == [share.display]
+    assert result["hash"] == blake3.blake3(data).hexdigest()
+    assert Path(result["path"]).read_bytes() == data
+    assert Path(result["path"]).parent == out.resolve() / "cours"
