@@ -92,7 +92,9 @@ def root(
         command = commands.get(name)
         if command is None:
             raise ConfigError(f"config file has a [{name}] table but there is no '{name}' command")
-        check_keys(name, section, {p.name for p in command.params if p.name})
+        params = _config_keys(command)
+        check_keys(name, section, set(params))
+        sections[name] = {params[key]: value for key, value in section.items()}
     ctx.default_map = sections
 
     def pick(name: str, value: Any) -> Any:
@@ -110,6 +112,20 @@ def root(
     )
     configure_logging(opts.log_level)
     ctx.obj = opts
+
+
+def _config_keys(command: Any) -> dict[str, str]:
+    """A command's parameters as a config table names them, mapped to the parameter each one fills: an option by
+    its long name (``--json`` -> ``json``, dashes as underscores like :func:`read_config_file` leaves them), an
+    argument by its name (``[share] folder = ...``)."""
+    keys: dict[str, str] = {}
+    for param in command.params:
+        if not param.name or param.name == "help":
+            continue
+        longs = [o for o in param.opts if o.startswith("--")]
+        key = longs[0][2:] if longs and getattr(param, "param_type_name", "") == "option" else param.name
+        keys[key.replace("-", "_")] = param.name
+    return keys
 
 
 @app.command()

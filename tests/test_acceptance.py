@@ -194,3 +194,22 @@ def test_names_match_whatever_the_unicode_normalisation(
     assert result["hash"] == blake3.blake3(data).hexdigest()
     assert Path(result["path"]).read_bytes() == data
     assert Path(result["path"]).parent == out.resolve() / "cours"
+
+
+def test_config_tables_take_the_option_names_the_help_shows(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    """'json = true' in [ls] was refused ("valid: as-json, ..., pattern") and [fetch] wanted 'content-hash' for
+    --hash and 'from-' for --from: the config file spoke the code's parameter names, not the options."""
+    config = tmp_path / "config.toml"
+    config.write_text('[ls]\njson = true\nmaster = "127.0.0.1:1"\ntimeout = 0.5\n')
+    listed = run_cli("--config", str(config), "ls", env=network.env(tmp_path / "home"))
+    assert listed.returncode == 1 and "no index master answered" in one_line_error(listed)
+
+    config.write_text(f'[fetch]\nfrom = "127.0.0.1:1"\nhash = "{"0" * 64}"\nregister = false\nchunk-size = 3\n')
+    fetched = run_cli("--config", str(config), "fetch", "a.txt", env=network.env(tmp_path / "home"))
+    assert fetched.returncode == 2 and "--chunk-size" in one_line_error(fetched)  # read from the table
+
+    config.write_text("[ls]\njsn = true\n")
+    typo = run_cli("--config", str(config), "ls", env=network.env(tmp_path / "home"))
+    error = one_line_error(typo)
+    assert typo.returncode == 2 and "'jsn'" in error
+    assert "json" in error and "as-json" not in error
