@@ -3,7 +3,8 @@
 ``overdrive ls --json`` prints one JSON array, sorted by name then hash; this shape is stable::
 
     [{"name": "lectures/week 1.mp4", "size": 1048576, "hash": "<64 hex>", "online": true,
-      "holders": [{"node_id": "<16 base32>", "address": "10.0.0.5:7772", "online": true, "mtime_ns": 1700000000}]}]
+      "holders": [{"node_id": "<16 base32>", "address": "10.0.0.5:7772", "online": true,
+                   "mtime_ns": 1700000000000000000}]}]
 
 A file is one (name, hash) pair: two different contents under one name are two entries. ``online`` on a file is
 true when at least one holder is online.
