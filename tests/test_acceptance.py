@@ -213,3 +213,16 @@ def test_config_tables_take_the_option_names_the_help_shows(run_cli: Run, networ
     error = one_line_error(typo)
     assert typo.returncode == 2 and "'jsn'" in error
     assert "json" in error and "as-json" not in error
+
+
+def test_a_master_with_the_wrong_password_says_so_instead_of_running_alone(
+    run_cli: Run, network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """It printed 'listening' and ran on its own forever: no error, no warning, not even at --log-level info."""
+    master = children.master()
+    env = network.env(tmp_path / "second")
+    env["OVERDRIVE_PASSWORD"] = "not the password"
+    result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--peers", master.display, env=env)
+    assert result.returncode == 1, result.stderr
+    assert "authentication failed" in one_line_error(result)
+    assert master.display in one_line_error(result)

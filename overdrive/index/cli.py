@@ -25,9 +25,10 @@ from rich.table import Table
 from rich.text import Text
 
 from overdrive import paths
-from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, parse_endpoint, parse_endpoints
+from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
+from overdrive.bus.sockets import Bus
 from overdrive.cliutil import console, endpoints, markup_safe, options, print_json, shown, warn_insecure
-from overdrive.errors import ConfigError, OverdriveError, UnreachableError
+from overdrive.errors import AuthError, ConfigError, OverdriveError, UnreachableError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
@@ -106,11 +107,14 @@ def master_command(
                 f"store {store.describe()}; peers {', '.join(p.display for p in config.peers) or 'none yet'}"
             )
             print(f"listening {master.endpoint.display}", flush=True)
+            unprobed = list(config.peers)
             try:
                 last = time.monotonic()
                 while not stop.event.wait(0.2):
                     if not master.running:
                         raise OverdriveError(f"master stopped: {master.error}")
+                    if unprobed:
+                        unprobed = _probe_peer(bus, unprobed)
                     if stats > 0 and time.monotonic() - last >= stats:
                         last = time.monotonic()
                         _status_line(master)
@@ -119,6 +123,23 @@ def master_command(
     finally:
         stop.restore()
         store.close()
+
+
+def _probe_peer(bus: Bus, peers: list[Endpoint]) -> list[Endpoint]:
+    """Ask the first of ``peers`` for its status: a peer that refuses our password is an error (the mesh would
+    never accept us; running alone would look fine and hold nothing), one that is down is tried later by the
+    mesh itself. Returns the peers still worth probing (none once one has answered)."""
+    peer = peers[0]
+    try:
+        with IndexClient(bus, [peer], timeout=1.0) as client:
+            client.status(digest=False)
+    except AuthError:
+        raise
+    except UnreachableError:
+        if len(peers) == 1:
+            console.print("[yellow]warning: no peer master answers yet; will keep trying[/]")
+        return peers[1:]
+    return []
 
 
 def _status_line(master: Master) -> None:
