@@ -226,3 +226,27 @@ def test_a_master_with_the_wrong_password_says_so_instead_of_running_alone(
     assert result.returncode == 1, result.stderr
     assert "authentication failed" in one_line_error(result)
     assert master.display in one_line_error(result)
+
+
+def test_one_node_identity_shares_from_one_process_at_a_time(
+    run_cli: Run, network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """A second 'overdrive share' with the same OVERDRIVE_HOME (so the same node id) ran: its full
+    registration deleted every entry of the first one, which was still serving them."""
+    master = children.master()
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "a.txt").write_text("a")
+    children.start("node", "share", str(first), "--master", master.display, "--bind", "tcp://127.0.0.1:0")
+    again = run_cli(
+        "share", str(second), "--master", master.display, "--bind", "tcp://127.0.0.1:0",
+        env=network.env(tmp_path / "node"),
+    )  # fmt: skip
+    assert again.returncode == 2, again.stderr
+    assert "already sharing" in one_line_error(again)
+    with IndexClient(network.bus(), [master]) as client:
+        deadline = time.monotonic() + 60
+        while not client.lookup("a.txt"):
+            assert time.monotonic() < deadline, "the first node's file is not in the index"
+            time.sleep(0.1)

@@ -12,13 +12,14 @@ true when at least one holder is online.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -178,6 +179,7 @@ def share_command(
         raise ConfigError(f"{root} is not a folder")
     masters = tuple(endpoints(master, DEFAULT_MASTER_PORT, "--master"))
     endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
+    lock = _lock_node()
     scanner = FolderScanner(root)
     started = time.monotonic()
     scanner.scan()
@@ -214,6 +216,27 @@ def share_command(
                 server.stop()
     finally:
         stop.restore()
+        lock.close()
+
+
+def _lock_node() -> IO[bytes]:
+    """Hold this node identity's share lock for the life of the process (released when it ends, even by kill -9).
+
+    One node id is one set of index entries: a second 'share' under the same identity would register its folder
+    as everything the node holds and so delete the first one's entries while it still serves them.
+    """
+    folder = paths.data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / "share.lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(
+            f"this node (identity in {folder}) is already sharing a folder from another 'overdrive share'; "
+            "stop it, or give a second node its own OVERDRIVE_HOME"
+        ) from None
+    return lock
 
 
 def ls_command(
@@ -292,7 +315,7 @@ def _print_table(files: list[dict[str, Any]]) -> None:
             for h in f["holders"]
         )
         # names come from the network: plain Text (never markup), control characters shown as escapes
-        table.add_row(Text(shown(f["name"])), _size(f["size"]), f["hash"][:12], holders)
+        table.add_row(Text(shown(f["name"])), _size(f["size"]), Text(shown(f["hash"][:12])), holders)
     Console(highlight=False).print(table)
     online = sum(1 for f in files if f["online"])
     console.print(f"{len(files)} file(s), {online} available now")
