@@ -77,7 +77,8 @@ def master_command(
         typer.Option(help="Store URL: sqlite:///PATH, mysql://USER:PASS@HOST:PORT/DB, firestore://PROJECT."),
     ] = None,
     advertise: Annotated[
-        str | None, typer.Option(help="Host other masters should connect to (default: a guess when bound to 0.0.0.0).")
+        str | None,
+        typer.Option(help="HOST[:PORT] other masters should connect to (default: a guess when bound to 0.0.0.0)."),
     ] = None,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats to other masters.")] = 0.5,
     timeout: Annotated[float, typer.Option(help="Seconds of silence before a master or node is offline.")] = 3.0,
@@ -163,7 +164,7 @@ def share_command(
     ] = DEFAULT_MASTERS,
     bind: Annotated[str, typer.Option(help="Where to serve files to peers.")] = f"tcp://0.0.0.0:{DEFAULT_SHARE_PORT}",
     advertise: Annotated[
-        str | None, typer.Option(help="Host peers should fetch from (default: a guess when bound to 0.0.0.0).")
+        str | None, typer.Option(help="HOST[:PORT] peers should fetch from (default: a guess when bound to 0.0.0.0).")
     ] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow changes in the folder.")] = True,
 ) -> None:
