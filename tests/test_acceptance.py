@@ -250,3 +250,13 @@ def test_one_node_identity_shares_from_one_process_at_a_time(
         while not client.lookup("a.txt"):
             assert time.monotonic() < deadline, "the first node's file is not in the index"
             time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--retention", "-5"), ("--timeout", "-1"), ("--heartbeat", "0")])
+def test_bad_master_options_are_one_line_naming_the_option(
+    run_cli: Run, network: TestNetwork, tmp_path: Path, option: str, value: str
+) -> None:
+    """--retention -5 was a ValueError traceback; --timeout -1 said 'master_timeout must be positive'."""
+    result = run_cli("master", "--bind", "tcp://127.0.0.1:0", option, value, env=network.env(tmp_path / "home"))
+    assert result.returncode == 2, result.stderr
+    assert option in one_line_error(result)

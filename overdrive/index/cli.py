@@ -88,6 +88,9 @@ def master_command(
     """Run an index master: hold a full replica of the index and replicate with the other masters."""
     opts = options(ctx)
     warn_insecure(opts)
+    for option, value in (("--heartbeat", heartbeat), ("--timeout", timeout), ("--retention", retention)):
+        if not value > 0:
+            raise ConfigError(f"{option} must be positive, not {value:g}")
     config = MasterConfig(
         bind=parse_endpoint(bind, DEFAULT_MASTER_PORT),
         peers=tuple(parse_endpoints(peers, DEFAULT_MASTER_PORT)),
