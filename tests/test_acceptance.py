@@ -260,3 +260,13 @@ def test_bad_master_options_are_one_line_naming_the_option(
     result = run_cli("master", "--bind", "tcp://127.0.0.1:0", option, value, env=network.env(tmp_path / "home"))
     assert result.returncode == 2, result.stderr
     assert option in one_line_error(result)
+
+
+def test_an_over_long_ls_pattern_is_a_usage_error_not_a_silent_master(
+    run_cli: Run, network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """The master dropped the oversized lookup (as it must) and ls said the master 'did not answer within 3 s'."""
+    master = children.master()
+    result = run_cli("ls", "x" * 5000, "--master", master.display, env=network.env(tmp_path / "home"))
+    assert result.returncode == 2, result.stderr
+    assert "pattern" in one_line_error(result)

@@ -31,7 +31,7 @@ from overdrive.bus.sockets import Bus
 from overdrive.cliutil import console, endpoints, markup_safe, options, print_json, shown, warn_insecure
 from overdrive.errors import AuthError, ConfigError, OverdriveError, UnreachableError
 from overdrive.index.addresses import advertised
-from overdrive.index.client import Entry, IndexClient, is_glob
+from overdrive.index.client import MAX_PATTERN, Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.node import Node, NodeConfig
 from overdrive.index.replication import ReplicationConfig
@@ -261,6 +261,8 @@ def ls_command(
         raise ConfigError(f"--timeout must be positive, not {timeout:g}")
     masters = endpoints(master, DEFAULT_MASTER_PORT, "--master")
     glob = pattern if not pattern or is_glob(pattern) else f"*{pattern}*"
+    if len(glob) > MAX_PATTERN:  # a master drops a longer lookup unanswered
+        raise ConfigError(f"the pattern is longer than {MAX_PATTERN} characters")
     with opts.bus() as bus, IndexClient(bus, masters, timeout=timeout) as client:
         entries = client.lookup(glob)
     files = group_entries(entries)

@@ -50,11 +50,17 @@ def _nfc(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
+MAX_PATTERN = 4096
+"""Longest name or pattern a Lookup carries (characters); a master drops a longer one unanswered."""
+
+
 def _spellings(name: str) -> list[str]:
-    """``name`` as given, composed and decomposed (one entry when it is ASCII or already the same)."""
+    """``name`` as given, composed and decomposed (one entry when it is ASCII or already the same; a spelling a
+    Lookup cannot carry is left out)."""
     if name.isascii():
         return [name]
-    return list(dict.fromkeys([name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)]))
+    spellings = [name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)]
+    return list(dict.fromkeys(s for s in spellings if s == name or len(s) <= MAX_PATTERN))
 
 
 def is_glob(pattern: str) -> bool:
