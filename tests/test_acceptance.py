@@ -270,3 +270,14 @@ def test_an_over_long_ls_pattern_is_a_usage_error_not_a_silent_master(
     result = run_cli("ls", "x" * 5000, "--master", master.display, env=network.env(tmp_path / "home"))
     assert result.returncode == 2, result.stderr
     assert "pattern" in one_line_error(result)
+
+
+def test_the_scanner_never_shares_a_fetchs_leftover_state_file(tmp_path: Path) -> None:
+    """A fetch that hit a full disk left 'NAME.part.state.tmp' beside its partial file; a node sharing that folder
+    (the backup folder is the default for both) listed it in the index."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    for name in ("movie.mp4.part", "movie.mp4.part.state", "movie.mp4.part.state.tmp", "movie.mp4"):
+        (folder / name).write_text(name)
+    scanner = FolderScanner(folder, cache_file=tmp_path / "cache.msgpack")
+    assert set(scanner.scan()) == {"movie.mp4"}

@@ -1,9 +1,9 @@
 """The sharing node's view of its folder: a scanner with a persistent hash cache, usable as a Catalogue.
 
 Only regular files count; symlinks (to files or folders, inside or out) are never followed or shared, nor are
-the transfer's partial files (``*.part``, ``*.part.state``). Names are relative POSIX paths; a file whose name
-the index cannot carry or a fetcher would refuse (not UTF-8, a backslash, a control character, over 4096 bytes,
-more than 32 folders deep) is skipped with a warning.
+the transfer's partial files (``*.part``, ``*.part.state`` and its ``.tmp``). Names are relative POSIX paths; a
+file whose name the index cannot carry or a fetcher would refuse (not UTF-8, a backslash, a control character,
+over 4096 bytes, more than 32 folders deep) is skipped with a warning.
 
 Hashing is the slow part, so hashes are cached by (name, size, mtime_ns) in the cache folder: rescanning an
 unchanged folder only stats files.
@@ -29,7 +29,7 @@ from overdrive.transfer.names import check_name as check_fetchable
 
 log = logging.getLogger(__name__)
 
-SKIP_SUFFIXES = (".part", ".part.state")
+SKIP_SUFFIXES = (".part", ".part.state", ".part.state.tmp")
 _CacheEntry = tuple[int, int, str]
 
 
