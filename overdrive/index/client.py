@@ -6,6 +6,7 @@ API::
     entries = client.lookup("lectures/week 1.mp4")            # exact name
     entries = client.lookup("*.mp4")                          # fnmatch glob (``*`` also matches "/")
     entries = client.lookup("week 1.mp4", content_hash="ab..")  # only copies with that BLAKE3 hash
+    # names and patterns match whatever their Unicode normalisation: "résumé" finds a file saved as NFD
     for e in entries:      # Entry: name, size, content_hash, holder, address ("host:port"), mtime_ns, online
         ...
     client.register([SharedFile(...)], address="10.0.0.5:7772")   # "I (this bus's node id) now hold these"
