@@ -30,6 +30,10 @@ class Ticker:
         self._next = now + self.interval
         return True
 
+    def defer(self, now: float) -> None:
+        """Fire no sooner than one full interval from ``now``."""
+        self._next = max(self._next, now + self.interval)
+
 
 @dataclass(slots=True)
 class Liveness(Generic[K]):
