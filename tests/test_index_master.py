@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,12 +11,15 @@ import pytest
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.heartbeat import Ticker
+from overdrive.errors import StoreError
 from overdrive.index import master as master_module
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.protocol import Digest, SyncDone
+from overdrive.index.records import FileInfo, RecordRow
 from overdrive.index.stores import BUCKETS, open_store
 from overdrive.index.stores.memory import MemoryStore
+from overdrive.index.stores.sql import SqliteStore
 from tests.conftest import TestNetwork
 
 
@@ -112,3 +115,44 @@ def test_no_digest_right_after_a_catch_up_and_digests_cost_at_most_a_tenth_of_th
     master._anti_entropy()
     assert [type(m) for m in sent] == [Digest]
     assert master._entropy.interval == 20.0
+
+
+class _FillableStore(SqliteStore):
+    """A real SQLite store whose database can be made full: ``PRAGMA max_page_count`` at the current size makes
+    SQLite itself fail the next write that needs a new page with SQLITE_FULL, as a full disk does."""
+
+    full = False
+
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        self.db.execute_sql(f"PRAGMA max_page_count = {1 if self.full else 1 << 30}")  # on the master's thread
+        return super().apply(rows, vector)
+
+
+def test_a_full_database_refuses_registrations_clearly_and_the_master_keeps_going(
+    network: TestNetwork, tmp_path: Path
+) -> None:
+    store = _FillableStore(tmp_path / "index.db")
+    master = Master(network.bus(), store, MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    master.start()
+    assert master.endpoint is not None
+
+    def files(prefix: str, n: int) -> list[FileInfo]:
+        return [FileInfo(name=f"{prefix}/{i}", size=i, content_hash=f"{i:064x}", mtime_ns=i) for i in range(n)]
+
+    try:
+        with IndexClient(network.bus(), [master.endpoint]) as client:
+            client.register(files("first", 100), "127.0.0.1:7772")
+            store.full = True
+            with pytest.raises(StoreError, match="database or disk is full"):
+                client.register(files("second", 3000), "127.0.0.1:7772")
+            assert master.stats.store_errors >= 1
+            assert len(client.lookup("first/7")) == 1  # still answering, from what the store holds
+            assert client.lookup("second/7") == []
+            store.full = False  # space again: the node sends the same files, and nothing was lost or skipped
+            client.register(files("second", 3000), "127.0.0.1:7772")
+            assert len(client.lookup("second/2999")) == 1
+    finally:
+        master.stop()
+    seqs = sorted(row[7] for batch in store.since({}) for row in batch)
+    assert seqs == list(range(1, 3101))  # the stamps of the refused batch were never sent: stamped again, no gap
+    store.close()

@@ -25,7 +25,7 @@ from overdrive.bus.codec import Message
 from overdrive.bus.heartbeat import Liveness, Ticker
 from overdrive.bus.runner import Runner
 from overdrive.bus.sockets import Bus
-from overdrive.errors import BusError, ConfigError, ProtocolError
+from overdrive.errors import BusError, ConfigError, ProtocolError, StoreError
 from overdrive.index.addresses import advertised
 from overdrive.index.protocol import (
     BATCH_BYTES,
@@ -134,6 +134,7 @@ class MasterStats:
     repairs: int = 0
     unsent: int = 0
     abandoned_syncs: int = 0
+    store_errors: int = 0
     rate: float = 0.0
 
 
@@ -172,6 +173,7 @@ class Master(Runner):
         self._rate_mark = (time.monotonic(), 0)
         self._digest_turn = 0
         self._entropy = Ticker(self.config.anti_entropy, time.monotonic() + self.config.anti_entropy)
+        self._store_quiet_until = 0.0
 
     @property
     def origin(self) -> str:
@@ -259,18 +261,21 @@ class Master(Runner):
             for link in list(self._links.values()):
                 if link.sock in events:
                     self._drain(link.sock, routed=False)
-            self._flush_live()
-            self._pump_serving()
-            if beat.due(now):
-                self._heartbeat(now)
-            if self._entropy.due(now):
-                self._anti_entropy()
-            if purge.due(now):
-                self.replica.purge()
-            if counted.due(now) and not (busy or self._sync_active(now)):  # a full scan: not amid a snapshot
-                began = time.monotonic()
-                self.entries = self.store.count()
-                counted.interval = max(2.0, 10 * (time.monotonic() - began))
+            try:
+                self._flush_live()
+                self._pump_serving()
+                if beat.due(now):
+                    self._heartbeat(now)
+                if self._entropy.due(now):
+                    self._anti_entropy()
+                if purge.due(now):
+                    self.replica.purge()
+                if counted.due(now) and not (busy or self._sync_active(now)):  # a full scan: not amid a snapshot
+                    began = time.monotonic()
+                    self.entries = self.store.count()
+                    counted.interval = max(2.0, 10 * (time.monotonic() - began))
+            except StoreError as exc:
+                self._store_failed(exc)
             self._update_rate(now)
 
     def _drain(self, sock: zmq.Socket, *, routed: bool) -> None:  # type: ignore[type-arg]
@@ -296,6 +301,28 @@ class Master(Runner):
             except (ProtocolError, BusError, ValueError) as exc:
                 self.stats.dropped += 1
                 log.debug("master %s: dropped a message: %s", self.origin, exc)
+            except StoreError as exc:
+                self._store_failed(exc)
+                if isinstance(message, Announce):  # the node hears why, and its files stay its own to send again
+                    error = f"the master's database failed: {exc}"
+                    self._send(sock, identity, Ack(ref=message.ref, ok=False, error=error))
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """A write or read of the store failed (a full disk, say): keep serving, from what the store holds.
+
+        Nothing half-done stays in memory: rows waiting to be written are dropped and the replica reloads its
+        vector from the store, so what was lost is asked for again by catch-up and anti-entropy."""
+        self.stats.store_errors += 1
+        self._live_rows = []
+        self._relay = []
+        try:
+            self.replica.reload()
+        except StoreError as again:
+            exc = again
+        now = time.monotonic()
+        if now >= self._store_quiet_until:  # a full disk fails every write: say so every 10 s, not every time
+            self._store_quiet_until = now + 10.0
+            log.error("master %s: %s (%d store errors so far)", self.origin, exc, self.stats.store_errors)
 
     def _send(self, sock: zmq.Socket, identity: bytes | None, message: Message, *payload: object) -> bool:  # type: ignore[type-arg]
         frames = CODEC.encode(message, *payload)
@@ -574,6 +601,10 @@ class Master(Runner):
                         batch = next(serving.batches)
                     except StopIteration:
                         batch = None
+                    except StoreError:  # its reader is gone: the requester retries (a SyncDone would say complete)
+                        self._serving.remove(serving)
+                        self.stats.abandoned_syncs += 1
+                        raise
                     if batch is None:
                         self._serving.remove(serving)
                         if serving.vector is not None:

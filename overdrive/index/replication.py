@@ -92,6 +92,15 @@ class Replica:
         self.vector = self.store.load_vector()
         self.vector.setdefault(self.origin, 0)
 
+    def reload(self) -> None:
+        """Forget what is not in the store: after a write failed (a full disk, say), the vector is the one saved
+        with the last batch that was, so nothing is marked seen that is not stored. What was lost comes back
+        through catch-up and anti-entropy; sequence numbers stamped but not stored were never sent, so they are
+        stamped again."""
+        self.vector = self.store.load_vector()
+        self.vector.setdefault(self.origin, 0)
+        self.pending.clear()
+
     @property
     def seq(self) -> int:
         """The last sequence number this master stamped."""

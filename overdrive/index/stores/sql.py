@@ -44,6 +44,15 @@ PREFIX_RE = re.compile(r"^[a-z0-9_]{0,32}$")
 _DB_ERRORS: tuple[type[BaseException], ...] = (peewee.PeeweeException, sqlite3.Error, pymysql.err.Error, OSError)
 
 
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first of the backend errors ``exc`` was raised while handling: a COMMIT that fails for a full disk
+    makes SQLite roll back by itself, and peewee's own ROLLBACK then fails with "no transaction is active",
+    which says nothing of the reason."""
+    while isinstance(exc.__context__, _DB_ERRORS):
+        exc = exc.__context__
+    return exc
+
+
 def _translated(fn: Callable[P, T]) -> Callable[P, T]:
     """Turn backend exceptions into StoreError naming the store."""
 
@@ -53,7 +62,7 @@ def _translated(fn: Callable[P, T]) -> Callable[P, T]:
             return fn(*args, **kwargs)
         except _DB_ERRORS as exc:
             store = args[0]
-            raise StoreError(f"{store.describe()}: {exc}") from exc  # type: ignore[attr-defined]
+            raise StoreError(f"{store.describe()}: {_first_cause(exc)}") from exc  # type: ignore[attr-defined]
 
     return wrapper
 
@@ -65,7 +74,7 @@ def _gen_translated(fn: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
             yield from fn(*args, **kwargs)
         except _DB_ERRORS as exc:
             store = args[0]
-            raise StoreError(f"{store.describe()}: {exc}") from exc  # type: ignore[attr-defined]
+            raise StoreError(f"{store.describe()}: {_first_cause(exc)}") from exc  # type: ignore[attr-defined]
 
     return wrapper
 
