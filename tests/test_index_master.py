@@ -156,3 +156,23 @@ def test_a_full_database_refuses_registrations_clearly_and_the_master_keeps_goin
     seqs = sorted(row[7] for batch in store.since({}) for row in batch)
     assert seqs == list(range(1, 3101))  # the stamps of the refused batch were never sent: stamped again, no gap
     store.close()
+
+
+def test_catch_ups_more_often_than_the_interval_never_stop_anti_entropy(
+    network: TestNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anti-entropy is the only repair of what no vector shows: a finished catch-up may put a digest off, but one
+    every few seconds (three masters and a steady trickle of updates) must not put it off for ever."""
+    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0), anti_entropy=5.0))
+    clock = [1000.0]
+    monkeypatch.setattr(master_module.time, "monotonic", lambda: clock[0])
+    master._entropy = Ticker(5.0, clock[0] + 5.0)
+    fired = []
+    for second in range(1, 61):  # a minute; a catch-up finishes every 4 s
+        clock[0] += 1.0
+        if second % 4 == 0:
+            master._batches[second] = 0
+            master._sync_done(SyncDone(ref=second, vector={}, batches=0))
+        if master._entropy.due(clock[0]):
+            fired.append(second)
+    assert len(fired) >= 5, fired

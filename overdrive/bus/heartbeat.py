@@ -23,16 +23,22 @@ class Ticker:
 
     interval: float = DEFAULT_INTERVAL
     _next: float = float("-inf")
+    _latest: float = float("inf")
+    """How far deferrals may push the next tick: one interval past when it was due."""
 
     def due(self, now: float) -> bool:
         if now < self._next:
             return False
         self._next = now + self.interval
+        self._latest = float("inf")
         return True
 
     def defer(self, now: float) -> None:
-        """Fire no sooner than one full interval from ``now``."""
-        self._next = max(self._next, now + self.interval)
+        """Fire no sooner than one full interval from ``now``, but never more than one interval later than it
+        would have: deferred over and over, it still fires at least every second interval."""
+        if self._latest == float("inf"):
+            self._latest = max(self._next, now) + self.interval
+        self._next = max(self._next, min(now + self.interval, self._latest))
 
 
 @dataclass(slots=True)
