@@ -534,3 +534,22 @@ def test_connections_per_holder(network: TestNetwork, holders, scratch: Path, co
     assert holder.server.stats.opened == connections and holder.server.stats.bytes_sent == 12 * MB
     with pytest.raises(ConfigError, match="connections"):
         FetchRequest(name="a.bin", sources=(holder.endpoint,), dest_dir=scratch / "out", connections=0)
+
+
+def test_fetching_again_after_keep_both_finds_the_copy(network: TestNetwork, holders, scratch: Path) -> None:
+    """A second run of the same fetch, after a "keep both" put the file at 'name (1).ext', finds that copy (same
+    hash) and does nothing, instead of making 'name (2).ext'."""
+    folder = scratch / "shared"
+    (folder / "Лекции").mkdir(parents=True)
+    (folder / "Лекции" / "неделя 1.txt").write_bytes(b"the lecture notes\n" * 1000)
+    holder = holders(folder)
+    out = scratch / "out"
+    (out / "Лекции").mkdir(parents=True)
+    (out / "Лекции" / "неделя 1.txt").write_bytes(b"mine\n")
+    request = FetchRequest(name="Лекции/неделя 1.txt", sources=(holder.endpoint,), dest_dir=out)
+    first = fetch(network.bus(), request)
+    assert Path(first.path).name == "неделя 1 (1).txt" and not first.already_present
+    again = fetch(network.bus(), request)
+    assert again.already_present and again.path == first.path
+    assert sorted(p.name for p in (out / "Лекции").iterdir()) == ["неделя 1 (1).txt", "неделя 1.txt"]
+    assert (out / "Лекции" / "неделя 1.txt").read_bytes() == b"mine\n"

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -151,12 +152,12 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
     try:
         plan = _open_all(conns, request, chunk_size)
         usable = [c for c in conns if c.plan == plan]
-        same_size = dest.is_file() and not dest.is_symlink() and dest.stat().st_size == plan.size
-        if same_size and hash_path(dest) == plan.content_hash:
+        present = _present_copy(dest, plan)
+        if present is not None:
             seconds = time.monotonic() - started
             return FetchResult(
                 name=request.name,
-                path=str(dest),
+                path=str(present),
                 bytes=plan.size,
                 seconds=seconds,
                 mb_per_s=0.0,
@@ -195,6 +196,18 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
         bytes_received=received,
         stats=session.stats,
     )
+
+
+def _present_copy(dest: Path, plan: Plan) -> Path | None:
+    """``dest``, or one of the ``name (N).ext`` copies an earlier "keep both" made, if it holds this version."""
+    for path in names.copies(dest):
+        try:
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_size == plan.size and hash_path(path) == plan.content_hash:
+                return path
+        except OSError:
+            continue
+    return None
 
 
 def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:

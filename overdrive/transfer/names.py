@@ -16,6 +16,7 @@ characters, no backslash, no drive letter, bounded length). On top of that, both
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -123,6 +124,26 @@ def destination(dest_dir: Path, name: str) -> Path:
     if not _inside(root, real_parent):
         raise UnsafePathError(f"{name!r} would be written outside {root}")
     return real_parent / parts[-1]
+
+
+def copies(path: Path) -> list[Path]:
+    """``path`` and the ``stem (N).ext`` copies :func:`free_name` may have made beside it, those that exist, by N.
+
+    A fetch looks through these for one with the wanted content before keeping another copy.
+    """
+    stem, suffix = path.stem, path.suffix
+    pattern = re.compile(re.escape(stem) + r" \(([1-9][0-9]{0,3})\)" + re.escape(suffix))
+    numbered: list[tuple[int, Path]] = []
+    try:
+        with os.scandir(path.parent) as entries:
+            for entry in entries:
+                match = pattern.fullmatch(entry.name)
+                if match:
+                    numbered.append((int(match.group(1)), path.with_name(entry.name)))
+    except OSError:
+        return []
+    found = [path] if os.path.lexists(path) else []
+    return found + [p for _, p in sorted(numbered)]
 
 
 def free_name(path: Path) -> Path:
