@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import blake3
@@ -28,7 +29,7 @@ from overdrive.errors import ConfigError, IntegrityError, TransferError
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, fetch
 from overdrive.transfer.folder import FolderCatalogue
-from overdrive.transfer.protocol import CODEC, Chunk, Open, Opened, Read, Refused
+from overdrive.transfer.protocol import CODEC, Chunk, Open, Opened, Read, Refused, Working
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.serving import DEFAULT_CHUNK, build_table
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
@@ -440,10 +441,12 @@ def test_malformed_requests_to_a_live_server(network: TestNetwork, holders, scra
 class HostileHolder:
     """A fake holder: answers Open honestly, but surrounds each chunk with junk and wrong-transfer replies."""
 
-    def __init__(self, bus: Bus, path: Path, *, corrupt: bool = False, claim: str = "") -> None:
+    def __init__(self, bus: Bus, path: Path, *, corrupt: bool = False, claim: str = "", opening: str = "") -> None:
         """``corrupt``: send zeros instead of each chunk; ``claim``: announce this content hash for ``path``'s
-        bytes and checksum table (a holder lying consistently: every chunk passes its checksum)."""
-        self.bus, self.path, self.corrupt, self.claim = bus, path, corrupt, claim
+        bytes and checksum table (a holder lying consistently: every chunk passes its checksum); ``opening``:
+        "silent" never answers Open, "malformed" answers it with junk, "slow" says Working (claiming 1 GiB) and
+        answers 2 s later."""
+        self.bus, self.path, self.corrupt, self.claim, self.opening = bus, path, corrupt, claim, opening
         self.sock = bus.server(zmq.ROUTER)
         self.endpoint = bus.bind(self.sock, LOOPBACK)
         self._stop = threading.Event()
@@ -460,6 +463,14 @@ class HostileHolder:
                 continue
             routing, *frames = self.sock.recv_multipart()
             msg, _ = CODEC.decode(frames)
+            if isinstance(msg, Open) and self.opening == "silent":
+                continue
+            if isinstance(msg, Open) and self.opening == "malformed":
+                self.sock.send_multipart([routing, b"\x92\x01\x81\xa1t\xa6opened"])
+                continue
+            if isinstance(msg, Open) and self.opening == "slow":
+                self.sock.send_multipart([routing, *CODEC.encode(Working(rid=msg.rid, size=1 << 30))])
+                self._stop.wait(2.0)
             if isinstance(msg, Open):
                 opened = Opened(rid=msg.rid, tid=7, size=len(data), chunk_size=DEFAULT_CHUNK, mtime_ns=1,
                                 content_hash=self.claim or table.content_hash)  # fmt: skip
@@ -553,3 +564,39 @@ def test_fetching_again_after_keep_both_finds_the_copy(network: TestNetwork, hol
     assert again.already_present and again.path == first.path
     assert sorted(p.name for p in (out / "Лекции").iterdir()) == ["неделя 1 (1).txt", "неделя 1.txt"]
     assert (out / "Лекции" / "неделя 1.txt").read_bytes() == b"mine\n"
+
+
+def test_open_is_bounded_by_the_timeout_and_a_bad_answer_ends_it_at_once(network: TestNetwork, scratch: Path) -> None:
+    """--timeout covers opening: a holder that never answers Open is given up after it (not a fixed 60 s), and
+    one that answers with junk is given up at once with that reason (not "no answer" after the full wait)."""
+    source = scratch / "src.bin"
+    _write_file(source, MB)
+    silent = HostileHolder(network.bus(), source, opening="silent")
+    malformed = HostileHolder(network.bus(), source, opening="malformed")
+    try:
+        quick = FetchRequest(name="src.bin", sources=(silent.endpoint,), dest_dir=scratch / "out",
+                             config=FetchConfig(request_timeout=1))  # fmt: skip
+        with pytest.raises(TransferError, match="no answer to open within 1 s"):
+            fetch(network.bus(), quick)
+        patient = replace(quick, sources=(malformed.endpoint,), config=FetchConfig(request_timeout=300))
+        with pytest.raises(TransferError, match="malformed reply") as caught:
+            fetch(network.bus(), patient)
+        assert "no answer" not in str(caught.value)
+    finally:
+        silent.close()
+        malformed.close()
+    assert not (scratch / "out" / "src.bin").exists()
+
+
+def test_a_holder_building_its_chunk_table_says_so_and_is_waited_for(network: TestNetwork, scratch: Path) -> None:
+    """The first open of a big file reads all of it on the holder: its Working notice buys time past --timeout."""
+    source = scratch / "src.bin"
+    digest = _write_file(source, 3 * MB)
+    slow = HostileHolder(network.bus(), source, opening="slow")
+    try:
+        request = FetchRequest(name="src.bin", sources=(slow.endpoint,), dest_dir=scratch / "out",
+                               config=FetchConfig(request_timeout=1))  # fmt: skip
+        result = fetch(network.bus(), request)
+    finally:
+        slow.close()
+    assert result.hash == digest

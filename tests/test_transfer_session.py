@@ -12,7 +12,19 @@ from overdrive.bus.codec import Codec, Message
 from overdrive.errors import TransferError
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.folder import FolderCatalogue
-from overdrive.transfer.protocol import CODEC, DIGEST_SIZE, MIN_CHUNK, Chunk, Close, Failed, Open, Opened, Read, Refused
+from overdrive.transfer.protocol import (
+    CODEC,
+    DIGEST_SIZE,
+    MIN_CHUNK,
+    Chunk,
+    Close,
+    Failed,
+    Open,
+    Opened,
+    Read,
+    Refused,
+    Working,
+)
 from overdrive.transfer.serving import ServeCore, ServerConfig
 from overdrive.transfer.session import MAX_INFLIGHT, MAX_WINDOW, FetchConfig, FetchSession, Plan
 
@@ -263,3 +275,24 @@ def test_plan_rejects_a_short_checksum_table() -> None:
         with pytest.raises(TransferError, match="checksum"):
             Plan.from_opened(opened, b"\0" * size)
     assert Plan.from_opened(opened, b"\0" * (3 * DIGEST_SIZE)).chunks == 3
+
+
+def test_working_notice_before_building_a_big_files_table(folder: Path) -> None:
+    """A file at least ``working_notice`` big gets Working (with its size) before its chunk table is built, the
+    first time only: a cached table is answered at once."""
+    core, catalogue = _core(folder, working_notice=CHUNK)
+    entry = catalogue.get("data.bin")
+    assert entry is not None
+    for rid in (1, 2):
+        replies = [
+            CODEC.decode(r)[0]
+            for r in core.handle("p", CODEC.encode(Open(rid=rid, name="data.bin", content_hash="")), 0.0)
+        ]
+        kinds = [type(r) for r in replies]
+        if rid == 1:
+            assert kinds == [Working, Opened] and replies[0] == Working(rid=1, size=entry.size), replies
+        else:
+            assert kinds == [Opened], replies
+    small, _ = _core(folder)  # default notice size: small files get no notice
+    (reply,) = small.handle("p", CODEC.encode(Open(rid=1, name="data.bin", content_hash="")), 0.0)
+    assert isinstance(CODEC.decode(reply)[0], Opened)

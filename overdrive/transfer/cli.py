@@ -60,7 +60,13 @@ def fetch_command(
         int, typer.Option(help="Connections per holder, sharing its window (spreads CURVE crypto over cores).")
     ] = CONNECTIONS,
     limit_rate: Annotated[float, typer.Option(help="Download at most this many MB/s (0 = no limit).")] = 0.0,
-    timeout: Annotated[float, typer.Option(help="Seconds without an answer before a holder is given up.")] = 15.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds without an answer before a holder is given up (also to open the file; a holder that says "
+            "it is reading a big file for the first time gets time for that on top)."
+        ),
+    ] = 15.0,
     register_copy: Annotated[
         bool,
         typer.Option("--register/--no-register", help="After an index fetch, register the new copy as ours."),

@@ -4,7 +4,8 @@
 fast), opens the file on each, agrees on one :class:`Plan` (same hash, size, chunking and checksum table), resumes from
 ``NAME.part`` if one is there, then runs the session's window until every chunk is on disk, verifies the whole
 file and moves it into place. Holders that disconnect (socket monitor), time out, or say the file changed drop
-out and the others take their chunks; when none is left the partial file is kept for a later resume.
+out and the others take their chunks; when none is left the partial file is kept for a later resume. Opening is
+bounded by the same timeout as any request, except for a holder that says ``Working`` (see :func:`open_budget`).
 
 Why more than one connection per holder (``connections``, default :data:`CONNECTIONS`): libzmq encrypts and
 decrypts a CURVE connection in one I/O thread on each side, so one connection is capped by one core's crypto. The
@@ -41,7 +42,7 @@ from overdrive.errors import (
 )
 from overdrive.transfer import allocator, names
 from overdrive.transfer.partial import PartialFile, hash_path
-from overdrive.transfer.protocol import CODEC, Chunk, Close, Failed, Open, Opened, Read, Refused
+from overdrive.transfer.protocol import CODEC, Chunk, Close, Failed, Open, Opened, Read, Refused, Working
 from overdrive.transfer.session import MAX_WINDOW, FetchConfig, FetchSession, Plan, SessionStats
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ class FetchRequest:
     """Version wanted; "" takes whatever version the first holder serves."""
     chunk_size: int = 0
     config: FetchConfig = field(default_factory=FetchConfig)
-    open_timeout: float = 60.0
+    open_timeout: float = 0.0
+    """Seconds to wait for a holder's answer to Open; 0 = ``config.request_timeout`` (``--timeout``). A holder that
+    says ``Working`` gets more: see :func:`open_budget`."""
     connect_timeout: float = 3.0
     connections: int = CONNECTIONS
     """Connections to each holder; the holder's window (``config.window``) is split between them."""
@@ -247,28 +250,65 @@ def _monitor(bus: Bus, sock: zmq.Socket) -> zmq.Socket:  # type: ignore[type-arg
 _monitors = itertools.count()
 
 
+TABLE_RATE = 25e6
+"""Bytes per second a holder is assumed to read, at worst, when it builds a file's chunk table (a slow USB disk)."""
+MAX_TABLE_WAIT = 3600.0
+"""Most seconds a ``Working`` notice can add to the wait for a holder's answer, whatever size it claims."""
+
+
+def open_budget(timeout: float, size: int) -> float:
+    """Seconds to wait for a holder's answer to Open after it said ``Working`` on a ``size``-byte file.
+
+    The policy: an Open is answered within ``timeout`` (``--timeout``) or the holder is given up, like any request.
+    The exception is the first open of a big file, when the holder reads the whole file to build its chunk table
+    (tens of seconds for GiBs on a slow disk); it says ``Working`` first, and then gets ``timeout`` plus the time
+    a slow disk (:data:`TABLE_RATE`) needs for the size, at most :data:`MAX_TABLE_WAIT`. A holder that never
+    answers costs ``timeout``, one that refuses or sends a malformed reply is given up at once.
+    """
+    return timeout + min(size / TABLE_RATE, MAX_TABLE_WAIT)
+
+
 def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) -> Plan:
     """Send Open to every holder, wait for their answers, and pick the plan to follow."""
     for rid, conn in enumerate(conns):
         opener = Open(rid=rid, name=request.name, content_hash=request.content_hash, chunk_size=chunk_size)
         conn.sock.send_multipart(CODEC.encode(opener))
+    timeout = request.open_timeout or request.config.request_timeout
+    started = time.monotonic()
     pending = {rid: conn for rid, conn in enumerate(conns)}
+    deadlines = dict.fromkeys(pending, started + timeout)
+    working: set[int] = set()
     poller = zmq.Poller()
     for conn in conns:
         poller.register(conn.sock, zmq.POLLIN)
-    deadline = time.monotonic() + request.open_timeout
     while pending:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        for rid in [r for r in pending if deadlines[r] <= now]:
+            conn = pending.pop(rid)
+            waited = now - started
+            conn.refused = (
+                f"still building the file's chunk table after {waited:.0f} s"
+                if rid in working
+                else f"no answer to open within {timeout:g} s"
+            )
+        if not pending:
             break
+        left = min(deadlines[r] for r in pending) - now
         for sock, _ in poller.poll(int(left * 1000) + 1):
             conn = next(c for c in conns if c.sock is sock)
             try:
                 msg, payload = CODEC.decode(sock.recv_multipart(copy=False))
             except ProtocolError as exc:
-                conn.refused = f"sent a malformed reply ({exc})"
+                for rid in [r for r, c in pending.items() if c is conn]:  # its only Open: give it up now
+                    del pending[rid]
+                    conn.refused = f"sent a malformed reply ({exc})"
                 continue
-            if not isinstance(msg, (Opened, Refused)) or pending.get(msg.rid) is not conn:
+            if not isinstance(msg, (Opened, Refused, Working)) or pending.get(msg.rid) is not conn:
+                continue
+            if isinstance(msg, Working):
+                if msg.rid not in working:  # once: a holder cannot keep us waiting by repeating it
+                    working.add(msg.rid)
+                    deadlines[msg.rid] = time.monotonic() + open_budget(timeout, msg.size)
                 continue
             del pending[msg.rid]
             if isinstance(msg, Refused):
@@ -283,8 +323,6 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) ->
                 conn.refused = str(exc)
                 continue
             conn.tid = msg.tid
-    for conn in pending.values():
-        conn.refused = f"no answer to open within {request.open_timeout:g} s"
     plans = [c.plan for c in conns if c.plan is not None]
     if not plans:
         raise _open_error(request.name, conns)

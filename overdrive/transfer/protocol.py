@@ -4,9 +4,10 @@ A fetch is ``Open`` → ``Opened`` (size, chunking, the whole file's BLAKE3 cont
 checksum per chunk as a payload frame), then a window of ``Read`` requests, each answered by one ``Chunk`` (the raw
 bytes as a payload frame, never copied into the header), then ``Close``. The fetcher only sends a new ``Read`` when
 a ``Chunk`` arrives, so the number of requests in flight is its credit (zguide chapter 7, "file transfer"): the
-server never queues more than the fetcher asked for. The server may answer any request with ``Refused`` (could not
-open) or ``Failed`` (this transfer is over: changed file, expired, read error); a fetcher treats those as the end of
-that source.
+server never queues more than the fetcher asked for. Before building a big file's checksum table (a read of the
+whole file, the first time it is opened) the server says ``Working``, so the fetcher knows the answer is coming.
+The server may answer any request with ``Refused`` (could not open) or ``Failed`` (this transfer is over: changed
+file, expired, read error); a fetcher treats those as the end of that source.
 
 Chunk ``i`` covers bytes ``[i * chunk_size, min(size, (i + 1) * chunk_size))``.
 
@@ -119,6 +120,15 @@ class Refused(Message, tag="refused", frozen=True):
     detail: Detail = ""
 
 
+class Working(Message, tag="working", frozen=True):
+    """The holder is building the chunk table of a ``size``-byte file for Open ``rid`` (a read of the whole file):
+    the answer is coming. Sent at most once per Open, before a build that may take a while; a fetcher that gets it
+    waits longer for that holder's answer (see :mod:`~overdrive.transfer.fetcher`). Older fetchers ignore it."""
+
+    rid: RequestId
+    size: Size
+
+
 class Read(Message, tag="read", frozen=True):
     """Ask for chunk ``index`` of transfer ``tid``."""
 
@@ -151,5 +161,5 @@ class Close(Message, tag="close", frozen=True):
     tid: TransferId
 
 
-TransferMessage = Open | Opened | Refused | Read | Chunk | Failed | Close
-CODEC: Codec[TransferMessage] = Codec(Open, Opened, Refused, Read, Chunk, Failed, Close)
+TransferMessage = Open | Opened | Refused | Working | Read | Chunk | Failed | Close
+CODEC: Codec[TransferMessage] = Codec(Open, Opened, Refused, Working, Read, Chunk, Failed, Close)

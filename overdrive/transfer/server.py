@@ -147,7 +147,7 @@ class FileServer(Runner):
                     except BusError:
                         core.stats.malformed += 1
                         continue
-                    for reply in core.handle(peer, frames[1:], now):
+                    for reply in core.replies(peer, frames[1:], now):
                         try:
                             router.send_multipart([routing, *reply], zmq.NOBLOCK, copy=False)
                         except zmq.ZMQError as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from overdrive.transfer.protocol import (
     Read,
     Refused,
     RefuseReason,
+    Working,
     chunk_checksum,
     chunk_count,
     valid_chunk_size,
@@ -58,6 +59,8 @@ class ServerConfig:
     table_cache_bytes: int = 64 << 20
     max_chunk_size: int = 4 << 20
     """Largest chunk a fetcher may ask for (bigger only when a file needs it to stay under MAX_CHUNKS)."""
+    working_notice: int = 64 << 20
+    """Files at least this big get a ``Working`` reply before their chunk table is built (not when it is cached)."""
 
     def __post_init__(self) -> None:
         if not valid_chunk_size(self.chunk_size):
@@ -140,24 +143,28 @@ class ServeCore:
 
     def handle(self, peer: str, frames: Sequence[Frame], now: float) -> list[list[Frame]]:
         """Replies (each a list of frames, routing not included) to one message from authenticated ``peer``."""
+        return list(self.replies(peer, frames, now))
+
+    def replies(self, peer: str, frames: Sequence[Frame], now: float) -> Iterator[list[Frame]]:
+        """:meth:`handle` as a generator: the server sends each reply as it comes, so a ``Working`` notice goes
+        out before the chunk table build it announces."""
         try:
             message, _ = CODEC.decode(frames)
         except ProtocolError as exc:
             self.stats.malformed += 1
             log.debug("malformed request from %s: %s", peer, exc)
-            return []
+            return
         if isinstance(message, Read):
-            return [self._read(peer, message, now)]
-        if isinstance(message, Open):
-            return [self._open(peer, message, now)]
-        if isinstance(message, Close):
+            yield self._read(peer, message, now)
+        elif isinstance(message, Open):
+            yield from self._open(peer, message, now)
+        elif isinstance(message, Close):
             transfer = self._transfers.get(message.tid)
             if transfer is not None and transfer.peer == peer:
                 self._drop(transfer)
                 self.stats.closed += 1
-            return []
-        self.stats.malformed += 1  # a reply type sent to the server
-        return []
+        else:
+            self.stats.malformed += 1  # a reply type sent to the server
 
     def expire(self, now: float) -> None:
         """Close transfers idle longer than the configured timeout."""
@@ -176,30 +183,37 @@ class ServeCore:
         log.info("refused open: %s (%s)", reason, detail)
         return CODEC.encode(Refused(rid=rid, reason=reason, detail=detail[:512]))
 
-    def _open(self, peer: str, msg: Open, now: float) -> list[Frame]:
+    def _open(self, peer: str, msg: Open, now: float) -> Iterator[list[Frame]]:
         try:
             names.check_name(msg.name)
         except UnsafePathError as exc:
-            return self._refuse(msg.rid, "unsafe", str(exc))
+            yield self._refuse(msg.rid, "unsafe", str(exc))
+            return
         entry = self.catalogue.get(msg.name)
         if entry is None:
-            return self._refuse(msg.rid, "not-found", f"{msg.name!r} is not shared here")
+            yield self._refuse(msg.rid, "not-found", f"{msg.name!r} is not shared here")
+            return
         if msg.content_hash and entry.content_hash != msg.content_hash:
-            return self._refuse(msg.rid, "changed", f"{msg.name!r} is shared here in another version")
+            yield self._refuse(msg.rid, "changed", f"{msg.name!r} is shared here in another version")
+            return
         if (
             self._per_peer[peer] >= self.config.max_transfers_per_peer
             or len(self._transfers) >= self.config.max_transfers
         ):
-            return self._refuse(msg.rid, "busy", "too many open transfers")
+            yield self._refuse(msg.rid, "busy", "too many open transfers")
+            return
         try:
             fd, st = names.open_shared(self.folder, msg.name)
         except UnsafePathError as exc:
-            return self._refuse(msg.rid, "unsafe", str(exc))
+            yield self._refuse(msg.rid, "unsafe", str(exc))
+            return
         except TransferError as exc:
             reason: RefuseReason = "not-regular" if "regular" in str(exc) else "not-found"
-            return self._refuse(msg.rid, reason, str(exc))
+            yield self._refuse(msg.rid, reason, str(exc))
+            return
         except OSError as exc:
-            return self._refuse(msg.rid, "io-error", f"{msg.name!r}: {exc.strerror}")
+            yield self._refuse(msg.rid, "io-error", f"{msg.name!r}: {exc.strerror}")
+            return
         try:
             if st.st_size != entry.size:
                 raise _ChangedError(f"{msg.name!r} changed size since it was catalogued")
@@ -212,18 +226,27 @@ class ServeCore:
             # Same size and mtime as when the catalogue hashed it: trust its hash and only build the chunk table.
             # Otherwise hash the whole file too and serve it only if it still matches (touched, not changed).
             unchanged = st.st_mtime_ns == entry.mtime_ns
+            key = _table_key(st, chunk_size)
+            if key not in self._tables and st.st_size >= self.config.working_notice:
+                yield CODEC.encode(Working(rid=msg.rid, size=st.st_size))
             table = self._table(fd, st, chunk_size, entry.content_hash if unchanged else "")
             if table.content_hash != entry.content_hash:
                 raise _ChangedError(f"{msg.name!r} no longer matches its catalogued hash")
         except _ChangedError as exc:
             os.close(fd)
-            return self._refuse(msg.rid, "changed", str(exc))
+            yield self._refuse(msg.rid, "changed", str(exc))
+            return
         except _RefuseError as exc:
             os.close(fd)
-            return self._refuse(msg.rid, exc.reason, exc.detail)
+            yield self._refuse(msg.rid, exc.reason, exc.detail)
+            return
         except (OSError, TransferError) as exc:
             os.close(fd)
-            return self._refuse(msg.rid, "io-error", f"{msg.name!r}: {exc}")
+            yield self._refuse(msg.rid, "io-error", f"{msg.name!r}: {exc}")
+            return
+        except BaseException:  # the generator closed at the Working notice (the server stopping)
+            os.close(fd)
+            raise
         tid = self._next_tid
         self._next_tid += 1
         chunks = chunk_count(st.st_size, chunk_size)
@@ -238,7 +261,7 @@ class ServeCore:
             mtime_ns=st.st_mtime_ns,
             content_hash=table.content_hash,
         )
-        return CODEC.encode(reply, table.digests)
+        yield CODEC.encode(reply, table.digests)
 
     def _read(self, peer: str, msg: Read, now: float) -> list[Frame]:
         transfer = self._transfers.get(msg.tid)
@@ -278,7 +301,7 @@ class ServeCore:
                 del self._per_peer[transfer.peer]
 
     def _table(self, fd: int, st: os.stat_result, chunk_size: int, known_hash: str) -> ChunkTable:
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, chunk_size)
+        key = _table_key(st, chunk_size)
         table = self._tables.get(key)
         if table is not None:
             self._tables.move_to_end(key)
@@ -293,6 +316,10 @@ class ServeCore:
             _, old = self._tables.popitem(last=False)
             self._table_bytes -= len(old.digests) + 64
         return table
+
+
+def _table_key(st: os.stat_result, chunk_size: int) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, chunk_size)
 
 
 class _ChangedError(Exception):
