@@ -600,3 +600,23 @@ def test_a_holder_building_its_chunk_table_says_so_and_is_waited_for(network: Te
     finally:
         slow.close()
     assert result.hash == digest
+
+
+def test_a_failed_fetch_leaves_no_empty_folders(network: TestNetwork, holders, scratch: Path) -> None:
+    """Folders of the destination are made only when there is something to write: a name the holder does not
+    have leaves neither its sub-folders nor a new --out folder behind."""
+    folder = scratch / "shared"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    holder = holders(folder)
+    out = scratch / "out"
+    request = FetchRequest(name="etc-link/deeper/passwd", sources=(holder.endpoint,), dest_dir=out)
+    with pytest.raises(TransferError, match="not found"):
+        fetch(network.bus(), request)
+    assert not out.exists()
+    out.mkdir()
+    with pytest.raises(TransferError, match="not found"):
+        fetch(network.bus(), request)
+    assert list(out.iterdir()) == []
+    result = fetch(network.bus(), replace(request, name="a.txt", dest_dir=out / "new" / "inner"))
+    assert Path(result.path) == (out / "new" / "inner" / "a.txt").resolve()

@@ -132,3 +132,17 @@ def test_free_name_keeps_both(tmp_path: Path) -> None:
     assert names.free_name(target).name == "talk (1).mp4"
     (tmp_path / "talk (1).mp4").write_text("two")
     assert names.free_name(target).name == "talk (2).mp4"
+
+
+def test_destination_checks_without_creating(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    assert names.destination(dest, "a/b/c.txt", create=False) == dest.resolve() / "a" / "b" / "c.txt"
+    assert not dest.exists()
+    dest.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (dest / "evil").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePathError):
+        names.destination(dest, "evil/x/y.txt", create=False)
+    with pytest.raises(UnsafePathError):
+        names.destination(dest, "evil/x/y.txt")
+    assert sorted(p.name for p in dest.iterdir()) == ["evil"] and not any((tmp_path / "elsewhere").iterdir())

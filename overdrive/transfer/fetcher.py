@@ -141,11 +141,7 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
     allocator.tune()
     names.check_name(request.name)
     dest_dir = Path(request.dest_dir)
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TransferError(f"cannot create {dest_dir}: {exc.strerror}") from exc
-    dest = names.destination(dest_dir, request.name)
+    dest = names.destination(dest_dir, request.name, create=False)  # folders are made only before writing
     partial = PartialFile(dest, request.name)
     chunk_size = request.chunk_size
     state = partial.saved_state()
@@ -168,6 +164,7 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
                 sources=[],
                 already_present=True,
             )
+        _make_folders(dest_dir, request.name, dest)
         done = partial.open(plan)
         window = request.config.window  # per holder: split over its connections, and never capped below it
         config = replace(
@@ -199,6 +196,17 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
         bytes_received=received,
         stats=session.stats,
     )
+
+
+def _make_folders(dest_dir: Path, name: str, dest: Path) -> None:
+    """Create ``dest_dir`` and ``name``'s sub-folders, checked again like before; it must still land at ``dest``."""
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        made = names.destination(dest_dir, name)
+    except OSError as exc:
+        raise TransferError(f"cannot create the folder for {dest}: {exc.strerror}") from exc
+    if made != dest:
+        raise UnsafePathError(f"{name!r}: its destination folder changed during the fetch; refusing to write")
 
 
 def _present_copy(dest: Path, plan: Plan) -> Path | None:

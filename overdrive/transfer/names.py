@@ -9,7 +9,8 @@ characters, no backslash, no drive letter, bounded length). On top of that, both
   the folder's descriptor, so a symlink swapped in after the check cannot redirect the open. The final open uses
   ``O_NONBLOCK`` (a FIFO cannot block us) and ``fstat`` must say "regular file" (no devices, FIFOs, sockets).
 * :func:`destination` (fetcher) places a checked name under the destination folder and refuses a path whose
-  real parent is outside it (a symlinked sub-folder), and :func:`free_name` picks ``name (1).ext`` when a
+  real parent is outside it (a symlinked sub-folder); it creates sub-folders only when asked (just before the
+  first write), and :func:`free_name` picks ``name (1).ext`` when a
   different file already has the name.
 """
 
@@ -106,20 +107,24 @@ def _open_error(name: str, exc: OSError) -> Exception:
     return TransferError(f"cannot open {name!r}: {exc.strerror}")
 
 
-def destination(dest_dir: Path, name: str) -> Path:
-    """Where ``name`` lands under ``dest_dir``; create its sub-folders; refuse anything that would leave it."""
+def destination(dest_dir: Path, name: str, *, create: bool = True) -> Path:
+    """Where ``name`` lands under ``dest_dir``; refuse anything that would leave it. ``create``: make its
+    sub-folders (``dest_dir`` itself must exist); else only check the ones that exist (a fetch checks before it
+    knows it will write, and creates just before writing)."""
     parts = check_name(name)
     root = Path(os.path.realpath(dest_dir))
     target = root.joinpath(*parts)
     parent = target.parent
-    if parent != root:
-        # create sub-folders one by one, refusing symlinks on the way
-        current = root
-        for part in parts[:-1]:
-            current = current / part
-            if current.is_symlink():
-                raise UnsafePathError(f"{name!r}: {current} is a symlink; refusing to write through it")
+    # walk the sub-folders one by one, refusing symlinks on the way
+    current = root
+    for part in parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise UnsafePathError(f"{name!r}: {current} is a symlink; refusing to write through it")
+        if create:
             current.mkdir(exist_ok=True, mode=0o755)
+        elif not current.exists():
+            break  # nothing below it exists yet
     real_parent = Path(os.path.realpath(parent))
     if not _inside(root, real_parent):
         raise UnsafePathError(f"{name!r} would be written outside {root}")
