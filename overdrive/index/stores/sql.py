@@ -37,6 +37,11 @@ _COLS = ", ".join(COLUMNS)
 _WINS = "{new}hlc > {old}hlc OR ({new}hlc = {old}hlc AND {new}origin > {old}origin)"
 LOAD_MIN_ROWS = 5000
 """An apply of at least this many rows (without a vector: snapshot rows) into an empty SQLite store bulk-loads."""
+CACHE_KIB = 65536
+"""SQLite's page cache, per connection."""
+SORT_CACHE_KIB = 16384
+SORT_THREADS = 2
+"""Cache and helper threads while building the unique key after a bulk load."""
 _OUT = "overdrive_page_out"
 _IN = "overdrive_page_in"
 """Schema names of the snapshot pages being filled (sender) and loaded (receiver)."""
@@ -311,7 +316,7 @@ class SqliteStore(SqlStore):
                 "page_size": 16384,
                 "journal_mode": "wal",
                 "synchronous": "normal",
-                "cache_size": -65536,
+                "cache_size": -CACHE_KIB,
                 "temp_store": "memory",
                 "busy_timeout": 10_000,
             },
@@ -501,6 +506,19 @@ class SqliteStore(SqlStore):
         """Resolve keys written twice during a bulk load and build the indexes (no-op when not loading)."""
         if not self._loading:
             return
+        # SQLite sorts for CREATE INDEX with helper threads only once the keys outgrow the cache, in sorted runs
+        # it merges: a smaller cache and two threads build a 1M-entry key in ~0.85 s instead of ~1.2 s
+        self.db.execute_sql(f"PRAGMA cache_size = -{SORT_CACHE_KIB}")
+        self.db.execute_sql(f"PRAGMA threads = {SORT_THREADS}")
+        try:
+            self._build_key()
+        finally:
+            self.db.execute_sql("PRAGMA threads = 0")
+            self.db.execute_sql(f"PRAGMA cache_size = -{CACHE_KIB}")
+        self._loading = False
+        log.info("%s: bulk load done, indexes built", self.describe())
+
+    def _build_key(self) -> None:
         t = self.table
         with self.db.atomic():
             try:
@@ -513,8 +531,6 @@ class SqliteStore(SqlStore):
                 self.db.execute_sql(f"CREATE UNIQUE INDEX {t}_hkey ON {t} (holder, name)")
             for statement in self.ddl():
                 self.db.execute_sql(statement)
-        self._loading = False
-        log.info("%s: bulk load done, indexes built", self.describe())
 
     def get(self, holder: str, name: str) -> Record | None:
         self.end_load()
