@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from overdrive.bus.codec import Codec, Message
 from overdrive.errors import TransferError
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.folder import FolderCatalogue
+from overdrive.transfer.partial import PartialFile
 from overdrive.transfer.protocol import (
     CODEC,
     DIGEST_SIZE,
@@ -296,3 +299,49 @@ def test_working_notice_before_building_a_big_files_table(folder: Path) -> None:
     small, _ = _core(folder)  # default notice size: small files get no notice
     (reply,) = small.handle("p", CODEC.encode(Open(rid=1, name="data.bin", content_hash="")), 0.0)
     assert isinstance(CODEC.decode(reply)[0], Opened)
+
+
+def test_a_state_file_that_cannot_be_saved_leaves_no_temp_file_and_no_warning(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disk full while saving NAME.part.state: the empty NAME.part.state.tmp is removed, the earlier state stays
+    (resume still works), and nothing is logged on top of the fetch's own one-line disk-full error."""
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    partial = PartialFile(tmp_path / "data.bin", "data.bin")
+    partial.open(plan)
+    partial.save_state([0, 1], force=True)
+    saved = partial.state_path.read_bytes()
+
+    def full_disk(path: Path, data: bytes) -> int:
+        path.touch()  # the file is created, then the write fails
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with caplog.at_level(logging.INFO):
+        partial.save_state([0, 1, 2], force=True)
+    partial.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("data.bin")) == [
+        "data.bin.part",
+        "data.bin.part.state",
+    ]
+    assert partial.state_path.read_bytes() == saved
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_fresh_partial_file_has_its_state_file_from_the_start(folder: Path, tmp_path: Path) -> None:
+    """A disk that fills before the first periodic state save must not lose the chunks on disk: the next run
+    finds the state (version, size, chunking) and re-checks every range of NAME.part that holds data."""
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    partial = PartialFile(tmp_path / "data.bin", "data.bin")
+    assert partial.open(plan) == []
+    state = partial.saved_state()
+    assert state is not None and state.content_hash == plan.content_hash and state.done == []
+    data = (folder / "data.bin").read_bytes()
+    with partial.part.open("r+b") as fh:  # two chunks written, never recorded
+        fh.write(data[: 2 * CHUNK])
+    partial.close()
+    again = PartialFile(tmp_path / "data.bin", "data.bin")
+    assert again.open(plan) == [0, 1]
+    again.close()

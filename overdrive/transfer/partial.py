@@ -62,9 +62,12 @@ def _ranges(indices: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def disk_error(path: Path, exc: OSError) -> TransferError:
     """A clear message for a failed write; the partial file stays for a later resume."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in _DISK_FULL:
         what = "file too large for this filesystem or limit" if exc.errno == errno.EFBIG else "disk full"
         return TransferError(f"{what} while writing {path}; the partial file is kept: free space and run again")
     return TransferError(f"cannot write {path}: {exc.strerror}")
@@ -189,6 +192,9 @@ class PartialFile:
         except OSError as exc:
             raise disk_error(self.part, exc) from exc
         if not resumable:
+            # a state file from the start: if the disk fills up before the first periodic save, the chunks that
+            # did reach NAME.part are still found (and re-checked) by the next run instead of truncated
+            self.save_state([], force=True)
             return []
         assert state is not None
         claimed = {i for start, end in state.done for i in range(start, min(end, plan.chunks))}
@@ -284,7 +290,12 @@ class PartialFile:
             tmp.write_bytes(msgspec.json.encode(state))
             os.replace(tmp, self.state_path)
         except OSError as exc:
-            log.warning("cannot save resume state %s: %s", self.state_path, exc.strerror)
+            # the earlier state (if any) stays, and resume re-checks every chunk range that holds data anyway
+            tmp.unlink(missing_ok=True)
+            if exc.errno in _DISK_FULL:  # the chunk writes fail the same way: the fetch reports it, once
+                log.debug("cannot save resume state %s: %s", self.state_path, exc.strerror)
+            else:
+                log.warning("cannot save resume state %s: %s", self.state_path, exc.strerror)
 
     def finish(self) -> Path:
         """fsync, check the whole-file hash, move into place without overwriting; return the final path."""
