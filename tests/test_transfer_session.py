@@ -13,6 +13,7 @@ import pytest
 from overdrive.bus.codec import Codec, Message
 from overdrive.errors import TransferError
 from overdrive.transfer.catalogue import SharedFile
+from overdrive.transfer.fetcher import _stall_error, failed_reason
 from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.partial import PartialFile
 from overdrive.transfer.protocol import (
@@ -345,3 +346,14 @@ def test_a_fresh_partial_file_has_its_state_file_from_the_start(folder: Path, tm
     again = PartialFile(tmp_path / "data.bin", "data.bin")
     assert again.open(plan) == [0, 1]
     again.close()
+
+
+def test_a_changed_file_is_one_sentence_naming_the_file_and_holder(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)
+    session = FetchSession(plan, ["10.0.0.7:7772", "10.0.0.8:7772"])
+    session.fail("10.0.0.7:7772", failed_reason(Failed(tid=1, reason="changed", detail="'data.bin' changed")))
+    session.fail("10.0.0.8:7772", "disconnected")
+    message = str(_stall_error(session, "data.bin"))
+    assert message.startswith("'data.bin' changed on its holder 10.0.0.7:7772 while it was being fetched (and ")
+    assert message.count("changed") == 1 and "10.0.0.8:7772: disconnected" in message, message

@@ -367,7 +367,7 @@ def _run(session: FetchSession, conns: Sequence[_Conn], partial: PartialFile, pr
     timeout_ms = 50 if session.config.rate_limit else 1000
     while not session.finished:
         if session.stalled:
-            raise _stall_error(session)
+            raise _stall_error(session, partial.name)
         now = time.monotonic()
         for label, index in session.requests(now):
             conn = by_label[label]
@@ -411,22 +411,39 @@ def _drain(session: FetchSession, conn: _Conn, partial: PartialFile) -> None:
             elif msg.index >= session.plan.chunks:
                 session.stats.unexpected += 1
         elif isinstance(msg, Failed) and msg.tid == conn.tid:
-            why = "the file changed on the holder" if msg.reason == "changed" else msg.reason
-            session.fail(conn.label, f"{why}{': ' + msg.detail if msg.detail else ''}")
+            session.fail(conn.label, failed_reason(msg))
         else:
             session.stats.unexpected += 1
 
 
-def _stall_error(session: FetchSession) -> TransferError:
+CHANGED = "changed while being fetched"
+"""A holder's failure reason in the session when it said the file changed (its detail only repeats that)."""
+
+
+def failed_reason(msg: Failed) -> str:
+    """The session's failure reason for a holder that answered ``Failed``."""
+    if msg.reason == "changed":
+        return CHANGED
+    return f"{msg.reason}: {msg.detail}" if msg.detail else msg.reason
+
+
+def _stall_error(session: FetchSession, name: str) -> TransferError:
+    """One sentence on why no holder is left, naming the file and the holders."""
     failures = session.failures
-    detail = "; ".join(f"{k}: {v}" for k, v in failures.items())
     done = f"{session.done_bytes}/{session.plan.size} bytes kept in the partial file"
-    if any("changed" in v or "does not match" in v for v in failures.values()):
+    changed = list(dict.fromkeys(label.split("#")[0] for label, why in failures.items() if why == CHANGED))
+    others = "; ".join(f"{k}: {v}" for k, v in failures.items() if v != CHANGED)
+    if changed:
+        holders = f"holder{'s' if len(changed) > 1 else ''} {', '.join(changed)}"
+        also = f" (and {others})" if others else ""
         return TransferError(
-            f"the file changed on its holder while it was being fetched ({detail}); {done}. "
+            f"{name!r} changed on its {holders} while it was being fetched{also}; {done}. "
             "Look it up again to fetch the new version"
         )
-    return TransferError(f"no holder left ({detail}); {done}: run the same command again to resume")
+    if any("does not match" in v for v in failures.values()):
+        why = "; ".join(f"holder {k} {v}" if "does not match" in v else f"{k}: {v}" for k, v in failures.items())
+        return TransferError(f"fetching {name!r}: {why}; {done}. Look it up again to fetch the new version")
+    return TransferError(f"no holder left ({others}); {done}: run the same command again to resume")
 
 
 def _close_all(conns: Sequence[_Conn]) -> None:

@@ -284,7 +284,10 @@ class ServeCore:
             log.warning("%s changed while %s was fetching it", transfer.name, peer)
             return CODEC.encode(
                 Failed(
-                    tid=msg.tid, reason="changed", index=msg.index, detail=f"{transfer.name!r} changed on the holder"
+                    tid=msg.tid,
+                    reason="changed",
+                    index=msg.index,
+                    detail=f"{transfer.name!r} changed (size or modification time) while it was being served",
                 )
             )
         self.stats.chunks_sent += 1
