@@ -7,9 +7,12 @@ one clear line, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -226,6 +229,44 @@ def test_a_master_with_the_wrong_password_says_so_instead_of_running_alone(
     assert result.returncode == 1, result.stderr
     assert "authentication failed" in one_line_error(result)
     assert master.display in one_line_error(result)
+
+
+def test_a_peer_port_that_is_not_an_overdrive_master_is_a_warning_when_another_peer_answers(
+    network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """A port that accepts and then drops the connection (a proxy whose backend is down, another service) fails
+    the handshake exactly like a wrong password; with a real peer among --peers the master must not exit."""
+    real = children.master()
+    with socket.socket() as impostor:
+        impostor.bind(("127.0.0.1", 0))
+        impostor.listen(16)
+        impostor.settimeout(0.2)
+        stop = threading.Event()
+
+        def drop_everyone() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    conn, _ = impostor.accept()
+                    conn.close()
+
+        dropper = threading.Thread(target=drop_everyone)
+        dropper.start()
+        try:
+            port = impostor.getsockname()[1]
+            joined = children.start(
+                "second", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--peers",
+                f"127.0.0.1:{port},{real.display}",
+            )  # fmt: skip
+            with IndexClient(network.bus(), [joined]) as client:
+                deadline = time.monotonic() + 60
+                while len(client.status(digest=False).masters_online) < 1:
+                    assert time.monotonic() < deadline, "the second master never met the real one"
+                    time.sleep(0.1)
+            proc = children.procs[-1]
+            assert proc.poll() is None, proc.communicate(timeout=10)[1][-2000:]
+        finally:
+            stop.set()
+            dropper.join()
 
 
 def test_one_node_identity_shares_from_one_process_at_a_time(

@@ -53,7 +53,8 @@ def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float =
             elif event in _FAILED:
                 _drop(sock, endpoint)
                 raise AuthError(
-                    f"authentication failed for {peer}: wrong password or key file, or a different network name"
+                    f"authentication failed for {peer}: wrong password or key file, a different network name, "
+                    "or not an overdrive service at that port"
                 )
         _drop(sock, endpoint)
         if connected:

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import IO, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -113,13 +114,14 @@ def master_command(
             )
             print(f"listening {master.endpoint.display}", flush=True)
             unprobed = list(config.peers)
+            refused: list[AuthError] = []
             try:
                 last = time.monotonic()
                 while not stop.event.wait(0.2):
                     if not master.running:
                         raise OverdriveError(f"master stopped: {master.error}")
                     if unprobed:
-                        unprobed = _probe_peer(bus, unprobed)
+                        unprobed = _probe_peer(bus, unprobed, refused, len(config.peers))
                     if stats > 0 and time.monotonic() - last >= stats:
                         last = time.monotonic()
                         _status_line(master)
@@ -130,16 +132,25 @@ def master_command(
         store.close()
 
 
-def _probe_peer(bus: Bus, peers: list[Endpoint]) -> list[Endpoint]:
-    """Ask the first of ``peers`` for its status: a peer that refuses our password is an error (the mesh would
-    never accept us; running alone would look fine and hold nothing), one that is down is tried later by the
-    mesh itself. Returns the peers still worth probing (none once one has answered)."""
+def _probe_peer(bus: Bus, peers: list[Endpoint], refused: list[AuthError], total: int) -> list[Endpoint]:
+    """Ask the first of ``peers`` for its status. When every peer given refuses the handshake, that is an error
+    (the mesh would never accept us; running alone would look fine and hold nothing). One refusal among others
+    is only a warning: a handshake that fails looks the same whether the password is wrong or the port belongs
+    to something else (a proxy whose backend is down, another service), and the mesh keeps dialling it. A peer
+    that is down is tried later by the mesh itself. Returns the peers still worth probing (none once one has
+    answered)."""
     peer = peers[0]
     try:
         with IndexClient(bus, [peer], timeout=1.0) as client:
             client.status(digest=False)
-    except AuthError:
-        raise
+    except AuthError as exc:
+        refused.append(exc)
+        if len(refused) == total:
+            if total == 1:
+                raise
+            raise AuthError(f"every peer refused us: {'; '.join(str(e) for e in refused)}") from exc
+        console.print(f"[yellow]warning: {escape(str(exc))}; will keep trying[/]")
+        return peers[1:]
     except UnreachableError:
         if len(peers) == 1:
             console.print("[yellow]warning: no peer master answers yet; will keep trying[/]")
