@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import unicodedata
 from typing import Any
 
 import msgspec
@@ -27,18 +26,15 @@ def options(ctx: typer.Context) -> GlobalOptions:
     return root.obj
 
 
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
 def shown(text: str) -> str:
-    """``text`` (a file name or path from the network) made safe to print: control characters and bidi overrides
-    as escapes (``\\x1b``, ``\\u202e``), so a name can neither drive the terminal nor pass for another name."""
+    """``text`` (a file name or path from the network) made safe to print: every character Python does not call
+    printable (controls, bidi and other format characters such as zero-width ones, line and paragraph separators,
+    spaces other than the ASCII one, unassigned code points) as an escape (``\\x1b``, ``\\u202e``, ``\\u200b``), so a
+    name can neither drive the terminal nor hide characters. Look-alike letters from other scripts stay as they
+    are: ``--json`` gives the exact names."""
     if text.isprintable():
         return text
-    return "".join(
-        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS else c
-        for c in text
-    )
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def markup_safe(text: str) -> str:
