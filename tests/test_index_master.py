@@ -176,3 +176,22 @@ def test_catch_ups_more_often_than_the_interval_never_stop_anti_entropy(
         if master._entropy.due(clock[0]):
             fired.append(second)
     assert len(fired) >= 5, fired
+
+
+def test_digests_are_answered_at_most_once_per_half_interval(
+    network: TestNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answering a digest is a full checksum scan: a peer (or anyone with the password) sending digests in a loop
+    must not hold the master's loop."""
+    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0), anti_entropy=5.0))
+    clock = [1000.0]
+    monkeypatch.setattr(master_module.time, "monotonic", lambda: clock[0])
+    scans: list[float] = []
+    monkeypatch.setattr(master.replica, "checksums", lambda: scans.append(clock[0]) or [0] * BUCKETS)
+    digest = Digest(origin="peeraaaaaaaaaaaa", buckets=[0] * BUCKETS)
+    for _ in range(100):
+        master._digest(None, None, digest)  # type: ignore[arg-type]
+    clock[0] += 2.6
+    master._digest(None, None, digest)  # type: ignore[arg-type]
+    assert scans == [1000.0, 1002.6]
+    assert master.stats.skipped_digests == 99

@@ -135,6 +135,7 @@ class MasterStats:
     unsent: int = 0
     abandoned_syncs: int = 0
     store_errors: int = 0
+    skipped_digests: int = 0
     rate: float = 0.0
 
 
@@ -174,6 +175,7 @@ class Master(Runner):
         self._digest_turn = 0
         self._entropy = Ticker(self.config.anti_entropy, time.monotonic() + self.config.anti_entropy)
         self._store_quiet_until = 0.0
+        self._digest_quiet_until = 0.0
 
     @property
     def origin(self) -> str:
@@ -557,8 +559,13 @@ class Master(Runner):
         self._send(sock, identity, Found(ref=query.ref, entries=entries, done=True))
 
     def _digest(self, sock: zmq.Socket, identity: bytes | None, digest: Digest) -> None:  # type: ignore[type-arg]
+        now = time.monotonic()
+        if now < self._digest_quiet_until:  # each answer is a full scan: peers (or a flood) get one per half interval
+            self.stats.skipped_digests += 1
+            return
         self._flush_live()
         differ = self.replica.differing(self.replica.checksums(), digest.buckets)
+        self._digest_quiet_until = time.monotonic() + self._entropy.interval / 2
         if not differ:
             return
         self.stats.repairs += 1
