@@ -29,7 +29,18 @@ from overdrive.errors import ConfigError, IntegrityError, TransferError
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, fetch
 from overdrive.transfer.folder import FolderCatalogue
-from overdrive.transfer.protocol import CODEC, Chunk, Open, Opened, Read, Refused, Working
+from overdrive.transfer.protocol import (
+    CODEC,
+    MAX_CHUNK,
+    MAX_CHUNKS,
+    Chunk,
+    Open,
+    Opened,
+    Read,
+    Refused,
+    Working,
+    chunk_checksum,
+)
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.serving import DEFAULT_CHUNK, build_table
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
@@ -481,6 +492,15 @@ class HostileHolder:
             if isinstance(msg, Open) and self.opening == "malformed":
                 self.sock.send_multipart([routing, b"\x92\x01\x81\xa1t\xa6opened"])
                 continue
+            if isinstance(msg, Open) and self.opening == "huge":  # 16 TiB in 16 MiB chunks, every one alike
+                block = bytes(MAX_CHUNK)
+                opened = Opened(rid=msg.rid, tid=7, size=MAX_CHUNKS * MAX_CHUNK, chunk_size=MAX_CHUNK, mtime_ns=1,
+                                content_hash="ab" * 32)  # fmt: skip
+                self.sock.send_multipart([routing, *CODEC.encode(opened, chunk_checksum(block) * MAX_CHUNKS)])
+                continue
+            if isinstance(msg, Open) and self.opening == "oversized":  # a part bigger than any chunk
+                self.sock.send_multipart([routing, bytes(MAX_CHUNK + (1 << 20))])
+                continue
             if isinstance(msg, Open) and self.opening == "slow":
                 self.sock.send_multipart([routing, *CODEC.encode(Working(rid=msg.rid, size=1 << 30))])
                 self._stop.wait(2.0)
@@ -633,3 +653,27 @@ def test_a_failed_fetch_leaves_no_empty_folders(network: TestNetwork, holders, s
     assert list(out.iterdir()) == []
     result = fetch(network.bus(), replace(request, name="a.txt", dest_dir=out / "new" / "inner"))
     assert Path(result.path) == (out / "new" / "inner" / "a.txt").resolve()
+
+
+def test_a_holder_claiming_a_huge_file_is_refused_before_anything_is_written(
+    network: TestNetwork, scratch: Path, tmp_path: Path
+) -> None:
+    """A holder's Open reply claiming 16 TiB: the fetcher checks the free space first and says so in one line,
+    with nothing created; a message part bigger than any chunk gets the holder disconnected by libzmq, unread."""
+    source = scratch / "src.bin"
+    _write_file(source, MB)
+    huge = HostileHolder(network.bus(), source, opening="huge")
+    oversized = HostileHolder(network.bus(), source, opening="oversized")
+    out = tmp_path / "out"  # on disk, not tmpfs: 16 TiB fits on neither
+    try:
+        request = FetchRequest(name="src.bin", sources=(huge.endpoint,), dest_dir=out)
+        with pytest.raises(TransferError, match=r"not enough free space for 'src.bin' in .*: it needs 17.6 TB, "):
+            fetch(network.bus(), request)
+        assert not out.exists()
+        quick = replace(request, sources=(oversized.endpoint,), config=FetchConfig(request_timeout=1))
+        with pytest.raises(TransferError, match="no answer to open"):
+            fetch(network.bus(), quick)
+    finally:
+        huge.close()
+        oversized.close()
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import tracemalloc
 from pathlib import Path
 
 import blake3
@@ -19,6 +20,8 @@ from overdrive.transfer.partial import PartialFile
 from overdrive.transfer.protocol import (
     CODEC,
     DIGEST_SIZE,
+    MAX_CHUNK,
+    MAX_CHUNKS,
     MIN_CHUNK,
     Chunk,
     Close,
@@ -30,7 +33,14 @@ from overdrive.transfer.protocol import (
     Working,
 )
 from overdrive.transfer.serving import ServeCore, ServerConfig
-from overdrive.transfer.session import MAX_INFLIGHT, MAX_WINDOW, FetchConfig, FetchSession, Plan
+from overdrive.transfer.session import (
+    MAX_INFLIGHT,
+    MAX_INFLIGHT_BYTES,
+    MAX_WINDOW,
+    FetchConfig,
+    FetchSession,
+    Plan,
+)
 
 CHUNK = MIN_CHUNK
 
@@ -311,7 +321,7 @@ def test_a_state_file_that_cannot_be_saved_leaves_no_temp_file_and_no_warning(
     _, plan = _open(core, catalogue)
     partial = PartialFile(tmp_path / "data.bin", "data.bin")
     partial.open(plan)
-    partial.save_state([0, 1], force=True)
+    partial.save_state([(0, 2)], force=True)
     saved = partial.state_path.read_bytes()
 
     def full_disk(path: Path, data: bytes) -> int:
@@ -320,7 +330,7 @@ def test_a_state_file_that_cannot_be_saved_leaves_no_temp_file_and_no_warning(
 
     monkeypatch.setattr(Path, "write_bytes", full_disk)
     with caplog.at_level(logging.INFO):
-        partial.save_state([0, 1, 2], force=True)
+        partial.save_state([(0, 3)], force=True)
     partial.close()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("data.bin")) == [
         "data.bin.part",
@@ -357,3 +367,47 @@ def test_a_changed_file_is_one_sentence_naming_the_file_and_holder(folder: Path)
     message = str(_stall_error(session, "data.bin"))
     assert message.startswith("'data.bin' changed on its holder 10.0.0.7:7772 while it was being fetched (and ")
     assert message.count("changed") == 1 and "10.0.0.8:7772: disconnected" in message, message
+
+
+def test_a_huge_claimed_file_costs_one_byte_per_chunk_and_bounded_requests() -> None:
+    """A holder's Open reply decides the chunk count and size: the session's bookkeeping for 1M chunks stays
+    small (no list of every index), and with 16 MiB chunks only MAX_INFLIGHT_BYTES are asked for at once."""
+    plan = Plan(MAX_CHUNKS * MAX_CHUNK, MAX_CHUNK, "ab" * 32, bytes(DIGEST_SIZE) * MAX_CHUNKS)
+    tracemalloc.start()
+    try:
+        session = FetchSession(plan, ["a", "b"], config=FetchConfig(window=MAX_WINDOW, max_inflight=MAX_WINDOW))
+        asked = session.requests(0.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes for the session of a 1M-chunk file"
+    assert len(asked) * MAX_CHUNK <= MAX_INFLIGHT_BYTES and asked == [("a", 0)]
+
+
+def test_done_ranges_and_requeued_chunks(folder: Path) -> None:
+    core, catalogue = _core(folder)
+    _, plan = _open(core, catalogue)  # 11 chunks
+    session = FetchSession(plan, ["a"], done=[0, 1, 5], config=FetchConfig(window=3))
+    assert session.done_ranges() == [(0, 2), (5, 6)]
+    assert [i for _, i in session.requests(0.0)] == [2, 3, 4]
+    session.fail("a", "gone")
+    assert session.stalled and session.done_ranges() == [(0, 2), (5, 6)]
+    again = FetchSession(plan, ["a", "b"], done=[0, 1, 5], config=FetchConfig(window=2))
+    asked = again.requests(0.0)
+    assert sorted(i for _, i in asked) == [2, 3, 4, 6]
+    of_a = [i for source, i in asked if source == "a"]
+    of_b = [i for source, i in asked if source == "b"]
+    again.fail("a", "gone")
+    data = (folder / "data.bin").read_bytes()
+
+    def deliver(*indices: int) -> None:
+        for index in indices:
+            offset, length = plan.chunk_range(index)
+            assert again.received("b", index, data[offset : offset + length])
+            again.written(index)
+
+    deliver(*of_b)
+    assert [i for _, i in again.requests(0.0)] == sorted(of_a)  # a's chunks go back to b first, lowest first
+    deliver(*of_a)
+    assert [i for _, i in again.requests(0.0)] == [7, 8]
+    assert again.done_ranges() == [(0, 7)]

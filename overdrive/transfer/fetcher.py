@@ -42,7 +42,19 @@ from overdrive.errors import (
 )
 from overdrive.transfer import allocator, names
 from overdrive.transfer.partial import PartialFile, hash_path
-from overdrive.transfer.protocol import CODEC, Chunk, Close, Failed, Open, Opened, Read, Refused, Working
+from overdrive.transfer.protocol import (
+    CODEC,
+    MAX_CHUNK,
+    Chunk,
+    Close,
+    Failed,
+    Open,
+    Opened,
+    Read,
+    Refused,
+    Working,
+)
+from overdrive.transfer.serving import DEFAULT_CHUNK
 from overdrive.transfer.session import MAX_WINDOW, FetchConfig, FetchSession, Plan, SessionStats
 
 log = logging.getLogger(__name__)
@@ -52,6 +64,9 @@ ProgressFn = Callable[[int, int], None]
 
 RECEIVE_QUEUE = 4 * MAX_WINDOW
 """Message parts queued per holder connection: bounds what a holder sending unasked-for chunks can make us hold."""
+MAX_MESSAGE = MAX_CHUNK + (64 << 10)
+"""Largest message part libzmq accepts from a holder (a chunk or a checksum table, plus the encryption's few bytes):
+a bigger one disconnects the holder before it is buffered, instead of after."""
 CONNECTIONS = 1
 """Connections per holder by default. On the 2-core benchmark machine a second connection gained CURVE ~6-8 %
 (within its noise) but let the fetcher's peak RSS creep up with file size (~95 MB at 4 GiB against ~83 MB), so one
@@ -164,19 +179,26 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
                 sources=[],
                 already_present=True,
             )
+        _check_space(request.name, dest, plan.size)
         _make_folders(dest_dir, request.name, dest)
         done = partial.open(plan)
         window = request.config.window  # per holder: split over its connections, and never capped below it
+        max_inflight = max(request.config.max_inflight, window)
         config = replace(
             request.config,
             window=-(-window // request.connections),
-            max_inflight=max(request.config.max_inflight, window),
+            max_inflight=max_inflight,
+            # the bytes the user's window and chunk size imply stay allowed; bigger chunks than those (the holder's
+            # choice) mean fewer requests in flight, not more memory
+            max_inflight_bytes=max(
+                request.config.max_inflight_bytes, max_inflight * (request.chunk_size or DEFAULT_CHUNK)
+            ),
         )
         session = FetchSession(plan, [c.label for c in usable], done, config)
         try:
             _run(session, usable, partial, progress)
         except BaseException:
-            partial.save_state(session.done_indices(), force=True)
+            partial.save_state(session.done_ranges(), force=True)
             partial.close()
             raise
         final = partial.finish()
@@ -196,6 +218,37 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
         bytes_received=received,
         stats=session.stats,
     )
+
+
+def _check_space(name: str, dest: Path, size: int) -> None:
+    """Refuse to start a fetch that cannot fit: the file's size (less what its partial file already holds)
+    against the free space of the filesystem it goes to. A holder's claimed size costs nothing before this."""
+    part = dest.with_name(dest.name + ".part")
+    try:
+        have = part.lstat().st_blocks * 512 if part.is_file() and not part.is_symlink() else 0
+    except OSError:
+        have = 0
+    folder = dest.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return  # cannot tell: the writes will say
+    free = st.f_bavail * st.f_frsize
+    if size - have > free:
+        raise TransferError(
+            f"not enough free space for {name!r} in {folder}: it needs {_size(size - have)}, {_size(free)} is free"
+        )
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 1000 or unit == "TB":
+            return f"{value:.1f} {unit}" if n >= 1000 else f"{n} bytes"
+    return f"{n} bytes"
 
 
 def _make_folders(dest_dir: Path, name: str, dest: Path) -> None:
@@ -227,6 +280,7 @@ def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
     for endpoint in dict.fromkeys(request.sources):
         for number in range(1, request.connections + 1):
             sock = bus.client(zmq.DEALER, hwm=RECEIVE_QUEUE)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
             try:
                 bus.connect(sock, endpoint, timeout=request.connect_timeout)
             except BusError as exc:
@@ -388,7 +442,7 @@ def _run(session: FetchSession, conns: Sequence[_Conn], partial: PartialFile, pr
         now = time.monotonic()
         session.check_timeouts(now)
         if partial.state_due(now):
-            partial.save_state(session.done_indices(), now)
+            partial.save_state(session.done_ranges(), now)
         if progress:
             progress(session.done_bytes, total)
 

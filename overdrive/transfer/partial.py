@@ -37,6 +37,8 @@ STATE_VERSION = 1
 STATE_INTERVAL = 0.25
 MAX_HELD = 8 << 20
 """Bytes of out-of-order chunks kept in memory for the running whole-file hash (beyond that: read back)."""
+WRITE_QUEUE_BYTES = 16 << 20
+"""Bytes of chunks waiting for the writer thread (16 chunks of 1 MiB; 1 of a 16 MiB chunking)."""
 _HASH_BLOCK = 16 << 20
 
 
@@ -50,16 +52,6 @@ class ResumeState(msgspec.Struct, frozen=True, kw_only=True):
     chunk_size: int
     done: list[tuple[int, int]]
     """Half-open ranges of finished chunk indices."""
-
-
-def _ranges(indices: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for i in indices:
-        if out and out[-1][1] == i:
-            out[-1] = (out[-1][0], i + 1)
-        else:
-            out.append((i, i + 1))
-    return out
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -197,25 +189,29 @@ class PartialFile:
             self.save_state([], force=True)
             return []
         assert state is not None
-        claimed = {i for start, end in state.done for i in range(start, min(end, plan.chunks))}
+        claimed = bytearray(plan.chunks)
+        for first, stop in state.done:
+            start, end = max(first, 0), min(stop, plan.chunks)
+            if start < end:
+                claimed[start:end] = b"\x01" * (end - start)
         good = self._verify(plan, claimed)
         for index in good:
             self._waiting[index] = None
         self._advance()
         return good
 
-    def _verify(self, plan: Plan, claimed: set[int]) -> list[int]:
+    def _verify(self, plan: Plan, claimed: bytearray) -> list[int]:
         size = os.fstat(self._fd).st_size
         good: list[int] = []
         for index in range(plan.chunks):
             offset, length = plan.chunk_range(index)
             if offset + length > size:
                 break
-            if index not in claimed and not self._has_data(offset, length):
+            if not claimed[index] and not self._has_data(offset, length):
                 continue
             if plan.matches(index, os.pread(self._fd, length, offset)):
                 good.append(index)
-        log.info("resume: %d chunks on disk verified (%d claimed by the state file)", len(good), len(claimed))
+        log.info("resume: %d chunks on disk verified (%d claimed by the state file)", len(good), claimed.count(1))
         return good
 
     def _has_data(self, offset: int, length: int) -> bool:
@@ -229,7 +225,7 @@ class PartialFile:
         disk or size limit (raised by this or a later call)."""
         assert self._plan is not None
         if self._writer is None:
-            self._writer = _Writer(self._fd, self.part)
+            self._writer = _Writer(self._fd, self.part, depth=max(1, WRITE_QUEUE_BYTES // self._plan.chunk_size))
         self._writer.put(index, index * self._plan.chunk_size, memoryview(data))
         if index == self._cursor:
             self._whole.update(data)
@@ -269,8 +265,9 @@ class PartialFile:
         """True when the state file is older than STATE_INTERVAL."""
         return now - self._last_save >= STATE_INTERVAL
 
-    def save_state(self, done: list[int], now: float | None = None, *, force: bool = False) -> None:
-        """Record finished chunks (throttled to every STATE_INTERVAL s unless ``force``)."""
+    def save_state(self, done: list[tuple[int, int]], now: float | None = None, *, force: bool = False) -> None:
+        """Record finished chunks, as half-open index ranges (throttled to every STATE_INTERVAL s unless
+        ``force``)."""
         if self._plan is None:
             return
         now = time.monotonic() if now is None else now
@@ -283,7 +280,7 @@ class PartialFile:
             content_hash=self._plan.content_hash,
             size=self._plan.size,
             chunk_size=self._plan.chunk_size,
-            done=_ranges(done),
+            done=done,
         )
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         try:

@@ -26,6 +26,11 @@ DEFAULT_WINDOW = 16
 chunks were within the machine's noise of each other, 16 sits in the plateau and keeps memory low."""
 MAX_WINDOW = 32
 """Largest window (and total of requests in flight) a fetch may ask for."""
+MAX_INFLIGHT_BYTES = 16 << 20
+"""Default cap on the bytes asked for at once over all sources (:attr:`FetchConfig.max_inflight_bytes`): with
+chunks bigger than expected (a file over 1 TiB, or a holder that claims one) fewer requests are in flight, so what
+a holder's chunk size can make the fetcher hold stays bounded (one 16 MiB chunk; the default 16 x 1 MiB is not
+affected, and the fetcher raises the cap for the window and chunk size a user asks for)."""
 MAX_INFLIGHT = 16
 """Default cap on requests in flight over all sources together, so memory stays flat however many holders (and
 connections) there are: with 32, a fetch from 3 holders peaked at ~100 MB RSS, with 16 at ~80 MB, for no loss of
@@ -39,6 +44,8 @@ class FetchConfig:
     window: int = DEFAULT_WINDOW
     max_inflight: int = MAX_INFLIGHT
     """Requests in flight over all sources together."""
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
+    """Bytes asked for at once over all sources (at least one request is always allowed)."""
     request_timeout: float = 15.0
     rate_limit: float = 0.0
     """Bytes per second to ask for in total (0 = as fast as possible)."""
@@ -48,6 +55,8 @@ class FetchConfig:
             raise ValueError(f"window must be 1..{MAX_WINDOW}, not {self.window}")
         if not 1 <= self.max_inflight <= MAX_WINDOW:
             raise ValueError(f"max_inflight must be 1..{MAX_WINDOW}, not {self.max_inflight}")
+        if self.max_inflight_bytes <= 0:
+            raise ValueError("max_inflight_bytes must be positive")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
         if self.rate_limit < 0:
@@ -61,7 +70,8 @@ class Plan:
     size: int
     chunk_size: int
     content_hash: str
-    digests: bytes
+    digests: bytes | memoryview
+    """The checksum table, kept as received (up to 16 MiB: never copied)."""
 
     @property
     def chunks(self) -> int:
@@ -72,7 +82,7 @@ class Plan:
         offset = index * self.chunk_size
         return offset, min(self.chunk_size, self.size - offset)
 
-    def digest(self, index: int) -> bytes:
+    def digest(self, index: int) -> bytes | memoryview:
         return self.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
 
     def matches(self, index: int, data: memoryview | bytes) -> bool:
@@ -82,7 +92,7 @@ class Plan:
     @classmethod
     def from_opened(cls, opened: Opened, digests: bytes | memoryview) -> Plan:
         """Validate an ``Opened`` reply's checksum table; raise TransferError if it does not fit the file."""
-        table = bytes(digests)
+        table = digests if isinstance(digests, memoryview) else bytes(digests)
         if len(table) != opened.chunks * DIGEST_SIZE:
             raise TransferError(
                 f"holder sent {len(table)} checksum bytes for {opened.chunks} chunks of {DIGEST_SIZE} "
@@ -128,8 +138,11 @@ class FetchSession:
         for index in done:
             self._done[index] = 1
         self.done_chunks = sum(self._done)
-        self._pending = [i for i in range(plan.chunks) if not self._done[i]]
-        heapq.heapify(self._pending)
+        # chunks to ask for: every index from _cursor on that is not done, plus the ones put back in _pending (a
+        # heap); memory stays one byte per chunk, whatever number of chunks a holder claims
+        self._cursor = 0
+        self._pending: list[int] = []
+        self._cap = max(1, min(self.config.max_inflight, self.config.max_inflight_bytes // max(plan.chunk_size, 1)))
         self._accepted: set[int] = set()
         self._requested_bytes = 0
         self._started: float | None = None
@@ -170,6 +183,32 @@ class FetchSession:
     def done_indices(self) -> list[int]:
         return [i for i, flag in enumerate(self._done) if flag]
 
+    def done_ranges(self) -> list[tuple[int, int]]:
+        """Half-open ranges of the chunks on disk (what the state file records), without a list of every index."""
+        ranges: list[tuple[int, int]] = []
+        done, start = self._done, 0
+        while (start := done.find(1, start)) >= 0:
+            end = done.find(0, start)
+            end = len(done) if end < 0 else end
+            ranges.append((start, end))
+            start = end
+        return ranges
+
+    def _has_pending(self) -> bool:
+        if self._pending:
+            return True
+        # indices from _cursor on were never handed out: the first one not done (resumed) is the next to ask for
+        found = self._done.find(0, self._cursor)
+        self._cursor = self.plan.chunks if found < 0 else found
+        return self._cursor < self.plan.chunks
+
+    def _pop_pending(self) -> int:
+        if self._pending:
+            return heapq.heappop(self._pending)
+        index = self._cursor
+        self._cursor += 1
+        return index
+
     def received_by(self, source: str) -> int:
         return self._sources[source].received
 
@@ -190,15 +229,15 @@ class FetchSession:
         if not live:
             return out
         progress = True
-        while self._pending and progress:
+        while self._has_pending() and progress:
             progress = False
             for k in range(len(live)):
                 source = live[(self._turn + k) % len(live)]
-                if len(source.inflight) >= self.config.window or not self._pending or not self._allowed(now):
+                if len(source.inflight) >= self.config.window or not self._has_pending() or not self._allowed(now):
                     continue
-                if self._total_inflight() >= self.config.max_inflight:
+                if self._total_inflight() >= self._cap:
                     break
-                index = heapq.heappop(self._pending)
+                index = self._pop_pending()
                 source.inflight[index] = now
                 self._requested_bytes += self.plan.chunk_range(index)[1]
                 out.append((source.name, index))
