@@ -13,10 +13,11 @@ from overdrive.bus.address import Endpoint
 from overdrive.errors import ConfigError
 from overdrive.index.client import Entry, IndexClient
 from overdrive.index.master import Master, MasterConfig
-from overdrive.index.node import Node, NodeConfig
+from overdrive.index.node import Node, NodeConfig, NodeSession
+from overdrive.index.protocol import Ack, Announce, NodeBeat
 from overdrive.index.scan import FolderScanner
 from overdrive.index.stores.memory import MemoryStore
-from overdrive.transfer.catalogue import hash_file
+from overdrive.transfer.catalogue import SharedFile, hash_file
 from tests.conftest import TestNetwork
 
 
@@ -129,3 +130,24 @@ def test_changes_in_the_folder_reach_the_index(mesh: tuple[Master, Node, IndexCl
     assert not slow, f"changes slower than 2 s: {slow}"
     assert node.scanner.get("papers/notes.txt") is not None  # the node is the file server's catalogue
     assert all(e.online and e.holder == node.bus.node_id for e in client.lookup("*"))
+
+
+def test_a_refused_registration_is_sent_again_later_in_full() -> None:
+    """A master that cannot store a registration (its disk is full) refuses it; the node registers everything
+    again after ``retry`` seconds instead of leaving its files out of the index until it restarts."""
+    session = NodeSession("nodeaaaaaaaaaaaa", NodeConfig(masters=(Endpoint("127.0.0.1", 1),), address="x:1", retry=10))
+    files = [SharedFile(name=f"f{i}", size=i, content_hash=f"{i:064x}", mtime_ns=i) for i in range(3)]
+    first = session.next_message(0.0, files)
+    assert isinstance(first, Announce) and first.full and len(first.files) == 3
+    session.on_reply(Ack(ref=first.ref, ok=False, error="database or disk is full"), 0.1)
+    assert not session.idle
+    beat = session.next_message(0.2, files)  # meanwhile only heartbeats
+    assert isinstance(beat, NodeBeat)
+    session.on_reply(Ack(ref=beat.ref), 0.3)
+    early = session.next_message(5.0, files)  # before the retry time: still no registration
+    assert isinstance(early, NodeBeat)
+    session.on_reply(Ack(ref=early.ref), 5.1)
+    again = session.next_message(10.2, files)
+    assert isinstance(again, Announce) and again.full and [f.name for f in again.files] == ["f0", "f1", "f2"]
+    session.on_reply(Ack(ref=again.ref, applied=3), 10.3)
+    assert session.idle

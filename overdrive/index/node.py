@@ -45,6 +45,8 @@ class NodeConfig:
     """Seconds without any reply before moving to the next master."""
     settle: float = 0.2
     """Seconds a path must be quiet before it is re-examined (files being written)."""
+    retry: float = 10.0
+    """Seconds after a master refused a registration (its database is full, say) before registering again."""
 
     def __post_init__(self) -> None:
         if not self.masters:
@@ -78,6 +80,7 @@ class NodeSession:
     _sent_at: float = 0.0
     _last_beat: float = float("-inf")
     _heard: float = 0.0
+    _retry_at: float | None = None
 
     @property
     def master(self) -> Endpoint:
@@ -86,9 +89,8 @@ class NodeSession:
     @property
     def idle(self) -> bool:
         """Nothing waiting to be registered or acknowledged."""
-        return not (self._queue or self.changed or self.removed or self.full_needed) and not isinstance(
-            self._in_flight, Announce
-        )
+        waiting = self._queue or self.changed or self.removed or self.full_needed or self._retry_at is not None
+        return not waiting and not isinstance(self._in_flight, Announce)
 
     def files_changed(self, changed: Sequence[SharedFile], removed: Sequence[str]) -> None:
         for f in changed:
@@ -103,12 +105,16 @@ class NodeSession:
         self.full_needed = True
         self._queue.clear()
         self._in_flight = None
+        self._retry_at = None
         self._heard = now
 
     def next_message(self, now: float, files: Sequence[SharedFile]) -> Message | None:
         """The message to send now, if any (one request in flight at a time)."""
         if self._in_flight is not None:
             return None
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            self.full_needed = True
         if self.full_needed:
             self.full_needed = False
             self.changed.clear()
@@ -158,7 +164,14 @@ class NodeSession:
             return
         self._heard = now
         if not reply.ok:
-            log.error("master %s refused our registration: %s", self.master.display, reply.error)
+            log.error(
+                "master %s refused our registration: %s; registering again in %g s",
+                self.master.display,
+                reply.error,
+                self.config.retry,
+            )
+            self._queue.clear()  # the rest of a refused registration would be half of one
+            self._retry_at = now + self.config.retry
         self._in_flight = None
 
     def failed(self, now: float) -> bool:
