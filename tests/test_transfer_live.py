@@ -31,6 +31,7 @@ from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, fetch
 from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.protocol import (
     CODEC,
+    DEFAULT_CHUNK,
     MAX_CHUNK,
     MAX_CHUNKS,
     Chunk,
@@ -42,7 +43,7 @@ from overdrive.transfer.protocol import (
     chunk_checksum,
 )
 from overdrive.transfer.server import FileServer
-from overdrive.transfer.serving import DEFAULT_CHUNK, build_table
+from overdrive.transfer.serving import build_table
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
 from tests.conftest import TestNetwork
 

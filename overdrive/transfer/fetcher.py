@@ -44,6 +44,7 @@ from overdrive.transfer import allocator, names
 from overdrive.transfer.partial import PartialFile, hash_path
 from overdrive.transfer.protocol import (
     CODEC,
+    DEFAULT_CHUNK,
     MAX_CHUNK,
     Chunk,
     Close,
@@ -54,7 +55,6 @@ from overdrive.transfer.protocol import (
     Refused,
     Working,
 )
-from overdrive.transfer.serving import DEFAULT_CHUNK
 from overdrive.transfer.session import MAX_WINDOW, FetchConfig, FetchSession, Plan, SessionStats
 
 log = logging.getLogger(__name__)

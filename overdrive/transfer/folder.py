@@ -67,8 +67,9 @@ class FolderCatalogue:
 def main(argv: list[str] | None = None) -> None:
     from overdrive.bus.address import DEFAULT_SHARE_PORT, parse_endpoint
     from overdrive.config import GlobalOptions
+    from overdrive.transfer.protocol import DEFAULT_CHUNK
     from overdrive.transfer.server import FileServer
-    from overdrive.transfer.serving import DEFAULT_CHUNK, ServerConfig
+    from overdrive.transfer.serving import ServerConfig
 
     parser = argparse.ArgumentParser(prog="python -m overdrive.transfer.folder")
     parser.add_argument("folder", type=Path)

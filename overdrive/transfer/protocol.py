@@ -37,6 +37,8 @@ DIGEST_SIZE = 16
 """Bytes of one chunk checksum (XXH3-128, big-endian canonical form) in the ``Opened`` payload."""
 MIN_CHUNK = 64 << 10
 MAX_CHUNK = 16 << 20
+DEFAULT_CHUNK = 1 << 20
+"""Chunk size when the fetcher does not ask for one; chosen by scripts/bench_transfer.py (docs/benchmarks.md)."""
 MAX_CHUNKS = 1 << 20
 """Most chunks a file may have; larger files get larger chunks (so the checksum table stays ≤ 16 MiB)."""
 MAX_NAME_BYTES = 4096

@@ -26,6 +26,7 @@ from overdrive.transfer import names
 from overdrive.transfer.catalogue import Catalogue
 from overdrive.transfer.protocol import (
     CODEC,
+    DEFAULT_CHUNK,
     MAX_CHUNK,
     MAX_CHUNKS,
     Chunk,
@@ -43,9 +44,6 @@ from overdrive.transfer.protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK = 1 << 20
-"""Chunk size when the fetcher does not ask for one; chosen by scripts/bench_transfer.py (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
