@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -35,6 +36,15 @@ def shown(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def settle_heap() -> None:
+    """Call once start-up is done, before a long-running loop (master, share, stream, view): collect once, then
+    freeze what start-up left so the garbage collector's full passes never walk those objects again. Without it a
+    full pass over everything the CLI had imported held a master's loop for 50 to 120 ms now and then (update
+    propagation across 10 masters: maximum 64 to 122 ms in 9 runs, 11 to 17 ms with it)."""
+    gc.collect()
+    gc.freeze()
 
 
 def markup_safe(text: str) -> str:

@@ -1,10 +1,10 @@
-"""Names from the network are printed so that they cannot drive the terminal or hide characters."""
+"""CLI helpers: names from the network print without controlling or hidden characters; the heap is settled."""
 
 from __future__ import annotations
 
 import pytest
 
-from overdrive.cliutil import markup_safe, shown
+from overdrive.cliutil import markup_safe, settle_heap, shown
 
 
 @pytest.mark.parametrize(
@@ -28,3 +28,15 @@ def test_names_from_the_network_print_without_hidden_or_controlling_characters(n
 
 def test_markup_in_a_name_prints_as_itself() -> None:
     assert markup_safe("[b]x[/b]\x07") == "\\[b]x\\[/b]\\x07"
+
+
+def test_settle_heap_freezes_what_start_up_left() -> None:
+    """Long-running commands call it before their loop: start-up's objects then leave the collector's full passes."""
+    import gc
+
+    gc.unfreeze()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()

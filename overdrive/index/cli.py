@@ -29,7 +29,16 @@ from rich.text import Text
 from overdrive import paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
 from overdrive.bus.sockets import Bus
-from overdrive.cliutil import console, endpoints, markup_safe, options, print_json, shown, warn_insecure
+from overdrive.cliutil import (
+    console,
+    endpoints,
+    markup_safe,
+    options,
+    print_json,
+    settle_heap,
+    shown,
+    warn_insecure,
+)
 from overdrive.errors import AuthError, ConfigError, OverdriveError, UnreachableError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import MAX_PATTERN, Entry, IndexClient, is_glob
@@ -106,6 +115,7 @@ def master_command(
     try:
         with opts.bus() as bus:
             master = Master(bus, store, config)
+            settle_heap()
             master.start()
             assert master.endpoint is not None
             console.print(
@@ -215,6 +225,7 @@ def share_command(
             try:
                 address = advertised(bound, advertise)
                 node = Node(bus, scanner, NodeConfig(masters=masters, address=address), watch=watch)
+                settle_heap()
                 node.start()
                 console.print(
                     f"node {bus.node_id} serving on {bound.display} (advertised {address}); "

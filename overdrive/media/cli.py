@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from overdrive.bus.address import DEFAULT_STREAM_PORT
-from overdrive.cliutil import console, options, warn_insecure
+from overdrive.cliutil import console, options, settle_heap, warn_insecure
 from overdrive.media import audio_cli
 from overdrive.media.audio_cli import stream_extras, view_extras
 
@@ -98,6 +98,7 @@ def stream(
 
         try:
             _interrupt_on_term()
+            settle_heap()
             stats = streamer.run(status)
         except KeyboardInterrupt:
             stats = streamer.stats
@@ -147,6 +148,7 @@ def view(
         console.print(f"connected to {config.endpoint.display}; waiting for stream info and a keyframe")
         try:
             _interrupt_on_term()
+            settle_heap()
             viewer.run()  # writes --stats-json on the way out, also on Ctrl-C / SIGTERM
         except KeyboardInterrupt:
             pass
