@@ -349,6 +349,11 @@ repeat runs vary by up to 2x):
   Committing five 2,000-row messages per transaction instead of one was inconclusive in-process (70,000 vs
   99,000/s, then 85,000 vs 71,000/s) and was not kept. Masters skip their periodic full-table entry count while
   a snapshot is served or received.
+* **Latency spikes.** Masters (and share, stream, view) freeze their start-up heap before their loop
+  (`gc.collect()` + `gc.freeze()`): the garbage collector's full passes over everything the CLI imports held a
+  master's loop for 50 to 120 ms now and then. Propagation across 10 masters with such passes provoked: maximum
+  64 to 84 ms without the freeze, 11 to 17 ms with it (two runs each). The table above was measured just before
+  this change, in a run without the spikes.
 * The baseline (one INSERT and COMMIT per update, as the original project stored its index) is 10 to 100 times
   slower than the batched store (this run: the whole replicated path vs the store alone).
 """
