@@ -22,6 +22,7 @@ import pytest
 import zmq
 from zmq.utils import garbage
 
+from overdrive.bus.address import Endpoint
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.sockets import Bus, Security
 
@@ -143,6 +144,57 @@ def network() -> Iterator[TestNetwork]:
     net = TestNetwork(PASSWORD, NETWORK, key)
     yield net
     net.close()
+
+
+class Children:
+    """overdrive child processes that print one ready line (``listening`` or ``serving`` ADDRESS) on stdout;
+    stopped at teardown (SIGTERM, then kill)."""
+
+    def __init__(self, network: TestNetwork, tmp: Path) -> None:
+        self.network, self.tmp = network, tmp
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def spawn(self, home: str, *args: str) -> tuple[subprocess.Popen[str], Endpoint]:
+        """Start ``overdrive ARGS`` with its own OVERDRIVE_HOME; its process and the address it printed."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "overdrive", *args],
+            env=self.network.env(self.tmp / home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith(("listening", "serving")):
+            proc.kill()
+            pytest.fail(f"{args[0]} did not start: {line}{proc.communicate(timeout=10)[1][-2000:]}")
+        host, port = line.split()[1].rsplit(":", 1)
+        return proc, Endpoint(host, int(port))
+
+    def start(self, home: str, *args: str) -> Endpoint:
+        return self.spawn(home, *args)[1]
+
+    def master(self, *args: str) -> Endpoint:
+        return self.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", *args)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def children(network: TestNetwork, tmp_path: Path) -> Iterator[Children]:
+    c = Children(network, tmp_path)
+    yield c
+    c.stop()
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import contextlib
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -26,7 +25,7 @@ from overdrive.index.client import IndexClient
 from overdrive.index.records import FileInfo
 from overdrive.index.scan import FolderScanner
 from overdrive.transfer import names
-from tests.conftest import TestNetwork
+from tests.conftest import Children, TestNetwork
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 HASH = "ab" * 32
@@ -37,52 +36,6 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in result.stderr.splitlines() if line.startswith("overdrive: error:")]
     assert len(errors) == 1, result.stderr
     return errors[0]
-
-
-class Children:
-    """overdrive child processes that print one ready line (``listening``/``serving`` ADDRESS) on stdout."""
-
-    def __init__(self, network: TestNetwork, tmp: Path) -> None:
-        self.network, self.tmp = network, tmp
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, home: str, *args: str) -> Endpoint:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "overdrive", *args],
-            env=self.network.env(self.tmp / home),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith(("listening", "serving")):
-            proc.kill()
-            pytest.fail(f"{args[0]} did not start: {line}{proc.communicate(timeout=10)[1][-2000:]}")
-        host, port = line.split()[1].rsplit(":", 1)
-        return Endpoint(host, int(port))
-
-    def master(self) -> Endpoint:
-        return self.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-
-
-@pytest.fixture
-def children(network: TestNetwork, tmp_path: Path) -> Iterator[Children]:
-    c = Children(network, tmp_path)
-    yield c
-    c.stop()
 
 
 def _register(network: TestNetwork, master: Endpoint, *file_names: str) -> None:
@@ -253,7 +206,7 @@ def test_a_peer_port_that_is_not_an_overdrive_master_is_a_warning_when_another_p
         dropper.start()
         try:
             port = impostor.getsockname()[1]
-            joined = children.start(
+            proc, joined = children.spawn(
                 "second", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--peers",
                 f"127.0.0.1:{port},{real.display}",
             )  # fmt: skip
@@ -262,7 +215,6 @@ def test_a_peer_port_that_is_not_an_overdrive_master_is_a_warning_when_another_p
                 while len(client.status(digest=False).masters_online) < 1:
                     assert time.monotonic() < deadline, "the second master never met the real one"
                     time.sleep(0.1)
-            proc = children.procs[-1]
             assert proc.poll() is None, proc.communicate(timeout=10)[1][-2000:]
         finally:
             stop.set()

@@ -6,58 +6,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
 import pytest
 
-from overdrive.bus.address import Endpoint
 from overdrive.index.client import IndexClient
-from tests.conftest import TestNetwork
+from tests.conftest import Children, TestNetwork
 from tests.test_transfer_live import BIG, _write_file, scratch  # noqa: F401 - fixture re-used
-
-
-class Procs:
-    """Child overdrive processes, stopped (SIGTERM, then kill) at teardown."""
-
-    def __init__(self, network: TestNetwork, tmp: Path) -> None:
-        self.network, self.tmp, self.children = network, tmp, []  # type: ignore[var-annotated]
-
-    def start(self, home: str, *args: str, ready: str) -> tuple[subprocess.Popen[str], Endpoint]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "overdrive", *args],
-            env=self.network.env(self.tmp / home),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.children.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith(ready):
-            proc.kill()
-            pytest.fail(f"{args[0]} did not start: {line}{proc.communicate(timeout=10)[1][-2000:]}")
-        host, port = line.split()[1].rsplit(":", 1)
-        return proc, Endpoint(host, int(port))
-
-    def stop(self) -> None:
-        for proc in self.children:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.children:
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-
-
-@pytest.fixture
-def procs(network: TestNetwork, tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(network, tmp_path)
-    yield p
-    p.stop()
 
 
 def _wait_for(client: IndexClient, name: str, holders: int, timeout: float = 60) -> None:
@@ -71,14 +27,12 @@ def _wait_for(client: IndexClient, name: str, holders: int, timeout: float = 60)
         time.sleep(0.1)
 
 
-def test_fetch_through_the_index(network: TestNetwork, procs: Procs, scratch: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_fetch_through_the_index(network: TestNetwork, children: Children, scratch: Path, tmp_path: Path) -> None:  # noqa: F811
     folder = scratch / "shared"
     folder.mkdir()
     digest = _write_file(folder / "big.bin", BIG)
-    _, master = procs.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", ready="listening")
-    _, share = procs.start(
-        "node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0", ready="serving"
-    )
+    master = children.master()
+    share = children.start("node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0")
     with IndexClient(network.bus(), [master]) as client:
         _wait_for(client, "big.bin", 1)
         out = scratch / "out"
@@ -104,16 +58,12 @@ def test_fetch_through_the_index(network: TestNetwork, procs: Procs, scratch: Pa
         assert bad_hash.returncode == 2 and "--hash" in bad_hash.stderr
 
 
-def test_no_holder_online(network: TestNetwork, procs: Procs, scratch: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_no_holder_online(network: TestNetwork, children: Children, scratch: Path, tmp_path: Path) -> None:  # noqa: F811
     folder = scratch / "shared"
     folder.mkdir()
     _write_file(folder / "a.bin", 1_000_000)
-    _, master = procs.start(
-        "master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--timeout", "1", ready="listening"
-    )
-    node, _ = procs.start(
-        "node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0", ready="serving"
-    )
+    master = children.master("--timeout", "1")
+    node, _ = children.spawn("node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0")
     with IndexClient(network.bus(), [master]) as client:
         _wait_for(client, "a.bin", 1)
         node.kill()
