@@ -50,10 +50,11 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (peewee.PeeweeException, sqlite3.E
 
 
 def _first_cause(exc: BaseException) -> BaseException:
-    """The first of the backend errors ``exc`` was raised while handling: a COMMIT that fails for a full disk
-    makes SQLite roll back by itself, and peewee's own ROLLBACK then fails with "no transaction is active",
-    which says nothing of the reason."""
-    while isinstance(exc.__context__, _DB_ERRORS):
+    """The error that says why: a COMMIT that fails (a full disk) makes SQLite roll back by itself, and peewee's own
+    ROLLBACK then fails with "no transaction is active", which says nothing of the reason; the COMMIT's error is
+    the one it was raised while handling. Any other error is its own reason (an earlier one it was raised while
+    handling, an IntegrityError caught on purpose say, is not)."""
+    while "no transaction is active" in str(exc) and isinstance(exc.__context__, _DB_ERRORS):
         exc = exc.__context__
     return exc
 
