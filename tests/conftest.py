@@ -33,6 +33,13 @@ PASSWORD = "correct horse battery staple"
 NETWORK = "overdrive-tests"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Children get SIGINT at its default even when this run is a background job: a shell starts those with SIGINT
+    ignored, which every child would inherit, and the Ctrl-C tests would then test nothing."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def overdrive_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private OVERDRIVE_HOME for every test, and no password leaking in from the environment."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cliutil import console, options, settle_heap, warn_insecure
 from overdrive.media import audio_cli
@@ -97,9 +97,9 @@ def stream(
                 )
 
         try:
-            _interrupt_on_term()
             settle_heap()
-            stats = streamer.run(status)
+            with interrupts.deferred(on_signal=streamer.request_stop):
+                stats = streamer.run(status)
         except KeyboardInterrupt:
             stats = streamer.stats
         finally:
@@ -147,9 +147,9 @@ def view(
         viewer.connect()
         console.print(f"connected to {config.endpoint.display}; waiting for stream info and a keyframe")
         try:
-            _interrupt_on_term()
             settle_heap()
-            viewer.run()  # writes --stats-json on the way out, also on Ctrl-C / SIGTERM
+            with interrupts.deferred(on_signal=viewer.request_stop):
+                viewer.run()  # writes --stats-json on the way out, also on Ctrl-C / SIGTERM
         except KeyboardInterrupt:
             pass
         finally:
@@ -161,15 +161,6 @@ def view(
             f"received {s['frames_received']} frames, shown {s['frames_shown']}, gaps {s['gaps']}, "
             f"fps {s['fps'] or 0:.1f}, latency p50 {p50 or 0:.0f} ms, malformed {s['malformed']}"
         )
-
-
-def _interrupt_on_term() -> None:
-    """Make SIGTERM stop like Ctrl-C, so stats files are written and sockets closed."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def register(app: typer.Typer) -> None:

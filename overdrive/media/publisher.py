@@ -201,6 +201,11 @@ class Streamer:
             raise self._error
         return endpoint
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to end at its next turn (safe from a signal handler: it only sets events)."""
+        self._stop.set()
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop streaming and close the socket (idempotent)."""
         self._stop.set()

@@ -189,6 +189,10 @@ class Viewer:
             log.error("viewer stopped: %s", exc)
             self._error = exc
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to end at its next turn (safe from a signal handler: it only sets an event)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():

@@ -29,6 +29,7 @@ from pathlib import Path
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from overdrive import interrupts
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import (
@@ -74,6 +75,8 @@ it is; ``--connections 2`` is there for machines with cores to spare (docs/bench
 MAX_CONNECTIONS = 4
 IO_THREADS = 2
 """Most libzmq I/O threads of the fetch's own context: one per connection to a holder, up to 2."""
+IDLE_POLL_MS = 250
+"""Longest wait in one poll, so a Ctrl-C (recorded by :func:`interrupts.deferred`) stops the fetch within it."""
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _DRAIN = 64
 
@@ -162,9 +165,24 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
     state = partial.saved_state()
     if not chunk_size and state is not None and request.content_hash in ("", state.content_hash):
         chunk_size = state.chunk_size
+    with interrupts.deferred() as check:  # Ctrl-C stops at a loop's check, never inside the writer's queue
+        return _transfer(bus, request, progress, check, started, partial, chunk_size)
+
+
+def _transfer(
+    bus: Bus,
+    request: FetchRequest,
+    progress: ProgressFn | None,
+    check: Callable[[], None],
+    started: float,
+    partial: PartialFile,
+    chunk_size: int,
+) -> FetchResult:
+    dest_dir = Path(request.dest_dir)
+    dest = partial.dest
     conns = _connect_all(bus, request)
     try:
-        plan = _open_all(conns, request, chunk_size)
+        plan = _open_all(conns, request, chunk_size, check)
         usable = [c for c in conns if c.plan == plan]
         present = _present_copy(dest, plan)
         if present is not None:
@@ -196,7 +214,7 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
         )
         session = FetchSession(plan, [c.label for c in usable], done, config)
         try:
-            _run(session, usable, partial, progress)
+            _run(session, usable, partial, progress, check)
         except BaseException:
             partial.save_state(session.done_ranges(), force=True)
             partial.close()
@@ -330,7 +348,7 @@ def open_budget(timeout: float, size: int) -> float:
     return timeout + min(size / TABLE_RATE, MAX_TABLE_WAIT)
 
 
-def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) -> Plan:
+def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, check: Callable[[], None]) -> Plan:
     """Send Open to every holder, wait for their answers, and pick the plan to follow."""
     for rid, conn in enumerate(conns):
         opener = Open(rid=rid, name=request.name, content_hash=request.content_hash, chunk_size=chunk_size)
@@ -344,6 +362,7 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) ->
     for conn in conns:
         poller.register(conn.sock, zmq.POLLIN)
     while pending:
+        check()
         now = time.monotonic()
         for rid in [r for r in pending if deadlines[r] <= now]:
             conn = pending.pop(rid)
@@ -356,7 +375,7 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int) ->
         if not pending:
             break
         left = min(deadlines[r] for r in pending) - now
-        for sock, _ in poller.poll(int(left * 1000) + 1):
+        for sock, _ in poller.poll(min(int(left * 1000) + 1, IDLE_POLL_MS)):
             conn = next(c for c in conns if c.sock is sock)
             try:
                 msg, payload = CODEC.decode(sock.recv_multipart(copy=False))
@@ -408,7 +427,13 @@ def _open_error(name: str, conns: Sequence[_Conn]) -> TransferError:
     return TransferError(f"cannot open {name!r}: {detail}")
 
 
-def _run(session: FetchSession, conns: Sequence[_Conn], partial: PartialFile, progress: ProgressFn | None) -> None:
+def _run(
+    session: FetchSession,
+    conns: Sequence[_Conn],
+    partial: PartialFile,
+    progress: ProgressFn | None,
+    check: Callable[[], None],
+) -> None:
     by_label = {c.label: c for c in conns}
     poller = zmq.Poller()
     for conn in conns:
@@ -418,8 +443,9 @@ def _run(session: FetchSession, conns: Sequence[_Conn], partial: PartialFile, pr
     total = session.plan.size
     if progress:
         progress(session.done_bytes, total)
-    timeout_ms = 50 if session.config.rate_limit else 1000
+    timeout_ms = 50 if session.config.rate_limit else IDLE_POLL_MS
     while not session.finished:
+        check()
         if session.stalled:
             raise _stall_error(session, partial.name)
         now = time.monotonic()

@@ -1,0 +1,64 @@
+"""Ctrl-C at a point the program chooses.
+
+Python's default SIGINT handler raises KeyboardInterrupt at whatever bytecode the main thread runs next. Right after
+a C call such as a lock's ``acquire`` counts, so the exception can land inside ``queue.Queue.put`` once the queue's
+lock is taken but before the ``with`` block that releases it has begun: the lock is then held forever, and the next
+``put`` (say, the one that stops a writer thread on the way out) waits for ever. CI caught ``overdrive fetch``
+hanging like that after a Ctrl-C.
+
+:func:`deferred` swaps in a handler that only records the signal; the loop calls the returned check at a safe point,
+which raises KeyboardInterrupt there. Outside the main thread, or when the signal was ignored when the process started
+(a background job), nothing is installed and the check never fires.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Both stop the same way: SIGTERM (``kill``, a service manager) also gets the tidy exit Ctrl-C gets."""
+
+
+@contextmanager
+def deferred(
+    signals: tuple[signal.Signals, ...] = SIGNALS, on_signal: Callable[[], None] | None = None
+) -> Iterator[Callable[[], None]]:
+    """Within the block, the ``signals`` only set a flag; the yielded function raises KeyboardInterrupt if one came.
+
+    ``on_signal`` is also called, from the handler, so it must only set a flag or an event (a loop's stop request).
+    The previous handlers are restored on exit, and a signal that came during the block is re-raised as
+    KeyboardInterrupt there if the block did not check for it.
+    """
+    received: list[int] = []
+
+    def check() -> None:
+        if received:
+            received.clear()  # raised once: a block that catches it is not interrupted again on the way out
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if on_signal is not None:
+            on_signal()
+
+    previous: dict[signal.Signals, signal.Handlers | Callable[[int, FrameType | None], object] | int | None] = {}
+    for sig in signals:
+        current = signal.getsignal(sig)
+        if current is signal.SIG_IGN:
+            continue  # started ignoring it (e.g. a background job): keep ignoring it
+        previous[sig] = signal.SIG_DFL if current is None else current  # None: set outside Python
+        signal.signal(sig, record)
+    try:
+        yield check
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+    check()
