@@ -8,6 +8,7 @@ live beside their features (``overdrive/*/cli.py``) and register themselves here
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,29 @@ log = logging.getLogger(__name__)
 
 
 class _Group(TyperGroup):
-    """Root group: domain errors become one line on stderr, never a traceback."""
+    """Root group: domain errors and usage mistakes become one line on stderr, never a traceback or a panel."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False  # usage errors come back here instead of being drawn in a box
+        try:
+            result = super().main(*args, **kwargs)
+        except Exception as exc:
+            if not _is_usage_error(exc):
+                raise
+            code: int = exc.exit_code  # type: ignore[attr-defined]
+            message = exc.format_message().strip()  # type: ignore[attr-defined]
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help was shown; nothing else to say
+                if message:
+                    typer.echo(message, err=True)
+                sys.exit(code)
+            ctx = getattr(exc, "ctx", None)
+            path = ctx.command_path if ctx is not None else "overdrive"
+            typer.echo(f"overdrive: error: {' '.join(message.split())} (see '{path} --help')", err=True)
+            sys.exit(code)
+        except typer.Abort:
+            typer.echo("overdrive: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -35,6 +58,11 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("overdrive: interrupted", err=True)
             raise typer.Exit(130) from None
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A parse-time mistake of typer's (no such option, missing argument, a value of the wrong type)."""
+    return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "format_message", None))
 
 
 app = typer.Typer(
@@ -131,7 +159,7 @@ def _config_keys(command: Any) -> dict[str, str]:
 @app.command()
 def keygen(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Argument(help="Where to write the key file (mode 0600).")],
+    out: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the key file (mode 0600).")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Make a random network key file; give it to every member, use it with --key-file."""

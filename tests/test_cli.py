@@ -104,3 +104,30 @@ def test_bad_log_level_is_rejected(run_cli: Any) -> None:
     result = run_cli("--log-level", "loud", "doctor")
     assert result.returncode == 2
     assert "--log-level must be one of" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fetch", "--frm", "x"], "No such option: --frm"),
+        (["fetch"], "Missing argument 'NAME'"),
+        (["fetch", "x", "--window", "many"], "Invalid value for '--window'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["view"], "Missing argument 'HOST[:PORT]'"),
+    ],
+)
+def test_usage_mistakes_are_one_line_errors(args: list[str], message: str, run_cli: Any) -> None:
+    # typer draws these in a multi-line box by default; a user mistake gets one line, like every other error
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("overdrive: error:") and message in lines[0], lines[0]
+    assert f"(see 'overdrive {args[0]} --help')" in lines[0] or args[0] == "nosuch"
+
+
+def test_help_and_no_arguments_keep_their_exit_codes(run_cli: Any) -> None:
+    assert run_cli("fetch", "--help").returncode == 0
+    assert run_cli("--version").returncode == 0
+    bare = run_cli()
+    assert bare.returncode == 2 and "Usage" in bare.stdout + bare.stderr

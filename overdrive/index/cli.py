@@ -181,7 +181,8 @@ def _status_line(master: Master) -> None:
 def share_command(
     ctx: typer.Context,
     folder: Annotated[
-        Path | None, typer.Argument(help="Folder to share (default: the backup folder).", show_default=False)
+        Path | None,
+        typer.Argument(metavar="FOLDER", help="Folder to share (default: the backup folder).", show_default=False),
     ] = None,
     master: Annotated[
         str, typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to register with: HOST[:PORT],...")
@@ -268,7 +269,8 @@ def _lock_node() -> IO[bytes]:
 def ls_command(
     ctx: typer.Context,
     pattern: Annotated[
-        str, typer.Argument(help="Glob (*.mp4) or text contained in the name; empty lists everything.")
+        str,
+        typer.Argument(metavar="PATTERN", help="Glob (*.mp4) or text contained in the name; empty lists everything."),
     ] = "",
     master: Annotated[
         str, typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to ask: HOST[:PORT],... (any live one answers).")

@@ -115,7 +115,12 @@ def stream(
 
 def view(
     ctx: typer.Context,
-    host: Annotated[str, typer.Argument(help=f"Streamer address HOST[:PORT] (default port {DEFAULT_STREAM_PORT}).")],
+    host: Annotated[
+        str,
+        typer.Argument(
+            metavar="HOST[:PORT]", help=f"Streamer address HOST[:PORT] (default port {DEFAULT_STREAM_PORT})."
+        ),
+    ],
     headless: Annotated[bool, typer.Option("--headless", help="Show no window (receive and measure only).")] = False,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.", show_default=False)] = None,
     stats_json: Annotated[

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
 def fetch_command(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="File name as 'overdrive ls' shows it (relative path).")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="File name as 'overdrive ls' shows it (relative path).")],
     from_: Annotated[
         str | None,
         typer.Option("--from", help="Fetch from HOST:PORT[,HOST:PORT...] directly, skipping the index."),
