@@ -139,6 +139,8 @@ def root(
         config_file=config_path,
     )
     configure_logging(opts.log_level)
+    if ctx.invoked_subcommand != "keygen":
+        opts.prefetch_key()
     ctx.obj = opts
 
 

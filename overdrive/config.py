@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,17 @@ class GlobalOptions:
                 raise ConfigError(f"key file is for network {key.network!r}, not {self.network!r}")
             return key
         if self.password:
-            return NetworkKey.from_password(self.password, self.network, cache=paths.cache_dir() / "keys")
+            return _derivation(self.password, self.network).result()
         raise ConfigError(
             f"no network password: set {PASSWORD_ENV}, pass --password or --key-file "
             "(or --insecure for benchmarks only)"
         )
+
+    def prefetch_key(self) -> None:
+        """Start stretching the password in the background (scrypt releases the GIL), so the command's own start-up
+        (imports, opening a store) overlaps it; :meth:`network_key` then waits for the result."""
+        if self.password and not self.insecure and self.key_file is None:
+            _derivation(self.password, self.network)
 
     def security(self) -> Security:
         """Identity plus network key, loading or creating the node identity on first use."""
@@ -73,6 +80,41 @@ class GlobalOptions:
     def bus(self) -> Bus:
         """A new bus configured with these options."""
         return Bus(self.security())
+
+
+class _Derivation(threading.Thread):
+    """One password stretch (:meth:`NetworkKey.from_password`, with the per-user cache) in a daemon thread."""
+
+    def __init__(self, password: str, network: str) -> None:
+        super().__init__(name="overdrive-key", daemon=True)
+        self._args = (password, network)
+        self._key: NetworkKey | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._key = NetworkKey.from_password(*self._args, cache=paths.cache_dir() / "keys")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
+            self._error = exc
+
+    def result(self) -> NetworkKey:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._key is not None
+        return self._key
+
+
+_derivations: dict[tuple[str, str, str], _Derivation] = {}
+
+
+def _derivation(password: str, network: str) -> _Derivation:
+    """The stretch of (password, network) for the current data folders: started on first use, then shared."""
+    key = (password, network, str(paths.cache_dir()))
+    if key not in _derivations:
+        _derivations[key] = _Derivation(password, network)
+    return _derivations[key]
 
 
 def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:

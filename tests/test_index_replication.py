@@ -12,7 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from overdrive.index.hlc import HybridClock, physical_ms
-from overdrive.index.records import FileInfo, Record, RecordRow, check_name, decode_rows, encode_rows
+from overdrive.index.records import (
+    FileInfo,
+    Record,
+    RecordRow,
+    check_name,
+    decode_rows,
+    encode_rows,
+    names_need_a_closer_look,
+)
 from overdrive.index.replication import Replica, ReplicationConfig
 from overdrive.index.stores.memory import MemoryStore
 
@@ -45,6 +53,28 @@ def test_bad_names_are_refused_on_construction_and_decode(name: str) -> None:
     good = msgspec.structs.astuple(make_record())
     with pytest.raises(ValueError):
         decode_rows(msgspec.msgpack.encode([good, (name, *good[1:])]))
+
+
+_NAME_PARTS = st.sampled_from(["a", "b.txt", ".", "..", "", "/", "\\", "\x00", "\n", ".x", "x.", "é", " "])
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_NAME_PARTS, max_size=6).map("".join), min_size=1, max_size=5))
+def test_the_batch_name_screen_never_passes_a_bad_name(names: list[str]) -> None:
+    # pages and msgpack batches check each name exactly only when this screen of the joined names says so
+    bad = []
+    for name in names:
+        try:
+            check_name(name)
+        except ValueError:
+            bad.append(name)
+    if bad:
+        assert names_need_a_closer_look("\n" + "\n".join(names) + "\n"), bad
+
+
+def test_the_batch_name_screen_lets_plain_names_through() -> None:
+    names = ["lectures/course 5/recording 12.mp4", "a.b/c..d/.hidden/x.", "notes.txt"]
+    assert not names_need_a_closer_look("\n" + "\n".join(names) + "\n")
 
 
 def test_good_names_in_many_scripts_survive_a_round_trip() -> None:

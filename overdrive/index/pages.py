@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from overdrive.index.records import _DROP_BASE32, _DROP_HEX, _SUSPICIOUS, RecordRow, check_name
+from overdrive.index.records import _BASE32_BYTES, _HEX_BYTES, RecordRow, check_name, names_need_a_closer_look, only
 
 PAGE_TABLE = (
     "CREATE TABLE t (name TEXT NOT NULL CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 4096), "
@@ -68,15 +68,14 @@ def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
         ).fetchone()
         if not count:
             return 0, 0
-        joined = "\n" + names + "\n"
-        if not joined.isascii() or any(part in joined for part in _SUSPICIOUS):
+        if names_need_a_closer_look("\n" + names + "\n"):
             for (name,) in conn.execute(f"SELECT name FROM {schema}.t"):  # noqa: S608 - exact check, one by one
                 check_name(name)
     except sqlite3.Error as exc:  # not a database, not UTF-8 text, ...
         raise ValueError(f"bad snapshot page: {exc}") from exc
-    if hashes.translate(_DROP_HEX):
+    if not only(hashes, _HEX_BYTES):
         raise ValueError("content hash must be 64 lowercase hex characters")
-    if (holders + origins).translate(_DROP_BASE32):
+    if not only(holders + origins, _BASE32_BYTES):
         raise ValueError("holder and origin must be 16 lowercase base32 characters")
     return int(count), int(newest)
 

@@ -142,27 +142,27 @@ RecordRow = tuple[Name, NonNegative, ContentHash, NodeId, Address, Mtime, NodeId
 """A record as a plain tuple in field order: the bulk (snapshot) form, validated per batch, not per row."""
 
 _ROWS_DECODER = msgspec.msgpack.Decoder(list[RecordRow])
-_DROP_HEX = str.maketrans("", "", _HEX)
-_DROP_BASE32 = str.maketrans("", "", _BASE32)
-_SUSPICIOUS = (
-    "\n/",
-    "/\n",
-    "//",
-    "\n./",
-    "\n../",
-    "/./",
-    "/../",
-    "/.\n",
-    "/..\n",
-    "\n.\n",
-    "\n..\n",
-    "\n\n",
-    "\x00",
-    "\\",
-)
-"""Substrings of ``"\\n" + "\\n".join(names) + "\\n"`` that any invalid name would produce (an empty, ``.`` or
-``..`` component, a leading or trailing slash, NUL, backslash). Names containing a newline also match some of
-these harmlessly: they take the exact per-name path."""
+_HEX_BYTES = _HEX.encode()
+_BASE32_BYTES = _BASE32.encode()
+
+
+def only(text: str, alphabet: bytes) -> bool:
+    """True if every character of ``text`` is one of ``alphabet``'s (ASCII) bytes: one C pass, for long joins."""
+    return text.isascii() and not text.encode("ascii").translate(None, alphabet)
+
+
+def names_need_a_closer_look(joined: str) -> bool:
+    """For ``"\\n" + "\\n".join(names) + "\\n"``: False only if every name is certainly a valid relative name.
+
+    True if any could be invalid: non-ASCII text (checked name by name), an empty, ``.`` or ``..`` component, a
+    leading or trailing slash, NUL or a backslash. With the separators all made ``/``, each of those shows as
+    ``//``, ``/./`` or ``/../``, so a few fast substring scans cover them (a name containing a newline matches
+    harmlessly: it too is checked on its own).
+    """
+    if not joined.isascii() or "\x00" in joined or "\\" in joined:
+        return True
+    slashed = joined.replace("\n", "/")
+    return "//" in slashed or ("/." in slashed and ("/./" in slashed or "/../" in slashed))
 
 
 def decode_rows(buffer: bytes | memoryview) -> list[RecordRow]:
@@ -183,13 +183,12 @@ def validate_rows(rows: list[RecordRow]) -> None:
     """Raise ValueError unless every row's name, hash, holder and origin are valid."""
     if not rows:
         return
-    names = "\n" + "\n".join(r[0] for r in rows) + "\n"
-    if not names.isascii() or any(part in names for part in _SUSPICIOUS):
+    if names_need_a_closer_look("\n" + "\n".join(r[0] for r in rows) + "\n"):
         for row in rows:  # slow path: a suspicious or non-ASCII name somewhere; check each one exactly
             check_name(row[0])
-    if "".join(r[2] for r in rows).translate(_DROP_HEX):
+    if not only("".join(r[2] for r in rows), _HEX_BYTES):
         raise ValueError("content hash must be 64 lowercase hex characters")
-    if "".join([r[3] + r[6] for r in rows]).translate(_DROP_BASE32):
+    if not only("".join([r[3] + r[6] for r in rows]), _BASE32_BYTES):
         raise ValueError("holder and origin must be 16 lowercase base32 characters")
 
 
