@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import re
+import secrets
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from overdrive.transfer.protocol import (
     CODEC,
     DEFAULT_CHUNK,
     MAX_CHUNK,
+    Cancel,
     Chunk,
     Close,
     Failed,
@@ -133,6 +135,9 @@ class _Conn:
     tid: int = -1
     plan: Plan | None = None
     refused: str = ""
+    rid: int = -1
+    """Our Open's request id while the holder has not answered it (a Cancel withdraws it when we stop waiting)."""
+    cancelled: bool = False
     number: int = 1
     """Which of the connections to ``endpoint`` this is (1, 2, ...)."""
 
@@ -349,13 +354,20 @@ def open_budget(timeout: float, size: int) -> float:
 
 
 def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, check: Callable[[], None]) -> Plan:
-    """Send Open to every holder, wait for their answers, and pick the plan to follow."""
-    for rid, conn in enumerate(conns):
+    """Send Open to every holder, wait for their answers, and pick the plan to follow.
+
+    An Open given up (no answer in time) is withdrawn at once with ``Cancel``, so the holder frees its slot (and
+    stops building the file's chunk table if nobody else waits for it); one still pending when we stop (Ctrl-C) is
+    withdrawn by :func:`_close_all`.
+    """
+    first = secrets.randbits(48)  # random: the holder matches a Cancel by our node id and rid
+    for rid, conn in enumerate(conns, first):
         opener = Open(rid=rid, name=request.name, content_hash=request.content_hash, chunk_size=chunk_size)
         conn.sock.send_multipart(CODEC.encode(opener))
+        conn.rid = rid
     timeout = request.open_timeout or request.config.request_timeout
     started = time.monotonic()
-    pending = {rid: conn for rid, conn in enumerate(conns)}
+    pending = {conn.rid: conn for conn in conns}
     deadlines = dict.fromkeys(pending, started + timeout)
     working: set[int] = set()
     poller = zmq.Poller()
@@ -372,6 +384,7 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
                 if rid in working
                 else f"no answer to open within {timeout:g} s"
             )
+            _cancel(conn)
         if not pending:
             break
         left = min(deadlines[r] for r in pending) - now
@@ -383,6 +396,7 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
                 for rid in [r for r, c in pending.items() if c is conn]:  # its only Open: give it up now
                     del pending[rid]
                     conn.refused = f"sent a malformed reply ({exc})"
+                    _cancel(conn)
                 continue
             if not isinstance(msg, (Opened, Refused, Working)) or pending.get(msg.rid) is not conn:
                 continue
@@ -392,6 +406,7 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
                     deadlines[msg.rid] = time.monotonic() + open_budget(timeout, msg.size)
                 continue
             del pending[msg.rid]
+            conn.rid = -1
             if isinstance(msg, Refused):
                 conn.refused = f"{msg.reason}: {msg.detail}" if msg.detail else msg.reason
                 continue
@@ -526,8 +541,20 @@ def _stall_error(session: FetchSession, name: str) -> TransferError:
     return TransferError(f"no holder left ({others}); {done}: run the same command again to resume")
 
 
+def _cancel(conn: _Conn) -> None:
+    """Withdraw ``conn``'s unanswered Open (the holder drops it, even if its answer is already on the way)."""
+    if conn.rid >= 0:
+        try:
+            conn.sock.send_multipart(CODEC.encode(Cancel(rid=conn.rid)), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        conn.cancelled = True
+        conn.rid = -1
+
+
 def _close_all(conns: Sequence[_Conn]) -> None:
     for conn in conns:
+        _cancel(conn)  # an Open still waiting (stopped while opening)
         if conn.tid >= 0:
             try:
                 conn.sock.send_multipart(CODEC.encode(Close(tid=conn.tid)), zmq.NOBLOCK)
@@ -539,7 +566,7 @@ def _close_all(conns: Sequence[_Conn]) -> None:
             except zmq.ZMQError:
                 pass
             conn.monitor.close(linger=0)
-        conn.sock.close(linger=200 if conn.tid >= 0 else 0)  # let Close go out
+        conn.sock.close(linger=200 if conn.tid >= 0 or conn.cancelled else 0)  # let Close or Cancel go out
 
 
 def default_dest() -> Path:

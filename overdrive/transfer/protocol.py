@@ -2,7 +2,8 @@
 
 A fetch is ``Open`` → ``Opened`` (size, chunking, the whole file's BLAKE3 content hash, and one 128-bit XXH3
 checksum per chunk as a payload frame), then a window of ``Read`` requests, each answered by one ``Chunk`` (the raw
-bytes as a payload frame, never copied into the header), then ``Close``. The fetcher only sends a new ``Read`` when
+bytes as a payload frame, never copied into the header), then ``Close``; an Open the fetcher stops waiting for
+is withdrawn with ``Cancel``. The fetcher only sends a new ``Read`` when
 a ``Chunk`` arrives, so the number of requests in flight is its credit (zguide chapter 7, "file transfer"): the
 server never queues more than the fetcher asked for. Before building a big file's checksum table (a read of the
 whole file, the first time it is opened) the server says ``Working``, so the fetcher knows the answer is coming.
@@ -163,5 +164,13 @@ class Close(Message, tag="close", frozen=True):
     tid: TransferId
 
 
-TransferMessage = Open | Opened | Refused | Working | Read | Chunk | Failed | Close
-CODEC: Codec[TransferMessage] = Codec(Open, Opened, Refused, Working, Read, Chunk, Failed, Close)
+class Cancel(Message, tag="cancel", frozen=True):
+    """The fetcher no longer waits for its Open ``rid`` (no answer in time, or it is stopping): the server drops
+    that Open, whether it is still waiting for its chunk table or was answered in the meantime. A fetcher picks
+    its rids at random, so two fetches from one node do not cancel each other's."""
+
+    rid: RequestId
+
+
+TransferMessage = Open | Opened | Refused | Working | Read | Chunk | Failed | Close | Cancel
+CODEC: Codec[TransferMessage] = Codec(Open, Opened, Refused, Working, Read, Chunk, Failed, Close, Cancel)

@@ -19,23 +19,31 @@ per-peer transfer limit counts.
 The server's sockets live in a context of their own with :data:`IO_THREADS` libzmq I/O threads (and its own ZAP
 handler, same security as the ``bus`` given): libzmq encrypts each CURVE connection in one I/O thread, so a
 fetcher's several connections (:mod:`~overdrive.transfer.fetcher`) are encrypted on several cores.
+
+Chunk tables (a read of the whole file the first time it is opened: seconds for GiBs) are built by up to
+``ServerConfig.table_workers`` worker threads, never on the loop, so other peers' transfers keep flowing meanwhile;
+a finished build is handed back through a queue, and a pipe in the loop's poller wakes it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import zmq
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.codec import Frame
 from overdrive.bus.runner import START_TIMEOUT, Runner
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, TransferError
 from overdrive.transfer import allocator
 from overdrive.transfer.catalogue import Catalogue
-from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats
+from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats, TableBuild
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,9 @@ class FileServer(Runner):
         self.core = ServeCore(self.folder, catalogue, config)
         self._endpoint: Endpoint | None = None
         self._router: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._workers: ThreadPoolExecutor | None = None
+        self._built: queue.SimpleQueue[TableBuild] = queue.SimpleQueue()
+        self._wake_r = self._wake_w = -1
 
     @property
     def stats(self) -> ServerStats:
@@ -109,6 +120,8 @@ class FileServer(Runner):
         router = self._router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._endpoint = self.bus.bind(router, self.requested)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._workers = ThreadPoolExecutor(self.core.config.table_workers, thread_name_prefix="overdrive-table")
         log.info("serving %s on %s", self.folder, self._endpoint.display)
 
     def loop(self, control: zmq.Socket) -> None:  # type: ignore[type-arg]
@@ -116,15 +129,46 @@ class FileServer(Runner):
         self._loop(self._router, control)
 
     def teardown(self) -> None:
+        self.core.cancel_builds()  # each stops at its next chunk
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
         self.core.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         if self._router is not None:
             self._router.close(linger=0)
             self._router = None
+
+    def _start_builds(self) -> None:
+        assert self._workers is not None
+        for build in self.core.take_builds():
+            self._workers.submit(self._build, build)
+
+    def _build(self, build: TableBuild) -> None:
+        """Worker thread: build a table, hand it back, wake the loop."""
+        build.run()
+        self._built.put(build)
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (the loop will wake anyway) or closed (stopping)
+
+    def _send(self, router: zmq.Socket, routing: bytes, reply: list[Frame]) -> None:  # type: ignore[type-arg]
+        try:
+            router.send_multipart([routing, *reply], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            self.core.stats.unroutable += 1
 
     def _loop(self, router: zmq.Socket, control: zmq.Socket) -> None:  # type: ignore[type-arg]
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         core = self.core
         last_expiry = time.monotonic()
         while True:
@@ -147,13 +191,19 @@ class FileServer(Runner):
                     except BusError:
                         core.stats.malformed += 1
                         continue
-                    for reply in core.replies(peer, frames[1:], now):
-                        try:
-                            router.send_multipart([routing, *reply], zmq.NOBLOCK, copy=False)
-                        except zmq.ZMQError as exc:
-                            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
-                                raise
-                            core.stats.unroutable += 1
+                    for reply in core.replies(peer, frames[1:], now, origin=routing):
+                        self._send(router, routing, reply)
+                self._start_builds()
+            if self._wake_r in events:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                while not self._built.empty():
+                    for origin, reply in core.built(self._built.get(), now):
+                        assert isinstance(origin, bytes)
+                        self._send(router, origin, reply)
             if now - last_expiry > 5.0:
                 core.expire(now)
                 last_expiry = now

@@ -6,15 +6,20 @@ chunk to read, and when a file has changed under a transfer (``fstat`` size/mtim
 file's hash checked against the catalogue when its chunk table is built, unless size and mtime are the ones the
 catalogue hashed). It reads files with ``os.pread`` and hands the bytes out as a payload frame, never copying them
 again. The chunk table holds one XXH3-128 checksum per chunk (see :mod:`~overdrive.transfer.protocol` for why
-that is enough), so building it costs a read of the file and little CPU.
+that is enough), so building it costs a read of the file and little CPU; still, that is seconds for GiBs, so it is
+never done on the server's loop: an Open whose table is not cached becomes a :class:`TableBuild` that the shell runs
+in a worker thread (:meth:`ServeCore.take_builds`) and hands back (:meth:`ServeCore.built`), which answers every
+Open waiting for it. Opens of the same file version share one build; an Open the fetcher gives up (``Cancel``) is
+dropped whether it is still waiting or already answered.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from overdrive.transfer.protocol import (
     DEFAULT_CHUNK,
     MAX_CHUNK,
     MAX_CHUNKS,
+    Cancel,
     Chunk,
     Close,
     Failed,
@@ -59,6 +65,8 @@ class ServerConfig:
     """Largest chunk a fetcher may ask for (bigger only when a file needs it to stay under MAX_CHUNKS)."""
     working_notice: int = 64 << 20
     """Files at least this big get a ``Working`` reply before their chunk table is built (not when it is cached)."""
+    table_workers: int = 4
+    """Chunk tables built at once, each in a worker thread of the server (more wait for a free worker)."""
 
     def __post_init__(self) -> None:
         if not valid_chunk_size(self.chunk_size):
@@ -67,6 +75,8 @@ class ServerConfig:
             raise ValueError("need 1 <= max_transfers_per_peer <= max_transfers")
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
+        if self.table_workers < 1:
+            raise ValueError("table_workers must be at least 1")
 
 
 @dataclass
@@ -82,11 +92,16 @@ class ServerStats:
     changed: int = 0
     closed: int = 0
     expired: int = 0
+    cancelled: int = 0
+    """Opens the fetcher gave up (timed out or stopped), dropped while waiting for their table or after."""
+    tables_built: int = 0
 
 
 @dataclass(slots=True)
 class _Transfer:
     tid: int
+    rid: int
+    """The Open that made it (a ``Cancel`` of that rid closes it)."""
     peer: str
     name: str
     fd: int
@@ -105,12 +120,23 @@ class ChunkTable:
     content_hash: str
 
 
-def build_table(fd: int, size: int, chunk_size: int, known_hash: str = "") -> ChunkTable:
-    """Checksum ``fd`` chunk by chunk (memory: one chunk), and BLAKE3 it as a whole unless ``known_hash`` is given."""
+class _StoppedError(Exception):
+    pass
+
+
+def build_table(
+    fd: int, size: int, chunk_size: int, known_hash: str = "", stop: Callable[[], bool] | None = None
+) -> ChunkTable:
+    """Checksum ``fd`` chunk by chunk (memory: one chunk), and BLAKE3 it as a whole unless ``known_hash`` is given.
+
+    ``stop`` is asked before each chunk; when it says True the build ends with TransferError.
+    """
     whole = None if known_hash else blake3.blake3()
     digests = bytearray()
     offset = 0
     while offset < size:
+        if stop is not None and stop():
+            raise _StoppedError
         data = os.pread(fd, min(chunk_size, size - offset), offset)
         if not data:
             raise TransferError("file shrank while hashing it")
@@ -121,8 +147,58 @@ def build_table(fd: int, size: int, chunk_size: int, known_hash: str = "") -> Ch
     return ChunkTable(bytes(digests), whole.hexdigest() if whole is not None else known_hash)
 
 
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """An Open waiting for its file's chunk table; owns ``fd`` until it is answered."""
+
+    peer: str
+    rid: int
+    name: str
+    fd: int
+    st: os.stat_result
+    content_hash: str
+    """The catalogue's hash for the name when the Open came: the table must match it."""
+    origin: object
+    """Whatever the shell passed with the Open (its routing id): where the answer goes."""
+
+
+class TableBuild:
+    """Building the chunk table of one version of a file: :meth:`run` in any thread (it only reads its own
+    descriptor), then give it back to :meth:`ServeCore.built` on the server's thread."""
+
+    def __init__(self, key: tuple[int, ...], fd: int, st: os.stat_result, chunk_size: int, known_hash: str) -> None:
+        self.key = key
+        self.fd = fd
+        """A duplicate of the first waiter's descriptor, closed by the core once the build is given back."""
+        self.size, self.mtime_ns, self.chunk_size, self.known_hash = st.st_size, st.st_mtime_ns, chunk_size, known_hash
+        self.waiters: list[_Waiter] = []
+        self.table: ChunkTable | None = None
+        self.error: Exception | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop at the next chunk (nobody waits for it any more, or the server is stopping)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def run(self) -> None:
+        """Read and checksum the file; the outcome lands in :attr:`table` or :attr:`error`. Never raises."""
+        try:
+            table = build_table(self.fd, self.size, self.chunk_size, self.known_hash, self._cancelled.is_set)
+            after = os.fstat(self.fd)
+            if (after.st_size, after.st_mtime_ns) != (self.size, self.mtime_ns):
+                raise _ChangedError("file changed while its chunk table was built")
+            self.table = table
+        except (_StoppedError, _ChangedError, OSError, TransferError) as exc:
+            self.error = exc
+
+
 class ServeCore:
-    """Sans-IO request handling for one shared folder. Not thread-safe: one server thread owns it."""
+    """Sans-IO request handling for one shared folder. Not thread-safe: one server thread owns it (only
+    :meth:`TableBuild.run` may run elsewhere)."""
 
     def __init__(self, folder: Path, catalogue: Catalogue, config: ServerConfig | None = None) -> None:
         self.folder = Path(folder)
@@ -134,18 +210,38 @@ class ServeCore:
         self._tables: OrderedDict[tuple[int, ...], ChunkTable] = OrderedDict()
         self._table_bytes = 0
         self._next_tid = 1
+        self._builds: dict[tuple[int, ...], TableBuild] = {}
+        """Builds that Opens of their file version can still join."""
+        self._unfinished: list[TableBuild] = []
+        """Every build not yet given back (their descriptors are ours to close)."""
+        self._to_start: list[TableBuild] = []
 
     @property
     def open_transfers(self) -> int:
         return len(self._transfers)
 
-    def handle(self, peer: str, frames: Sequence[Frame], now: float) -> list[list[Frame]]:
-        """Replies (each a list of frames, routing not included) to one message from authenticated ``peer``."""
-        return list(self.replies(peer, frames, now))
+    @property
+    def waiting_opens(self) -> int:
+        """Opens waiting for a chunk table."""
+        return sum(len(b.waiters) for b in self._builds.values())
 
-    def replies(self, peer: str, frames: Sequence[Frame], now: float) -> Iterator[list[Frame]]:
-        """:meth:`handle` as a generator: the server sends each reply as it comes, so a ``Working`` notice goes
-        out before the chunk table build it announces."""
+    @property
+    def unfinished_builds(self) -> int:
+        """Builds handed out and not yet given back to :meth:`built`."""
+        return len(self._unfinished)
+
+    def handle(self, peer: str, frames: Sequence[Frame], now: float) -> list[list[Frame]]:
+        """Every reply (a list of frames, routing not included) to one message from authenticated ``peer``, with
+        any chunk table it needs built here and now (for tests and tools; the server builds them off its loop)."""
+        out = list(self.replies(peer, frames, now))
+        for build in self.take_builds():
+            build.run()
+            out += [reply for _, reply in self.built(build, now)]
+        return out
+
+    def replies(self, peer: str, frames: Sequence[Frame], now: float, origin: object = None) -> Iterator[list[Frame]]:
+        """The replies to send now to one message from authenticated ``peer``. An Open whose chunk table must be
+        built first gets at most a ``Working`` notice here; its answer comes from :meth:`built` (with ``origin``)."""
         try:
             message, _ = CODEC.decode(frames)
         except ProtocolError as exc:
@@ -155,14 +251,44 @@ class ServeCore:
         if isinstance(message, Read):
             yield self._read(peer, message, now)
         elif isinstance(message, Open):
-            yield from self._open(peer, message, now)
+            yield from self._open(peer, message, now, origin)
         elif isinstance(message, Close):
             transfer = self._transfers.get(message.tid)
             if transfer is not None and transfer.peer == peer:
                 self._drop(transfer)
                 self.stats.closed += 1
+        elif isinstance(message, Cancel):
+            self._cancel(peer, message.rid)
         else:
             self.stats.malformed += 1  # a reply type sent to the server
+
+    def take_builds(self) -> list[TableBuild]:
+        """Chunk tables to build (call :meth:`TableBuild.run` off the loop, then :meth:`built`)."""
+        builds, self._to_start = self._to_start, []
+        return builds
+
+    def built(self, build: TableBuild, now: float) -> list[tuple[object, list[Frame]]]:
+        """A build has run: cache its table and answer the Opens waiting for it, as (origin, reply) pairs."""
+        if build in self._unfinished:
+            self._unfinished.remove(build)
+            os.close(build.fd)
+        if self._builds.get(build.key) is build:
+            del self._builds[build.key]
+        if build.table is not None:
+            self.stats.tables_built += 1
+            self._cache(build.key, build.table)
+        out = []
+        for waiter in build.waiters:
+            self._per_peer[waiter.peer] -= 1  # counted as an open transfer while it waited; _opened counts it again
+            self._forget_peer(waiter.peer)
+            out.append((waiter.origin, self._answer(waiter, build, now)))
+        build.waiters.clear()
+        return out
+
+    def cancel_builds(self) -> None:
+        """Ask every running build to stop (the server is stopping); give them back or :meth:`close` after."""
+        for build in self._unfinished:
+            build.cancel()
 
     def expire(self, now: float) -> None:
         """Close transfers idle longer than the configured timeout."""
@@ -171,8 +297,19 @@ class ServeCore:
             self.stats.expired += 1
 
     def close(self) -> None:
+        """Close every file. No :meth:`TableBuild.run` may still be running (the shell has joined its workers)."""
         for transfer in list(self._transfers.values()):
             self._drop(transfer)
+        for build in self._unfinished:
+            build.cancel()
+            os.close(build.fd)
+            for waiter in build.waiters:
+                os.close(waiter.fd)
+            build.waiters.clear()
+        self._unfinished.clear()
+        self._builds.clear()
+        self._to_start.clear()
+        self._per_peer.clear()
 
     # -- requests ---------------------------------------------------------------------------------------------
 
@@ -181,7 +318,7 @@ class ServeCore:
         log.info("refused open: %s (%s)", reason, detail)
         return CODEC.encode(Refused(rid=rid, reason=reason, detail=detail[:512]))
 
-    def _open(self, peer: str, msg: Open, now: float) -> Iterator[list[Frame]]:
+    def _open(self, peer: str, msg: Open, now: float, origin: object) -> Iterator[list[Frame]]:
         try:
             names.check_name(msg.name)
         except UnsafePathError as exc:
@@ -196,7 +333,7 @@ class ServeCore:
             return
         if (
             self._per_peer[peer] >= self.config.max_transfers_per_peer
-            or len(self._transfers) >= self.config.max_transfers
+            or len(self._transfers) + self.waiting_opens >= self.config.max_transfers
         ):
             yield self._refuse(msg.rid, "busy", "too many open transfers")
             return
@@ -221,15 +358,6 @@ class ServeCore:
                 chunk_size *= 2
             if chunk_count(st.st_size, chunk_size) > MAX_CHUNKS:
                 raise _RefuseError("bad-chunking", "file too large")
-            # Same size and mtime as when the catalogue hashed it: trust its hash and only build the chunk table.
-            # Otherwise hash the whole file too and serve it only if it still matches (touched, not changed).
-            unchanged = st.st_mtime_ns == entry.mtime_ns
-            key = _table_key(st, chunk_size)
-            if key not in self._tables and st.st_size >= self.config.working_notice:
-                yield CODEC.encode(Working(rid=msg.rid, size=st.st_size))
-            table = self._table(fd, st, chunk_size, entry.content_hash if unchanged else "")
-            if table.content_hash != entry.content_hash:
-                raise _ChangedError(f"{msg.name!r} no longer matches its catalogued hash")
         except _ChangedError as exc:
             os.close(fd)
             yield self._refuse(msg.rid, "changed", str(exc))
@@ -238,28 +366,78 @@ class ServeCore:
             os.close(fd)
             yield self._refuse(msg.rid, exc.reason, exc.detail)
             return
-        except (OSError, TransferError) as exc:
-            os.close(fd)
-            yield self._refuse(msg.rid, "io-error", f"{msg.name!r}: {exc}")
+        waiter = _Waiter(peer, msg.rid, msg.name, fd, st, entry.content_hash, origin)
+        key = _table_key(st, chunk_size)
+        table = self._tables.get(key)
+        if table is not None:
+            self._tables.move_to_end(key)
+            yield self._opened(waiter, chunk_size, table, now)
             return
-        except BaseException:  # the generator closed at the Working notice (the server stopping)
-            os.close(fd)
-            raise
+        build = self._builds.get(key)
+        if build is None:
+            # Same size and mtime as when the catalogue hashed it: trust its hash and only build the chunk table.
+            # Otherwise hash the whole file too and serve it only if it still matches (touched, not changed).
+            known = entry.content_hash if st.st_mtime_ns == entry.mtime_ns else ""
+            try:
+                build = TableBuild(key, os.dup(fd), st, chunk_size, known)
+            except OSError as exc:
+                os.close(fd)
+                yield self._refuse(msg.rid, "io-error", f"{msg.name!r}: {exc.strerror}")
+                return
+            self._builds[key] = build
+            self._unfinished.append(build)
+            self._to_start.append(build)
+        build.waiters.append(waiter)
+        self._per_peer[peer] += 1  # a waiting Open holds a descriptor: it counts against the limits
+        if st.st_size >= self.config.working_notice:
+            yield CODEC.encode(Working(rid=msg.rid, size=st.st_size))
+
+    def _answer(self, waiter: _Waiter, build: TableBuild, now: float) -> list[Frame]:
+        """Opened or Refused for an Open that waited for ``build``."""
+        if build.table is None:
+            os.close(waiter.fd)
+            reason: RefuseReason = "changed" if isinstance(build.error, _ChangedError) else "io-error"
+            return self._refuse(waiter.rid, reason, f"{waiter.name!r}: {build.error}")
+        return self._opened(waiter, build.chunk_size, build.table, now)
+
+    def _opened(self, waiter: _Waiter, chunk_size: int, table: ChunkTable, now: float) -> list[Frame]:
+        if table.content_hash != waiter.content_hash:
+            os.close(waiter.fd)
+            return self._refuse(waiter.rid, "changed", f"{waiter.name!r} no longer matches its catalogued hash")
         tid = self._next_tid
         self._next_tid += 1
+        st = waiter.st
         chunks = chunk_count(st.st_size, chunk_size)
-        self._transfers[tid] = _Transfer(tid, peer, msg.name, fd, st.st_size, st.st_mtime_ns, chunk_size, chunks, now)
-        self._per_peer[peer] += 1
+        self._transfers[tid] = _Transfer(
+            tid, waiter.rid, waiter.peer, waiter.name, waiter.fd, st.st_size, st.st_mtime_ns, chunk_size, chunks, now
+        )
+        self._per_peer[waiter.peer] += 1
         self.stats.opened += 1
         reply = Opened(
-            rid=msg.rid,
+            rid=waiter.rid,
             tid=tid,
             size=st.st_size,
             chunk_size=chunk_size,
             mtime_ns=st.st_mtime_ns,
             content_hash=table.content_hash,
         )
-        yield CODEC.encode(reply, table.digests)
+        return CODEC.encode(reply, table.digests)
+
+    def _cancel(self, peer: str, rid: int) -> None:
+        """The fetcher gave up Open ``rid``: drop it, waiting or answered (a build nobody waits for stops)."""
+        for build in list(self._builds.values()):
+            for waiter in [w for w in build.waiters if w.peer == peer and w.rid == rid]:
+                build.waiters.remove(waiter)
+                os.close(waiter.fd)
+                self._per_peer[peer] -= 1
+                self._forget_peer(peer)
+                self.stats.cancelled += 1
+            if not build.waiters:
+                build.cancel()
+                del self._builds[build.key]
+        for transfer in [t for t in self._transfers.values() if t.peer == peer and t.rid == rid]:
+            self._drop(transfer)
+            self.stats.cancelled += 1
 
     def _read(self, peer: str, msg: Read, now: float) -> list[Frame]:
         transfer = self._transfers.get(msg.tid)
@@ -298,25 +476,19 @@ class ServeCore:
         if self._transfers.pop(transfer.tid, None) is not None:
             os.close(transfer.fd)
             self._per_peer[transfer.peer] -= 1
-            if self._per_peer[transfer.peer] <= 0:
-                del self._per_peer[transfer.peer]
+            self._forget_peer(transfer.peer)
 
-    def _table(self, fd: int, st: os.stat_result, chunk_size: int, known_hash: str) -> ChunkTable:
-        key = _table_key(st, chunk_size)
-        table = self._tables.get(key)
-        if table is not None:
-            self._tables.move_to_end(key)
-            return table
-        table = build_table(fd, st.st_size, chunk_size, known_hash)
-        after = os.fstat(fd)
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            raise _ChangedError("file changed while its chunk table was built")
+    def _forget_peer(self, peer: str) -> None:
+        if self._per_peer.get(peer, 0) <= 0:
+            self._per_peer.pop(peer, None)
+
+    def _cache(self, key: tuple[int, ...], table: ChunkTable) -> None:
+        """Keep ``table`` for later Opens of the same version, within ``table_cache_bytes`` (oldest out first)."""
         self._tables[key] = table
         self._table_bytes += len(table.digests) + 64
         while self._table_bytes > self.config.table_cache_bytes and len(self._tables) > 1:
             _, old = self._tables.popitem(last=False)
             self._table_bytes -= len(old.digests) + 64
-        return table
 
 
 def _table_key(st: os.stat_result, chunk_size: int) -> tuple[int, ...]:
