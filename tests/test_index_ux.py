@@ -1,0 +1,167 @@
+"""The index commands as a user meets them over time: listing a large index, and a shared folder that goes away
+and comes back while ``overdrive share`` runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from overdrive.bus.address import Endpoint
+from overdrive.cliutil import shown
+from overdrive.index.cli import HOLDERS_WIDTH, listing_lines
+from overdrive.index.client import IndexClient
+from overdrive.index.records import FileInfo
+from overdrive.index.scan import FolderScanner
+from tests.conftest import Children, TestNetwork
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _file(name: str, *holders: tuple[str, str, bool], size: int = 10) -> dict[str, object]:
+    return {
+        "name": name,
+        "size": size,
+        "hash": "ab" * 32,
+        "online": any(up for _, _, up in holders),
+        "holders": [{"node_id": n, "address": a, "online": up, "mtime_ns": 1} for n, a, up in holders],
+    }
+
+
+def test_the_listing_is_one_line_per_file_with_the_name_last_and_aligned() -> None:
+    deep = "/".join(f"dossier {i}" for i in range(20)) + "/fin.txt"
+    files = [
+        _file("a.txt", ("nodeaaaaaaaaaaaa", "10.0.0.5:7772", True)),
+        _file(deep, ("nodebbbbbbbbbbbb", "10.0.0.6:7772", False), size=5 * 1024**3),
+        _file(
+            "日本語 ファイル.mp4", ("nodeaaaaaaaaaaaa", "10.0.0.5:7772", True), ("nodebbbbbbbbbbbb", "h6:7772", False)
+        ),
+        _file("esc\x1b[2J.txt", ("nodecccccccccccc", "10.0.0.7:7772", True)),
+    ]
+    header, *rows = listing_lines(files)
+    assert header.split() == ["SIZE", "HASH", "HOLDERS", "NAME"]
+    assert len(rows) == len(files)
+    column = header.index("NAME")
+    for row, f in zip(rows, files, strict=True):
+        assert row[column:] == shown(str(f["name"]))  # whole, never folded, and where the header says
+    assert "5.0 GiB" in rows[1] and "10.0.0.6:7772 (nodebb, offline)" in rows[1]
+    assert "10.0.0.5:7772 (nodeaa, online), h6:7772 (nodebb, offline)" in rows[2]
+    assert "\x1b" not in "".join(rows) and rows[3].endswith("esc\\x1b[2J.txt")
+
+
+def test_one_file_with_many_holders_does_not_widen_every_row() -> None:
+    one = [(f"n{0:015}", "10.0.0.0:7772", True)]
+    many = [(f"n{i:015}", f"10.0.0.{i}:7772", i % 2 == 0) for i in range(12)]
+    files = [_file(f"f{i:02}.txt", *one) for i in range(20)] + [_file("popular.txt", *many)]
+    header, *rows = listing_lines(files)
+    column = header.index("NAME")
+    assert column < 12 + 14 + HOLDERS_WIDTH + 2
+    assert all(row[column:] == f"f{i:02}.txt" for i, row in enumerate(rows[:20]))
+    assert rows[20].endswith("  popular.txt") and rows[20].count("(n0000") == 12
+
+
+def test_colour_only_marks_online_and_offline() -> None:
+    files = [_file("a.txt", ("nodeaaaaaaaaaaaa", "h:1", True), ("nodebbbbbbbbbbbb", "h:2", False))]
+    plain = listing_lines(files)
+    coloured = listing_lines(files, color=True)
+    assert "\x1b[32monline\x1b[0m" in coloured[1] and "\x1b[31moffline\x1b[0m" in coloured[1]
+    stripped = [line.replace("\x1b[32m", "").replace("\x1b[31m", "").replace("\x1b[1m", "") for line in coloured]
+    assert [line.replace("\x1b[0m", "") for line in stripped] == plain
+
+
+def _register(network: TestNetwork, master: Endpoint, names: list[str], address: str) -> None:
+    with IndexClient(network.bus(), [master]) as client:
+        files = [FileInfo(name=n, size=len(n), content_hash="cd" * 32, mtime_ns=1) for n in names]
+        assert client.register(files, address) == len(files)
+
+
+def test_ls_of_many_files_prints_one_line_each_and_the_documented_json(
+    run_cli: Run, network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """A rich Table laid out 10,000 rows in about 8 s, folding long names over several lines (not greppable)."""
+    master = children.master()
+    names = [f"cours/semaine {i % 7}/" + "très long nom de fichier " * 4 + f"{i:04}.mp4" for i in range(300)]
+    _register(network, master, names, "127.0.0.1:9")
+    _register(network, master, names[:10], "127.0.0.1:8")
+    env = network.env(tmp_path / "lister")
+    listed = run_cli("ls", "--master", master.display, env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    column = header.index("NAME")
+    assert [row[column:] for row in rows] == sorted(names)
+    assert all(re.search(r"\s127\.0\.0\.1:9 \(\w{6}, (online|offline)\)", row) for row in rows)
+    assert sum("127.0.0.1:8 (" in row for row in rows) == 10
+    assert "\x1b" not in listed.stdout  # not a terminal: no colour
+    assert re.search(r"^300 file\(s\), \d+ available now$", listed.stderr, re.M)
+
+    as_json = run_cli("ls", "--json", "--master", master.display, env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    items = json.loads(as_json.stdout)
+    assert [f["name"] for f in items] == sorted(names)
+    assert all(list(f) == ["name", "size", "hash", "online", "holders"] for f in items)
+    assert all(list(h) == ["node_id", "address", "online", "mtime_ns"] for f in items for h in f["holders"])
+    assert sum(len(f["holders"]) for f in items) == 310
+
+
+def test_the_scanner_resyncs_a_folder_that_went_away_and_came_back(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    scanner = FolderScanner(folder, cache_file=tmp_path / "cache.msgpack")
+    scanner.scan()
+    shutil.rmtree(folder)
+    assert scanner.resync() == ([], ["a.txt"])
+    assert len(scanner) == 0
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    (folder / "b.txt").write_text("b")
+    hashed = scanner.hashed
+    changed, removed = scanner.resync()
+    assert sorted(f.name for f in changed) == ["a.txt", "b.txt"] and removed == []
+    assert scanner.resync() == ([], [])
+    assert scanner.hashed >= hashed + 1
+
+
+def _wait_for(client: IndexClient, expected: set[str], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while (names := {e.name for e in client.lookup("*.txt") if not e.deleted}) != expected:
+        assert time.monotonic() < deadline, f"{what}: the index holds {sorted(names)}, not {sorted(expected)}"
+        time.sleep(0.1)
+
+
+def test_share_follows_its_folder_deleted_recreated_moved_away_and_back(
+    network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """The watch died with the first folder: a folder deleted and made again (or moved away and back) while
+    'overdrive share' ran was never watched again, so its files never reached the index until a restart; a folder
+    moved away stayed listed as online though nothing could serve it."""
+    folder = tmp_path / "shared folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    master = children.master()
+    proc, _ = children.spawn("node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0")
+    with IndexClient(network.bus(), [master]) as client:
+        _wait_for(client, {"a.txt"}, "at start")
+        shutil.rmtree(folder)
+        _wait_for(client, set(), "after the folder was deleted")
+        folder.mkdir()
+        (folder / "b.txt").write_text("b")
+        _wait_for(client, {"b.txt"}, "after the folder was made again")
+        (folder / "deep" / "er").mkdir(parents=True)
+        (folder / "deep" / "er" / "c.txt").write_text("c")
+        _wait_for(client, {"b.txt", "deep/er/c.txt"}, "a change in the new folder")
+        folder.rename(tmp_path / "moved")
+        _wait_for(client, set(), "after the folder was moved away")
+        (tmp_path / "moved").rename(folder)
+        (folder / "d.txt").write_text("d")
+        _wait_for(client, {"b.txt", "deep/er/c.txt", "d.txt"}, "after the folder was moved back")
+    assert proc.poll() is None
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "is gone (deleted or moved away)" in stderr and "is back" in stderr
+    assert "Traceback" not in stderr
