@@ -8,8 +8,10 @@ DEALER to the current master, a watchdog observer feeding changed paths, and the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from pathlib import Path
 import zmq
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
@@ -47,12 +50,15 @@ class NodeConfig:
     """Seconds a path must be quiet before it is re-examined (files being written)."""
     retry: float = 10.0
     """Seconds after a master refused a registration (its database is full, say) before registering again."""
+    recheck: float = 1.0
+    """Seconds between checks that the shared folder is still the one being watched (deleted, moved away,
+    replaced or back again)."""
 
     def __post_init__(self) -> None:
         if not self.masters:
             raise ConfigError("a node needs at least one master (--master HOST:PORT)")
-        if self.heartbeat <= 0 or self.failover <= self.heartbeat or self.settle < 0:
-            raise ConfigError("need 0 < heartbeat < failover and settle >= 0")
+        if self.heartbeat <= 0 or self.failover <= self.heartbeat or self.settle < 0 or self.recheck <= 0:
+            raise ConfigError("need 0 < heartbeat < failover, settle >= 0 and recheck > 0")
 
 
 def _name(f: FileInfo) -> str:
@@ -191,6 +197,8 @@ class _Watch(FileSystemEventHandler):
         self.folder = folder
         self.lock = threading.Lock()
         self.paths: dict[str, float] = {}
+        self.root_changed = threading.Event()
+        """Set when an event names the folder itself as deleted or moved: the watch on it is gone."""
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
@@ -207,6 +215,8 @@ class _Watch(FileSystemEventHandler):
             if rel and rel != ".":
                 with self.lock:
                     self.paths[rel] = now
+            elif event.event_type in ("deleted", "moved"):
+                self.root_changed.set()
 
     def take_settled(self, settle: float) -> list[str]:
         now = time.monotonic()
@@ -215,6 +225,15 @@ class _Watch(FileSystemEventHandler):
             for p in ready:
                 del self.paths[p]
         return ready
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder at ``folder``, or None when there is no folder there."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 class Node(Runner):
@@ -230,7 +249,11 @@ class Node(Runner):
         self.watch = watch
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
         self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._watched: ObservedWatch | None = None
         self._handler = _Watch(scanner.folder)
+        self._folder_id = _identity(scanner.folder)
+        self._next_check = 0.0
+        self._arm_failed = False
         self.registered = threading.Event()
         """Set once the first full registration has been acknowledged."""
 
@@ -241,11 +264,69 @@ class Node(Runner):
     def setup(self) -> None:
         if self.watch:
             observer = Observer()
-            observer.schedule(self._handler, str(self.scanner.folder), recursive=True)
             observer.daemon = True
             observer.start()
             self._observer = observer
+            self._arm()  # an error here (the system's inotify watches used up) fails the start, with its reason
         self._open(time.monotonic())
+
+    def _arm(self) -> None:
+        """Watch the folder now at the shared path (a new one when it was replaced)."""
+        assert self._observer is not None
+        self._handler.root_changed.clear()
+        self._watched = self._observer.schedule(self._handler, str(self.scanner.folder), recursive=True)
+
+    def _disarm(self) -> None:
+        if self._observer is not None and self._watched is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self._observer.unschedule(self._watched)
+        self._watched = None
+
+    def _watch_lost(self) -> bool:
+        """True when the watch armed on the folder no longer reports (the folder was deleted: its emitter ended)."""
+        if self._watched is None or self._observer is None:
+            return False
+        if self._handler.root_changed.is_set():
+            return True
+        return not any(e.watch == self._watched and e.is_alive() for e in self._observer.emitters)
+
+    def check_folder(self, now: float) -> None:
+        """Notice the shared folder deleted, moved away, replaced, or back, and follow it: files of a folder that is
+        gone are withdrawn from the index (nothing can serve them), and a folder at the path again is watched and
+        registered afresh. Without this the watch died with the first folder and the index froze until a restart."""
+        if now < self._next_check and not self._handler.root_changed.is_set():
+            return
+        self._next_check = now + self.config.recheck
+        current = _identity(self.scanner.folder)
+        lost = self._watch_lost()
+        if current == self._folder_id and not lost and (current is None or self._watched is not None):
+            return
+        folder = self.scanner.folder
+        self._disarm()
+        if current is not None:
+            try:
+                self._arm()
+            except OSError as exc:  # gone again already, or no inotify watch left: rescanned at each check meanwhile
+                if not self._arm_failed:
+                    log.warning("cannot watch the shared folder %s: %s; rescanning it until it can be", folder, exc)
+                self._arm_failed = True
+            else:
+                self._arm_failed = False
+        previous, self._folder_id = self._folder_id, current
+        changed, removed = self.scanner.resync()
+        self.session.files_changed(changed, removed)
+        if current is None:
+            if previous is not None:
+                log.warning(
+                    "shared folder %s is gone (deleted or moved away): %d file(s) withdrawn from the index; "
+                    "waiting for a folder at that path",
+                    folder,
+                    len(removed),
+                )
+        elif previous is None:
+            log.warning("shared folder %s is back: sharing its %d file(s) again", folder, len(self.scanner))
+        elif previous != current or lost:
+            log.warning("shared folder %s was replaced: watching the new one, %d file(s)", folder, len(self.scanner))
 
     def teardown(self) -> None:
         if self._sock is not None:
@@ -255,6 +336,7 @@ class Node(Runner):
             self._observer.stop()
             self._observer.join(5)
             self._observer = None
+            self._watched = None
         self.scanner.save_cache()
 
     def _open(self, now: float) -> None:
@@ -290,6 +372,8 @@ class Node(Runner):
                     self.session.on_reply(reply, time.monotonic())
                 if self.session.idle and not self.registered.is_set():
                     self.registered.set()
+            if self.watch:
+                self.check_folder(now)
             settled = self._handler.take_settled(self.config.settle)
             if settled:
                 changed, removed = self.scanner.refresh(settled)

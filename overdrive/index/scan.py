@@ -77,6 +77,19 @@ class FolderScanner:
         self.save_cache()
         return dict(found)
 
+    def resync(self) -> tuple[list[SharedFile], list[str]]:
+        """Rescan everything after the folder itself went away, came back or was replaced; return (added or changed
+        files, removed names) against what was held before. A folder that is not there holds no files (no warning:
+        the caller says so once), and its hash cache is kept for when it comes back (a remounted drive)."""
+        found: dict[str, SharedFile] = {}
+        if self.folder.is_dir():
+            self._walk(self.folder, found)
+        with self._lock:
+            before, self._files = self._files, found
+        self.save_cache()
+        changed = [f for name, f in found.items() if before.get(name) != f]
+        return changed, [name for name in before if name not in found]
+
     def refresh(self, names: Iterable[str]) -> tuple[list[SharedFile], list[str]]:
         """Re-examine changed relative paths (files or folders); return (added or changed files, removed names)."""
         changed: list[SharedFile] = []
