@@ -318,27 +318,32 @@ repeat runs vary by up to 2x):
   transaction that commits only if the check passes. Into an empty SQLite store the pages go into a table
   without its unique key, which is built once when the sync ends (keys written twice meanwhile are resolved
   last-writer-wins first).
-  This session (all A/B figures: alternating runs of old and new code, medians of 3, this machine):
-  (1) SQLite's unique key is now (holder, name), which also serves a holder's rows, so the separate holder index
-  is gone; a lookup by name alone seeks the key once per distinct holder (a loose index scan: ~0.1 ms with 10
-  holders, ~4 ms with 1,000, ~50 ms with 20,000, measured in review; a plain name index would cost ~1 s more at
-  the end of a 1M load); the (origin, seq) index is kept during the load, since snapshots arrive in that order and
-  its entries only append. In-process 1M receive 5.8 -> 4.5 s. (2) New database files use 16 KiB pages:
-  receiver CPU 6.3 -> 5.1 s. (3) The key is built with two sorter threads and a 16 MiB cache (SQLite sorts in
-  parallel only once the keys outgrow the cache): 1.23 -> 0.86 s. (4) A master no longer sends a digest (a
-  full checksum scan, 0.7 to 1.8 s at 1M entries, the loop held) right after a catch-up, and digests take at
-  most 10 % of its time; a py-spy profile showed the first digest after the sync delaying status replies.
-  End to end: 8.73 / 8.95 / 8.49 s before the session, 6.26 / 6.74 / 6.12 s after (1)-(2), 5.71 to 6.16 s after
-  (3). Where the time goes now (py-spy and timestamps): process start and key derivation ~0.8 s, pages loaded
-  from ~1.0 s to ~5.8 s, key built in ~0.85 s. The load phase is CPU-bound on the two shared cores: the sender
-  filling pages (~1.6 s), the receiver inserting (~2.5 s) and checking (~1.7 s: quick_check 0.6, the summary
-  0.65, Python 0.45) compete for them. 5 s is not reached. Tried without gain: a 64 MiB write-ahead log during
-  the load (fewer checkpoints), no checkpoints until the load ends (slower: every read then searches a 400 MB
-  log), 12 pages in flight instead of 4, checking pages with SQL expressions instead of `quick_check` + Python
-  (2.5x slower), (holder, name)-ordered pages into a table that keeps its key (the sender then reads through the
-  index: 1.6 -> 3.3 s). Left alone: turning off fsync during the initial load (an OS crash could then leave a
-  damaged file). The snapshot is credit-windowed (4 pages in flight), so memory stays flat; the receiver's RSS
-  includes the key build's sort.
+  Earlier sessions (A/B: alternating runs of old and new code on this machine) took the sync from 8.7 s to
+  about 6 s: the unique key is (holder, name) (a lookup by name alone seeks it once per distinct holder: ~0.1 ms
+  with 10 holders, ~4 ms with 1,000, ~50 ms with 20,000), 16 KiB pages, the key built after the load with two
+  sorter threads, no digest right after a catch-up.
+  This session (each change an interleaved A/B, one sync per run, while two other agents loaded the machine):
+  (1) the sender fills pages with CHECK constraints off (its own rows; the receiver's `quick_check` enforces the
+  page's CHECKs): 35-40 -> 22-26 ms per 20,000-row page; (2) the receiver's Python checks screen the joined names
+  with 5 substring scans instead of 14 and check hashes and ids with one `bytes.translate` each: ~11 -> ~5 ms per
+  page; (3) the first load into an empty SQLite file runs without fsync (checkpoint fsyncs cost ~10 ms per page on
+  the receiver's critical path) under a marker file that is made durable first and held (`flock`) while the
+  loading process lives; the end of the load fsyncs the file and its log and removes the marker, and a marker
+  left behind (the process or the machine crashed mid-load) makes the next open delete the half-written copy and
+  sync again, which is safe because this load only ever fills an empty store from its peers; (4) the password is
+  stretched (scrypt, ~0.2 s, GIL released) in a background thread while the command imports and opens its store.
+  Paired speed-ups: (2)+(4) 0.82 / 0.95 / 0.96, (3) 0.92 / 1.04 / 0.89 / 0.92.
+  Where the time goes: process start and key derivation ~0.65 s; then the load, CPU-bound on the two cores: the
+  sender filling pages, the receiver inserting (about half of it maintaining the (origin, seq) index, which is
+  still cheaper than building it afterwards: 1.1-1.3 s) and checking each page (`quick_check` ~10 ms, the
+  `group_concat` summary ~13 ms, Python ~5 ms) in a second thread; then the unique key, ~0.9 s.
+  Tried without gain: a 64 MiB write-ahead log during the load, no checkpoints until the load ends, 12 pages in
+  flight instead of 4, checking pages with SQL expressions (2.5x slower; `GLOB` character classes 4-8x slower
+  than `group_concat` + Python), (holder, name)-ordered pages into a table that keeps its key (the sender then
+  reads through the index: 2x slower), 64 KiB pages inside the page images (within noise). Not done: reporting
+  the sync before the unique key is built (it would take ~0.9 s off this figure, but the master is not ready to
+  serve lookups until then). The snapshot is credit-windowed (4 pages in flight), so memory stays flat; the
+  receiver's RSS includes the key build's sort.
 * **Sustained updates.** Measured at a second master applying what the first stamped while three clients
   registered new files in batches of 2,000 (each client waits for its acknowledgement). The replica keeps pace
   with the stamping master; the limit is the stamping path (read current versions, stamp, upsert, forward) on a
@@ -352,8 +357,7 @@ repeat runs vary by up to 2x):
 * **Latency spikes.** Masters (and share, stream, view) freeze their start-up heap before their loop
   (`gc.collect()` + `gc.freeze()`): the garbage collector's full passes over everything the CLI imports held a
   master's loop for 50 to 120 ms now and then. Propagation across 10 masters with such passes provoked: maximum
-  64 to 84 ms without the freeze, 11 to 17 ms with it (two runs each). The table above was measured just before
-  this change, in a run without the spikes.
+  64 to 84 ms without the freeze, 11 to 17 ms with it (two runs each); the table above includes it.
 * The baseline (one INSERT and COMMIT per update, as the original project stored its index) is 10 to 100 times
   slower than the batched store (this run: the whole replicated path vs the store alone).
 """
