@@ -165,13 +165,30 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
     names.check_name(request.name)
     dest_dir = Path(request.dest_dir)
     dest = names.destination(dest_dir, request.name, create=False)  # folders are made only before writing
-    partial = PartialFile(dest, request.name)
     chunk_size = request.chunk_size
-    state = partial.saved_state()
+    state = PartialFile(dest, request.name).saved_state()
     if not chunk_size and state is not None and request.content_hash in ("", state.content_hash):
         chunk_size = state.chunk_size
-    with interrupts.deferred() as check:  # Ctrl-C stops at a loop's check, never inside the writer's queue
-        return _transfer(bus, request, progress, check, started, partial, chunk_size)
+    connecting = _Connecting()
+    # Ctrl-C stops at a loop's check, never inside the writer's queue; while connecting, at once (see _Connecting)
+    with interrupts.deferred(on_signal=connecting) as check:
+        partial = PartialFile(dest, request.name, check)
+        return _transfer(bus, request, progress, check, started, partial, chunk_size, connecting)
+
+
+class _Connecting:
+    """The ``on_signal`` of the fetch's :func:`interrupts.deferred`: while :attr:`now` is set (only around
+    ``Bus.connect``, which waits up to ``connect_timeout`` for each holder's handshake and has no check of its own),
+    Ctrl-C raises KeyboardInterrupt from the handler, in that wait. Nothing there can be left half-done: no file,
+    no queue, and the fetch's context closes the sockets."""
+
+    def __init__(self) -> None:
+        self.now = False
+
+    def __call__(self) -> None:
+        if self.now:
+            self.now = False
+            raise KeyboardInterrupt
 
 
 def _transfer(
@@ -182,14 +199,20 @@ def _transfer(
     started: float,
     partial: PartialFile,
     chunk_size: int,
+    connecting: _Connecting,
 ) -> FetchResult:
     dest_dir = Path(request.dest_dir)
     dest = partial.dest
-    conns = _connect_all(bus, request)
+    connecting.now = True
+    try:
+        conns = _connect_all(bus, request)
+    finally:
+        connecting.now = False
+    check()
     try:
         plan = _open_all(conns, request, chunk_size, check)
         usable = [c for c in conns if c.plan == plan]
-        present = _present_copy(dest, plan)
+        present = _present_copy(dest, plan, check)
         if present is not None:
             seconds = time.monotonic() - started
             return FetchResult(
@@ -285,12 +308,12 @@ def _make_folders(dest_dir: Path, name: str, dest: Path) -> None:
         raise UnsafePathError(f"{name!r}: its destination folder changed during the fetch; refusing to write")
 
 
-def _present_copy(dest: Path, plan: Plan) -> Path | None:
+def _present_copy(dest: Path, plan: Plan, check: Callable[[], None]) -> Path | None:
     """``dest``, or one of the ``name (N).ext`` copies an earlier "keep both" made, if it holds this version."""
     for path in names.copies(dest):
         try:
             st = path.lstat()
-            if stat.S_ISREG(st.st_mode) and st.st_size == plan.size and hash_path(path) == plan.content_hash:
+            if stat.S_ISREG(st.st_mode) and st.st_size == plan.size and hash_path(path, check) == plan.content_hash:
                 return path
         except OSError:
             continue

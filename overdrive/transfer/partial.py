@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -54,6 +55,10 @@ class ResumeState(msgspec.Struct, frozen=True, kw_only=True):
     """Half-open ranges of finished chunk indices."""
 
 
+def _never() -> None:
+    """A ``check`` that never interrupts."""
+
+
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -65,10 +70,12 @@ def disk_error(path: Path, exc: OSError) -> TransferError:
     return TransferError(f"cannot write {path}: {exc.strerror}")
 
 
-def hash_path(path: Path) -> str:
+def hash_path(path: Path, check: Callable[[], None] = _never) -> str:
+    """BLAKE3 of a whole file; ``check`` is called between blocks (a Ctrl-C stops a long hash there)."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     with path.open("rb") as fh:
         while block := fh.read(_HASH_BLOCK):
+            check()
             hasher.update(block)
     return hasher.hexdigest()
 
@@ -139,11 +146,17 @@ class _Writer:
 
 
 class PartialFile:
-    """``dest.part`` plus its state file, for one plan."""
+    """``dest.part`` plus its state file, for one plan.
 
-    def __init__(self, dest: Path, name: str) -> None:
+    ``check`` is called now and then during the long steps that run outside the fetch loop (re-checking a partial
+    file on resume, reading chunks back for the whole-file hash), so a Ctrl-C recorded by
+    :func:`overdrive.interrupts.deferred` stops them there.
+    """
+
+    def __init__(self, dest: Path, name: str, check: Callable[[], None] = _never) -> None:
         self.dest = dest
         self.name = name
+        self.check = check
         self.part = dest.with_name(dest.name + ".part")
         self.state_path = dest.with_name(dest.name + ".part.state")
         self._fd = -1
@@ -204,6 +217,8 @@ class PartialFile:
         size = os.fstat(self._fd).st_size
         good: list[int] = []
         for index in range(plan.chunks):
+            if index % 16 == 0:
+                self.check()
             offset, length = plan.chunk_range(index)
             if offset + length > size:
                 break
@@ -250,6 +265,8 @@ class PartialFile:
         """Feed every waiting chunk that is next in order to the whole-file hash."""
         assert self._plan is not None
         while self._cursor in self._waiting:
+            if self._waiting[self._cursor] is None:
+                self.check()  # a read back: a long run of them can follow a filled gap
             held = self._waiting.pop(self._cursor)
             if held is None:
                 if self._writer is not None:
