@@ -418,7 +418,7 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
             except ProtocolError as exc:
                 for rid in [r for r, c in pending.items() if c is conn]:  # its only Open: give it up now
                     del pending[rid]
-                    conn.refused = f"sent a malformed reply ({exc})"
+                    conn.refused = f"sent a malformed reply ({from_holder(str(exc))})"
                     _cancel(conn)
                 continue
             if not isinstance(msg, (Opened, Refused, Working)) or pending.get(msg.rid) is not conn:
@@ -431,7 +431,7 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
             del pending[msg.rid]
             conn.rid = -1
             if isinstance(msg, Refused):
-                conn.refused = f"{msg.reason}: {msg.detail}" if msg.detail else msg.reason
+                conn.refused = f"{msg.reason}: {from_holder(msg.detail)}" if msg.detail else msg.reason
                 continue
             if request.content_hash and msg.content_hash != request.content_hash:
                 conn.refused = "opened another version than the one asked for"
@@ -542,7 +542,20 @@ def failed_reason(msg: Failed) -> str:
     """The session's failure reason for a holder that answered ``Failed``."""
     if msg.reason == "changed":
         return CHANGED
-    return f"{msg.reason}: {msg.detail}" if msg.detail else msg.reason
+    return f"{msg.reason}: {from_holder(msg.detail)}" if msg.detail else msg.reason
+
+
+SHOWN_DETAIL = 160
+"""Most characters of a holder's own words (a refusal's detail, say) that an error message repeats."""
+
+
+def from_holder(text: str) -> str:
+    """Text a holder sent, fit for an error message: at most :data:`SHOWN_DETAIL` characters, and every character
+    that is not printable escaped (``\\x1b``), so a hostile holder cannot drive the user's terminal or bury the
+    error under its own text."""
+    cut = text[:SHOWN_DETAIL]
+    shown = cut if cut.isprintable() else repr(cut)[1:-1]
+    return shown + "…" if len(text) > SHOWN_DETAIL else shown
 
 
 def _stall_error(session: FetchSession, name: str) -> TransferError:
