@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -13,8 +14,10 @@ import zmq
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION, Frame
 from overdrive.errors import TransferError
-from overdrive.transfer.fetcher import SHOWN_DETAIL, FetchRequest, failed_reason, fetch
-from overdrive.transfer.protocol import CODEC, Failed, Open, Refused
+from overdrive.transfer.fetcher import SHOWN_DETAIL, FetchRequest, FetchResult, failed_reason, fetch
+from overdrive.transfer.folder import FolderCatalogue
+from overdrive.transfer.protocol import CODEC, Failed, Open, Refused, Working
+from overdrive.transfer.server import FileServer
 from overdrive.transfer.session import FetchConfig
 from tests.conftest import TestNetwork
 
@@ -40,6 +43,8 @@ class OpenAnswerer:
         self.thread.start()
 
     def frames(self, rid: int) -> list[Frame]:
+        if self.answer == "working":  # claims a 1 TiB table build, and never answers
+            return CODEC.encode(Working(rid=rid, size=1 << 40))
         if self.answer == "refused":
             return CODEC.encode(Refused(rid=rid, reason="io-error", detail=EVIL + "x" * 400))
         return [msgspec.msgpack.encode((PROTOCOL_VERSION, {"t": EVIL, "rid": rid}))]  # an unknown tag
@@ -75,3 +80,54 @@ def test_a_holders_words_in_an_open_error_are_escaped(
     message = str(caught.value)
     assert message.isprintable() and "\\x1b" in message, message
     assert "x" * (SHOWN_DETAIL + 1) not in message
+
+
+def _in_thread(run: Callable[[], FetchResult]) -> FetchResult | Exception:
+    """``run()``'s result or error, or a test failure if it is not over within a minute."""
+    outcome: list[FetchResult | Exception] = []
+
+    def target() -> None:
+        try:
+            outcome.append(run())
+        except Exception as exc:  # noqa: BLE001 - handed to the test, which checks it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, name="fetch", daemon=True)
+    thread.start()
+    thread.join(60)
+    if not outcome:
+        pytest.fail("the fetch waited on a holder that only says Working")
+    return outcome[0]
+
+
+def test_a_holder_that_only_says_working_does_not_hold_up_the_others(network: TestNetwork, tmp_path: Path) -> None:
+    """Working buys a holder time only while no other holder is ready: then it gets the plain open timeout."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "f.bin").write_bytes(os.urandom(3 << 20))
+    stalling = OpenAnswerer(network, "working")
+    honest = FileServer(network.bus(), folder, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(folder))
+    honest.start()
+    try:
+        request = FetchRequest(name="f.bin", sources=(stalling.endpoint, honest.endpoint), dest_dir=tmp_path / "out",
+                               config=FetchConfig(request_timeout=2))  # fmt: skip
+        result = _in_thread(lambda: fetch(network.bus(), request))
+    finally:
+        stalling.close()
+        honest.stop()
+    assert isinstance(result, FetchResult), result
+    assert result.sources == [honest.endpoint.display]
+    assert (tmp_path / "out" / "f.bin").read_bytes() == (folder / "f.bin").read_bytes()
+
+
+def test_a_working_claim_counts_for_no_more_than_the_indexed_size(network: TestNetwork, tmp_path: Path) -> None:
+    """A sole holder claiming a 1 TiB table build for a file the index says is 1 MB is given up after
+    --timeout plus what 1 MB takes, not after an hour."""
+    stalling = OpenAnswerer(network, "working")
+    try:
+        request = FetchRequest(name="f.bin", sources=(stalling.endpoint,), dest_dir=tmp_path / "out", size=1_000_000,
+                               config=FetchConfig(request_timeout=1))  # fmt: skip
+        result = _in_thread(lambda: fetch(network.bus(), request))
+    finally:
+        stalling.close()
+    assert isinstance(result, TransferError) and "still building the file's chunk table" in str(result), result

@@ -109,6 +109,7 @@ def fetch_command(
             chunk_size=chunk_size,
             config=config,
             connections=connections,
+            size=size_hint,
         )
         result = _fetch_with_progress(bus, request, size_hint, quiet=as_json)
         registered = False

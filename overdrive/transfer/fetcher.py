@@ -100,6 +100,8 @@ class FetchRequest:
     connect_timeout: float = 3.0
     connections: int = CONNECTIONS
     """Connections to each holder; the holder's window (``config.window``) is split between them."""
+    size: int = 0
+    """The file's size when known (the index says it): a holder's ``Working`` notice buys time for no bigger a file."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -370,8 +372,10 @@ def open_budget(timeout: float, size: int) -> float:
     The policy: an Open is answered within ``timeout`` (``--timeout``) or the holder is given up, like any request.
     The exception is the first open of a big file, when the holder reads the whole file to build its chunk table
     (tens of seconds for GiBs on a slow disk); it says ``Working`` first, and then gets ``timeout`` plus the time
-    a slow disk (:data:`TABLE_RATE`) needs for the size, at most :data:`MAX_TABLE_WAIT`. A holder that never
-    answers costs ``timeout``, one that refuses or sends a malformed reply is given up at once.
+    a slow disk (:data:`TABLE_RATE`) needs for the size (the index's size when smaller), at most
+    :data:`MAX_TABLE_WAIT`, unless another holder is ready first: then it gets ``timeout`` like the rest (the fetch
+    starts with the holders that answered). A holder that never answers costs ``timeout``, one that refuses or
+    sends a malformed reply is given up at once.
     """
     return timeout + min(size / TABLE_RATE, MAX_TABLE_WAIT)
 
@@ -424,9 +428,12 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
             if not isinstance(msg, (Opened, Refused, Working)) or pending.get(msg.rid) is not conn:
                 continue
             if isinstance(msg, Working):
-                if msg.rid not in working:  # once: a holder cannot keep us waiting by repeating it
+                # once, and only while no holder is ready: a holder cannot keep us waiting by repeating it, nor
+                # hold up a fetch others can serve; the size it claims counts for no more than the index's
+                if msg.rid not in working and not any(c.plan for c in conns):
                     working.add(msg.rid)
-                    deadlines[msg.rid] = time.monotonic() + open_budget(timeout, msg.size)
+                    claimed = min(msg.size, request.size) if request.size else msg.size
+                    deadlines[msg.rid] = time.monotonic() + open_budget(timeout, claimed)
                 continue
             del pending[msg.rid]
             conn.rid = -1
@@ -442,6 +449,8 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
                 conn.refused = str(exc)
                 continue
             conn.tid = msg.tid
+            for rid in working & pending.keys():  # a holder is ready: the others get the plain open timeout
+                deadlines[rid] = min(deadlines[rid], max(started + timeout, time.monotonic()))
     plans = [c.plan for c in conns if c.plan is not None]
     if not plans:
         raise _open_error(request.name, conns)
