@@ -146,3 +146,10 @@ def test_destination_checks_without_creating(tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError):
         names.destination(dest, "evil/x/y.txt")
     assert sorted(p.name for p in dest.iterdir()) == ["evil"] and not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.parametrize(("name", "says"), [("a//b", "an empty component"), ("a/", "an empty component"),
+                                            ("a/./b", "a '.' component"), ("../b", "a '..' component")])  # fmt: skip
+def test_a_bad_component_is_named_in_plain_words(name: str, says: str) -> None:
+    with pytest.raises(UnsafePathError, match=says):
+        names.check_name(name)

@@ -52,7 +52,8 @@ def check_name(name: str) -> tuple[str, ...]:
         raise UnsafePathError(f"file name {shown} is nested more than {MAX_DEPTH} folders deep")
     for part in parts:
         if part in ("", ".", ".."):
-            raise UnsafePathError(f"file name {shown} has a {part or 'empty'!r} component")
+            what = f"a {part!r}" if part else "an empty"  # 'a/', 'a//b' or '/': an empty component
+            raise UnsafePathError(f"file name {shown} has {what} component")
         if len(part.encode()) > MAX_COMPONENT_BYTES:
             raise UnsafePathError(f"file name {shown} has a component longer than {MAX_COMPONENT_BYTES} bytes")
     return parts
