@@ -120,7 +120,9 @@ class FileServer(Runner):
         router = self._router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._endpoint = self.bus.bind(router, self.requested)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe()  # not inherited by child processes (PEP 446)
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
         self._workers = ThreadPoolExecutor(self.core.config.table_workers, thread_name_prefix="overdrive-table")
         log.info("serving %s on %s", self.folder, self._endpoint.display)
 
