@@ -16,12 +16,13 @@ from overdrive.bus.codec import PROTOCOL_VERSION, Frame
 from overdrive.errors import TransferError
 from overdrive.transfer.fetcher import SHOWN_DETAIL, FetchRequest, FetchResult, failed_reason, fetch
 from overdrive.transfer.folder import FolderCatalogue
-from overdrive.transfer.protocol import CODEC, Failed, Open, Refused, Working
+from overdrive.transfer.protocol import CODEC, DIGEST_SIZE, MAX_CHUNK, Failed, Open, Opened, Refused, Working
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.session import FetchConfig
 from tests.conftest import TestNetwork
 
 EVIL = "\x1b[2J\x1b]0;pwned\x07\u202e"
+HASH = "ab" * 32
 
 
 def test_a_failed_detail_is_escaped_and_bounded() -> None:
@@ -45,6 +46,9 @@ class OpenAnswerer:
     def frames(self, rid: int) -> list[Frame]:
         if self.answer == "working":  # claims a 1 TiB table build, and never answers
             return CODEC.encode(Working(rid=rid, size=1 << 40))
+        if self.answer == "too-big":  # the version asked for, 10 TB big
+            opened = Opened(rid=rid, tid=1, size=10**13, chunk_size=MAX_CHUNK, mtime_ns=1, content_hash=HASH)
+            return CODEC.encode(opened, bytes(opened.chunks * DIGEST_SIZE))
         if self.answer == "refused":
             return CODEC.encode(Refused(rid=rid, reason="io-error", detail=EVIL + "x" * 400))
         return [msgspec.msgpack.encode((PROTOCOL_VERSION, {"t": EVIL, "rid": rid}))]  # an unknown tag
@@ -131,3 +135,17 @@ def test_a_working_claim_counts_for_no_more_than_the_indexed_size(network: TestN
     finally:
         stalling.close()
     assert isinstance(result, TransferError) and "still building the file's chunk table" in str(result), result
+
+
+def test_a_holder_claiming_another_size_than_the_index_is_not_used(network: TestNetwork, tmp_path: Path) -> None:
+    """One content hash has one size: a holder that opens the indexed version with a size of its own is lying, and
+    is given up with that reason (not with a disk-space error about its claim)."""
+    lying = OpenAnswerer(network, "too-big")
+    try:
+        request = FetchRequest(name="f.bin", sources=(lying.endpoint,), dest_dir=tmp_path / "out", size=1_000_000,
+                               content_hash=HASH, config=FetchConfig(request_timeout=30))  # fmt: skip
+        with pytest.raises(TransferError, match="says the file is 10,000,000,000,000 bytes, the index 1,000,000"):
+            fetch(network.bus(), request)
+    finally:
+        lying.close()
+    assert not (tmp_path / "out").exists()

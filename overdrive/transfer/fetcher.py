@@ -443,6 +443,9 @@ def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, ch
             if request.content_hash and msg.content_hash != request.content_hash:
                 conn.refused = "opened another version than the one asked for"
                 continue
+            if request.size and msg.size != request.size:  # one content hash, one size: the holder is lying
+                conn.refused = f"says the file is {msg.size:,} bytes, the index {request.size:,}"
+                continue
             try:
                 conn.plan = Plan.from_opened(msg, payload[0])
             except TransferError as exc:
