@@ -181,7 +181,8 @@ def _poll(condition: Callable[[], bool], what: str, timeout: float = 60) -> None
         time.sleep(0.01)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs, and collect it."""
     if proc.poll() is None:
         proc.kill()
     proc.communicate()
@@ -207,9 +208,9 @@ def test_other_peers_fetch_while_a_big_table_is_built(
         assert first.returncode == 0, err
         assert blake3.blake3((tmp_path / "out-a" / "big.bin").read_bytes()).hexdigest() == hashes["big.bin"]
     finally:
-        _stop(first)
+        reap(first)
         if second is not None:
-            _stop(second)
+            reap(second)
     assert server.stats.tables_built == 2
 
 
@@ -229,7 +230,7 @@ def test_an_open_given_up_is_withdrawn_from_the_holder(
             proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
-        _stop(proc)
+        reap(proc)
     if how == "timeout":
         assert proc.returncode == 1 and "no answer to open within 1 s" in err, err
     else:

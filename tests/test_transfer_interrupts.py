@@ -16,6 +16,7 @@ from overdrive.transfer.partial import PartialFile, hash_path
 from overdrive.transfer.protocol import MIN_CHUNK, chunk_checksum
 from overdrive.transfer.session import Plan
 from tests.conftest import TestNetwork
+from tests.test_transfer_builds import reap
 
 
 def test_ctrl_c_while_connecting_stops_the_fetch(network: TestNetwork, tmp_path: Path) -> None:
@@ -35,9 +36,7 @@ def test_ctrl_c_while_connecting_stops_the_fetch(network: TestNetwork, tmp_path:
                 proc.send_signal(signal.SIGINT)
                 _, err = proc.communicate(timeout=60)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            reap(proc)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
 
