@@ -6,12 +6,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+import zmq
+
 from overdrive.bus.address import Endpoint
+from overdrive.bus.sockets import Bus
 from overdrive.cliutil import shown
 from overdrive.index.cli import HOLDERS_WIDTH, listing_lines
 from overdrive.index.client import IndexClient
@@ -165,3 +171,84 @@ def test_share_follows_its_folder_deleted_recreated_moved_away_and_back(
     assert proc.returncode == 0, stderr
     assert "is gone (deleted or moved away)" in stderr and "is back" in stderr
     assert "Traceback" not in stderr
+
+
+class _SilentMaster:
+    """Completes the secure handshake, takes requests and never answers: a master whose loop is stuck."""
+
+    def __init__(self, network: TestNetwork) -> None:
+        self.sock = network.bus().server(zmq.ROUTER)
+        self.endpoint = Bus.bind(self.sock, Endpoint("127.0.0.1", 0))
+
+    def wait_for_request(self) -> None:
+        assert self.sock.poll(60_000), "no request reached the silent master"
+        self.sock.recv_multipart()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def test_an_index_client_wait_ends_at_its_check(network: TestNetwork) -> None:
+    """A Ctrl-C recorded while a lookup waited for a reply was seen only after the whole --timeout (pyzmq can drop
+    the KeyboardInterrupt itself while it frees a frame, so the command must check for it while it waits)."""
+    silent = _SilentMaster(network)
+    calls: list[float] = []
+
+    def check() -> None:
+        calls.append(time.monotonic())
+        if len(calls) >= 3:
+            raise KeyboardInterrupt
+
+    try:
+        client = IndexClient(network.bus(), [silent.endpoint], timeout=30, check=check)
+        with client, pytest.raises(KeyboardInterrupt):
+            client.lookup("*.txt")
+        assert len(calls) == 3
+    finally:
+        silent.close()
+
+
+def test_ctrl_c_stops_ls_waiting_for_a_silent_master(network: TestNetwork, tmp_path: Path) -> None:
+    silent = _SilentMaster(network)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "overdrive", "ls", "--master", silent.endpoint.display, "--timeout", "600"],
+            env=network.env(tmp_path / "lister"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            silent.wait_for_request()
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 130, stderr
+        assert stderr.strip().splitlines()[-1] == "overdrive: interrupted" and "Traceback" not in stderr
+    finally:
+        silent.close()
+
+
+def test_an_advertised_address_is_checked_and_shown_as_given(
+    run_cli: Run, network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """'--advertise a:b:c' was taken as an IPv6 host and went into the records; an IPv6 address that begins with a
+    letter ('[fe80::1]:7772') was read as rich markup and vanished from the start line ('(advertised :7772)')."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    master = children.master()
+    bad = run_cli(
+        "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0", "--advertise", "a:b:c",
+        env=network.env(tmp_path / "bad"),
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--advertise" in bad.stderr.strip().splitlines()[-1], bad.stderr
+    proc, _ = children.spawn(
+        "node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0",
+        "--advertise", "fe80::1", "--no-watch",
+    )  # fmt: skip
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=30)
+    assert "(advertised [fe80::1]:" in stderr, stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from overdrive.bus.address import Endpoint, parse_endpoint
+from overdrive.errors import ConfigError
 
 
 def guess_host() -> str:
@@ -20,7 +22,13 @@ def guess_host() -> str:
 def advertised(bind: Endpoint, host: str | None) -> str:
     """``host:port`` others should use for an endpoint bound at ``bind``."""
     if host:  # HOST or HOST:PORT (a NAT or port forward in front of us)
-        return parse_endpoint(host, bind.port).display
+        endpoint = parse_endpoint(host, bind.port)
+        if ":" in endpoint.host:  # parse_endpoint reads any host with a colon as IPv6: 'a:b:c' went into records
+            try:
+                ipaddress.IPv6Address(endpoint.host)
+            except ValueError:
+                raise ConfigError(f"--advertise {host!r} is not HOST[:PORT]") from None
+        return endpoint.display
     if bind.host in ("0.0.0.0", "*", "::"):
         return Endpoint(guess_host(), bind.port).display
     return bind.display

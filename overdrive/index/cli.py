@@ -18,6 +18,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import IO, Annotated, Any
@@ -26,7 +28,7 @@ import typer
 from rich.cells import cell_len
 from rich.markup import escape
 
-from overdrive import paths
+from overdrive import interrupts, paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
 from overdrive.bus.sockets import Bus
 from overdrive.cliutil import (
@@ -73,6 +75,25 @@ class _Stop:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
+    def check(self) -> None:
+        """For an IndexClient's ``check``: end its wait once a stop was asked for."""
+        if self.event.is_set():
+            raise KeyboardInterrupt
+
+
+def _raise_now() -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _interruptible() -> Iterator[Callable[[], None]]:
+    """Ctrl-C while only the main thread runs (``ls``, and ``share`` before its threads start): raised at once, so it
+    also ends a handshake wait (which polls for its whole timeout), and recorded, so one that pyzmq drops while it
+    frees a frame still ends the IndexClient's next poll slice (see :mod:`overdrive.interrupts`). Raising anywhere
+    is safe here: no other thread shares a lock or a queue with this one yet."""
+    with interrupts.deferred(on_signal=_raise_now) as check:
+        yield check
+
 
 def master_command(
     ctx: typer.Context,
@@ -110,6 +131,7 @@ def master_command(
         node_timeout=timeout,
         replication=ReplicationConfig(tombstone_retention=retention * 3600),
     )
+    advertised(config.bind, advertise)  # a mistake there is one line before the store is opened
     store = open_store(db)
     stop = _Stop()
     try:
@@ -118,9 +140,12 @@ def master_command(
             settle_heap()
             master.start()
             assert master.endpoint is not None
+            peer_list = ", ".join(p.display for p in config.peers) or "none yet"
             console.print(
-                f"master {master.origin} listening on {master.endpoint.display} (advertised {master.address}); "
-                f"store {store.describe()}; peers {', '.join(p.display for p in config.peers) or 'none yet'}"
+                f"master {master.origin} listening on {markup_safe(master.endpoint.display)} "
+                f"(advertised {markup_safe(master.address)}); store {markup_safe(store.describe())}; "
+                f"peers {markup_safe(peer_list)}",
+                soft_wrap=True,
             )
             print(f"listening {master.endpoint.display}", flush=True)
             unprobed = list(config.peers)
@@ -131,7 +156,10 @@ def master_command(
                     if not master.running:
                         raise OverdriveError(f"master stopped: {master.error}")
                     if unprobed:
-                        unprobed = _probe_peer(bus, unprobed, refused, len(config.peers))
+                        try:
+                            unprobed = _probe_peer(bus, unprobed, refused, len(config.peers), stop.check)
+                        except KeyboardInterrupt:  # asked to stop while a peer was being asked
+                            break
                     if stats > 0 and time.monotonic() - last >= stats:
                         last = time.monotonic()
                         _status_line(master)
@@ -142,7 +170,9 @@ def master_command(
         store.close()
 
 
-def _probe_peer(bus: Bus, peers: list[Endpoint], refused: list[AuthError], total: int) -> list[Endpoint]:
+def _probe_peer(
+    bus: Bus, peers: list[Endpoint], refused: list[AuthError], total: int, check: Callable[[], None]
+) -> list[Endpoint]:
     """Ask the first of ``peers`` for its status. When every peer given refuses the handshake, that is an error
     (the mesh would never accept us; running alone would look fine and hold nothing). One refusal among others
     is only a warning: a handshake that fails looks the same whether the password is wrong or the port belongs
@@ -151,7 +181,7 @@ def _probe_peer(bus: Bus, peers: list[Endpoint], refused: list[AuthError], total
     answered)."""
     peer = peers[0]
     try:
-        with IndexClient(bus, [peer], timeout=1.0) as client:
+        with IndexClient(bus, [peer], timeout=1.0, check=check) as client:
             client.status(digest=False)
     except AuthError as exc:
         refused.append(exc)
@@ -194,8 +224,6 @@ def share_command(
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow changes in the folder.")] = True,
 ) -> None:
     """Share a folder: serve its files to peers and keep its entries in the index current."""
-    from overdrive.transfer.server import FileServer
-
     opts = options(ctx)
     warn_insecure(opts)
     root = (folder or paths.backup_dir()).expanduser()
@@ -205,45 +233,73 @@ def share_command(
         raise ConfigError(f"{root} is not a folder")
     masters = tuple(endpoints(master, DEFAULT_MASTER_PORT, "--master"))
     endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
+    advertised(endpoint, advertise)  # a mistake there is one line now, not after the scan
     lock = _lock_node()
-    scanner = FolderScanner(root)
-    started = time.monotonic()
-    scanner.scan()
-    console.print(
-        f"scanned {markup_safe(str(root))}: {len(scanner)} file(s), {scanner.hashed} hashed, "
-        f"{time.monotonic() - started:.2f} s" + (f", {scanner.skipped} skipped" if scanner.skipped else "")
-    )
-    stop = _Stop()
     try:
         with opts.bus() as bus:
-            try:  # a wrong password should be one clear line now, not a failover loop later
-                with IndexClient(bus, list(masters), timeout=3.0) as probe:
-                    probe.status(digest=False)
-            except UnreachableError as exc:
-                console.print(f"[yellow]warning: {exc}; sharing anyway, will keep trying[/]")
-            server = FileServer(bus, root, endpoint, scanner)
-            bound = server.start()
+            scanner = _prepare_share(bus, root, masters)
+            _serve(bus, root, scanner, masters, endpoint, advertise, watch)
+    finally:
+        lock.close()
+
+
+def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> FolderScanner:
+    """Before any thread starts: check the masters take our password (one clear line now, not a failover loop
+    later, and not after hashing a large folder), then scan the folder."""
+    with _interruptible() as check:
+        try:
+            with IndexClient(bus, list(masters), timeout=3.0, check=check) as probe:
+                probe.status(digest=False)
+        except UnreachableError as exc:
+            console.print(f"[yellow]warning: {escape(str(exc))}; sharing anyway, will keep trying[/]")
+        scanner = FolderScanner(root)
+        started = time.monotonic()
+        scanner.scan()
+    console.print(
+        f"scanned {markup_safe(str(root))}: {len(scanner)} file(s), {scanner.hashed} hashed, "
+        f"{time.monotonic() - started:.2f} s" + (f", {scanner.skipped} skipped" if scanner.skipped else ""),
+        soft_wrap=True,
+    )
+    return scanner
+
+
+def _serve(
+    bus: Bus,
+    root: Path,
+    scanner: FolderScanner,
+    masters: tuple[Endpoint, ...],
+    endpoint: Endpoint,
+    advertise: str | None,
+    watch: bool,
+) -> None:
+    """Serve the folder's files and keep its index entries current until SIGINT or SIGTERM."""
+    from overdrive.transfer.server import FileServer
+
+    stop = _Stop()
+    try:
+        server = FileServer(bus, root, endpoint, scanner)
+        bound = server.start()
+        try:
+            address = advertised(bound, advertise)
+            node = Node(bus, scanner, NodeConfig(masters=masters, address=address), watch=watch)
+            settle_heap()
+            node.start()
+            console.print(
+                f"node {bus.node_id} serving on {markup_safe(bound.display)} (advertised {markup_safe(address)}); "
+                f"masters {markup_safe(', '.join(m.display for m in masters))}",
+                soft_wrap=True,
+            )
+            print(f"serving {bound.display}", flush=True)
             try:
-                address = advertised(bound, advertise)
-                node = Node(bus, scanner, NodeConfig(masters=masters, address=address), watch=watch)
-                settle_heap()
-                node.start()
-                console.print(
-                    f"node {bus.node_id} serving on {bound.display} (advertised {address}); "
-                    f"masters {', '.join(m.display for m in masters)}"
-                )
-                print(f"serving {bound.display}", flush=True)
-                try:
-                    while not stop.event.wait(0.2):
-                        if not node.running:
-                            raise OverdriveError(f"node stopped: {node.error}")
-                finally:
-                    node.stop()
+                while not stop.event.wait(0.2):
+                    if not node.running:
+                        raise OverdriveError(f"node stopped: {node.error}")
             finally:
-                server.stop()
+                node.stop()
+        finally:
+            server.stop()
     finally:
         stop.restore()
-        lock.close()
 
 
 def _lock_node() -> IO[bytes]:
@@ -287,8 +343,8 @@ def ls_command(
     glob = pattern if not pattern or is_glob(pattern) else f"*{pattern}*"
     if len(glob) > MAX_PATTERN:  # a master drops a longer lookup unanswered
         raise ConfigError(f"the pattern is longer than {MAX_PATTERN} characters")
-    with opts.bus() as bus, IndexClient(bus, masters, timeout=timeout) as client:
-        entries = client.lookup(glob)
+    with _interruptible() as check, opts.bus() as bus, IndexClient(bus, masters, timeout=timeout, check=check) as c:
+        entries = c.lookup(glob)
     files = group_entries(entries)
     if online_only:
         files = [f for f in files if f["online"]]

@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import zmq
 
@@ -50,6 +50,9 @@ def _name(f: FileInfo) -> str:
 def _nfc(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
+
+POLL_SLICE = 0.25
+"""Longest single wait for a reply, so a :attr:`IndexClient.check` runs often enough for a prompt Ctrl-C."""
 
 MAX_PATTERN = 4096
 """Longest name or pattern a Lookup carries (characters); a master drops a longer one unanswered."""
@@ -78,12 +81,17 @@ def _info(item: SharedFile | FileInfo) -> FileInfo:
 class IndexClient:
     """Request/reply access to any live master of the index."""
 
-    def __init__(self, bus: Bus, masters: Sequence[Endpoint], *, timeout: float = 3.0) -> None:
+    def __init__(
+        self, bus: Bus, masters: Sequence[Endpoint], *, timeout: float = 3.0, check: Callable[[], None] | None = None
+    ) -> None:
         if not masters:
             raise ValueError("IndexClient needs at least one master endpoint")
         self.bus = bus
         self.masters = list(masters)
         self.timeout = timeout
+        self.check = check
+        """Called at least every :data:`POLL_SLICE` s while waiting for a reply, and before each connection: a
+        command's Ctrl-C check (:func:`overdrive.interrupts.deferred`), which raises to stop the wait."""
         self._refs = itertools.count(1)
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
         self._current = 0
@@ -230,6 +238,8 @@ class IndexClient:
         auth_failure: AuthError | None = None
         auth_failures = 0
         for _attempt in range(len(self.masters)):
+            if self.check is not None:
+                self.check()
             try:
                 sock = self._connect()
             except AuthError as exc:
@@ -247,9 +257,14 @@ class IndexClient:
             deadline = time.monotonic() + self.timeout
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+                if remaining <= 0:
                     failures.append(f"{self.master.display} did not answer within {self.timeout:g} s")
                     break
+                ready = sock.poll(int(min(remaining, POLL_SLICE) * 1000) + 1)
+                if self.check is not None:
+                    self.check()
+                if not ready:
+                    continue
                 try:
                     reply, _ = CODEC.decode(sock.recv_multipart())
                 except ProtocolError as exc:
