@@ -1,5 +1,6 @@
-"""Ctrl-C in the phases of a fetch that run outside its socket loops: connecting, and the long file reads
-(re-checking a partial file, hashing a copy already there)."""
+"""The parts of a fetch outside its socket loops: Ctrl-C while connecting and during the long file reads
+(re-checking a partial file, hashing a copy already there), and the user mistakes said before any holder is asked
+(a destination that is no folder, a --from host that does not resolve)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from overdrive.bus.address import Endpoint
+from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.partial import PartialFile, hash_path
 from overdrive.transfer.protocol import MIN_CHUNK, chunk_checksum
+from overdrive.transfer.server import FileServer
 from overdrive.transfer.session import Plan
 from tests.conftest import TestNetwork
 from tests.test_transfer_builds import reap
+
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def test_ctrl_c_while_connecting_stops_the_fetch(network: TestNetwork, tmp_path: Path) -> None:
@@ -75,3 +82,38 @@ def test_rechecking_a_partial_file_on_resume_can_be_interrupted(tmp_path: Path) 
     again = PartialFile(tmp_path / "f.bin", "f.bin")
     assert len(again.open(plan)) == 64  # nothing was lost by the interruption
     again.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("file", "is not a folder"),
+        ("file/sub", "is not a folder"),
+        ("/proc/overdrive-test", "cannot create the folder"),  # not 'not enough free space ... 0 bytes'
+    ],
+)
+def test_a_destination_that_cannot_be_a_folder_is_said_before_connecting(
+    run_cli: RunCli, network: TestNetwork, tmp_path: Path, where: str, says: str
+) -> None:
+    """A real holder of f.bin: the 'not a folder' errors come before it is asked; for /proc, making the folder
+    fails, instead of a free-space error about a filesystem that is no disk ('0 bytes is free')."""
+    (tmp_path / "file").write_bytes(b"")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "f.bin").write_bytes(os.urandom(1000))
+    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(shared))
+    out = where if where.startswith("/") else str(tmp_path / where)
+    try:
+        holder = server.start().display
+        proc = run_cli("fetch", "f.bin", "--from", holder, "--out", out, env=network.env(tmp_path / "home"))
+    finally:
+        server.stop()
+    assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert server.stats.opened == (1 if where.startswith("/") else 0)
+
+
+def test_a_from_host_that_does_not_resolve_is_said_at_once(
+    run_cli: RunCli, network: TestNetwork, tmp_path: Path
+) -> None:
+    proc = run_cli("fetch", "f.bin", "--from", "nosuchhost.invalid:7772", env=network.env(tmp_path))
+    assert proc.returncode == 2 and "cannot resolve 'nosuchhost.invalid'" in proc.stderr, proc.stderr

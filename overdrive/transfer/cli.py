@@ -98,6 +98,8 @@ def fetch_command(
     with opts.bus() as bus:
         if from_ is not None:
             sources = tuple(endpoints(from_, DEFAULT_SHARE_PORT, "--from"))
+            for source in sources:
+                _check_resolves(source)
             size_hint = 0
         else:
             sources, wanted, size_hint, name = _resolve(bus, masters, name, wanted)
@@ -141,6 +143,14 @@ def fetch_command(
             f"({result.mb_per_s:.0f} MB/s) from {', '.join(result.sources) or 'the partial file'}{resumed}; "
             f"BLAKE3 {result.hash} verified"
         )
+
+
+def _check_resolves(source: Endpoint) -> None:
+    """A --from host name that does not resolve is said at once (libzmq would only time out on it)."""
+    try:
+        socket.getaddrinfo(source.host, source.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--from {source.display}: cannot resolve {source.host!r} ({exc.strerror})") from None
 
 
 def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple[tuple[Endpoint, ...], str, int, str]:

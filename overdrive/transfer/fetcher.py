@@ -166,6 +166,7 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
     allocator.tune()
     names.check_name(request.name)
     dest_dir = Path(request.dest_dir)
+    _check_folder(dest_dir)
     dest = names.destination(dest_dir, request.name, create=False)  # folders are made only before writing
     chunk_size = request.chunk_size
     state = PartialFile(dest, request.name).saved_state()
@@ -268,6 +269,15 @@ def _transfer(
     )
 
 
+def _check_folder(dest_dir: Path) -> None:
+    """A destination that cannot be a folder is the user's mistake, said before any holder is asked."""
+    folder = dest_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the first part that exists must be a folder (the rest is made when writing)
+    if not folder.is_dir():
+        raise ConfigError(f"cannot put files in {dest_dir}: {folder} is not a folder")
+
+
 def _check_space(name: str, dest: Path, size: int) -> None:
     """Refuse to start a fetch that cannot fit: the file's size (less what its partial file already holds)
     against the free space of the filesystem it goes to. A holder's claimed size costs nothing before this."""
@@ -283,6 +293,8 @@ def _check_space(name: str, dest: Path, size: int) -> None:
         st = os.statvfs(folder)
     except OSError:
         return  # cannot tell: the writes will say
+    if st.f_blocks == 0:
+        return  # not a disk (/proc, /sys): making the folder or writing will say what is wrong
     free = st.f_bavail * st.f_frsize
     if size - have > free:
         raise TransferError(
