@@ -3,6 +3,7 @@ and comes back while ``overdrive share`` runs."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -15,14 +16,19 @@ from pathlib import Path
 
 import pytest
 import zmq
+from watchdog.observers import Observer
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.cliutil import shown
+from overdrive.index import node as node_module
 from overdrive.index.cli import HOLDERS_WIDTH, listing_lines
 from overdrive.index.client import IndexClient
+from overdrive.index.master import Master, MasterConfig
+from overdrive.index.node import Node, NodeConfig
 from overdrive.index.records import FileInfo
 from overdrive.index.scan import FolderScanner
+from overdrive.index.stores.memory import MemoryStore
 from tests.conftest import Children, TestNetwork
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -252,3 +258,39 @@ def test_an_advertised_address_is_checked_and_shown_as_given(
     proc.terminate()
     _, stderr = proc.communicate(timeout=30)
     assert "(advertised [fe80::1]:" in stderr, stderr
+
+
+class _NoInotify(Observer):  # type: ignore[misc,valid-type]
+    """An observer on a system whose inotify instances are used up (by editors, other watchers)."""
+
+    def schedule(self, *args: object, **kwargs: object) -> object:
+        raise OSError(errno.EMFILE, "inotify instance limit reached")
+
+
+def test_a_folder_that_cannot_be_watched_is_rescanned_instead(
+    network: TestNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'overdrive share' failed to start ('overdrive-node failed to start: inotify instance limit reached') on a
+    machine where other programs had used up the inotify instances; it now warns once and rescans the folder."""
+    monkeypatch.setattr(node_module, "Observer", _NoInotify)
+    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    master.start()
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    scanner = FolderScanner(folder, cache_file=tmp_path / "cache.msgpack")
+    scanner.scan()
+    assert master.endpoint is not None
+    node = Node(network.bus(), scanner, NodeConfig(masters=(master.endpoint,), address="127.0.0.1:9", poll=0.5))
+    try:
+        node.start()
+        with IndexClient(network.bus(), [master.endpoint]) as client:
+            _wait_for(client, {"a.txt"}, "at start")
+            (folder / "b.txt").write_text("b")
+            (folder / "a.txt").unlink()
+            _wait_for(client, {"b.txt"}, "after a change in the unwatched folder")
+    finally:
+        node.stop()
+        master.stop()
+    warnings = [r.getMessage() for r in caplog.records if "cannot watch the shared folder" in r.getMessage()]
+    assert len(warnings) == 1 and "inotify instance limit reached" in warnings[0], warnings

@@ -53,12 +53,20 @@ class NodeConfig:
     recheck: float = 1.0
     """Seconds between checks that the shared folder is still the one being watched (deleted, moved away,
     replaced or back again)."""
+    poll: float = 10.0
+    """Seconds between full rescans of a folder that cannot be watched (the system's inotify instances or watches
+    used up by other programs)."""
 
     def __post_init__(self) -> None:
         if not self.masters:
             raise ConfigError("a node needs at least one master (--master HOST:PORT)")
-        if self.heartbeat <= 0 or self.failover <= self.heartbeat or self.settle < 0 or self.recheck <= 0:
-            raise ConfigError("need 0 < heartbeat < failover, settle >= 0 and recheck > 0")
+        if (
+            self.heartbeat <= 0
+            or self.failover <= self.heartbeat
+            or self.settle < 0
+            or min(self.recheck, self.poll) <= 0
+        ):
+            raise ConfigError("need 0 < heartbeat < failover, settle >= 0, recheck > 0 and poll > 0")
 
 
 def _name(f: FileInfo) -> str:
@@ -267,7 +275,7 @@ class Node(Runner):
             observer.daemon = True
             observer.start()
             self._observer = observer
-            self._arm()  # an error here (the system's inotify watches used up) fails the start, with its reason
+            self._rearm(self.scanner.folder)
         self._open(time.monotonic())
 
     def _arm(self) -> None:
@@ -275,6 +283,27 @@ class Node(Runner):
         assert self._observer is not None
         self._handler.root_changed.clear()
         self._watched = self._observer.schedule(self._handler, str(self.scanner.folder), recursive=True)
+
+    def _rearm(self, folder: Path) -> None:
+        """Watch ``folder``; when it cannot be watched, say so once and rescan it every ``poll`` seconds instead."""
+        try:
+            self._arm()
+        except FileNotFoundError:  # the folder went again already: the next check sees it
+            return
+        except OSError as exc:  # inotify instances or watches used up by other programs
+            if not self._arm_failed:
+                log.warning(
+                    "cannot watch the shared folder %s for changes (%s); rescanning it every %g s instead",
+                    folder,
+                    exc.strerror or exc,
+                    self.config.poll,
+                )
+            self._arm_failed = True
+            self._next_check = time.monotonic() + self.config.poll
+        else:
+            if self._arm_failed:
+                log.warning("watching the shared folder %s for changes again", folder)
+            self._arm_failed = False
 
     def _disarm(self) -> None:
         if self._observer is not None and self._watched is not None:
@@ -296,7 +325,7 @@ class Node(Runner):
         registered afresh. Without this the watch died with the first folder and the index froze until a restart."""
         if now < self._next_check and not self._handler.root_changed.is_set():
             return
-        self._next_check = now + self.config.recheck
+        self._next_check = now + self.config.recheck  # or poll, when _rearm fails below
         current = _identity(self.scanner.folder)
         lost = self._watch_lost()
         if current == self._folder_id and not lost and (current is None or self._watched is not None):
@@ -304,14 +333,7 @@ class Node(Runner):
         folder = self.scanner.folder
         self._disarm()
         if current is not None:
-            try:
-                self._arm()
-            except OSError as exc:  # gone again already, or no inotify watch left: rescanned at each check meanwhile
-                if not self._arm_failed:
-                    log.warning("cannot watch the shared folder %s: %s; rescanning it until it can be", folder, exc)
-                self._arm_failed = True
-            else:
-                self._arm_failed = False
+            self._rearm(folder)
         previous, self._folder_id = self._folder_id, current
         changed, removed = self.scanner.resync()
         self.session.files_changed(changed, removed)
