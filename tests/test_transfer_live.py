@@ -196,6 +196,8 @@ def test_resume_after_interruption_resends_at_most_one_window(
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err
+    if sig != signal.SIGKILL:  # the user is told what was kept and how to go on
+        assert "big.bin.part keeps" in err and "run the same command again to resume" in err, err
     sent_before = stats.bytes_sent
     assert sent_before < BIG
     assert (out / "big.bin.part").exists() and (out / "big.bin.part.state").exists()

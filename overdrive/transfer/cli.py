@@ -113,7 +113,11 @@ def fetch_command(
             connections=connections,
             size=size_hint,
         )
-        result = _fetch_with_progress(bus, request, size_hint, quiet=as_json)
+        try:
+            result = _fetch_with_progress(bus, request, size_hint, quiet=as_json)
+        except KeyboardInterrupt:
+            _say_kept(request)
+            raise
         registered = False
         if masters and register_copy and not result.already_present:
             registered = _register(bus, masters, result, dest_dir, advertise)
@@ -143,6 +147,19 @@ def fetch_command(
             f"({result.mb_per_s:.0f} MB/s) from {', '.join(result.sources) or 'the partial file'}{resumed}; "
             f"BLAKE3 {result.hash} verified"
         )
+
+
+def _say_kept(request: FetchRequest) -> None:
+    """After Ctrl-C: say what was kept and how to go on, when a partial file is there."""
+    try:
+        part = names.destination(request.dest_dir, request.name, create=False)
+        kept = part.with_name(part.name + ".part").stat().st_blocks * 512
+    except (OSError, OverdriveError):
+        return
+    console.print(
+        f"stopped: {markup_safe(str(part))}.part keeps {kept / 1e6:,.1f} MB; run the same command again to resume",
+        soft_wrap=True,
+    )
 
 
 def _check_resolves(source: Endpoint) -> None:
