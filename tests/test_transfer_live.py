@@ -182,6 +182,23 @@ def test_existing_different_file_is_kept(network: TestNetwork, holders, scratch,
     assert blake3.blake3((out / "talk (1).mp4").read_bytes()).hexdigest() == digest
 
 
+def test_the_result_line_is_one_line_in_a_pipe(run_cli, network: TestNetwork, holders, scratch, tmp_path) -> None:
+    """Without --json (and not on a terminal) each outcome is one line, however long: grep and logs see it whole."""
+    folder = scratch / "shared"
+    folder.mkdir()
+    (folder / ("a-rather-long-file-name-" * 4 + ".bin")).write_bytes(b"x" * 1000)
+    holder = holders(folder)
+    name = "a-rather-long-file-name-" * 4 + ".bin"
+    args = ("fetch", name, "--from", holder.address, "--out", str(scratch / "out"))
+    fetched = run_cli(*args, env=network.env(tmp_path / "home"))
+    again = run_cli(*args, env=network.env(tmp_path / "home"))
+    assert fetched.returncode == 0 and again.returncode == 0, fetched.stderr + again.stderr
+    (line,) = fetched.stderr.splitlines()
+    assert line.startswith("fetched ") and line.endswith(" verified"), line
+    (line,) = again.stderr.splitlines()
+    assert line.endswith("nothing to do"), line
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_resume_after_interruption_resends_at_most_one_window(
     network: TestNetwork, holders, shared, scratch, tmp_path, sig: signal.Signals

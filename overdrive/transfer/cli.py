@@ -139,13 +139,16 @@ def fetch_command(
         )
         return
     if result.already_present:
-        console.print(f"{markup_safe(result.path)} is already here with hash {result.hash[:16]}…; nothing to do")
+        console.print(
+            f"{markup_safe(result.path)} is already here with hash {result.hash[:16]}…; nothing to do", soft_wrap=True
+        )
     else:
         resumed = f", resumed {result.resumed_chunks} chunks" if result.resumed_chunks else ""
         console.print(
             f"fetched {markup_safe(result.path)}: {result.bytes:,} bytes in {result.seconds:.2f} s "
             f"({result.mb_per_s:.0f} MB/s) from {', '.join(result.sources) or 'the partial file'}{resumed}; "
-            f"BLAKE3 {result.hash} verified"
+            f"BLAKE3 {result.hash} verified",
+            soft_wrap=True,  # one line, also in a log or a pipe (rich would cut it at 80 columns there)
         )
 
 
@@ -205,7 +208,8 @@ def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple
     if len(versions) > 1 and not wanted:
         console.print(
             f"{markup_safe(repr(name))} exists in {len(versions)} versions online; "
-            f"fetching the newest ({chosen[:16]}…), pick another with --hash"
+            f"fetching the newest ({chosen[:16]}…), pick another with --hash",
+            soft_wrap=True,
         )
     sources: list[Endpoint] = []
     for entry in online:
@@ -272,7 +276,8 @@ def _register(bus: Bus, masters: list[Endpoint], result: FetchResult, dest_dir: 
             client.register([entry], address)
     except (OverdriveError, OSError, ValueError) as exc:
         console.print(
-            f"[yellow]warning: fetched, but could not register the new copy in the index: {markup_safe(str(exc))}"
+            f"[yellow]warning: fetched, but could not register the new copy in the index: {markup_safe(str(exc))}",
+            soft_wrap=True,
         )
         return False
     return True
