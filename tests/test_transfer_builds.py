@@ -194,7 +194,8 @@ def test_other_peers_fetch_while_a_big_table_is_built(
     """Peer A's first open of big.bin holds a table build; peer B's fetch of small.bin completes meanwhile (the
     server's loop is not the one reading big.bin), then A's completes too."""
     server, gate, hashes = gated
-    first = _fetcher(network, tmp_path / "a", server, "big.bin", "--out", str(tmp_path / "out-a"))
+    # A waits as long as the test needs (its table is held at the gate; the default --timeout would give up)
+    first = _fetcher(network, tmp_path / "a", server, "big.bin", "--out", str(tmp_path / "out-a"), "--timeout", "600")
     second: subprocess.Popen[str] | None = None
     try:
         _poll(gate.reached.is_set, "the build of big.bin started")
@@ -221,7 +222,7 @@ def test_an_open_given_up_is_withdrawn_from_the_holder(
     """A fetcher that stops waiting for its Open (--timeout, or Ctrl-C while the holder builds the table) cancels
     it: the holder frees the slot at once (not after its 120 s idle timeout) and drops the build nobody waits for."""
     server, gate, _ = gated
-    args = ("--timeout", "1") if how == "timeout" else ()
+    args = ("--timeout", "1") if how == "timeout" else ("--timeout", "600")  # Ctrl-C, not the timeout, ends it
     proc = _fetcher(network, tmp_path / "a", server, "big.bin", "--out", str(tmp_path / "out"), *args)
     try:
         _poll(gate.reached.is_set, "the build of big.bin started")

@@ -114,7 +114,7 @@ def test_a_holder_that_only_says_working_does_not_hold_up_the_others(network: Te
     honest.start()
     try:
         request = FetchRequest(name="f.bin", sources=(stalling.endpoint, honest.endpoint), dest_dir=tmp_path / "out",
-                               config=FetchConfig(request_timeout=2))  # fmt: skip
+                               config=FetchConfig(request_timeout=5))  # fmt: skip
         result = _in_thread(lambda: fetch(network.bus(), request))
     finally:
         stalling.close()
