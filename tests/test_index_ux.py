@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -294,3 +295,22 @@ def test_a_folder_that_cannot_be_watched_is_rescanned_instead(
         master.stop()
     warnings = [r.getMessage() for r in caplog.records if "cannot watch the shared folder" in r.getMessage()]
     assert len(warnings) == 1 and "inotify instance limit reached" in warnings[0], warnings
+
+
+def test_share_starts_with_the_master_that_answered(network: TestNetwork, children: Children, tmp_path: Path) -> None:
+    """With a dead master first in --master, every start registered only after a failover and warned 'master
+    stopped answering; failing over' although the start-up check had already found the live one."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    master = children.master()
+    with socket.socket() as dead:  # bound, never listening: connections to it are refused
+        dead.bind(("127.0.0.1", 0))
+        masters = f"127.0.0.1:{dead.getsockname()[1]},{master.display}"
+        proc, _ = children.spawn("node", "share", str(folder), "--master", masters, "--bind", "tcp://127.0.0.1:0")
+        with IndexClient(network.bus(), [master]) as client:
+            _wait_for(client, {"a.txt"}, "at start")
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert "failing over" not in stderr, stderr
+    assert f"masters {master.display}, 127.0.0.1:" in stderr, stderr

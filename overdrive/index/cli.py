@@ -237,19 +237,23 @@ def share_command(
     lock = _lock_node()
     try:
         with opts.bus() as bus:
-            scanner = _prepare_share(bus, root, masters)
+            masters, scanner = _prepare_share(bus, root, masters)
             _serve(bus, root, scanner, masters, endpoint, advertise, watch)
     finally:
         lock.close()
 
 
-def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> FolderScanner:
+def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> tuple[tuple[Endpoint, ...], FolderScanner]:
     """Before any thread starts: check the masters take our password (one clear line now, not a failover loop
-    later, and not after hashing a large folder), then scan the folder."""
+    later, and not after hashing a large folder), then scan the folder. Returns the masters starting with the one
+    that answered (the node began with the first given, and a dead first one cost a failover and a warning at
+    every start), and the scanner."""
     with _interruptible() as check:
         try:
             with IndexClient(bus, list(masters), timeout=3.0, check=check) as probe:
                 probe.status(digest=False)
+                first = masters.index(probe.master)
+                masters = masters[first:] + masters[:first]
         except UnreachableError as exc:
             console.print(f"[yellow]warning: {escape(str(exc))}; sharing anyway, will keep trying[/]")
         scanner = FolderScanner(root)
@@ -260,7 +264,7 @@ def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> Folde
         f"{time.monotonic() - started:.2f} s" + (f", {scanner.skipped} skipped" if scanner.skipped else ""),
         soft_wrap=True,
     )
-    return scanner
+    return masters, scanner
 
 
 def _serve(
