@@ -30,6 +30,7 @@ import msgspec
 
 from overdrive.errors import IntegrityError, TransferError
 from overdrive.transfer.names import free_name
+from overdrive.transfer.protocol import valid_chunk_size
 from overdrive.transfer.session import Plan
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,9 @@ class PartialFile:
             state = msgspec.json.decode(self.state_path.read_bytes(), type=ResumeState)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return None
-        return state if state.version == STATE_VERSION else None
+        if state.version != STATE_VERSION or not valid_chunk_size(state.chunk_size) or state.size < 0:
+            return None  # damaged or not ours: start afresh (nothing on disk is trusted unchecked anyway)
+        return state
 
     def open(self, plan: Plan) -> list[int]:
         """Open (or create) the partial file for ``plan``; return the chunk indices already present and verified."""
@@ -185,7 +188,6 @@ class PartialFile:
             state is not None
             and state.content_hash == plan.content_hash
             and state.size == plan.size
-            and state.chunk_size == plan.chunk_size
             and self.part.is_file()
             and not self.part.is_symlink()
         )
@@ -202,12 +204,7 @@ class PartialFile:
             self.save_state([], force=True)
             return []
         assert state is not None
-        claimed = bytearray(plan.chunks)
-        for first, stop in state.done:
-            start, end = max(first, 0), min(stop, plan.chunks)
-            if start < end:
-                claimed[start:end] = b"\x01" * (end - start)
-        good = self._verify(plan, claimed)
+        good = self._verify(plan, _claimed(state, plan))
         for index in good:
             self._waiting[index] = None
         self._advance()
@@ -359,6 +356,23 @@ class PartialFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _claimed(state: ResumeState, plan: Plan) -> bytearray:
+    """One flag per chunk of ``plan``: set where the state file says the bytes are on disk. The same version
+    (hash and size) may come chunked differently (another holder, another --chunk-size): the bytes are where they
+    were, so a chunk counts when the done ranges cover all of it."""
+    claimed = bytearray(plan.chunks)
+    old, new = state.chunk_size, plan.chunk_size
+    if old <= 0:
+        return claimed
+    for first, stop in state.done:
+        begin, end = max(first, 0) * old, min(stop * old, plan.size)  # bytes
+        start = -(-begin // new)  # the first chunk that starts inside
+        last = plan.chunks if end >= plan.size else end // new  # chunks before it end inside
+        if start < last:
+            claimed[start:last] = b"\x01" * (last - start)
+    return claimed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,74 @@
+"""Resuming a partial file whose state file does not match the new fetch exactly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+import msgspec
+import pytest
+
+from overdrive.transfer.partial import STATE_VERSION, PartialFile
+from overdrive.transfer.protocol import DIGEST_SIZE, MIN_CHUNK, chunk_checksum
+from overdrive.transfer.session import Plan
+
+DATA = os.urandom(20 * MIN_CHUNK + 777)
+HASH = blake3.blake3(DATA).hexdigest()
+
+
+def _plan(chunk_size: int) -> Plan:
+    table = b"".join(chunk_checksum(DATA[i : i + chunk_size]) for i in range(0, len(DATA), chunk_size))
+    assert len(table) % DIGEST_SIZE == 0
+    return Plan(len(DATA), chunk_size, HASH, table)
+
+
+def _state(path: Path, **fields: object) -> None:
+    values: dict[str, object] = dict(version=STATE_VERSION, name="f.bin", content_hash=HASH, size=len(DATA))
+    values.update(fields)
+    path.write_bytes(msgspec.json.encode(values))
+
+
+@pytest.mark.parametrize(("before", "after"), [(MIN_CHUNK, 4 * MIN_CHUNK), (4 * MIN_CHUNK, MIN_CHUNK)])
+def test_the_same_version_chunked_differently_resumes(tmp_path: Path, before: int, after: int) -> None:
+    """Another holder or --chunk-size chunks the same version differently: the bytes on disk are kept and
+    re-checked against the new table, not truncated. Here the first 9 chunks of 64 KiB (the first two of 256 KiB
+    fully inside them) and the last chunk are on disk."""
+    dest = tmp_path / "f.bin"
+    part = tmp_path / "f.bin.part"
+    have = 9 * MIN_CHUNK
+    with part.open("wb") as fh:
+        fh.write(DATA[:have])
+    ranges = [(0, have // before)] if before == MIN_CHUNK else [(0, 2)]  # 2 x 256 KiB = 8 x 64 KiB
+    _state(tmp_path / "f.bin.part.state", chunk_size=before, done=ranges)
+    partial = PartialFile(dest, "f.bin")
+    good = partial.open(_plan(after))
+    partial.close()
+    expected = [0, 1] if after == 4 * MIN_CHUNK else list(range(9))
+    assert good == expected
+    assert part.read_bytes()[:have] == DATA[:have]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"chunk_size": 12345, "done": [[0, 10]]},
+        {"chunk_size": 0, "done": [[0, 10]]},
+        {"chunk_size": MIN_CHUNK, "size": -1, "done": []},
+        {"chunk_size": MIN_CHUNK, "done": [[-5, 10**12]]},
+    ],
+)
+def test_a_damaged_state_file_is_not_trusted(tmp_path: Path, fields: dict[str, object]) -> None:
+    """A state file with an impossible chunk size or size is ignored (a fetch asked the holder for its chunk
+    size and crashed on 12345); absurd ranges only claim chunks that are then checked."""
+    part = tmp_path / "f.bin.part"
+    part.write_bytes(DATA[: 3 * MIN_CHUNK])
+    _state(tmp_path / "f.bin.part.state", **fields)
+    partial = PartialFile(tmp_path / "f.bin", "f.bin")
+    state = partial.saved_state()
+    if fields["chunk_size"] == MIN_CHUNK and fields.get("size", 0) != -1:
+        assert state is not None
+        assert partial.open(_plan(MIN_CHUNK)) == [0, 1, 2]
+        partial.close()
+    else:
+        assert state is None
