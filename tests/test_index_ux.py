@@ -314,3 +314,22 @@ def test_share_starts_with_the_master_that_answered(network: TestNetwork, childr
         _, stderr = proc.communicate(timeout=30)
     assert "failing over" not in stderr, stderr
     assert f"masters {master.display}, 127.0.0.1:" in stderr, stderr
+
+
+def test_a_skipped_name_is_a_warning_once_however_often_the_folder_is_rescanned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder rescanned every few seconds (unwatched) or after it came back repeated 'not sharing ...' for every
+    skipped name at every rescan."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "tab\there.txt").write_text("tab")
+    (folder / "fine.txt").write_text("fine")
+    scanner = FolderScanner(folder, cache_file=tmp_path / "cache.msgpack")
+    scanner.scan()
+    for _ in range(3):
+        scanner.resync()
+        scanner.refresh(["tab\there.txt"])
+    assert len(scanner) == 1
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "not sharing" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]

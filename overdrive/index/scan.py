@@ -50,6 +50,7 @@ class FolderScanner:
         self._cache_dirty = False
         self.hashed = 0
         self.skipped = 0
+        self._warned: set[str] = set()
 
     # -- Catalogue -------------------------------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class FolderScanner:
                 with os.scandir(current) as it:
                     entries = list(it)
             except OSError as exc:
-                log.warning("cannot read folder %s: %s", current, exc.strerror)
+                self._warn_once(f"cannot read folder {current}: {exc.strerror}")
                 continue
             for entry in entries:
                 try:
@@ -163,7 +164,7 @@ class FolderScanner:
             check_fetchable(name)
         except (ValueError, UnsafePathError) as exc:
             self.skipped += 1
-            log.warning("not sharing %r: %s", name, exc)
+            self._warn_once(f"not sharing {name!r}: {exc}")
             return None
         cached = self._cache.get(name)
         if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
@@ -172,12 +173,21 @@ class FolderScanner:
             try:
                 digest = hash_file(path)
             except OSError as exc:
-                log.warning("cannot read %s: %s", path, exc.strerror)
+                self._warn_once(f"cannot read {path}: {exc.strerror}")
                 return None
             self.hashed += 1
             self._cache[name] = (st.st_size, st.st_mtime_ns, digest)
             self._cache_dirty = True
         return SharedFile(name=name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
+
+    def _warn_once(self, message: str) -> None:
+        """A problem with one path is a warning the first time only: a folder that is rescanned (polled, or back
+        after it went away) would repeat every skipped name at each rescan."""
+        if message in self._warned:
+            log.debug("%s", message)
+            return
+        self._warned.add(message)
+        log.warning("%s", message)
 
     # -- the hash cache --------------------------------------------------------------------------------------
 
