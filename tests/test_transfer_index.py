@@ -49,6 +49,11 @@ def test_fetch_through_the_index(network: TestNetwork, children: Children, scrat
         assert blake3.blake3((out / "big.bin").read_bytes()).hexdigest() == digest
         copies = {e.address for e in client.lookup("big.bin", content_hash=digest)}
         assert copies == {share.display, "127.0.0.1:9"}  # the fetcher registered its copy
+        # without --advertise, nothing serves at the address it would guess: no holder nobody can fetch from
+        unserved = fetch("big.bin", "--out", str(scratch / "out2"))
+        assert unserved.returncode == 0 and json.loads(unserved.stdout)["registered"] is False, unserved.stderr
+        assert "not registered as a holder: no 'overdrive share' answers at" in unserved.stderr
+        assert {e.address for e in client.lookup("big.bin", content_hash=digest)} == copies
 
         missing = fetch("nothing-here.bin", "--out", str(out))
         assert missing.returncode == 1 and "not found in the index" in missing.stderr, missing.stderr

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import zmq
 
 from overdrive import paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.cliutil import console, endpoints, markup_safe, options, print_json, warn_insecure
-from overdrive.errors import ConfigError, OverdriveError, TransferError
+from overdrive.errors import BusError, ConfigError, OverdriveError, TransferError
 from overdrive.transfer import names
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, FetchResult, fetch
@@ -118,6 +119,8 @@ def fetch_command(
         except KeyboardInterrupt:
             _say_kept(request)
             raise
+        if not as_json:
+            _say_result(result)  # first: what registering says comes after it
         registered = False
         if masters and register_copy and not result.already_present:
             registered = _register(bus, masters, result, dest_dir, advertise)
@@ -137,7 +140,10 @@ def fetch_command(
                 "registered": registered,
             }
         )
-        return
+
+
+def _say_result(result: FetchResult) -> None:
+    """The one line a person reads after a fetch (``--json`` prints the result instead)."""
     if result.already_present:
         console.print(
             f"{markup_safe(result.path)} is already here with hash {result.hash[:16]}…; nothing to do", soft_wrap=True
@@ -265,11 +271,18 @@ def _register(bus: Bus, masters: list[Endpoint], result: FetchResult, dest_dir: 
     try:
         rel = Path(result.path).relative_to(Path(dest_dir).resolve()).as_posix()
         names.check_name(rel)
-        address = (
-            parse_endpoint(advertise, DEFAULT_SHARE_PORT).display
-            if advertise
-            else f"{_local_address(masters[0])}:{DEFAULT_SHARE_PORT}"
-        )
+        if advertise:
+            address = parse_endpoint(advertise, DEFAULT_SHARE_PORT).display
+        else:
+            guess = Endpoint(_local_address(masters[0]), DEFAULT_SHARE_PORT)
+            if not _serving(bus, guess):  # a holder nobody can fetch from would cost every later fetch a wait
+                console.print(
+                    f"not registered as a holder: no 'overdrive share' answers at {guess.display}; share "
+                    f"{markup_safe(str(dest_dir))} to offer the file, or pass --advertise HOST:PORT if one serves it",
+                    soft_wrap=True,
+                )
+                return False
+            address = guess.display
         st = Path(result.path).stat()
         entry = SharedFile(name=rel, size=result.bytes, content_hash=result.hash, mtime_ns=st.st_mtime_ns)
         with IndexClient(bus, masters) as client:
@@ -280,6 +293,22 @@ def _register(bus: Bus, masters: list[Endpoint], result: FetchResult, dest_dir: 
             soft_wrap=True,
         )
         return False
+    return True
+
+
+PROBE_TIMEOUT = 1.0
+"""Seconds to wait for a share's handshake at the address the fetcher would register."""
+
+
+def _serving(bus: Bus, endpoint: Endpoint) -> bool:
+    """True when an overdrive service of this network answers at ``endpoint`` (the handshake succeeds)."""
+    sock = bus.client(zmq.DEALER)
+    try:
+        bus.connect(sock, endpoint, timeout=PROBE_TIMEOUT)
+    except BusError:
+        return False
+    finally:
+        sock.close(linger=0)
     return True
 
 
