@@ -23,6 +23,7 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.cliutil import shown
 from overdrive.index import node as node_module
+from overdrive.index import scan as scan_module
 from overdrive.index.cli import HOLDERS_WIDTH, listing_lines
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
@@ -333,3 +334,29 @@ def test_a_skipped_name_is_a_warning_once_however_often_the_folder_is_rescanned(
     assert len(scanner) == 1
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "not sharing" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_an_interrupted_first_scan_keeps_the_hashes_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash cache was written only when a scan finished: a Ctrl-C an hour into hashing a large folder for its
+    first share threw every hash away, and the next 'overdrive share' started again from nothing."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    cache = tmp_path / "cache.msgpack"
+    real = scan_module.hash_file
+    hashed: list[Path] = []
+
+    def interrupted_at_the_fourth(path: Path) -> str:
+        if len(hashed) == 3:
+            raise KeyboardInterrupt
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(scan_module, "hash_file", interrupted_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        FolderScanner(folder, cache_file=cache).scan()
+    monkeypatch.setattr(scan_module, "hash_file", real)
+    again = FolderScanner(folder, cache_file=cache)
+    assert len(again.scan()) == 6
+    assert again.hashed == 3

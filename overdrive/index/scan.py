@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from overdrive.transfer.names import check_name as check_fetchable
 log = logging.getLogger(__name__)
 
 SKIP_SUFFIXES = (".part", ".part.state", ".part.state.tmp")
+SAVE_EVERY = 30.0
+"""Seconds of hashing between saves of the hash cache, so a first scan of a large folder that is interrupted (Ctrl-C,
+a crash, a reboot) keeps most of what it hashed."""
 _CacheEntry = tuple[int, int, str]
 
 
@@ -51,6 +55,7 @@ class FolderScanner:
         self.hashed = 0
         self.skipped = 0
         self._warned: set[str] = set()
+        self._saved_at = time.monotonic()
 
     # -- Catalogue -------------------------------------------------------------------------------------------
 
@@ -71,7 +76,11 @@ class FolderScanner:
     def scan(self) -> dict[str, SharedFile]:
         """Rescan everything; return the current files by name."""
         found: dict[str, SharedFile] = {}
-        self._walk(self.folder, found)
+        try:
+            self._walk(self.folder, found)
+        except BaseException:  # Ctrl-C in a long first scan: keep the hashes made so far for the next run
+            self.save_cache()
+            raise
         with self._lock:
             self._files = found
         self._cache = {n: c for n, c in self._cache.items() if n in found}
@@ -178,6 +187,8 @@ class FolderScanner:
             self.hashed += 1
             self._cache[name] = (st.st_size, st.st_mtime_ns, digest)
             self._cache_dirty = True
+            if time.monotonic() - self._saved_at >= SAVE_EVERY:
+                self.save_cache()
         return SharedFile(name=name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
 
     def _warn_once(self, message: str) -> None:
@@ -206,6 +217,7 @@ class FolderScanner:
         """Write the hash cache if it changed (atomically, mode 0600)."""
         if not self._cache_dirty:
             return
+        self._saved_at = time.monotonic()
         try:
             paths.write_private(self.cache_file, msgspec.msgpack.encode(self._cache))
             self._cache_dirty = False
