@@ -360,3 +360,19 @@ def test_an_interrupted_first_scan_keeps_the_hashes_it_made(tmp_path: Path, monk
     again = FolderScanner(folder, cache_file=cache)
     assert len(again.scan()) == 6
     assert again.hashed == 3
+
+
+def test_a_long_scan_reports_its_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first share of a large folder hashed for many minutes with nothing on the screen."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"f{i}.bin").write_bytes(b"x" * 1000)
+    monkeypatch.setattr(scan_module, "PROGRESS_EVERY", 0.0)
+    scanner = FolderScanner(folder, cache_file=tmp_path / "cache.msgpack")
+    seen: list[tuple[int, int]] = []
+    scanner.progress = lambda s: seen.append((s.hashed, s.hashed_bytes))
+    scanner.scan()
+    assert seen == [(1, 1000), (2, 2000), (3, 3000), (4, 4000)]
+    FolderScanner(folder, cache_file=tmp_path / "cache.msgpack").scan()  # all cached: nothing to report
+    assert len(seen) == 4

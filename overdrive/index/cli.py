@@ -258,13 +258,23 @@ def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> tuple
             console.print(f"[yellow]warning: {escape(str(exc))}; sharing anyway, will keep trying[/]")
         scanner = FolderScanner(root)
         started = time.monotonic()
+        scanner.progress = _scan_progress
         scanner.scan()
+        scanner.progress = None
     console.print(
         f"scanned {markup_safe(str(root))}: {len(scanner)} file(s), {scanner.hashed} hashed, "
         f"{time.monotonic() - started:.2f} s" + (f", {scanner.skipped} skipped" if scanner.skipped else ""),
         soft_wrap=True,
     )
     return masters, scanner
+
+
+def _scan_progress(scanner: FolderScanner) -> None:
+    console.print(
+        f"scanning {markup_safe(str(scanner.folder))}: {scanner.hashed} file(s) hashed so far "
+        f"({_size(scanner.hashed_bytes)}); later runs hash only new or changed files",
+        soft_wrap=True,
+    )
 
 
 def _serve(

@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -34,6 +34,8 @@ SKIP_SUFFIXES = (".part", ".part.state", ".part.state.tmp")
 SAVE_EVERY = 30.0
 """Seconds of hashing between saves of the hash cache, so a first scan of a large folder that is interrupted (Ctrl-C,
 a crash, a reboot) keeps most of what it hashed."""
+PROGRESS_EVERY = 5.0
+"""Seconds between calls of :attr:`FolderScanner.progress` while hashing."""
 _CacheEntry = tuple[int, int, str]
 
 
@@ -56,6 +58,11 @@ class FolderScanner:
         self.skipped = 0
         self._warned: set[str] = set()
         self._saved_at = time.monotonic()
+        self.hashed_bytes = 0
+        self.progress: Callable[[FolderScanner], None] | None = None
+        """Called with the scanner at most every :data:`PROGRESS_EVERY` s while it hashes (``hashed``,
+        ``hashed_bytes``): a first scan of a large folder can take many minutes."""
+        self._progress_at = time.monotonic()
 
     # -- Catalogue -------------------------------------------------------------------------------------------
 
@@ -185,10 +192,15 @@ class FolderScanner:
                 self._warn_once(f"cannot read {path}: {exc.strerror}")
                 return None
             self.hashed += 1
+            self.hashed_bytes += st.st_size
             self._cache[name] = (st.st_size, st.st_mtime_ns, digest)
             self._cache_dirty = True
-            if time.monotonic() - self._saved_at >= SAVE_EVERY:
+            now = time.monotonic()
+            if now - self._saved_at >= SAVE_EVERY:
                 self.save_cache()
+            if self.progress is not None and now - self._progress_at >= PROGRESS_EVERY:
+                self._progress_at = now
+                self.progress(self)
         return SharedFile(name=name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
 
     def _warn_once(self, message: str) -> None:
