@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from overdrive import __version__, paths
-from overdrive.cliutil import console, options, print_json
+from overdrive.cliutil import console, options, print_json, shown
 from overdrive.config import LOG_LEVELS, PASSWORD_ENV, GlobalOptions, check_keys, configure_logging, read_config_file
 from overdrive.errors import ConfigError, OverdriveError
 
@@ -52,7 +52,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except OverdriveError as exc:
-            typer.echo(f"overdrive: error: {exc}", err=True)
+            typer.echo(f"overdrive: error: {shown(str(exc))}", err=True)  # it may quote a peer's words
             log.debug("error detail", exc_info=True)
             raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
         except KeyboardInterrupt:

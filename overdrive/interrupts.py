@@ -31,7 +31,8 @@ def deferred(
 
     ``on_signal`` is also called, from the handler, so it must only set a flag or an event (a loop's stop request).
     The previous handlers are restored on exit, and a signal that came during the block is re-raised as
-    KeyboardInterrupt there if the block did not check for it.
+    KeyboardInterrupt there if the block did not check for it, also in place of another exception leaving the
+    block (the stop the user asked for is what they should hear about, with exit 130).
     """
     received: list[int] = []
 
@@ -58,6 +59,10 @@ def deferred(
         signal.signal(sig, record)
     try:
         yield check
+    except Exception as exc:
+        if received:  # the user asked to stop, and the way out failed on something else: say it was stopped
+            raise KeyboardInterrupt from exc
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]

@@ -131,3 +131,10 @@ def test_help_and_no_arguments_keep_their_exit_codes(run_cli: Any) -> None:
     assert run_cli("--version").returncode == 0
     bare = run_cli()
     assert bare.returncode == 2 and "Usage" in bare.stdout + bare.stderr
+
+
+def test_error_lines_escape_what_they_quote(tmp_path: Path, run_cli: Any) -> None:
+    # error text can quote a peer's words or a file name; it must not drive the terminal
+    result = run_cli("--config", str(tmp_path / "a\x1b]0;pwned\x07b.toml"), "doctor")
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr and "\\x1b]0;pwned\\x07b.toml" in result.stderr, result.stderr

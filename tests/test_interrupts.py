@@ -153,3 +153,33 @@ def test_on_signal_only_requests_the_stop(sig: signal.Signals) -> None:
     )
     done = _child(code)
     assert done.returncode == 0 and done.stdout.strip() == "loop ended after 3", done.stderr
+
+
+def test_a_stop_requested_before_another_error_is_reported_as_the_stop() -> None:
+    code = textwrap.dedent(
+        """
+        import os, signal
+        from overdrive import interrupts
+        try:
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                raise OSError("the way out failed")
+        except KeyboardInterrupt as exc:
+            print("stopped;", exc.__cause__)
+        """
+    )
+    done = _child(code)
+    assert done.returncode == 0 and done.stdout.strip() == "stopped; the way out failed", done.stderr
+
+
+def test_an_interrupt_nothing_else_caught_is_one_line_and_130(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from overdrive import __main__ as entry
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("overdrive.cli.main", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        entry.run()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "overdrive: interrupted\n"
