@@ -73,6 +73,7 @@ def test_one_file_with_many_holders_does_not_widen_every_row() -> None:
     files = [_file(f"f{i:02}.txt", *one) for i in range(20)] + [_file("popular.txt", *many)]
     header, *rows = listing_lines(files)
     column = header.index("NAME")
+    assert column == len(rows[0]) - len("f00.txt")  # as wide as the one-holder rows need, no wider
     assert column < 12 + 14 + HOLDERS_WIDTH + 2
     assert all(row[column:] == f"f{i:02}.txt" for i, row in enumerate(rows[:20]))
     assert rows[20].endswith("  popular.txt") and rows[20].count("(n0000") == 12

@@ -398,8 +398,9 @@ def _size(n: int) -> str:
 
 
 HOLDERS_WIDTH = 60
-"""The holders column is padded to its widest entry, but past this many cells only as wide as nine rows in ten
-need: a rare file with many holders pushes only its own name to the right, not every row's."""
+"""The holders column is padded to its widest entry; when that is wider than this many cells, only to the widest
+entry within it, or what nine rows in ten need if more: a rare file with many holders pushes only its own name to
+the right, not every row's."""
 
 _GREEN, _RED, _BOLD, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
 
@@ -419,7 +420,8 @@ def listing_lines(files: list[dict[str, Any]], *, color: bool = False) -> list[s
     size_width = max([len("SIZE"), *(len(r[0]) for r in rows)])
     holders_width = max([len("HOLDERS"), *widths])
     if holders_width > HOLDERS_WIDTH:
-        holders_width = max(HOLDERS_WIDTH, sorted(widths)[(len(widths) - 1) * 9 // 10])
+        fitting = max([len("HOLDERS"), *(w for w in widths if w <= HOLDERS_WIDTH)])
+        holders_width = max(fitting, sorted(widths)[(len(widths) - 1) * 9 // 10])
     header = f"{'SIZE':>{size_width}}  {'HASH':<12}  {'HOLDERS':<{holders_width}}  NAME"
     lines = [f"{_BOLD}{header}{_RESET}" if color else header]
     for (size, digest, holders, name), width in zip(rows, widths, strict=True):
