@@ -12,13 +12,14 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from overdrive.errors import ConfigError, StoreError
 from overdrive.index.pages import PAGE_COLUMNS, PAGE_TABLE, decode_page, encode_page
 from overdrive.index.records import RecordRow, decode_rows, encode_rows
-from overdrive.index.stores import BUCKETS, Store, open_store
+from overdrive.index.stores import BUCKETS, Store, open_store, sql
 from overdrive.index.stores.base import row_checksums
 from overdrive.index.stores.memory import MemoryStore
 
@@ -403,6 +404,7 @@ def test_a_load_still_running_in_another_process_is_left_alone(tmp_path: Path) -
         store.apply([row("a")])
     fd = os.open(tmp_path / "busy.db.loading", os.O_RDWR | os.O_CREAT)
     try:
+        os.write(fd, b"records initial sync by process 1 in progress\n")
         fcntl.flock(fd, fcntl.LOCK_EX)  # as the master loading this file holds it
         with open_store(f"sqlite://{db}") as store:
             assert store.count() == 1
@@ -410,6 +412,76 @@ def test_a_load_still_running_in_another_process_is_left_alone(tmp_path: Path) -
         os.close(fd)
     with open_store(f"sqlite://{db}") as store:  # its holder is gone: a stale marker
         assert store.count() == 0
+
+
+def test_a_load_cut_short_never_takes_another_index_of_the_file(tmp_path: Path) -> None:
+    # ?prefix= puts several indexes in one file: one of them loading must not make the others disposable (the
+    # discard deleted the whole file, a finished index with it)
+    db = tmp_path / "shared.db"
+    with open_store(f"sqlite://{db}?prefix=a_") as kept:
+        kept.apply([row("precious")])
+    code = textwrap.dedent(
+        f"""
+        import os
+        from overdrive.index.pages import encode_page
+        from overdrive.index.stores import open_store
+        from tests.test_index_stores import _snapshot_batches
+        store = open_store({f"sqlite://{db}?prefix=b_"!r})
+        store.apply_page(encode_page(_snapshot_batches()[0]), 0)
+        assert store._loading
+        os._exit(0)  # mid-load: no end, no close
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with open_store(f"sqlite://{db}?prefix=a_") as kept:
+        assert [r.name for r in kept.find()] == ["precious"]
+    # a marker left by a load that began when the file held only its own tables (another index came later)
+    (tmp_path / "shared.db.loading").write_text("b_records initial sync by process 1 in progress\n")
+    with open_store(f"sqlite://{db}?prefix=a_") as kept:
+        assert [r.name for r in kept.find()] == ["precious"]
+    assert not (tmp_path / "shared.db.loading").exists()
+
+
+def test_a_load_that_ends_while_another_process_opens_the_file_is_kept(tmp_path: Path) -> None:
+    # the opener finds the marker, then the loader ends (removes the marker, drops its lock) before the opener
+    # locks it: the lock it gets is on a marker that is gone, and the finished file must stay
+    db = tmp_path / "race.db"
+    loader = open_store(f"sqlite://{db}")
+    try:
+        for batch in _snapshot_batches():
+            loader.apply_page(encode_page(batch), 0)
+        assert loader._loading  # type: ignore[attr-defined]
+        real = sql.fcntl.flock
+
+        def flock(fd: int, operation: int) -> None:
+            loader.end_load()  # type: ignore[attr-defined]
+            real(fd, operation)
+
+        with mock.patch.object(sql.fcntl, "flock", flock), open_store(f"sqlite://{db}") as opener:
+            assert opener.count() == 11_000 - 1
+    finally:
+        loader.close()
+    with open_store(f"sqlite://{db}") as store:
+        assert store.count() == 11_000 - 1
+
+
+def test_a_load_that_cannot_end_releases_its_marker_on_close(tmp_path: Path) -> None:
+    db = tmp_path / "stuck.db"
+    store = open_store(f"sqlite://{db}")
+    for batch in _snapshot_batches():
+        store.apply_page(encode_page(batch), 0)
+    assert store._marker_fd >= 0  # type: ignore[attr-defined]
+    with mock.patch.object(sql.SqliteStore, "_build_key", side_effect=sqlite3.OperationalError("disk I/O error")):
+        store.close()  # the failure is logged; the marker's descriptor (and its lock) must not outlive the store
+    fd = os.open(tmp_path / "stuck.db.loading", os.O_RDWR)  # not made durable: the next open starts again
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while a descriptor of the store holds it
+    finally:
+        os.close(fd)
+    with open_store(f"sqlite://{db}") as again:
+        assert again.count() == 0
 
 
 def test_sqlite_pages_survive_a_page_left_attached(tmp_path: Path) -> None:

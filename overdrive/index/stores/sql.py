@@ -342,7 +342,8 @@ class SqliteStore(SqlStore):
         self._setup()
 
     def _discard_interrupted_load(self) -> None:
-        """Delete the copy an initial sync left half-written (see :meth:`_begin_load`), unless its master still runs."""
+        """Delete the copy an initial sync left half-written (see :meth:`_begin_load`), unless its master still runs
+        or the file holds another index's tables (``?prefix=``), which are never thrown away with it."""
         try:
             fd = os.open(self._marker, os.O_RDWR)
         except FileNotFoundError:
@@ -350,10 +351,17 @@ class SqliteStore(SqlStore):
         except OSError as exc:
             raise StoreError(f"cannot open {self._marker}: {exc.strerror}") from exc
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # another master is loading this file right now: it finishes (or discards) it
+            if not self._lock_marker(fd):
+                return  # another master is loading this file right now, or has just finished: it is not ours to end
+            loading = os.pread(fd, 200, 0).decode(errors="replace").split(" ", 1)[0]
+            if self._other_tables(loading):
+                self._marker.unlink()
+                log.warning(
+                    "SQLite %s: an initial sync of %s was cut short; kept (other tables share the file)",
+                    self.path,
+                    loading,
+                )
+                return
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             self._marker.unlink(missing_ok=True)
@@ -362,6 +370,35 @@ class SqliteStore(SqlStore):
         finally:
             os.close(fd)
         log.warning("SQLite %s: an initial sync was cut short; its partial copy is discarded, to sync again", self.path)
+
+    def _lock_marker(self, fd: int) -> bool:
+        """Lock the marker open at ``fd``; False when another process holds it, or when it is no longer the file at
+        the marker's path (its load ended, and removed it, between our open and our lock)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            named = os.stat(self._marker)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+    def _other_tables(self, table: str) -> list[str]:
+        """Tables of the file other than ``table`` (the one loading) and its meta table; [] when it cannot be read
+        (a load cut short by a crash can leave it damaged: nothing in it can be kept then)."""
+        if not self.path.exists():
+            return []
+        try:
+            conn = sqlite3.connect(self.path)
+            try:
+                names = [n for (n,) in conn.execute(_TABLES).fetchall()]
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return []
+        return _others(names, table)
 
     def _load_unsynced(self) -> None:
         """For the first load into an empty file: skip fsync until it ends, under a marker that says so.
@@ -372,15 +409,15 @@ class SqliteStore(SqlStore):
         process holds it, and the sync starts again. :meth:`_end_unsynced` fsyncs everything, then removes it.
         Measured on the benchmark machine: ~0.4 s off a 1,000,000-entry sync (checkpoint fsyncs, ~10 ms per page).
         """
+        if _others([n for (n,) in self._fetch(_TABLES)], self.table):
+            return  # other indexes share the file: it is never disposable
         fd = os.open(self._marker, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not self._lock_marker(fd):
             os.close(fd)  # another process is loading this very file: leave durability as it is
             return
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"initial sync by process {os.getpid()} in progress\n".encode())
+            os.write(fd, f"{self.table} initial sync by process {os.getpid()} in progress\n".encode())
             os.fsync(fd)
             _fsync_dir(self._marker.parent)
         except BaseException:
@@ -664,7 +701,19 @@ class SqliteStore(SqlStore):
                 self.end_load()
             except StoreError as exc:
                 log.warning("%s", exc)
+            if self._marker_fd >= 0:  # the load did not end durably: the marker stays, for the next open to discard
+                os.close(self._marker_fd)
+                self._marker_fd = -1
         super().close()
+
+
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+
+
+def _others(tables: Sequence[str], table: str) -> list[str]:
+    """``tables`` less ``table``, its meta table and SQLite's own: those of other indexes (``?prefix=``)."""
+    mine = (table, table.removesuffix("records") + "meta")
+    return [t for t in tables if t not in mine and not t.startswith("sqlite_")]
 
 
 def _fsync_dir(folder: Path) -> None:
