@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import re
 import shutil
 import signal
@@ -314,7 +315,7 @@ def test_share_starts_with_the_master_that_answered(network: TestNetwork, childr
             _wait_for(client, {"a.txt"}, "at start")
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
-    assert "failing over" not in stderr, stderr
+    assert "stopped answering" not in stderr, stderr
     assert f"masters {master.display}, 127.0.0.1:" in stderr, stderr
 
 
@@ -377,3 +378,43 @@ def test_a_long_scan_reports_its_progress(tmp_path: Path, monkeypatch: pytest.Mo
     assert seen == [(1, 1000), (2, 2000), (3, 3000), (4, 4000)]
     FolderScanner(folder, cache_file=tmp_path / "cache.msgpack").scan()  # all cached: nothing to report
     assert len(seen) == 4
+
+
+def test_a_master_outage_is_two_warnings_and_its_end_one(
+    network: TestNetwork, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With its masters down a node warned 'master stopped answering; failing over to X' every 1.5 s for as long as
+    the outage lasted (with one master, 'failing over' to that same master), and never said when it was over."""
+    caplog.set_level(logging.WARNING, logger="overdrive.index.node")
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    scanner = FolderScanner(folder, cache_file=tmp_path / "cache.msgpack")
+    scanner.scan()
+    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    master.start()
+    assert master.endpoint is not None
+    endpoint = master.endpoint
+    config = NodeConfig(masters=(endpoint,), address="127.0.0.1:9", heartbeat=0.1, failover=1.0)
+    node = Node(network.bus(), scanner, config, watch=False)
+    node.start()
+    try:
+        assert node.registered.wait(60)
+        master.stop()
+        deadline = time.monotonic() + 60
+        while node.session.failovers < 3:
+            assert time.monotonic() < deadline, "the node never noticed its master had gone"
+            time.sleep(0.05)
+        master = Master(network.bus(), MemoryStore(), MasterConfig(bind=endpoint))
+        master.start()
+        with IndexClient(network.bus(), [endpoint]) as client:
+            _wait_for(client, {"a.txt"}, "after the master came back")
+    finally:
+        node.stop()
+        master.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "overdrive.index.node"]
+    assert said == [
+        f"node: master {endpoint.display} stopped answering; trying it again",
+        f"node: no master answers ({endpoint.display}); will keep trying",
+        f"node: master {endpoint.display} answers again",
+    ], said

@@ -88,6 +88,8 @@ class NodeSession:
     changed: dict[str, FileInfo] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     failovers: int = 0
+    answers: int = 0
+    """Replies to our requests taken so far (from any master)."""
     _refs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _queue: list[Announce] = field(default_factory=list)
     _in_flight: Message | None = None
@@ -177,6 +179,7 @@ class NodeSession:
         if not isinstance(reply, Ack) or self._in_flight is None or reply.ref != getattr(self._in_flight, "ref", -1):
             return
         self._heard = now
+        self.answers += 1
         if not reply.ok:
             log.error(
                 "master %s refused our registration: %s; registering again in %g s",
@@ -262,6 +265,8 @@ class Node(Runner):
         self._folder_id = _identity(scanner.folder)
         self._next_check = 0.0
         self._arm_failed = False
+        self._outage: tuple[float, int] | None = None
+        """(answers, failovers) when the masters stopped answering; None while one answers."""
         self.registered = threading.Event()
         """Set once the first full registration has been acknowledged."""
 
@@ -350,6 +355,23 @@ class Node(Runner):
         elif previous != current or lost:
             log.warning("shared folder %s was replaced: watching the new one, %d file(s)", folder, len(self.scanner))
 
+    def _failed_over(self) -> None:
+        """Say once that the master stopped answering, and once that no master does, not at every failover: with
+        every master down a node warned every 1.5 s for as long as the outage lasted."""
+        masters = self.config.masters
+        if self._outage is None:
+            self._outage = (self.session.answers, self.session.failovers)
+            previous = masters[(self.session.master_index - 1) % len(masters)]
+            log.warning(
+                "node: master %s stopped answering; trying %s",
+                previous.display,
+                "it again" if len(masters) == 1 else self.session.master.display,
+            )
+        elif self.session.failovers - self._outage[1] == len(masters):
+            log.warning("node: no master answers (%s); will keep trying", ", ".join(m.display for m in masters))
+        else:
+            log.debug("node: failing over to %s", self.session.master.display)
+
     def teardown(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
@@ -392,6 +414,9 @@ class Node(Runner):
                         log.debug("node: dropped a malformed reply: %s", exc)
                         continue
                     self.session.on_reply(reply, time.monotonic())
+                if self._outage is not None and self.session.answers > self._outage[0]:
+                    log.warning("node: master %s answers again", self.session.master.display)
+                    self._outage = None
                 if self.session.idle and not self.registered.is_set():
                     self.registered.set()
             if self.watch:
@@ -403,7 +428,7 @@ class Node(Runner):
                     log.info("node: %d changed, %d removed", len(changed), len(removed))
                     self.session.files_changed(changed, removed)
             if self.session.failed(now):
-                log.warning("node: master stopped answering; failing over to %s", self.session.master.display)
+                self._failed_over()
                 self._open(now)
             message = self.session.next_message(now, self.scanner.files())
             if message is not None:
