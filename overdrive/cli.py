@@ -30,6 +30,9 @@ class _Group(TyperGroup):
         kwargs["standalone_mode"] = False  # usage errors come back here instead of being drawn in a box
         try:
             result = super().main(*args, **kwargs)
+        except typer.Abort:  # before Exception, which it is too: a command's Abort, or an end of input (EOFError)
+            typer.echo("overdrive: aborted", err=True)
+            sys.exit(1)
         except Exception as exc:
             if not _is_usage_error(exc):
                 raise
@@ -43,9 +46,6 @@ class _Group(TyperGroup):
             path = ctx.command_path if ctx is not None else "overdrive"
             typer.echo(f"overdrive: error: {' '.join(message.split())} (see '{path} --help')", err=True)
             sys.exit(code)
-        except typer.Abort:
-            typer.echo("overdrive: aborted", err=True)
-            sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:

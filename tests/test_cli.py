@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from overdrive import __version__
-from overdrive.cli import app
+from overdrive.cli import _Group, app
 
 runner = CliRunner()
 
@@ -138,3 +139,31 @@ def test_error_lines_escape_what_they_quote(tmp_path: Path, run_cli: Any) -> Non
     result = run_cli("--config", str(tmp_path / "a\x1b]0;pwned\x07b.toml"), "doctor")
     assert result.returncode == 2
     assert "\x1b" not in result.stderr and "\\x1b]0;pwned\\x07b.toml" in result.stderr, result.stderr
+
+
+def _end_of_input(value: str) -> str:
+    if value:  # click calls it for the default too
+        raise EOFError
+    return value
+
+
+abortive = typer.Typer(cls=_Group)
+
+
+@abortive.callback()
+def _abortive_root(stop: Annotated[str, typer.Option(callback=_end_of_input)] = "") -> None:
+    """An option's callback runs while the arguments are parsed, before any command."""
+
+
+@abortive.command()
+def give_up() -> None:
+    raise typer.Abort
+
+
+@pytest.mark.parametrize("args", [["give-up"], ["--stop", "x", "give-up"]], ids=["abort", "end-of-input"])
+def test_an_abort_is_one_line(args: list[str]) -> None:
+    # typer's Abort is an Exception too: it printed a traceback before the handler meant for it was reached
+    result = runner.invoke(abortive, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr.strip().splitlines() == ["overdrive: aborted"]
