@@ -85,16 +85,17 @@ class GlobalOptions:
 class _Derivation(threading.Thread):
     """One password stretch (:meth:`NetworkKey.from_password`, with the per-user cache) in a daemon thread."""
 
-    def __init__(self, password: str, network: str) -> None:
+    def __init__(self, password: str, network: str, cache: Path) -> None:
         super().__init__(name="overdrive-key", daemon=True)
         self._args = (password, network)
+        self._cache = cache  # the caller's: the thread must not read the environment later, when it may differ
         self._key: NetworkKey | None = None
         self._error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            self._key = NetworkKey.from_password(*self._args, cache=paths.cache_dir() / "keys")
+            self._key = NetworkKey.from_password(*self._args, cache=self._cache)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
             self._error = exc
 
@@ -111,9 +112,10 @@ _derivations: dict[tuple[str, str, str], _Derivation] = {}
 
 def _derivation(password: str, network: str) -> _Derivation:
     """The stretch of (password, network) for the current data folders: started on first use, then shared."""
-    key = (password, network, str(paths.cache_dir()))
+    cache = paths.cache_dir() / "keys"
+    key = (password, network, str(cache))
     if key not in _derivations:
-        _derivations[key] = _Derivation(password, network)
+        _derivations[key] = _Derivation(password, network, cache)
     return _derivations[key]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from overdrive import __version__
+from overdrive import __version__, config
 from overdrive.cli import _Group, app
 
 runner = CliRunner()
@@ -167,3 +168,18 @@ def test_an_abort_is_one_line(args: list[str]) -> None:
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert result.stderr.strip().splitlines() == ["overdrive: aborted"]
+
+
+def test_the_background_password_stretch_caches_where_its_caller_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the stretch starts in a thread while the command starts up; it must use the cache folder of the options it
+    # was started for, not whatever the environment says when the thread gets to run
+    def cache_dir() -> Path:
+        return tmp_path / ("caller" if threading.current_thread() is threading.main_thread() else "later")
+
+    monkeypatch.setattr(config.paths, "cache_dir", cache_dir)
+    opts = config.GlobalOptions(password="a stretch of its own", network="prefetch-test")
+    opts.prefetch_key()
+    assert opts.network_key() is not None
+    assert list((tmp_path / "caller" / "keys").iterdir()) and not (tmp_path / "later").exists()
