@@ -2,7 +2,8 @@
 
 libzmq retries a failed handshake forever and reports nothing to the application. :func:`await_handshake` watches
 the socket monitor after ``connect`` and turns the outcome into a result within a deadline: success, ``AuthError``
-(the peer rejected our keys or we rejected its), or ``UnreachableError`` (nothing answered).
+(the peer rejected our keys or we rejected its, or it took the connection and never answered), or
+``UnreachableError`` (nothing answered; a refused connection says so at once instead of waiting out the deadline).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float =
                 return
             if event == zmq.EVENT_CONNECTED:
                 connected = True
+            elif event == zmq.EVENT_CONNECT_RETRIED and not connected:  # refused (or no route): say so now
+                _drop(sock, endpoint)
+                raise UnreachableError(
+                    f"no answer from {peer}: nothing is listening there (is it running, and is the port right?)"
+                )
             elif event in _FAILED:
                 _drop(sock, endpoint)
                 raise AuthError(
@@ -58,7 +64,10 @@ def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float =
                 )
         _drop(sock, endpoint)
         if connected:
-            raise AuthError(f"authentication failed for {peer}: no secure handshake within {timeout:g} s")
+            raise AuthError(
+                f"no secure handshake with {peer} within {timeout:g} s: it took the connection but did not answer "
+                "(a stopped or overloaded process, or not an overdrive service at that port)"
+            )
         raise UnreachableError(f"no answer from {peer} within {timeout:g} s (is it running, and is the port right?)")
     finally:
         sock.disable_monitor()
