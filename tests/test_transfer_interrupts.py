@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -11,10 +12,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from overdrive.bus.address import Endpoint
+from overdrive.errors import ConfigError
+from overdrive.transfer.fetcher import FetchRequest, fetch
 from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.partial import PartialFile, hash_path
 from overdrive.transfer.protocol import MIN_CHUNK, chunk_checksum
@@ -117,3 +121,23 @@ def test_a_from_host_that_does_not_resolve_is_said_at_once(
 ) -> None:
     proc = run_cli("fetch", "f.bin", "--from", "nosuchhost.invalid:7772", env=network.env(tmp_path))
     assert proc.returncode == 2 and "cannot resolve 'nosuchhost.invalid'" in proc.stderr, proc.stderr
+
+
+def test_a_destination_that_cannot_be_looked_into_is_one_error(
+    network: TestNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--out under a folder the user may not enter (EACCES; faked, as tests may run as root): a ConfigError
+    (one line, exit 2), not a PermissionError traceback, and before any holder is asked."""
+    locked = tmp_path / "locked"
+    (locked / "inner").mkdir(parents=True)
+    real_stat = Path.stat
+
+    def stat(self: Path, *args: Any, **kwargs: Any) -> os.stat_result:
+        if self.is_relative_to(locked / "inner"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    request = FetchRequest(name="f.bin", sources=(Endpoint("127.0.0.1", 9),), dest_dir=locked / "inner" / "out")
+    with pytest.raises(ConfigError, match=r"cannot put files in .*Permission denied"):
+        fetch(network.bus(), request)

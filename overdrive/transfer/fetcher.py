@@ -166,8 +166,12 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
     allocator.tune()
     names.check_name(request.name)
     dest_dir = Path(request.dest_dir)
-    _check_folder(dest_dir)
-    dest = names.destination(dest_dir, request.name, create=False)  # folders are made only before writing
+    try:
+        _check_folder(dest_dir)
+        dest = names.destination(dest_dir, request.name, create=False)  # folders are made only before writing
+    except OSError as exc:  # a folder on the way that cannot be looked into (EACCES): said like the rest
+        where = f"{exc.filename}: " if exc.filename and exc.filename != str(dest_dir) else ""
+        raise ConfigError(f"cannot put files in {dest_dir}: {where}{exc.strerror}") from None
     chunk_size = request.chunk_size
     state = PartialFile(dest, request.name).saved_state()
     if not chunk_size and state is not None and request.content_hash in ("", state.content_hash):
