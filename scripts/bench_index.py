@@ -332,7 +332,11 @@ repeat runs vary by up to 2x):
   left behind (the process or the machine crashed mid-load) makes the next open delete the half-written copy and
   sync again, which is safe because this load only ever fills an empty store from its peers; (4) the password is
   stretched (scrypt, ~0.2 s, GIL released) in a background thread while the command imports and opens its store.
-  Paired speed-ups: (2)+(4) 0.82 / 0.95 / 0.96, (3) 0.92 / 1.04 / 0.89 / 0.92.
+  Paired speed-ups: (2)+(4) 0.82 / 0.95 / 0.96, (3) 0.92 / 1.04 / 0.89 / 0.92. End to end against the code
+  this session started from, alternating, one sync each: 8.88 / 8.63, 6.98 / 5.66, 5.83 / 5.05 s (old / new;
+  paired median 0.87). The same code's sync varied from 4.9 to 7.4 s within this hour (the receiver's CPU time
+  for the same work from 4.6 to 6.9 s: the 2-core VM shares its host), so the table's figure says as much about
+  the machine at that moment as about the code.
   Where the time goes: process start and key derivation ~0.65 s; then the load, CPU-bound on the two cores: the
   sender filling pages, the receiver inserting (about half of it maintaining the (origin, seq) index, which is
   still cheaper than building it afterwards: 1.1-1.3 s) and checking each page (`quick_check` ~10 ms, the

@@ -552,18 +552,18 @@ median of the ratios within a round.
 {main_table}
 Targets: ratio ≥ 0.8 with `--insecure`, ≥ 0.6 with CURVE, peak RSS ≤ 100 MB at any size.
 
-What this table adds (this session): the CURVE crypto floor, measured in the same run. "floor" rows time
+The CURVE crypto floor is measured in the same run. "floor" rows time
 libsodium's `crypto_box_easy_afternm` / `crypto_box_open_easy_afternm` (what libzmq's CURVE does per message) on
 1 MiB buffers on one core, through ctypes on the libsodium bundled in pyzmq's wheel: ~0.8 CPU s/GiB per side. The
 "bound" row adds, round by round, the CPU `overdrive --insecure` spent moving the file (both ends, the fetcher's
 measured interpreter and CLI start-up, ~0.7 s, taken out) and the two floors, and spreads that perfectly over the
 machine's 2 cores. It is an upper bound for a CURVE fetch that does everything the insecure one does: libzmq's own
 CURVE copies and zero-filled buffers (~0.1-0.15 s/GiB per side in `perf`) are not counted, and the cores are never
-perfectly shared. It comes out at 0.55-0.71 of sendfile (0.65/0.71 on 1 GiB, 0.55/0.56 on 4 GiB, median/paired),
-and the "two processes, 1 connection" ceiling (libzmq alone, from memory, nothing read, hashed or written) at
-0.58-0.82. So on two shared cores the CURVE target of 0.6 is at or beyond what the crypto leaves room for; a
-machine with a core free for each side's libzmq I/O thread is a different matter (the I/O threads are
-single-threaded per connection, see `--connections`).
+perfectly shared. It came out at 0.48-0.71 of sendfile in the runs so far (this one: 0.51/0.48 on 1 GiB, 0.69 on
+4 GiB, median/paired), and the "two processes, 1 connection" ceiling (libzmq alone, from memory, nothing read,
+hashed or written) at 0.58-0.83 on 1 GiB. So on two shared cores the CURVE target of 0.6 is at or beyond what
+the crypto leaves room for; a machine with a core free for each side's libzmq I/O thread is a different matter
+(the I/O threads are single-threaded per connection, see `--connections`).
 
 Where the CPU goes (`perf record -a`, 1 GiB, in-process fetch against a holder process, per fetch, quiet moments):
 `--insecure`, ~1.9-2.0 CPU s in all: holder server thread 0.35 (`pread` copy 0.16 plus page-cache lookups),
@@ -576,25 +576,29 @@ batching requests or bigger chunks cannot buy much; the avoidable work left is t
 through `mmap` would drop it (~0.2-0.3 s/GiB) but was not done: a shared file truncated while mapped raises SIGBUS
 in libzmq's I/O thread and kills `overdrive share`, where today it is detected and the fetcher told.
 
-Tried this session without gain, each as an interleaved A/B against the committed code (12 paired rounds, 1 GiB,
-separate source trees, sendfile in every round; paired speed new/old, median): (1) handing each chunk's credit back
-(the next `Read`) before hashing and queueing it, instead of after the batch: insecure 1.00, CURVE 0.97; (2)
-`SO_SNDBUF`/`SO_RCVBUF` of 4 MiB on the transfer sockets (autotuning off): insecure 0.96, CURVE 0.81; (3) `pwrite`
-inline on the fetcher's main thread instead of the writer thread (3×3 alternating in-process runs): more idle CPU
-(median 0.55 s per fetch against 0.20) and slower (median 1.27 s against 1.23); (4) a window of 32 (2×3 alternating
-runs): within noise, and +16 MiB in flight against the 100 MB RSS target. Nothing on the data path changed, so the
-overdrive rows above measure the same code as the previous table (commit 7da6048); earlier sessions' results (XXH3
-per chunk, zero-copy sends, one connection by default, the in-flight and held-memory caps) and what they found
-without gain (2-4 MiB chunks at the same bytes in flight, the whole-file hash in its own thread, `max_threads=2`
-for BLAKE3) stand.
+Tried without gain in an earlier session, each as an interleaved A/B (12 paired rounds, 1 GiB, separate source
+trees, sendfile in every round; paired speed new/old, median): (1) handing each chunk's credit back (the next
+`Read`) before hashing and queueing it: insecure 1.00, CURVE 0.97; (2) `SO_SNDBUF`/`SO_RCVBUF` of 4 MiB (autotuning
+off): insecure 0.96, CURVE 0.81; (3) `pwrite` inline on the fetcher's main thread instead of the writer thread:
+more idle CPU and slower (median 1.27 s against 1.23); (4) a window of 32: within noise, and +16 MiB in flight
+against the 100 MB RSS target. Earlier still: XXH3 per chunk, zero-copy sends, one connection by default and the
+in-flight and held-memory caps were kept; 2-4 MiB chunks at the same bytes in flight, the whole-file hash in its
+own thread and `max_threads=2` for BLAKE3 gained nothing.
 
-Targets: not met on this run. `--insecure` reached 0.66-0.77 of sendfile on 1 GiB (median/paired) and 0.56 on 4
-GiB; CURVE 0.44-0.47 and 0.25-0.31; peak RSS ≤ 85 MB everywhere (met). The previous table had 0.72/0.77 and
-0.38/0.57 with the same data-path code, so the drop is the machine's load, not a regression. This run shared the
-2-core VM with another helper's test suite (load average ~3): sendfile ranged 716-1204 MB/s between 1 GiB rounds
-and a CURVE 4 GiB fetch 217-342 MB/s; single fetches are also bimodal here (1 GiB `--insecure` in ~1.1 s or ~2-3 s,
-the slow ones spending the difference in the kernel allocating tmpfs pages), which is why everything is interleaved
-and paired.
+This session changed nothing on the data path: the holder builds chunk tables in worker threads (its loop no
+longer stops for seconds while it reads a big file for the first time), a fetcher withdraws an Open it stops
+waiting for (`Cancel`), and Ctrl-C is handled at safe points. An interleaved A/B of a 1 GiB `--insecure` fetch
+against the code the session started from (7 rounds, the same holder each time) measured medians of 1068 and
+1027 MB/s (old) against 998 and 1049 MB/s (new), fetcher and holder CPU alike: no change, and about 1000 MB/s in
+calm minutes.
+
+Targets: not met on this run. `--insecure` reached 0.65 of sendfile on 1 GiB (paired 0.61) and 0.63 on 4 GiB;
+CURVE 0.42 (paired 0.38) and 0.54, 3 holders 0.41 and 0.58; peak RSS ≤ 85 MB everywhere (met). The 1 GiB
+`--insecure` fetches of this run took 645, 609, 446, 843 and 763 MB/s against sendfile rounds of 1413, 1001, 996,
+951 and 991 MB/s (paired 0.46 to 0.89): single fetches here are bimodal (1 GiB in ~1.1 s or ~2-3 s, the slow ones
+spending the difference in the kernel allocating tmpfs pages), and the run shared the 2-core VM with a reviewing
+agent (load average ~2). The previous tables had 0.63-0.77 with the same data-path code. CURVE stays below its
+0.6 target for the reason the floor rows give.
 
 Connections per holder (smallest file, window 16 split over the connections, interleaved runs):
 
