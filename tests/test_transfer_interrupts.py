@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from overdrive.bus.address import Endpoint
@@ -141,3 +142,49 @@ def test_a_destination_that_cannot_be_looked_into_is_one_error(
     request = FetchRequest(name="f.bin", sources=(Endpoint("127.0.0.1", 9),), dest_dir=locked / "inner" / "out")
     with pytest.raises(ConfigError, match=r"cannot put files in .*Permission denied"):
         fetch(network.bus(), request)
+
+
+def _open_descriptors_of(path: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    found = []
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                found.append(fd.name)
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+    return found
+
+
+def test_a_fetch_stopped_while_rechecking_its_partial_file_closes_it(
+    network: TestNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the partial file is re-checked on resume (or any error before the transfer loop) must not leave
+    NAME.part open in the process (fetch() is a library call too)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    data = os.urandom(8 * MIN_CHUNK)
+    (shared / "f.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "f.bin.part").write_bytes(data[: 4 * MIN_CHUNK])
+    state = PartialFile(out / "f.bin", "f.bin")
+    real_verify = PartialFile._verify
+
+    def verify_then_stop(self: PartialFile, plan: Plan, claimed: bytearray) -> list[int]:
+        real_verify(self, plan, claimed)
+        raise KeyboardInterrupt
+
+    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(shared))
+    try:
+        holder = server.start()
+        request = FetchRequest(name="f.bin", sources=(holder,), dest_dir=out, chunk_size=MIN_CHUNK)
+        state._plan = Plan(len(data), MIN_CHUNK, blake3.blake3(data).hexdigest(), b"")
+        state.save_state([(0, 4)], force=True)  # a state file that makes the next run resume
+        monkeypatch.setattr(PartialFile, "_verify", verify_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            fetch(network.bus(), request)
+    finally:
+        server.stop()
+    assert (out / "f.bin.part").exists()
+    assert _open_descriptors_of(out / "f.bin.part") == []

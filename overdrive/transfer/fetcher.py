@@ -256,6 +256,7 @@ def _transfer(
             raise
         final = partial.finish()
     finally:
+        partial.close()  # a no-op after finish(); else (stopped or failed before or in the loop) NAME.part's descriptor
         _close_all(conns)
     seconds = time.monotonic() - started
     received = session.stats.bytes_received
