@@ -177,6 +177,8 @@ def _check_resolves(source: Endpoint) -> None:
         socket.getaddrinfo(source.host, source.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConfigError(f"--from {source.display}: cannot resolve {source.host!r} ({exc.strerror})") from None
+    except UnicodeError:  # the IDNA codec's: an empty or over-long label ('a..b')
+        raise ConfigError(f"--from {source.display}: cannot resolve {source.host!r} (not a host name)") from None
 
 
 def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple[tuple[Endpoint, ...], str, int, str]:
