@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +92,43 @@ def test_stream_and_view_write_stats(env: dict[str, str], tmp_path: Path) -> Non
     assert "frames sent" in err or "sent" in err
 
 
+class _Lines:
+    """A child's stderr lines as they come, read by a thread (so the test can wait for one of them)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name="stderr-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.finish(timeout=10)
+                pytest.fail(f"never said {text!r}: {''.join(self.lines)[-2000:]}")
+            time.sleep(0.05)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Wait for the exit (killing it after ``timeout``); its exit code and whole stderr."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            code = -1
+        self._reader.join(30)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code, "".join(self.lines)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
 def test_viewer_stops_on_every_interrupt_and_writes_its_stats(env: dict[str, str], tmp_path: Path, sig) -> None:
     # The viewer waits in pyzmq's poll and frees frames all the time; a KeyboardInterrupt raised in there used to
@@ -105,9 +143,11 @@ def test_viewer_stops_on_every_interrupt_and_writes_its_stats(env: dict[str, str
         for round_ in range(3):
             stats = tmp_path / f"s{round_}.json"
             viewer = spawn(["view", f"127.0.0.1:{port}", "--headless", "--stats-json", str(stats)], env, tmp_path)
-            time.sleep(2.0 + 0.37 * round_)  # started and receiving by now, at a different point each round
+            said = _Lines(viewer)
+            said.wait_for("connected to")  # a signal before that (still importing) is not what this tests
+            time.sleep(0.5 + 0.37 * round_)  # receiving by now, at a different point each round
             viewer.send_signal(sig)
-            code, err = finish(viewer, timeout=15)
+            code, err = said.finish(timeout=15)
             assert code == 0, err
             assert "Exception ignored" not in err
             assert "frames_received" in json.loads(stats.read_text())  # the tidy way out
