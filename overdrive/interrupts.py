@@ -29,7 +29,10 @@ def deferred(
 ) -> Iterator[Callable[[], None]]:
     """Within the block, the ``signals`` only set a flag; the yielded function raises KeyboardInterrupt if one came.
 
-    ``on_signal`` is also called, from the handler, so it must only set a flag or an event (a loop's stop request).
+    ``on_signal`` is also called, from the handler, so it must only set a flag or an event (a loop's stop request)
+    that the main thread never sets, clears or waits on itself: the handler runs in the main thread, between two of
+    its bytecodes, possibly inside that event's ``set``/``clear``/``wait`` with the event's lock held, and taking it
+    again there never returns (an event other threads wait on is fine).
     The previous handlers are restored on exit, and a signal that came during the block is re-raised as
     KeyboardInterrupt there if the block did not check for it, also in place of another exception leaving the
     block (the stop the user asked for is what they should hear about, with exit 130).
