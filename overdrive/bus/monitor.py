@@ -3,7 +3,8 @@
 libzmq retries a failed handshake forever and reports nothing to the application. :func:`await_handshake` watches
 the socket monitor after ``connect`` and turns the outcome into a result within a deadline: success, ``AuthError``
 (the peer rejected our keys or we rejected its, or it took the connection and never answered), or
-``UnreachableError`` (nothing answered; a refused connection says so at once instead of waiting out the deadline).
+``UnreachableError`` (nothing answered; refused connections are named as such, after the deadline, since the peer
+may be starting up).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float =
     try:
         sock.connect(endpoint)
         deadline = time.monotonic() + timeout
-        connected = False
+        connected = refused = False
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not monitor.poll(int(left * 1000) + 1):
@@ -51,11 +52,8 @@ def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float =
                 return
             if event == zmq.EVENT_CONNECTED:
                 connected = True
-            elif event == zmq.EVENT_CONNECT_RETRIED and not connected:  # refused (or no route): say so now
-                _drop(sock, endpoint)
-                raise UnreachableError(
-                    f"no answer from {peer}: nothing is listening there (is it running, and is the port right?)"
-                )
+            elif event == zmq.EVENT_CONNECT_RETRIED:  # refused (or no route); it may still start listening
+                refused = True
             elif event in _FAILED:
                 _drop(sock, endpoint)
                 raise AuthError(
@@ -67,6 +65,10 @@ def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float =
             raise AuthError(
                 f"no secure handshake with {peer} within {timeout:g} s: it took the connection but did not answer "
                 "(a stopped or overloaded process, or not an overdrive service at that port)"
+            )
+        if refused:
+            raise UnreachableError(
+                f"no answer from {peer}: nothing is listening there (is it running, and is the port right?)"
             )
         raise UnreachableError(f"no answer from {peer} within {timeout:g} s (is it running, and is the port right?)")
     finally:
