@@ -202,9 +202,10 @@ class Streamer:
         return endpoint
 
     def request_stop(self) -> None:
-        """Ask :meth:`run` to end at its next turn (safe from a signal handler: it only sets events)."""
+        """Ask :meth:`run` to end at its next turn, within 0.1 s (its longest wait). Safe from a signal handler: it
+        sets only ``_stop``, which the loop reads but never waits on; ``_wake`` is not touched, because the handler
+        can run while the main thread holds that event's lock (in its clear or wait), and would then deadlock."""
         self._stop.set()
-        self._wake.set()
 
     def stop(self) -> None:
         """Stop streaming and close the socket (idempotent)."""
