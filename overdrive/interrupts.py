@@ -25,7 +25,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @contextmanager
 def deferred(
-    signals: tuple[signal.Signals, ...] = SIGNALS, on_signal: Callable[[], None] | None = None
+    signals: tuple[signal.Signals, ...] = SIGNALS,
+    on_signal: Callable[[], None] | None = None,
+    *,
+    raise_now: bool = False,
 ) -> Iterator[Callable[[], None]]:
     """Within the block, the ``signals`` only set a flag; the yielded function raises KeyboardInterrupt if one came.
 
@@ -33,6 +36,9 @@ def deferred(
     that the main thread never sets, clears or waits on itself: the handler runs in the main thread, between two of
     its bytecodes, possibly inside that event's ``set``/``clear``/``wait`` with the event's lock held, and taking it
     again there never returns (an event other threads wait on is fine).
+    ``raise_now`` also raises KeyboardInterrupt from the handler, at once: only for phases where the main thread is
+    the only one and holds no lock another thread needs (it then also ends a wait that never checks, such as a
+    handshake's); the signal stays recorded, so one pyzmq drops is still raised at the next check.
     The previous handlers are restored on exit, and a signal that came during the block is re-raised as
     KeyboardInterrupt there if the block did not check for it, also in place of another exception leaving the
     block (the stop the user asked for is what they should hear about, with exit 130).
@@ -52,6 +58,8 @@ def deferred(
         received.append(signum)
         if on_signal is not None:
             on_signal()
+        if raise_now:
+            raise KeyboardInterrupt
 
     previous: dict[signal.Signals, signal.Handlers | Callable[[int, FrameType | None], object] | int | None] = {}
     for sig in signals:

@@ -189,3 +189,26 @@ def test_an_interrupt_nothing_else_caught_is_one_line_and_130(monkeypatch: pytes
         entry.run()
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == "overdrive: interrupted\n"
+
+
+def test_raise_now_raises_in_the_handler_and_still_records() -> None:
+    code = textwrap.dedent(
+        """
+        import os, signal, time
+        from overdrive import interrupts
+        with interrupts.deferred(raise_now=True) as check:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # a wait that never checks
+                print("not raised")
+            except KeyboardInterrupt:
+                print("raised at once")
+            try:
+                check()  # as if pyzmq had dropped the first one
+            except KeyboardInterrupt:
+                print("raised again at the check")
+        """
+    )
+    done = _child(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["raised at once", "raised again at the check"], done.stdout

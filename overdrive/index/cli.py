@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import IO, Annotated, Any
 
 import typer
@@ -61,37 +58,13 @@ def register(app: typer.Typer) -> None:
     app.command("ls")(ls_command)
 
 
-class _Stop:
-    """SIGTERM/SIGINT set an event instead of killing the process mid-write."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.event.set()
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def check(self) -> None:
-        """For an IndexClient's ``check``: end its wait once a stop was asked for."""
-        if self.event.is_set():
-            raise KeyboardInterrupt
-
-
-def _raise_now() -> None:
-    raise KeyboardInterrupt
-
-
 @contextmanager
 def _interruptible() -> Iterator[Callable[[], None]]:
     """Ctrl-C while only the main thread runs (``ls``, and ``share`` before its threads start): raised at once, so it
     also ends a handshake wait (which polls for its whole timeout), and recorded, so one that pyzmq drops while it
     frees a frame still ends the IndexClient's next poll slice (see :mod:`overdrive.interrupts`). Raising anywhere
     is safe here: no other thread shares a lock or a queue with this one yet."""
-    with interrupts.deferred(on_signal=_raise_now) as check:
+    with interrupts.deferred(raise_now=True) as check:
         yield check
 
 
@@ -133,7 +106,6 @@ def master_command(
     )
     advertised(config.bind, advertise)  # a mistake there is one line before the store is opened
     store = open_store(db)
-    stop = _Stop()
     try:
         with opts.bus() as bus:
             master = Master(bus, store, config)
@@ -151,22 +123,23 @@ def master_command(
             unprobed = list(config.peers)
             refused: list[AuthError] = []
             try:
-                last = time.monotonic()
-                while not stop.event.wait(0.2):
-                    if not master.running:
-                        raise OverdriveError(f"master stopped: {master.error}")
-                    if unprobed:
-                        try:
-                            unprobed = _probe_peer(bus, unprobed, refused, len(config.peers), stop.check)
-                        except KeyboardInterrupt:  # asked to stop while a peer was being asked
-                            break
-                    if stats > 0 and time.monotonic() - last >= stats:
-                        last = time.monotonic()
-                        _status_line(master)
+                with interrupts.deferred() as check:  # SIGINT/SIGTERM: a tidy stop, exit 0
+                    last = time.monotonic()
+                    while True:
+                        check()
+                        time.sleep(0.2)
+                        if not master.running:
+                            raise OverdriveError(f"master stopped: {master.error}")
+                        if unprobed:
+                            unprobed = _probe_peer(bus, unprobed, refused, len(config.peers), check)
+                        if stats > 0 and time.monotonic() - last >= stats:
+                            last = time.monotonic()
+                            _status_line(master)
+            except KeyboardInterrupt:
+                pass
             finally:
                 master.stop()
     finally:
-        stop.restore()
         store.close()
 
 
@@ -289,31 +262,32 @@ def _serve(
     """Serve the folder's files and keep its index entries current until SIGINT or SIGTERM."""
     from overdrive.transfer.server import FileServer
 
-    stop = _Stop()
+    server = FileServer(bus, root, endpoint, scanner)
+    bound = server.start()
     try:
-        server = FileServer(bus, root, endpoint, scanner)
-        bound = server.start()
+        address = advertised(bound, advertise)
+        node = Node(bus, scanner, NodeConfig(masters=masters, address=address), watch=watch)
+        settle_heap()
+        node.start()
+        console.print(
+            f"node {bus.node_id} serving on {markup_safe(bound.display)} (advertised {markup_safe(address)}); "
+            f"masters {markup_safe(', '.join(m.display for m in masters))}",
+            soft_wrap=True,
+        )
+        print(f"serving {bound.display}", flush=True)
         try:
-            address = advertised(bound, advertise)
-            node = Node(bus, scanner, NodeConfig(masters=masters, address=address), watch=watch)
-            settle_heap()
-            node.start()
-            console.print(
-                f"node {bus.node_id} serving on {markup_safe(bound.display)} (advertised {markup_safe(address)}); "
-                f"masters {markup_safe(', '.join(m.display for m in masters))}",
-                soft_wrap=True,
-            )
-            print(f"serving {bound.display}", flush=True)
-            try:
-                while not stop.event.wait(0.2):
+            with interrupts.deferred() as check:  # SIGINT/SIGTERM: a tidy stop, exit 0
+                while True:
+                    check()
+                    time.sleep(0.2)
                     if not node.running:
                         raise OverdriveError(f"node stopped: {node.error}")
-            finally:
-                node.stop()
+        except KeyboardInterrupt:
+            pass
         finally:
-            server.stop()
+            node.stop()
     finally:
-        stop.restore()
+        server.stop()
 
 
 def _lock_node() -> IO[bytes]:
