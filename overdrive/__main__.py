@@ -1,5 +1,7 @@
 """``python -m overdrive``, and the ``overdrive`` console script (setup.cfg points it at :func:`run`)."""
 
+import contextlib
+import os
 import sys
 
 
@@ -12,6 +14,24 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("overdrive: interrupted\n")
         sys.exit(130)
+    finally:
+        _settle()
+
+
+def _settle() -> None:
+    """Let background work end before the interpreter does (see :func:`overdrive.config.finish_derivations`). A
+    Ctrl-C during that wait exits at once, without finalising the interpreter under a running thread."""
+    config = sys.modules.get("overdrive.config")
+    if config is None:
+        return
+    try:
+        config.finish_derivations()
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.write("overdrive: interrupted\n")
+            sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":
