@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.heartbeat import Ticker
-from overdrive.errors import StoreError
+from overdrive.errors import StoreError, UnreachableError
 from overdrive.index import master as master_module
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
@@ -195,3 +196,33 @@ def test_digests_are_answered_at_most_once_per_half_interval(
     master._digest(None, None, digest)  # type: ignore[arg-type]
     assert scans == [1000.0, 1002.6]
     assert master.stats.skipped_digests == 99
+
+
+def test_a_client_skips_a_master_that_refuses_the_connection_without_waiting_out_its_timeout(
+    network: TestNetwork, tmp_path: Path
+) -> None:
+    # `ls --master dead,live` (and fetch's lookup, share's start-up probe) used to wait the whole handshake
+    # timeout on the dead one, at every call, although a refused connection says at once that nobody is there.
+    master = Master(
+        network.bus(), open_store(f"sqlite://{tmp_path / 'index.db'}"), MasterConfig(bind=Endpoint("127.0.0.1", 0))
+    )
+    master.start()
+    assert master.endpoint is not None
+    refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # bound, never listening: refused, port kept
+    refusing.bind(("127.0.0.1", 0))
+    dead = Endpoint("127.0.0.1", refusing.getsockname()[1])
+    try:
+        with IndexClient(network.bus(), [dead, master.endpoint], timeout=120) as client:
+            began = time.monotonic()
+            assert client.status(digest=False).entries == 0
+            assert client.master == master.endpoint
+            assert time.monotonic() - began < 60, "waited out the refusing master's timeout"
+        with (
+            IndexClient(network.bus(), [dead], timeout=120) as client,
+            pytest.raises(UnreachableError, match="nothing is listening there"),
+        ):
+            client.status(digest=False)
+    finally:
+        refusing.close()
+        master.stop()
+        master.store.close()

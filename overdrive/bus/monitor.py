@@ -33,9 +33,18 @@ _WATCHED = (
 )
 
 
-def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float = HANDSHAKE_TIMEOUT) -> None:  # type: ignore[type-arg]
+def await_handshake(
+    sock: zmq.Socket,  # type: ignore[type-arg]
+    endpoint: str,
+    peer: str,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    *,
+    patient: bool = True,
+) -> None:
     """Connect ``sock`` to ``endpoint`` and wait until the handshake succeeds, or raise.
 
+    A refused connection is retried until the deadline when ``patient`` (the peer may be starting: a viewer run
+    just before its streamer); otherwise it raises at once, for a caller with other peers to try.
     On failure the connection is dropped (``disconnect``) so libzmq stops retrying with bad keys.
     """
     monitor = sock.get_monitor_socket(_WATCHED)
@@ -54,6 +63,8 @@ def await_handshake(sock: zmq.Socket, endpoint: str, peer: str, timeout: float =
                 connected = True
             elif event == zmq.EVENT_CONNECT_RETRIED:  # refused (or no route); it may still start listening
                 refused = True
+                if not patient and not connected:
+                    break
             elif event in _FAILED:
                 _drop(sock, endpoint)
                 raise AuthError(

@@ -132,12 +132,14 @@ class Bus:
         *,
         verify: bool = True,
         timeout: float = HANDSHAKE_TIMEOUT,
+        patient: bool = True,
     ) -> None:
-        """Connect; with ``verify`` wait for the secure handshake and raise AuthError/UnreachableError on failure."""
+        """Connect; with ``verify`` wait for the secure handshake and raise AuthError/UnreachableError on failure
+        (a refused connection at once unless ``patient``: see :func:`~overdrive.bus.monitor.await_handshake`)."""
         if not verify:
             sock.connect(str(endpoint))
             return
-        await_handshake(sock, str(endpoint), endpoint.display, timeout)
+        await_handshake(sock, str(endpoint), endpoint.display, timeout, patient=patient)
 
     def peer_id(self, frame: zmq.Frame) -> str:
         """Node id of the connection a received frame came from (authenticated unless insecure)."""

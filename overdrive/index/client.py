@@ -220,7 +220,9 @@ class IndexClient:
         if self._sock is None:
             sock = self.bus.client(zmq.DEALER)
             try:
-                self.bus.connect(sock, self.master, timeout=self.timeout)
+                # a refused connection means no master there now: try the next at once (a dead first master
+                # cost every `ls`, `fetch` and `share` start the whole timeout)
+                self.bus.connect(sock, self.master, timeout=self.timeout, patient=False)
             except BaseException:
                 sock.close(linger=0)
                 raise
