@@ -61,6 +61,14 @@ def test_fetch_through_the_index(network: TestNetwork, children: Children, scrat
         assert wrong_version.returncode == 1 and "not found" in wrong_version.stderr
         bad_hash = fetch("big.bin", "--hash", "xyz", "--out", str(out))
         assert bad_hash.returncode == 2 and "--hash" in bad_hash.stderr
+        # the 12 characters 'overdrive ls' shows pick the version (it refused them: 'must be 64 hex characters')
+        short = fetch("big.bin", "--hash", digest[:12].upper(), "--out", str(scratch / "out3"))
+        assert short.returncode == 0 and json.loads(short.stdout)["hash"] == digest, short.stderr
+        unknown = fetch("big.bin", "--hash", "0" * 12, "--out", str(scratch / "out3"))
+        assert unknown.returncode == 1 and "not found in the index" in unknown.stderr, unknown.stderr
+        cmd = [sys.executable, "-m", "overdrive", "fetch", "big.bin", "--from", share.display, "--hash", digest[:12]]
+        direct = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert direct.returncode == 2 and "all 64" in direct.stderr, direct.stderr
 
 
 def test_no_holder_online(network: TestNetwork, children: Children, scratch: Path, tmp_path: Path) -> None:  # noqa: F811

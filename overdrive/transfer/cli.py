@@ -26,6 +26,9 @@ from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
 log = logging.getLogger(__name__)
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+HASH_PREFIX_RE = re.compile(r"^[0-9a-f]{6,64}$")
+"""A --hash looked up in the index may be cut short (``overdrive ls`` shows 12 characters), as long as one version
+has it."""
 DEFAULT_MASTERS = f"127.0.0.1:{DEFAULT_MASTER_PORT}"
 
 
@@ -45,7 +48,8 @@ def fetch_command(
         typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to look NAME up in: HOST[:PORT],... (unless --from)."),
     ] = DEFAULT_MASTERS,
     content_hash: Annotated[
-        str | None, typer.Option("--hash", help="Fetch this version (BLAKE3 hex) when several exist.")
+        str | None,
+        typer.Option("--hash", help="Fetch this version (BLAKE3 hex, or its start as 'ls' shows) when several exist."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder to put the file in (default: the backup folder).", show_default=False)
@@ -82,8 +86,13 @@ def fetch_command(
     warn_insecure(opts)
     names.check_name(name)
     wanted = (content_hash or "").lower()
-    if wanted and not HASH_RE.match(wanted):
-        raise ConfigError(f"--hash must be 64 hex characters (a BLAKE3 digest as 'overdrive ls' shows), not {wanted!r}")
+    if wanted and not HASH_PREFIX_RE.match(wanted):
+        raise ConfigError(
+            f"--hash must be hex: the start of a BLAKE3 digest as 'overdrive ls' shows it (6 or more characters) or "
+            f"all 64 ('overdrive ls --json'), not {wanted!r}"
+        )
+    if wanted and from_ is not None and not HASH_RE.match(wanted):
+        raise ConfigError(f"--hash with --from needs all 64 hex characters ('overdrive ls --json'), not {wanted!r}")
     if chunk_size and not valid_chunk_size(chunk_size):
         raise ConfigError(f"--chunk-size must be 0 or a power of two from 64 KiB to 16 MiB, not {chunk_size}")
     if timeout <= 0:
@@ -194,11 +203,17 @@ def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple
     if is_glob(name):
         raise ConfigError(f"fetch takes one exact name, not a pattern ({name!r}); see 'overdrive ls'")
     with IndexClient(bus, masters) as client:
-        entries = [e for e in client.lookup(name, content_hash=wanted or None) if not e.deleted]
+        full = wanted if HASH_RE.match(wanted) else None  # a prefix is matched here, against every version
+        entries = [e for e in client.lookup(name, content_hash=full) if not e.deleted]
     if any(e.name == name for e in entries):
         entries = [e for e in entries if e.name == name]
     if wanted:
-        entries = [e for e in entries if e.content_hash == wanted]
+        entries = [e for e in entries if e.content_hash.startswith(wanted)]
+        matched = sorted({e.content_hash for e in entries})
+        if len(matched) > 1:
+            shown = ", ".join(h[:16] + "…" for h in matched)
+            raise ConfigError(f"--hash {wanted} matches {len(matched)} versions of {name!r} ({shown}); give more of it")
+        wanted = matched[0] if matched else wanted
     if not entries:
         version = f" with hash {wanted[:16]}…" if wanted else ""
         raise TransferError(f"{name!r}{version} not found in the index")
