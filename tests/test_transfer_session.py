@@ -13,6 +13,7 @@ import pytest
 
 from overdrive.bus.codec import Codec, Message
 from overdrive.errors import TransferError
+from overdrive.transfer import names
 from overdrive.transfer.catalogue import SharedFile
 from overdrive.transfer.fetcher import _stall_error, failed_reason
 from overdrive.transfer.folder import FolderCatalogue
@@ -229,6 +230,24 @@ def test_catalogue_entry_without_matching_file_is_refused(folder: Path) -> None:
     for name, content_hash in (("ghost.bin", "a" * 64), ("data.bin", "b" * 64)):
         reply, _ = _ask(core, "p", Open(rid=1, name=name, content_hash=content_hash))
         assert isinstance(reply, Refused) and reply.reason in ("not-found", "changed"), reply
+
+
+def test_a_file_the_holder_cannot_read_is_an_io_error_not_missing(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chmod 000 on a shared file (EACCES; faked, as tests may run as root) was refused as 'not-found', and the
+    fetcher said the file was not on a holder that lists it."""
+    core, catalogue = _core(folder)
+    entry = catalogue.get("data.bin")
+    assert entry is not None
+
+    def unreadable(shared: Path, name: str) -> tuple[int, os.stat_result]:
+        exc = PermissionError(errno.EACCES, "Permission denied")
+        raise names._open_error(name, exc) from exc
+
+    monkeypatch.setattr(names, "open_shared", unreadable)
+    reply, _ = _ask(core, "p", Open(rid=1, name="data.bin", content_hash=entry.content_hash))
+    assert isinstance(reply, Refused) and reply.reason == "io-error" and "Permission denied" in reply.detail, reply
 
 
 def test_file_changed_while_served(folder: Path) -> None:

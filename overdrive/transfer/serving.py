@@ -15,6 +15,7 @@ dropped whether it is still waiting or already answered.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -343,7 +344,10 @@ class ServeCore:
             yield self._refuse(msg.rid, "unsafe", str(exc))
             return
         except TransferError as exc:
+            cause = exc.__cause__  # an unreadable file (chmod 000) is there: not "not-found" to the fetcher
             reason: RefuseReason = "not-regular" if "regular" in str(exc) else "not-found"
+            if isinstance(cause, OSError) and cause.errno != errno.ENOENT:
+                reason = "io-error"
             yield self._refuse(msg.rid, reason, str(exc))
             return
         except OSError as exc:
