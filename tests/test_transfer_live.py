@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -697,3 +698,23 @@ def test_a_holder_claiming_a_huge_file_is_refused_before_anything_is_written(
         huge.close()
         oversized.close()
     assert not out.exists()
+
+
+def test_a_holder_that_refuses_the_connection_is_skipped_at_once(network: TestNetwork, holders, scratch) -> None:
+    # The index can still list a holder that just died (until its heartbeat times out); the fetcher used to wait
+    # out the whole connect timeout on it before asking the live one.
+    folder = scratch / "shared"
+    folder.mkdir()
+    digest = _write_file(folder / "a.bin", MB)
+    holder = holders(folder)
+    refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # bound, never listening: refused, port kept
+    refusing.bind(("127.0.0.1", 0))
+    dead = Endpoint("127.0.0.1", refusing.getsockname()[1])
+    request = FetchRequest(name="a.bin", sources=(dead, holder.endpoint), dest_dir=scratch / "out", connect_timeout=120)
+    try:
+        began = time.monotonic()
+        result = fetch(network.bus(), request)
+        assert time.monotonic() - began < 60, "waited out the refusing holder's connect timeout"
+    finally:
+        refusing.close()
+    assert result.hash == digest and [str(s) for s in result.sources] == [holder.address]

@@ -342,12 +342,13 @@ def _present_copy(dest: Path, plan: Plan, check: Callable[[], None]) -> Path | N
 def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
     conns: list[_Conn] = []
     errors: list[OverdriveError] = []
+    patient = len(set(request.sources)) == 1  # with others to ask, a holder that refuses is skipped at once
     for endpoint in dict.fromkeys(request.sources):
         for number in range(1, request.connections + 1):
             sock = bus.client(zmq.DEALER, hwm=RECEIVE_QUEUE)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
             try:
-                bus.connect(sock, endpoint, timeout=request.connect_timeout)
+                bus.connect(sock, endpoint, timeout=request.connect_timeout, patient=patient)
             except BusError as exc:
                 sock.close(linger=0)
                 if number == 1:  # an extra connection failing just means fewer connections to that holder
