@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.cells import cell_len
@@ -42,10 +42,11 @@ from overdrive.errors import AuthError, ConfigError, OverdriveError, Unreachable
 from overdrive.index.addresses import advertised
 from overdrive.index.client import MAX_PATTERN, Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
-from overdrive.index.node import Node, NodeConfig
 from overdrive.index.replication import ReplicationConfig
-from overdrive.index.scan import FolderScanner
 from overdrive.index.stores import open_store, redact
+
+if TYPE_CHECKING:  # share's own modules (watchdog among them) load only when share runs
+    from overdrive.index.scan import FolderScanner
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,8 @@ def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> tuple
     later, and not after hashing a large folder), then scan the folder. Returns the masters starting with the one
     that answered (the node began with the first given, and a dead first one cost a failover and a warning at
     every start), and the scanner."""
+    from overdrive.index.scan import FolderScanner
+
     with _interruptible() as check:
         try:
             with IndexClient(bus, list(masters), timeout=3.0, check=check) as probe:
@@ -260,6 +263,7 @@ def _serve(
     watch: bool,
 ) -> None:
     """Serve the folder's files and keep its index entries current until SIGINT or SIGTERM."""
+    from overdrive.index.node import Node, NodeConfig
     from overdrive.transfer.server import FileServer
 
     server = FileServer(bus, root, endpoint, scanner)
