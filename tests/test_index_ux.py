@@ -418,3 +418,32 @@ def test_a_master_outage_is_two_warnings_and_its_end_one(
         f"node: no master answers ({endpoint.display}); will keep trying",
         f"node: master {endpoint.display} answers again",
     ], said
+
+
+def test_folders_made_in_one_go_print_no_watchdog_warning(
+    network: TestNetwork, children: Children, tmp_path: Path
+) -> None:
+    """'mkdir -p a/b/c/...' inside a shared folder printed watchdog's raw 'RuntimeWarning: Callback with id ...
+    already exists for watch ...' lines on the user's terminal (its walk of a new folder and the new subfolders' own
+    events both add the same watch; harmless), each several KB long (the repr of every watch), enough to fill a
+    pipe and stall a node whose stderr is read late."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    master = children.master()
+    proc, _ = children.spawn("node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0")
+    expected: set[str] = set()
+    with IndexClient(network.bus(), [master]) as client:
+        _wait_for(client, set(), "at start")
+        for tree in range(10):  # the race needs a folder made while its parent's watch is being added: vary the pace
+            deep = folder
+            for depth in range(10):
+                deep = deep / f"t{tree}d{depth}"
+                deep.mkdir()
+                time.sleep(tree / 2000)
+            (deep / "f.txt").write_text("f")
+            expected.add(deep.relative_to(folder).as_posix() + "/f.txt")
+        _wait_for(client, expected, "after the folders were made")
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "Warning" not in stderr and "already exists for watch" not in stderr, stderr

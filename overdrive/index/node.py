@@ -14,6 +14,7 @@ import logging
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,9 @@ class Node(Runner):
 
     def setup(self) -> None:
         if self.watch:
+            # watchdog warns when a folder made in one go ('mkdir -p a/b/c') is watched twice, by its walk of the
+            # new folder and by the subfolders' own events: harmless (the same callback), but several KB per line
+            warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning, "watchdog")
             observer = Observer()
             observer.daemon = True
             observer.start()
