@@ -80,7 +80,7 @@ def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
     return int(count), int(newest)
 
 
-def check_image(data: bytes) -> tuple[int, int]:
+def check_image(data: bytes | memoryview) -> tuple[int, int]:
     """:func:`check_page` on a private in-memory connection (safe to run in another thread)."""
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
@@ -95,9 +95,11 @@ def check_image(data: bytes) -> tuple[int, int]:
 
 class PageCheck:
     """:func:`check_image` in its own short-lived thread: SQLite releases the GIL, so a receiver can check a page
-    on one core while it loads the same page (in a transaction it commits only if the check passes) on another."""
+    on one core while it loads the same page (in a transaction it commits only if the check passes) on another.
+    ``data`` is read in place (deserializing copies it): the caller keeps it alive and unchanged until :meth:`result`
+    returns, as ``apply_page`` does with the received frame."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self._data = data
         self._result: tuple[int, int] | None = None
         self._error: ValueError | None = None

@@ -16,6 +16,7 @@ import operator
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import wraps
 from pathlib import Path
@@ -182,8 +183,7 @@ class SqlStore(Store):
             yield from self.rows(batch)
             return
         p = self.param
-        origins = [r[0] for r in self._fetch(f"SELECT DISTINCT origin FROM {self.table}")]
-        for origin in origins:
+        for origin in self._origins():
             last = vector.get(origin, 0)
             while True:
                 page = self._fetch(
@@ -193,6 +193,10 @@ class SqlStore(Store):
                     break
                 last = page[-1][7]
                 yield _rows(page)
+
+    def _origins(self) -> list[str]:
+        """The origins that have rows here."""
+        return [r[0] for r in self._fetch(f"SELECT DISTINCT origin FROM {self.table}")]
 
     @_gen_translated
     def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
@@ -426,6 +430,26 @@ class SqliteStore(SqlStore):
         self._marker_fd = fd
         self.db.execute_sql("PRAGMA synchronous = OFF")
 
+    def _flush_behind(self) -> threading.Thread | None:
+        """During an unsynced load, start writing the loaded rows to disk (fsync in a thread: it waits on the disk
+        with the GIL released) while the key is built on the CPU, so that :meth:`_end_unsynced`'s own fsync, which
+        the sync's end waits for, finds little left to write (~0.2 s less at 1,000,000 entries). It proves nothing
+        by itself: durability is still :meth:`_end_unsynced`'s, whose errors are the ones reported."""
+        if self._marker_fd < 0:
+            return None
+
+        def flush() -> None:
+            with contextlib.suppress(OSError):
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+        thread = threading.Thread(target=flush, name="overdrive-flush", daemon=True)
+        thread.start()
+        return thread
+
     def _end_unsynced(self) -> None:
         """Make the finished load durable (fsync the file and its log), then remove the marker."""
         if self._marker_fd < 0:
@@ -453,6 +477,19 @@ class SqliteStore(SqlStore):
         if self._fetch(master, ("table", self.table)) and not self._fetch(master, ("index", f"{self.table}_hkey")):
             self._loading = True
             self.end_load()
+
+    def _origins(self) -> list[str]:
+        # a loose index scan of (origin, seq): one seek per origin, where DISTINCT reads the whole index (~0.1 s at
+        # 1,000,000 entries, paid before the first page of every sync)
+        t = self.table
+        return [
+            r[0]
+            for r in self._fetch(
+                f"WITH RECURSIVE o(x) AS (SELECT min(origin) FROM {t} UNION ALL "
+                f"SELECT (SELECT min(origin) FROM {t} WHERE origin > x) FROM o WHERE x IS NOT NULL) "
+                "SELECT x FROM o WHERE x IS NOT NULL"
+            )
+        ]
 
     @property
     def _conflict(self) -> str:
@@ -525,7 +562,7 @@ class SqliteStore(SqlStore):
     @_gen_translated
     def since_pages(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[bytes]:
         self.end_load()
-        origins = [r[0] for r in self._fetch(f"SELECT DISTINCT origin FROM {self.table}")]
+        origins = self._origins()
         if not any(vector.get(origin, 0) for origin in origins):
             # a new master: everything, in table order (a plain scan, twice as fast as by origin through the
             # index); each origin's rows are in seq order in it, so the receiver's (origin, seq) index appends
@@ -565,7 +602,7 @@ class SqliteStore(SqlStore):
 
     @_translated
     def apply_page(self, data: bytes | memoryview, stale_before: int) -> tuple[int, int]:
-        checked = PageCheck(bytes(data))  # in parallel with the insert below, which commits only if it passes
+        checked = PageCheck(data)  # in parallel with the insert below, which commits only if it passes
         conn = self.db.connection()
         attach(conn, _IN)
         try:
@@ -625,9 +662,12 @@ class SqliteStore(SqlStore):
         # it merges: a smaller cache and two threads build a 1M-entry key in ~0.85 s instead of ~1.2 s
         self.db.execute_sql(f"PRAGMA cache_size = -{SORT_CACHE_KIB}")
         self.db.execute_sql(f"PRAGMA threads = {SORT_THREADS}")
+        flushing = self._flush_behind()
         try:
             self._build_key()
         finally:
+            if flushing is not None:
+                flushing.join()
             self.db.execute_sql("PRAGMA threads = 0")
             self.db.execute_sql(f"PRAGMA cache_size = -{CACHE_KIB}")
         self._loading = False
