@@ -266,6 +266,8 @@ class Node(Runner):
         self._folder_id = _identity(scanner.folder)
         self._next_check = 0.0
         self._arm_failed = False
+        self._catch_up = False
+        """Set once the watch is armed at start: what changed between the first scan and the watch has no event."""
         self._outage: tuple[float, int] | None = None
         """(answers, failovers) when the masters stopped answering; None while one answers."""
         self.registered = threading.Event()
@@ -285,6 +287,7 @@ class Node(Runner):
             observer.start()
             self._observer = observer
             self._rearm(self.scanner.folder)
+            self._catch_up = True  # in the loop, not here: a rescan of a large folder can outlast the start timeout
         self._open(time.monotonic())
 
     def _arm(self) -> None:
@@ -425,6 +428,10 @@ class Node(Runner):
                     self.registered.set()
             if self.watch:
                 self.check_folder(now)
+            if self._catch_up:  # a long first scan: files added, changed or deleted after it passed them
+                self._catch_up = False
+                changed, removed = self.scanner.resync()
+                self.session.files_changed(changed, removed)
             settled = self._handler.take_settled(self.config.settle)
             if settled:
                 changed, removed = self.scanner.refresh(settled)
