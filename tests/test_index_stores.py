@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -196,6 +197,52 @@ def test_sqlite_bulk_load_into_empty_store_is_last_writer_wins(tmp_path: Path) -
         got = store.get(HOLDER, "bulk/6")
         assert got is not None and got.size == 60
         assert store.count() == 11_000
+
+
+def _journal(store: Store) -> str:
+    return str(store.db.execute_sql("PRAGMA main.journal_mode").fetchone()[0])  # type: ignore[attr-defined]
+
+
+def test_sqlite_first_load_journals_in_memory_and_ends_in_wal(tmp_path: Path) -> None:
+    # As a master does: the store is opened (and read) in one thread, released, and loaded by the master's thread.
+    reference = open_store("memory://")
+    with open_store(f"sqlite://{tmp_path / 'journal.db'}") as store:
+        store.load_vector()
+        store.release()
+        seen: list[str] = []
+
+        def load() -> None:
+            for batch in _snapshot_batches():
+                store.apply_page(encode_page(batch), 0)
+                reference.apply(batch)
+                seen.append(_journal(store))
+            for page in _bad_pages():  # a bad page mid-load rolls back in full, with the journal in memory
+                before = store.db.execute_sql("SELECT count(*), sum(size) FROM records").fetchone()  # type: ignore[attr-defined]
+                with pytest.raises(ValueError):
+                    store.apply_page(page, 0)
+                after = store.db.execute_sql("SELECT count(*), sum(size) FROM records").fetchone()  # type: ignore[attr-defined]
+                assert after == before
+            store.end_load()  # type: ignore[attr-defined]
+            seen.append(_journal(store))
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        loader.join()
+        assert seen == ["memory", "memory", "wal"]
+        assert store.checksums() == reference.checksums()
+        assert store.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1  # type: ignore[attr-defined]
+    with open_store(f"sqlite://{tmp_path / 'journal.db'}") as again:
+        assert _journal(again) == "wal" and again.count() == 11_000 - 1
+
+
+def test_sqlite_first_load_keeps_wal_while_another_connection_is_open(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'busy.db'}"
+    with open_store(url) as store, open_store(url) as other:
+        assert other.count() == 0  # its connection stays open
+        store.apply_page(encode_page(_snapshot_batches()[0]), 0)
+        assert store._loading and _journal(store) == "wal"  # type: ignore[attr-defined]
+        store.end_load()  # type: ignore[attr-defined]
+        assert store.count() == other.count() == 6000
 
 
 def test_sqlite_bulk_load_cut_short_is_finished_on_reopening(tmp_path: Path) -> None:

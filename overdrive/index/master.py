@@ -176,6 +176,9 @@ class Master(Runner):
         self._entropy = Ticker(self.config.anti_entropy, time.monotonic() + self.config.anti_entropy)
         self._store_quiet_until = 0.0
         self._digest_quiet_until = 0.0
+        # the loop's thread uses the store from now on: an idle connection left in this one would keep a first sync
+        # from loading with its journal in memory (see SqliteStore._load_unsynced)
+        store.release()
 
     @property
     def origin(self) -> str:

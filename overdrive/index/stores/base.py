@@ -157,6 +157,10 @@ class Store(ABC):
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
 
+    def release(self) -> None:  # noqa: B027 - most backends hold nothing per thread
+        """Let go of what the calling thread holds open (SQLite: its connection) before another thread takes the
+        store over; the store reopens it if this thread uses it again."""
+
     # -- shared conveniences -----------------------------------------------------------------------------------
 
     def load_vector(self) -> dict[str, int]:
