@@ -9,6 +9,7 @@ import blake3
 import msgspec
 import pytest
 
+from overdrive.transfer import names
 from overdrive.transfer.partial import STATE_VERSION, PartialFile
 from overdrive.transfer.protocol import DIGEST_SIZE, MIN_CHUNK, chunk_checksum
 from overdrive.transfer.session import Plan
@@ -72,3 +73,32 @@ def test_a_damaged_state_file_is_not_trusted(tmp_path: Path, fields: dict[str, o
         partial.close()
     else:
         assert state is None
+
+
+def test_a_name_at_the_file_systems_limit_is_fetched_resumed_and_kept_beside_another(tmp_path: Path) -> None:
+    """A name of 250-255 bytes (83 CJK characters) is legal and shared, but NAME.part.state did not fit in the
+    file system's 255 bytes: every fetch of it failed with 'cannot write NAME.part: File name too long', even into
+    an empty folder, and a different file already there could not be kept beside as 'name (1).ext'."""
+    name = "日" * 83 + ".txt"
+    assert len(name.encode()) == 253
+    dest = tmp_path / name
+    plan = _plan(MIN_CHUNK)
+    first = PartialFile(dest, name)
+    assert first.open(plan) == []
+    for index in range(plan.chunks // 2):
+        offset, length = plan.chunk_range(index)
+        first.write(index, DATA[offset : offset + length])
+    first.save_state([(0, plan.chunks // 2)], force=True)
+    first.close()
+    assert all(len(p.name.encode()) <= 255 for p in tmp_path.iterdir())
+    (tmp_path / name).write_bytes(b"a different file already there")
+    again = PartialFile(dest, name)  # resumes from the first run's partial file
+    assert again.open(plan) == list(range(plan.chunks // 2))
+    for index in range(plan.chunks // 2, plan.chunks):
+        offset, length = plan.chunk_range(index)
+        again.write(index, DATA[offset : offset + length])
+    final = again.finish()
+    assert final.read_bytes() == DATA and final != dest and final.name.startswith("日" * 40)
+    assert len(final.name.encode()) <= 255 and final.suffix == ".txt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, final.name])  # no partial files left
+    assert names.copies(dest) == [dest, final]  # a fetch of either again finds it there

@@ -169,13 +169,15 @@ def _say_result(result: FetchResult) -> None:
 
 def _say_kept(request: FetchRequest) -> None:
     """After Ctrl-C: say what was kept and how to go on, when a partial file is there."""
+    from overdrive.transfer.partial import part_path
+
     try:
-        part = names.destination(request.dest_dir, request.name, create=False)
-        kept = part.with_name(part.name + ".part").stat().st_blocks * 512
+        part = part_path(names.destination(request.dest_dir, request.name, create=False))
+        kept = part.stat().st_blocks * 512
     except (OSError, OverdriveError):
         return
     console.print(
-        f"stopped: {markup_safe(str(part))}.part keeps {kept / 1e6:,.1f} MB; run the same command again to resume",
+        f"stopped: {markup_safe(str(part))} keeps {kept / 1e6:,.1f} MB; run the same command again to resume",
         soft_wrap=True,
     )
 

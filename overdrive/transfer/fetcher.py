@@ -43,7 +43,7 @@ from overdrive.errors import (
     UnsafePathError,
 )
 from overdrive.transfer import allocator, names
-from overdrive.transfer.partial import PartialFile, hash_path
+from overdrive.transfer.partial import PartialFile, hash_path, part_path
 from overdrive.transfer.protocol import (
     CODEC,
     DEFAULT_CHUNK,
@@ -286,7 +286,7 @@ def _check_folder(dest_dir: Path) -> None:
 def _check_space(name: str, dest: Path, size: int) -> None:
     """Refuse to start a fetch that cannot fit: the file's size (less what its partial file already holds)
     against the free space of the filesystem it goes to. A holder's claimed size costs nothing before this."""
-    part = dest.with_name(dest.name + ".part")
+    part = part_path(dest)
     try:
         have = part.lstat().st_blocks * 512 if part.is_file() and not part.is_symlink() else 0
     except OSError:

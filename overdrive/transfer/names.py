@@ -138,27 +138,42 @@ def copies(path: Path) -> list[Path]:
     A fetch looks through these for one with the wanted content before keeping another copy.
     """
     stem, suffix = path.stem, path.suffix
-    pattern = re.compile(re.escape(stem) + r" \(([1-9][0-9]{0,3})\)" + re.escape(suffix))
+    pattern = re.compile(r"(.*) \(([1-9][0-9]{0,3})\)" + re.escape(suffix), re.DOTALL)
     numbered: list[tuple[int, Path]] = []
     try:
         with os.scandir(path.parent) as entries:
             for entry in entries:
                 match = pattern.fullmatch(entry.name)
-                if match:
-                    numbered.append((int(match.group(1)), path.with_name(entry.name)))
+                if match and match.group(1) == _numbered_stem(stem, match.group(2), suffix):
+                    numbered.append((int(match.group(2)), path.with_name(entry.name)))
     except OSError:
         return []
     found = [path] if os.path.lexists(path) else []
     return found + [p for _, p in sorted(numbered)]
 
 
+NAME_MAX = 255
+"""Bytes in one file name on the file systems overdrive writes to (ext4, XFS, btrfs, tmpfs)."""
+
+
+def fit_name(name: str, room: int = NAME_MAX) -> str:
+    """``name`` cut to at most ``room`` bytes of UTF-8 (never inside a character)."""
+    return name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+
+
+def _numbered_stem(stem: str, n: str, suffix: str) -> str:
+    """The stem of copy ``n``: cut so that ``stem (n).ext`` fits in :data:`NAME_MAX` bytes."""
+    return fit_name(stem, NAME_MAX - len(f" ({n}){suffix}".encode("utf-8", "surrogateescape")))
+
+
 def free_name(path: Path) -> Path:
-    """``path`` if nothing is there, else the first free ``stem (N).ext`` beside it."""
+    """``path`` if nothing is there, else the first free ``stem (N).ext`` beside it (the stem cut when the name
+    would not fit in :data:`NAME_MAX` bytes)."""
     if not os.path.lexists(path):
         return path
     stem, suffix = path.stem, path.suffix
     for n in range(1, 10_000):
-        candidate = path.with_name(f"{stem} ({n}){suffix}")
+        candidate = path.with_name(f"{_numbered_stem(stem, str(n), suffix)} ({n}){suffix}")
         if not os.path.lexists(candidate):
             return candidate
     raise TransferError(f"no free name beside {path}")

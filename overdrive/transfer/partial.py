@@ -16,6 +16,7 @@ BLAKE3 is not the content hash is deleted, never put in place.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import queue
@@ -29,7 +30,7 @@ import blake3
 import msgspec
 
 from overdrive.errors import IntegrityError, TransferError
-from overdrive.transfer.names import free_name
+from overdrive.transfer.names import NAME_MAX, fit_name, free_name
 from overdrive.transfer.protocol import valid_chunk_size
 from overdrive.transfer.session import Plan
 
@@ -42,6 +43,17 @@ MAX_HELD = 8 << 20
 WRITE_QUEUE_BYTES = 16 << 20
 """Bytes of chunks waiting for the writer thread (16 chunks of 1 MiB; 1 of a 16 MiB chunking)."""
 _HASH_BLOCK = 16 << 20
+_LONGEST_SUFFIX = ".part.state.tmp"
+
+
+def part_path(dest: Path) -> Path:
+    """``NAME.part`` beside ``dest``. A name too long for ``.part.state.tmp`` to fit in :data:`NAME_MAX` bytes (a
+    250-byte name: 83 CJK characters) is cut, with a digest of the whole name to keep it apart from others."""
+    raw = os.fsencode(dest.name)
+    if len(raw) + len(_LONGEST_SUFFIX) <= NAME_MAX:
+        return dest.with_name(dest.name + ".part")
+    tag = "~" + hashlib.blake2b(raw, digest_size=8).hexdigest()
+    return dest.with_name(fit_name(dest.name, NAME_MAX - len(_LONGEST_SUFFIX) - len(tag)) + tag + ".part")
 
 
 class ResumeState(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,8 +170,8 @@ class PartialFile:
         self.dest = dest
         self.name = name
         self.check = check
-        self.part = dest.with_name(dest.name + ".part")
-        self.state_path = dest.with_name(dest.name + ".part.state")
+        self.part = part_path(dest)
+        self.state_path = self.part.with_name(self.part.name + ".state")
         self._fd = -1
         self._plan: Plan | None = None
         self._last_save = 0.0
