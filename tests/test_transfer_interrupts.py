@@ -190,3 +190,22 @@ def test_a_fetch_stopped_while_rechecking_its_partial_file_closes_it(
         server.stop()
     assert (out / "f.bin.part").exists()
     assert _open_descriptors_of(out / "f.bin.part") == []
+
+
+def test_an_out_folder_with_a_tilde_is_under_home(run_cli: RunCli, network: TestNetwork, tmp_path: Path) -> None:
+    """--out '~/dl' (quoted, or 'out = "~/Downloads"' in the config file, as README writes key-file) made a
+    folder named '~' in the current one; 'share' expands its FOLDER the same way."""
+    shared, home = tmp_path / "shared", tmp_path / "user"
+    shared.mkdir()
+    home.mkdir()
+    (shared / "f.bin").write_bytes(os.urandom(1000))
+    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(shared))
+    try:
+        holder = server.start().display
+        env = network.env(tmp_path / "home", HOME=str(home))
+        proc = run_cli("fetch", "f.bin", "--from", holder, "--out", "~/dl", env=env)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "dl" / "f.bin").read_bytes() == (shared / "f.bin").read_bytes()
+    assert not (tmp_path / "~").exists()
