@@ -718,3 +718,14 @@ def test_a_holder_that_refuses_the_connection_is_skipped_at_once(network: TestNe
     finally:
         refusing.close()
     assert result.hash == digest and [str(s) for s in result.sources] == [holder.address]
+
+
+def test_an_empty_file_names_the_holder_it_came_from(network: TestNetwork, holders, scratch: Path) -> None:
+    """An empty file has no chunks, so no holder 'sent' any: the result had no sources, and the CLI said it was
+    fetched 'from the partial file' (there was none)."""
+    folder = scratch / "shared"
+    folder.mkdir()
+    (folder / "empty.txt").write_bytes(b"")
+    holder = holders(folder)
+    result = fetch(network.bus(), FetchRequest(name="empty.txt", sources=(holder.endpoint,), dest_dir=scratch / "out"))
+    assert result.sources == [holder.address] and (scratch / "out" / "empty.txt").read_bytes() == b""

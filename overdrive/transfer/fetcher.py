@@ -267,7 +267,11 @@ def _transfer(
         seconds=seconds,
         mb_per_s=received / seconds / 1e6 if seconds > 0 else 0.0,
         hash=plan.content_hash,
-        sources=list(dict.fromkeys(c.endpoint.display for c in usable if session.received_by(c.label))),
+        sources=list(
+            dict.fromkeys(  # an empty file has no chunks: the holders that opened it are its sources
+                c.endpoint.display for c in usable if session.received_by(c.label) or not plan.chunks
+            )
+        ),
         resumed_chunks=len(done),
         bytes_received=received,
         stats=session.stats,
