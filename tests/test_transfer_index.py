@@ -88,3 +88,37 @@ def test_no_holder_online(network: TestNetwork, children: Children, scratch: Pat
     cmd = [sys.executable, "-m", "overdrive", "fetch", "a.bin", "--master", master.display, "--out", str(scratch)]
     proc = subprocess.run(cmd, env=network.env(tmp_path / "f"), capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1 and "no holder of 'a.bin' is online" in proc.stderr, proc.stderr
+
+
+def test_a_name_with_glob_characters_is_fetched_by_its_name(
+    network: TestNetwork,
+    children: Children,
+    scratch: Path,
+    tmp_path: Path,  # noqa: F811
+) -> None:
+    """'[1080p] movie.mkv', 'what?.txt': names as 'overdrive ls' shows them were refused as patterns ('fetch takes
+    one exact name, not a pattern'), so such a file could only be fetched with --from. A pattern that names no file
+    still says fetch wants one name."""
+    folder = scratch / "shared"
+    folder.mkdir()
+    names = ["[1080p] movie.txt", "what?.txt", "star*.txt"]
+    for name in names:
+        (folder / name).write_text(name)
+    (folder / "1 movie.txt").write_text("another file the bracket pattern would match")
+    master = children.master()
+    children.start("node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0")
+    with IndexClient(network.bus(), [master]) as client:
+        _wait_for(client, "what?.txt", 1)
+    env = network.env(tmp_path / "fetcher")
+    out = scratch / "out"
+
+    def fetch(name: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "overdrive", "fetch", name, "--master", master.display, "--out", str(out)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    for name in names:
+        done = fetch(name)
+        assert done.returncode == 0, done.stderr
+        assert (out / name).read_text() == name
+    pattern = fetch("*.mp4")
+    assert pattern.returncode == 1 and "not a pattern" in pattern.stderr, pattern.stderr

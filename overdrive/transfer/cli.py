@@ -198,15 +198,17 @@ def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple
     The name matches whatever its Unicode normalisation (a file saved as NFD is found by the NFC name a user
     types); an exact match wins, and the holders are asked for the name as they hold it.
     """
+    import glob
+
     try:
         from overdrive.index.client import IndexClient, is_glob
     except ModuleNotFoundError as exc:  # pragma: no cover - the index package ships with overdrive
         raise TransferError("index lookup unavailable: use --from HOST:PORT") from exc
-    if is_glob(name):
-        raise ConfigError(f"fetch takes one exact name, not a pattern ({name!r}); see 'overdrive ls'")
+    # '[1080p] movie.mkv' is a name, not a pattern: looked up as a glob that matches only itself
+    literal = glob.escape(name) if is_glob(name) else name
     with IndexClient(bus, masters) as client:
         full = wanted if HASH_RE.match(wanted) else None  # a prefix is matched here, against every version
-        entries = [e for e in client.lookup(name, content_hash=full) if not e.deleted]
+        entries = [e for e in client.lookup(literal, content_hash=full) if not e.deleted]
     if any(e.name == name for e in entries):
         entries = [e for e in entries if e.name == name]
     if wanted:
@@ -218,7 +220,8 @@ def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple
         wanted = matched[0] if matched else wanted
     if not entries:
         version = f" with hash {wanted[:16]}…" if wanted else ""
-        raise TransferError(f"{name!r}{version} not found in the index")
+        hint = " (fetch takes one exact name, not a pattern; see 'overdrive ls')" if is_glob(name) else ""
+        raise TransferError(f"{name!r}{version} not found in the index{hint}")
     online = [e for e in entries if e.online and e.holder != bus.node_id]
     if not online:
         raise TransferError(f"no holder of {name!r} is online ({len(entries)} known, all offline)")
