@@ -93,8 +93,8 @@ def test_no_holder_online(network: TestNetwork, children: Children, scratch: Pat
 def test_a_name_with_glob_characters_is_fetched_by_its_name(
     network: TestNetwork,
     children: Children,
-    scratch: Path,
-    tmp_path: Path,  # noqa: F811
+    scratch: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """'[1080p] movie.mkv', 'what?.txt': names as 'overdrive ls' shows them were refused as patterns ('fetch takes
     one exact name, not a pattern'), so such a file could only be fetched with --from. A pattern that names no file

@@ -9,6 +9,7 @@ import blake3
 import msgspec
 import pytest
 
+from overdrive.errors import TransferError
 from overdrive.transfer import names
 from overdrive.transfer.partial import STATE_VERSION, PartialFile
 from overdrive.transfer.protocol import DIGEST_SIZE, MIN_CHUNK, chunk_checksum
@@ -102,3 +103,23 @@ def test_a_name_at_the_file_systems_limit_is_fetched_resumed_and_kept_beside_ano
     assert len(final.name.encode()) <= 255 and final.suffix == ".txt"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, final.name])  # no partial files left
     assert names.copies(dest) == [dest, final]  # a fetch of either again finds it there
+
+
+def test_two_fetches_of_one_file_into_one_folder_do_not_share_its_partial_file(tmp_path: Path) -> None:
+    """Two 'overdrive fetch' of the same name into the same folder at once both wrote NAME.part (the second
+    truncating what the first had, unless it resumed it), and the second then failed on a partial file the first
+    had moved into place: 'cannot write NAME (1).ext: No such file or directory'."""
+    dest = tmp_path / "f.bin"
+    plan = _plan(MIN_CHUNK)
+    first = PartialFile(dest, "f.bin")
+    first.open(plan)
+    first.write(0, DATA[:MIN_CHUNK])
+    first.save_state([(0, 1)], force=True)
+    second = PartialFile(dest, "f.bin")
+    with pytest.raises(TransferError, match="another fetch"):
+        second.open(_plan(4 * MIN_CHUNK))  # another chunking: it would have truncated the first one's file
+    first.close()
+    assert (tmp_path / "f.bin.part").read_bytes()[:MIN_CHUNK] == DATA[:MIN_CHUNK]
+    third = PartialFile(dest, "f.bin")  # once the first has stopped, the next one resumes its file
+    assert third.open(plan) == [0]
+    third.close()

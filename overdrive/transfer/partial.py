@@ -16,6 +16,7 @@ BLAKE3 is not the content hash is deleted, never put in place.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -203,14 +204,23 @@ class PartialFile:
             and self.part.is_file()
             and not self.part.is_symlink()
         )
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        if not resumable:
-            flags |= os.O_TRUNC
         try:
-            self._fd = os.open(self.part, flags, 0o644)
+            self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise disk_error(self.part, exc) from exc
+        try:  # one fetch per partial file: a second one into the same folder would write (or truncate) it too
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise TransferError(
+                f"another fetch is writing {self.part} now; let it finish (then this one finds the file there), "
+                "or fetch into another --out"
+            ) from None
         if not resumable:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError as exc:
+                raise disk_error(self.part, exc) from exc
             # a state file from the start: if the disk fills up before the first periodic save, the chunks that
             # did reach NAME.part are still found (and re-checked) by the next run instead of truncated
             self.save_state([], force=True)
