@@ -323,31 +323,45 @@ repeat runs vary by up to 2x):
   about 6 s: the unique key is (holder, name) (a lookup by name alone seeks it once per distinct holder: ~0.1 ms
   with 10 holders, ~4 ms with 1,000, ~50 ms with 20,000), 16 KiB pages, the key built after the load with two
   sorter threads, no digest right after a catch-up.
-  This session (each change an interleaved A/B, one sync per run, while two other agents loaded the machine):
-  (1) the sender fills pages with CHECK constraints off (its own rows; the receiver's `quick_check` enforces the
-  page's CHECKs): 35-40 -> 22-26 ms per 20,000-row page; (2) the receiver's Python checks screen the joined names
-  with 5 substring scans instead of 14 and check hashes and ids with one `bytes.translate` each: ~11 -> ~5 ms per
-  page; (3) the first load into an empty SQLite file runs without fsync (checkpoint fsyncs cost ~10 ms per page on
-  the receiver's critical path) under a marker file that is made durable first and held (`flock`) while the
-  loading process lives; the end of the load fsyncs the file and its log and removes the marker, and a marker
-  left behind (the process or the machine crashed mid-load) makes the next open delete the half-written copy and
-  sync again, which is safe because this load only ever fills an empty store from its peers; (4) the password is
-  stretched (scrypt, ~0.2 s, GIL released) in a background thread while the command imports and opens its store.
-  Paired speed-ups: (2)+(4) 0.82 / 0.95 / 0.96, (3) 0.92 / 1.04 / 0.89 / 0.92. End to end against the code
-  this session started from, alternating, one sync each: 8.88 / 8.63, 6.98 / 5.66, 5.83 / 5.05 s (old / new;
-  paired median 0.87). The same code's sync varied from 4.9 to 7.4 s within this hour (the receiver's CPU time
-  for the same work from 4.6 to 6.9 s: the 2-core VM shares its host), so the table's figure says as much about
-  the machine at that moment as about the code.
-  Where the time goes: process start and key derivation ~0.65 s; then the load, CPU-bound on the two cores: the
-  sender filling pages, the receiver inserting (about half of it maintaining the (origin, seq) index, which is
-  still cheaper than building it afterwards: 1.1-1.3 s) and checking each page (`quick_check` ~10 ms, the
-  `group_concat` summary ~13 ms, Python ~5 ms) in a second thread; then the unique key, ~0.9 s.
+  The previous session (A/B, paired speed-ups 0.82-0.96 each, 0.87 end to end) made the sender fill pages with
+  CHECK constraints off (the receiver's `quick_check` enforces them), screened names, hashes and ids in Python
+  with a few C-level scans, ran the first load into an empty SQLite file without fsync under a marker file (made
+  durable first and held with `flock` while the loading process lives; the end of the load fsyncs and removes
+  it; a marker left by a crash makes the next open delete the half-written copy and sync again, which is safe
+  because this load only ever fills an empty store from its peers), and stretched the password in a background
+  thread while the command imports and opens its store.
+  This session (each change judged by an interleaved A/B against the session's starting code, one sync per run,
+  while other agents loaded the machine): (1) that first load keeps its rollback journal in memory instead of
+  the write-ahead log (when no other connection has the file open; a master releases the idle connection its
+  opening thread held), so the rows and then the key are written once into the file, not into the log and again
+  at each checkpoint: the receiver's system time per sync fell from 1.0-2.2 to 0.8-1.4 s; a bad page still rolls
+  back in full, the file returns to WAL before the final fsync, and a crash is covered by the marker as before;
+  (2) the final fsync overlaps the key build (a thread fsyncs the loaded file meanwhile): 0.18-0.27 -> 0.04-0.14 s
+  left at the end; (3) the origins a sync pages by come from a loose index scan instead of `SELECT DISTINCT`,
+  which read the whole (origin, seq) index before the first page (~0.1 s at 1,000,000 entries); (4) a page's
+  check reads the received frame in place (one 4 MB copy less per page); (5) `overdrive master` no longer imports
+  share's node, scanner and watchdog. End to end against the starting code, alternating, one sync each, in
+  three sets of 6-7 rounds while other agents' tests kept the load average at 2-3 (single runs from 4.6 to 16 s):
+  paired ratio new/old median 0.81, 0.88 and 0.85, 0.835 over all 18 pairs (the best pair 4.63 / 6.51 s).
+  (6) The benchmark byte-compiles the package first, as an installed copy is: this machine's environment sets
+  PYTHONDONTWRITEBYTECODE=1, so every master started from the checkout compiled ~45 modules from source (~0.15 s of
+  each sync figure: master start to listening, median 0.89-0.98 -> 0.75-0.76 s); the A/B above compares both trees
+  the same way (neither compiled in the first two sets, both in the third).
+  The same code's sync still varies by 2x within an hour here (other agents' tests run beside the benchmark):
+  the table's figure says as much about the machine at that moment as about the code.
+  Where the time goes (a quiet moment): process start and key derivation ~0.6-0.7 s (about a third of it typer
+  importing pydantic to coerce options); then the load, CPU-bound on the two cores: the sender filling pages
+  (~24 ms per 20,000 rows), the receiver inserting (~30-37 ms, about half of it the (origin, seq) index, still
+  cheaper than building it afterwards) and checking each page (`quick_check` ~10 ms, the `group_concat` summary
+  ~11 ms, Python ~3 ms) in a second thread; then the unique key, ~0.9 s.
   Tried without gain: a 64 MiB write-ahead log during the load, no checkpoints until the load ends, 12 pages in
   flight instead of 4, checking pages with SQL expressions (2.5x slower; `GLOB` character classes 4-8x slower
   than `group_concat` + Python), (holder, name)-ordered pages into a table that keeps its key (the sender then
   reads through the index: 2x slower), 64 KiB pages inside the page images (within noise). Not done: reporting
   the sync before the unique key is built (it would take ~0.9 s off this figure, but the master is not ready to
-  serve lookups until then). The snapshot is credit-windowed (4 pages in flight), so memory stays flat; the
+  serve lookups until then); checking the next page while the current one is inserted (the check already runs
+  beside its own page's insert, and the load is CPU-bound on two cores with the sender running, so more overlap
+  cannot beat the CPU total). The snapshot is credit-windowed (4 pages in flight), so memory stays flat; the
   receiver's RSS includes the key build's sort.
 * **Sustained updates.** Measured at a second master applying what the first stamped while three clients
   registered new files in batches of 2,000 (each client waits for its acknowledgement). The replica keeps pace
