@@ -55,6 +55,26 @@ def test_scanner_shares_regular_files_only_and_caches_hashes(tmp_path: Path) -> 
     assert third.scan()["a.txt"].content_hash == hash_file(folder / "a.txt") and third.hashed == 1
 
 
+def test_overdrives_own_secrets_are_never_shared(tmp_path: Path, overdrive_home: Path) -> None:
+    """'overdrive share ~' (or any folder holding overdrive's own) published the node's identity.key, the derived
+    network keys and the config file (it may hold a database password): any password holder could fetch the
+    identity and register or withdraw files as that node. Recordings in the backup folder are still shared."""
+    from overdrive import paths
+
+    private = [
+        paths.data_dir() / "identity.key",
+        paths.cache_dir() / "keys" / "netkey-0123",
+        paths.config_dir() / "config.toml",
+    ]
+    for path in [*private, paths.backup_dir() / "lecture.mp4", paths.data_dir() / "index.db", tmp_path / "doc.txt"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(path.name)
+    found = FolderScanner(tmp_path, cache_file=tmp_path / "elsewhere.msgpack").scan()
+    home = overdrive_home.relative_to(tmp_path).as_posix()
+    assert sorted(found) == ["doc.txt", f"{home}/backup/lecture.mp4", f"{home}/data/index.db"]
+    assert sorted(FolderScanner(paths.data_dir(), cache_file=tmp_path / "c2.msgpack").scan()) == ["index.db"]
+
+
 def test_rescanning_many_unchanged_files_only_stats_them(tmp_path: Path) -> None:
     folder = tmp_path / "many"
     for i in range(2000):

@@ -1,7 +1,8 @@
 """The sharing node's view of its folder: a scanner with a persistent hash cache, usable as a Catalogue.
 
 Only regular files count; symlinks (to files or folders, inside or out) are never followed or shared, nor are
-the transfer's partial files (``*.part``, ``*.part.state`` and its ``.tmp``). Names are relative POSIX paths; a
+the transfer's partial files (``*.part``, ``*.part.state`` and its ``.tmp``), nor overdrive's own secrets
+(:func:`private_paths`) when the folder holds them. Names are relative POSIX paths; a
 file whose name the index cannot carry or a fetcher would refuse (not UTF-8, a backslash, a control character,
 over 4096 bytes, more than 32 folders deep) is skipped with a warning.
 
@@ -39,6 +40,13 @@ PROGRESS_EVERY = 5.0
 _CacheEntry = tuple[int, int, str]
 
 
+def private_paths() -> list[Path]:
+    """overdrive's own secrets, never shared even when the shared folder holds them ('overdrive share ~'): the node's
+    identity key (whoever has it can speak for the node), the derived network keys, and the config folder (a
+    config file may hold a database password)."""
+    return [paths.data_dir() / "identity.key", paths.cache_dir() / "keys", paths.config_dir()]
+
+
 def cache_file_for(folder: Path) -> Path:
     digest = hashlib.blake2b(str(folder).encode(errors="surrogateescape"), digest_size=8).hexdigest()
     return paths.cache_dir() / "hashes" / f"{digest}.msgpack"
@@ -63,6 +71,7 @@ class FolderScanner:
         """Called with the scanner at most every :data:`PROGRESS_EVERY` s while it hashes (``hashed``,
         ``hashed_bytes``): a first scan of a large folder can take many minutes."""
         self._progress_at = time.monotonic()
+        self._private = {p for p in (q.resolve() for q in private_paths()) if p.is_relative_to(self.folder)}
 
     # -- Catalogue -------------------------------------------------------------------------------------------
 
@@ -155,6 +164,8 @@ class FolderScanner:
                 self._warn_once(f"cannot read folder {current}: {exc.strerror}")
                 continue
             for entry in entries:
+                if self._private and Path(entry.path) in self._private:
+                    continue
                 try:
                     if entry.is_symlink():
                         continue
@@ -175,6 +186,8 @@ class FolderScanner:
     def _describe(self, name: str, path: Path, st: os.stat_result) -> SharedFile | None:
         if name.endswith(SKIP_SUFFIXES):
             return None
+        if self._private and any(p == path or p in path.parents for p in self._private):
+            return None  # reached by a watch event (a walk skips them)
         try:  # the index's rules, and the stricter ones every fetcher applies (no control characters, depth)
             check_name(name)
             check_fetchable(name)
