@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.heartbeat import Ticker
@@ -196,6 +197,44 @@ def test_digests_are_answered_at_most_once_per_half_interval(
     master._digest(None, None, digest)  # type: ignore[arg-type]
     assert scans == [1000.0, 1002.6]
     assert master.stats.skipped_digests == 99
+
+
+def _repair_rows() -> list[RecordRow]:
+    return [("a.txt", 1, "0" * 64, "holderaaaaaaaaaa", "1.2.3.4:5", 1, "originaaaaaaaaaa", 1, 1, False)]
+
+
+def test_a_repair_whose_receiver_left_is_dropped_not_retried_for_ever(network: TestNetwork) -> None:
+    # A repair (no credit window) to a peer that has disconnected: the ROUTER refuses every send to its identity
+    # (EHOSTUNREACH, and its next connection has another identity). The master retried it at every loop turn with
+    # a zero poll timeout: a master whose peer was killed mid-repair spun a core for as long as it ran.
+    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    master.setup()  # the router, without the loop's thread
+    try:
+        serving = master_module._Serving(master._router, b"\x00gone", 0, iter([_repair_rows()]), None)  # type: ignore[arg-type]
+        master._start_serving(serving)
+        master._pump_serving()
+        assert master._serving == []
+        assert master.stats.abandoned_syncs == 1
+    finally:
+        master.teardown()
+
+
+def test_a_repair_that_cannot_be_sent_waits_and_is_dropped_when_idle(network: TestNetwork) -> None:
+    # A full queue (EAGAIN) may drain: the repair is kept but marked blocked, so the loop waits for its poll
+    # instead of retrying at once; one that sends nothing for sync_idle is dropped (only windowed syncs were).
+    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    nowhere = master.bus.client(zmq.DEALER)  # connected to nothing: every send finds no room
+    try:
+        serving = master_module._Serving(nowhere, None, 0, iter([_repair_rows()]), None)
+        master._start_serving(serving)
+        master._pump_serving()
+        assert master._serving == [serving] and serving.blocked and serving.sent == 0
+        serving.progress -= master.config.sync_idle + 1  # as if nothing had gone out for longer than that
+        master._pump_serving()
+        assert master._serving == []
+        assert master.stats.abandoned_syncs == 1
+    finally:
+        nowhere.close(linger=0)
 
 
 def test_a_client_skips_a_master_that_refuses_the_connection_without_waiting_out_its_timeout(

@@ -115,7 +115,9 @@ class _Serving:
     """Batches allowed ahead of the receiver's acks (0: no flow control, for small repairs)."""
     acked: int = 0
     progress: float = field(default_factory=time.monotonic)
-    """When the receiver last acked (or the sync began)."""
+    """When the receiver last acked (or the sync began); without a window, when a batch last went out."""
+    blocked: bool = False
+    """The last send found the queue full: wait for the next loop turn's poll instead of retrying at once."""
 
 
 MAX_SERVING = 16
@@ -256,7 +258,7 @@ class Master(Runner):
         poller.register(self._router, zmq.POLLIN)
         counted = Ticker(2.0)
         while True:
-            busy = any(not sv.window or sv.sent - sv.acked < sv.window for sv in self._serving)
+            busy = any(not sv.blocked and (not sv.window or sv.sent - sv.acked < sv.window) for sv in self._serving)
             events = dict(poller.poll(0 if busy else int(self.config.heartbeat * 500)))
             if control in events:
                 return
@@ -330,6 +332,11 @@ class Master(Runner):
             log.error("master %s: %s (%d store errors so far)", self.origin, exc, self.stats.store_errors)
 
     def _send(self, sock: zmq.Socket, identity: bytes | None, message: Message, *payload: object) -> bool:  # type: ignore[type-arg]
+        return not self._deliver(sock, identity, message, *payload)
+
+    def _deliver(self, sock: zmq.Socket, identity: bytes | None, message: Message, *payload: object) -> int:  # type: ignore[type-arg]
+        """Send without blocking: 0 if sent, else why not (counted as unsent): EAGAIN, the queue is full;
+        EHOSTUNREACH, the peer behind ``identity`` is gone (its next connection has another identity)."""
         frames = CODEC.encode(message, *payload)
         if identity is not None:
             frames = [identity, *frames]
@@ -339,8 +346,8 @@ class Master(Runner):
             if exc.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
                 raise
             self.stats.unsent += 1
-            return False
-        return True
+            return int(exc.errno)
+        return 0
 
     # -- message handlers --------------------------------------------------------------------------------------
 
@@ -597,8 +604,8 @@ class Master(Runner):
     def _pump_serving(self) -> None:
         now = time.monotonic()
         for serving in list(self._serving):
-            if serving.window and now - serving.progress > self.config.sync_idle:
-                log.info("master %s: dropping sync %d, its receiver stopped acking", self.origin, serving.ref)
+            if now - serving.progress > self.config.sync_idle:
+                log.info("master %s: dropping sync %d, its receiver stopped taking it", self.origin, serving.ref)
                 self._serving.remove(serving)
                 self.stats.abandoned_syncs += 1
                 continue
@@ -626,11 +633,20 @@ class Master(Runner):
                     else:
                         serving.waiting = [SyncBatch(ref=serving.ref), encode_rows(batch)]
                 message, data = serving.waiting
-                if not self._send(serving.sock, serving.identity, message, data):  # type: ignore[arg-type]
+                failed = self._deliver(serving.sock, serving.identity, message, data)  # type: ignore[arg-type]
+                serving.blocked = bool(failed)
+                if failed == zmq.EHOSTUNREACH:  # its requester left: retrying would spin this loop for ever
+                    log.info("master %s: dropping sync %d, its receiver is gone", self.origin, serving.ref)
+                    self._serving.remove(serving)
+                    self.stats.abandoned_syncs += 1
+                    break
+                if failed:
                     self.stats.unsent -= 1  # not lost: retried next turn
                     break
                 serving.waiting = None
                 serving.sent += 1
+                if not serving.window:
+                    serving.progress = time.monotonic()
 
     def _heartbeat(self, now: float) -> None:
         for origin in self.master_live.expired(now):
