@@ -47,6 +47,16 @@ def test_ls_without_a_live_master_fails_cleanly(run_cli: Run, network: TestNetwo
     assert "no index master answered" in one_line_error(result)
 
 
+def test_a_timeout_that_is_no_number_of_seconds_is_a_usage_error(
+    run_cli: Run, network: TestNetwork, tmp_path: Path
+) -> None:
+    """'ls --timeout inf' (wait forever?) or 'nan' passed the 'positive' check and ended in a traceback
+    (OverflowError / ValueError converting it to milliseconds)."""
+    for value in ("inf", "nan"):
+        result = run_cli("ls", "--master", "127.0.0.1:9", "--timeout", value, env=network.env(tmp_path / "home"))
+        assert result.returncode == 2 and "--timeout" in one_line_error(result), result.stderr
+
+
 def test_share_of_a_missing_folder_is_a_usage_error(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
     result = run_cli("share", str(tmp_path / "nope"), env=network.env(tmp_path / "home"))
     assert result.returncode == 2

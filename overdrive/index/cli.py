@@ -329,8 +329,8 @@ def ls_command(
 ) -> None:
     """List the files the network holds: size, hash, every holder, online or offline."""
     opts = options(ctx)
-    if timeout <= 0:
-        raise ConfigError(f"--timeout must be positive, not {timeout:g}")
+    if not 0 < timeout < float("inf"):  # nan and inf too: they end in a traceback as milliseconds
+        raise ConfigError(f"--timeout must be a positive number of seconds, not {timeout:g}")
     masters = endpoints(master, DEFAULT_MASTER_PORT, "--master")
     glob = pattern if not pattern or is_glob(pattern) else f"*{pattern}*"
     if len(glob) > MAX_PATTERN:  # a master drops a longer lookup unanswered

@@ -95,10 +95,10 @@ def fetch_command(
         raise ConfigError(f"--hash with --from needs all 64 hex characters ('overdrive ls --json'), not {wanted!r}")
     if chunk_size and not valid_chunk_size(chunk_size):
         raise ConfigError(f"--chunk-size must be 0 or a power of two from 64 KiB to 16 MiB, not {chunk_size}")
-    if timeout <= 0:
-        raise ConfigError(f"--timeout must be positive, not {timeout:g}")
-    if limit_rate < 0:
-        raise ConfigError(f"--limit-rate must be 0 (no limit) or more, not {limit_rate:g}")
+    if not 0 < timeout < float("inf"):  # nan and inf too: they end in a traceback as milliseconds
+        raise ConfigError(f"--timeout must be a positive number of seconds, not {timeout:g}")
+    if not 0 <= limit_rate < float("inf"):  # nan: no chunk would ever be asked for
+        raise ConfigError(f"--limit-rate must be 0 (no limit) or a number of MB/s, not {limit_rate:g}")
     try:
         config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     except ValueError as exc:
