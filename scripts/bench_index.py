@@ -341,12 +341,12 @@ repeat runs vary by up to 2x):
   which read the whole (origin, seq) index before the first page (~0.1 s at 1,000,000 entries); (4) a page's
   check reads the received frame in place (one 4 MB copy less per page); (5) `overdrive master` no longer imports
   share's node, scanner and watchdog. End to end against the starting code, alternating, one sync each, in
-  three sets of 6-7 rounds while other agents' tests kept the load average at 2-3 (single runs from 4.6 to 16 s):
-  paired ratio new/old median 0.81, 0.88 and 0.85, 0.835 over all 18 pairs (the best pair 4.63 / 6.51 s).
+  four sets of 6-7 rounds while other agents' tests kept the load average at 2-3 (single runs from 4.6 to 16 s):
+  paired ratio new/old median 0.81, 0.88, 0.85 and 0.97; 0.86 over all 25 pairs (the best pair 4.63 / 6.51 s).
   (6) The benchmark byte-compiles the package first, as an installed copy is: this machine's environment sets
   PYTHONDONTWRITEBYTECODE=1, so every master started from the checkout compiled ~45 modules from source (~0.15 s of
   each sync figure: master start to listening, median 0.89-0.98 -> 0.75-0.76 s); the A/B above compares both trees
-  the same way (neither compiled in the first two sets, both in the third).
+  the same way (neither compiled in the first two sets, both in the last two).
   The same code's sync still varies by 2x within an hour here (other agents' tests run beside the benchmark):
   the table's figure says as much about the machine at that moment as about the code.
   Where the time goes (a quiet moment): process start and key derivation ~0.6-0.7 s (about a third of it typer
