@@ -97,3 +97,28 @@ def test_share_with_the_wrong_password_is_refused_clearly(run_cli: Run, network:
     finally:
         master.terminate()
         master.wait(10)
+
+
+def test_share_on_a_port_in_use_says_so_before_scanning(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+    """The file server binds after the first scan: a port another program held was said only once a folder had
+    been hashed (an hour, for a large one)."""
+    import socket
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "share",
+            str(folder),
+            "--master",
+            "127.0.0.1:9",
+            "--bind",
+            f"tcp://127.0.0.1:{port}",
+            env=network.env(tmp_path / "home"),
+        )
+    assert result.returncode == 2 and "already in use" in one_line_error(result), result.stderr
+    assert "scanned" not in result.stdout + result.stderr

@@ -208,6 +208,7 @@ def share_command(
     masters = tuple(endpoints(master, DEFAULT_MASTER_PORT, "--master"))
     endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
     advertised(endpoint, advertise)  # a mistake there is one line now, not after the scan
+    _check_port_free(endpoint)  # so is a port another program holds: the server binds only after the scan
     lock = _lock_node()
     try:
         with opts.bus() as bus:
@@ -215,6 +216,28 @@ def share_command(
             _serve(bus, root, scanner, masters, endpoint, advertise, watch)
     finally:
         lock.close()
+
+
+def _check_port_free(endpoint: Endpoint) -> None:
+    """Raise ConfigError when another program listens on ``endpoint`` (anything else: the bind itself says it)."""
+    import errno
+    import socket
+
+    if endpoint.port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            None if endpoint.host == "*" else endpoint.host, endpoint.port, type=socket.SOCK_STREAM
+        )[0]
+    except (OSError, UnicodeError):
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq does: TIME_WAIT leaves it free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{endpoint.display} is already in use (is another overdrive running?)") from None
 
 
 def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> tuple[tuple[Endpoint, ...], FolderScanner]:
