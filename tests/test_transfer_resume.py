@@ -123,3 +123,67 @@ def test_two_fetches_of_one_file_into_one_folder_do_not_share_its_partial_file(t
     third = PartialFile(dest, "f.bin")  # once the first has stopped, the next one resumes its file
     assert third.open(plan) == [0]
     third.close()
+
+
+def test_a_fetch_keeps_its_partial_file_locked_until_it_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """finish() closed NAME.part (and so let go of its lock) before moving it into place: a second fetch starting
+    in that moment took the lock on the same file and, for another version, truncated it, the finished file too
+    (it is the same inode once linked into place)."""
+    from overdrive.transfer import partial as partial_module
+
+    dest = tmp_path / "f.bin"
+    plan = _plan(MIN_CHUNK)
+    first = PartialFile(dest, "f.bin")
+    first.open(plan)
+    for index in range(plan.chunks):
+        offset, length = plan.chunk_range(index)
+        first.write(index, DATA[offset : offset + length])
+    refused: list[str] = []
+    link = os.link
+
+    def link_while_another_starts(src: os.PathLike[str], dst: os.PathLike[str]) -> None:
+        second = PartialFile(dest, "f.bin")
+        try:
+            second.open(Plan(plan.size, plan.chunk_size, "0" * 64, plan.digests))  # another version: truncates
+        except TransferError as exc:
+            refused.append(str(exc))
+        finally:
+            second.close()
+        link(src, dst)
+
+    monkeypatch.setattr(partial_module.os, "link", link_while_another_starts)  # just before it is put in place
+    final = first.finish()
+    monkeypatch.undo()
+    assert refused and "another fetch" in refused[0], refused
+    assert final.read_bytes() == DATA
+
+
+def test_a_partial_file_put_in_place_between_open_and_lock_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch that opened NAME.part just as another one finished (moved it into place, closed it) then got the
+    lock on a file no longer named NAME.part: it wrote into nothing, and failed when it tried to put it in place."""
+    from overdrive.transfer import partial as partial_module
+
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(b"the other fetch's file")
+    flock = partial_module.fcntl.flock
+    finished: list[bool] = []
+
+    def flock_after_the_other_finished(fd: int, operation: int) -> None:
+        if not finished:
+            finished.append(True)
+            (tmp_path / "f.bin.part").rename(tmp_path / "f.bin")
+        flock(fd, operation)
+
+    monkeypatch.setattr(partial_module.fcntl, "flock", flock_after_the_other_finished)
+    partial = PartialFile(dest, "f.bin")
+    try:
+        partial.open(_plan(MIN_CHUNK))
+        monkeypatch.undo()
+        assert os.fstat(partial._fd).st_ino == (tmp_path / "f.bin.part").stat().st_ino
+    finally:
+        partial.close()
+    assert (tmp_path / "f.bin").read_bytes() == b"the other fetch's file"

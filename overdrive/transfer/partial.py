@@ -204,18 +204,21 @@ class PartialFile:
             and self.part.is_file()
             and not self.part.is_symlink()
         )
-        try:
-            self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise disk_error(self.part, exc) from exc
-        try:  # one fetch per partial file: a second one into the same folder would write (or truncate) it too
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.close()
-            raise TransferError(
-                f"another fetch is writing {self.part} now; let it finish (then this one finds the file there), "
-                "or fetch into another --out"
-            ) from None
+        while self._fd < 0:
+            try:
+                self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise disk_error(self.part, exc) from exc
+            try:  # one fetch per partial file: a second one into the same folder would write (or truncate) it too
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.close()
+                raise TransferError(
+                    f"another fetch is writing {self.part} now; let it finish (then this one finds the file there), "
+                    "or fetch into another --out"
+                ) from None
+            if not _still_at(self._fd, self.part):  # the fetch that held it put it in place between open and lock
+                self.close()
         if not resumable:
             try:
                 os.ftruncate(self._fd, 0)
@@ -343,8 +346,8 @@ class PartialFile:
             raise disk_error(self.part, exc) from exc
         if self._cursor != self._plan.chunks:
             raise TransferError(f"{self.name}: finished with chunk {self._cursor} of {self._plan.chunks} missing")
-        os.close(self._fd)
-        self._fd = -1
+        # NAME.part stays open (its lock held) until it is in place or gone: a fetch starting meanwhile must not
+        # take it over (it would truncate the finished file, the same inode once linked)
         actual = self._whole.hexdigest()
         if actual != self._plan.content_hash:
             self.discard()
@@ -363,13 +366,14 @@ class PartialFile:
                 raise disk_error(final, exc) from exc
         self.part.unlink()
         self.state_path.unlink(missing_ok=True)
+        self.close()
         _fsync_dir(final.parent)
         return final
 
     def discard(self) -> None:
-        self.close()
-        self.part.unlink(missing_ok=True)
+        self.part.unlink(missing_ok=True)  # before close(): the lock is held until the file is gone
         self.state_path.unlink(missing_ok=True)
+        self.close()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -378,6 +382,16 @@ class PartialFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """True when ``path`` still names the file open at ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _claimed(state: ResumeState, plan: Plan) -> bytearray:
