@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TestNetwork
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -99,9 +101,12 @@ def test_share_with_the_wrong_password_is_refused_clearly(run_cli: Run, network:
         master.wait(10)
 
 
-def test_share_on_a_port_in_use_says_so_before_scanning(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "*"])
+def test_share_on_a_port_in_use_says_so_before_scanning(
+    run_cli: Run, network: TestNetwork, tmp_path: Path, host: str
+) -> None:
     """The file server binds after the first scan: a port another program held was said only once a folder had
-    been hashed (an hour, for a large one)."""
+    been hashed (an hour, for a large one). '*' is every IPv4 address, as ZeroMQ binds it (the check tried ::1)."""
     import socket
 
     folder = tmp_path / "shared"
@@ -117,7 +122,7 @@ def test_share_on_a_port_in_use_says_so_before_scanning(run_cli: Run, network: T
             "--master",
             "127.0.0.1:9",
             "--bind",
-            f"tcp://127.0.0.1:{port}",
+            f"tcp://{host}:{port}",
             env=network.env(tmp_path / "home"),
         )
     assert result.returncode == 2 and "already in use" in one_line_error(result), result.stderr

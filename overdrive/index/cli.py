@@ -225,9 +225,9 @@ def _check_port_free(endpoint: Endpoint) -> None:
 
     if endpoint.port == 0:
         return
-    try:
+    try:  # IPv4, as ZeroMQ binds it ('*' is 0.0.0.0; the first answer for None or 'localhost' may be ::1)
         family, kind, proto, _, address = socket.getaddrinfo(
-            None if endpoint.host == "*" else endpoint.host, endpoint.port, type=socket.SOCK_STREAM
+            "0.0.0.0" if endpoint.host == "*" else endpoint.host, endpoint.port, socket.AF_INET, socket.SOCK_STREAM
         )[0]
     except (OSError, UnicodeError):
         return
