@@ -245,6 +245,36 @@ def test_sqlite_first_load_keeps_wal_while_another_connection_is_open(tmp_path: 
         assert store.count() == other.count() == 6000
 
 
+def test_sqlite_first_load_keeps_its_file_locked_while_it_flushes_behind(tmp_path: Path) -> None:
+    # The thread that fsyncs the loaded file while the key is built opened and closed its own descriptor of it; a
+    # close drops every POSIX lock this process holds on the file, SQLite's too (and with the journal in memory the
+    # load's write lock is on the file itself): another process could then write into the half-built file.
+    path = tmp_path / "locked.db"
+    held: list[bool] = []
+    with open_store(f"sqlite://{path}") as store:
+        assert isinstance(store, sql.SqliteStore)
+        build = store._build_key
+
+        def build_while_another_process_tries_to_write() -> None:
+            with store.db.atomic():
+                store.db.execute_sql(f"DELETE FROM {store.table} WHERE 0")  # a write transaction: the file is locked
+                for thread in threading.enumerate():
+                    if thread.name == "overdrive-flush":
+                        thread.join()
+                other = "import sqlite3, sys; sqlite3.connect(sys.argv[1], timeout=0).execute('BEGIN IMMEDIATE')"
+                tried = subprocess.run(
+                    [sys.executable, "-c", other, str(path)], capture_output=True, timeout=60, check=False
+                )
+                held.append(b"database is locked" in tried.stderr)
+            build()
+
+        store.apply_page(encode_page(_snapshot_batches()[0]), 0)
+        assert _journal(store) == "memory"
+        with mock.patch.object(store, "_build_key", build_while_another_process_tries_to_write):
+            store.end_load()
+    assert held == [True], "another process could write while the load held the file"
+
+
 def test_sqlite_bulk_load_cut_short_is_finished_on_reopening(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'cut.db'}"
     store = open_store(url)
