@@ -211,11 +211,15 @@ def test_an_out_folder_with_a_tilde_is_under_home(run_cli: RunCli, network: Test
     assert not (tmp_path / "~").exists()
 
 
-@pytest.mark.parametrize(("option", "value"), [("--timeout", "inf"), ("--timeout", "nan"), ("--limit-rate", "nan")])
-def test_a_number_that_is_not_finite_is_a_usage_error(
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--timeout", "inf"), ("--timeout", "nan"), ("--limit-rate", "nan"), ("--out", "~no-such-user-7f3e/dl")],
+)
+def test_an_option_value_that_cannot_be_used_is_a_usage_error(
     run_cli: RunCli, network: TestNetwork, tmp_path: Path, option: str, value: str
 ) -> None:
     """'--timeout inf' or 'nan' passed the 'positive' check and ended in a traceback converting it to milliseconds;
-    '--limit-rate nan' passed and the fetch then waited forever without asking for a chunk."""
+    '--limit-rate nan' passed and the fetch then waited forever without asking for a chunk. An --out of a user that
+    does not exist ('~nobody/dl') ended in a traceback expanding it."""
     proc = run_cli("fetch", "f.bin", "--from", "127.0.0.1:9", option, value, env=network.env(tmp_path), timeout=60)
     assert proc.returncode == 2 and option in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -103,7 +103,10 @@ def fetch_command(
         config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    dest_dir = out.expanduser() if out is not None else paths.backup_dir()  # '~/x' from a config file, or quoted
+    try:
+        dest_dir = out.expanduser() if out is not None else paths.backup_dir()  # '~/x' from a config file, or quoted
+    except RuntimeError:  # '~nobody/x': no such user
+        raise ConfigError(f"--out {out}: no home folder for its '~' (no such user?)") from None
     masters = endpoints(master, DEFAULT_MASTER_PORT, "--master") if from_ is None else []
     with opts.bus() as bus:
         if from_ is not None:
