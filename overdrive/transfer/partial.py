@@ -204,7 +204,7 @@ class PartialFile:
             and self.part.is_file()
             and not self.part.is_symlink()
         )
-        while self._fd < 0:
+        for attempt in range(3):  # bounded: a file system whose stat and fstat disagree must not hang a fetch
             try:
                 self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             except OSError as exc:
@@ -217,8 +217,9 @@ class PartialFile:
                     f"another fetch is writing {self.part} now; let it finish (then this one finds the file there), "
                     "or fetch into another --out"
                 ) from None
-            if not _still_at(self._fd, self.part):  # the fetch that held it put it in place between open and lock
-                self.close()
+            if _still_at(self._fd, self.part) or attempt == 2:
+                break
+            self.close()  # the fetch that held it put it in place between our open and our lock: open it again
         if not resumable:
             try:
                 os.ftruncate(self._fd, 0)
