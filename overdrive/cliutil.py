@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -59,6 +60,15 @@ def endpoints(value: str, default_port: int, option: str) -> list[Endpoint]:
     if not parsed:
         raise ConfigError(f"{option} needs at least one address: HOST[:PORT],...")
     return parsed
+
+
+def expand_home(path: Path, what: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded (quoted on the command line, or from a config file);
+    a user with no home folder is a usage error naming ``what`` (the option or argument)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # '~nobody/x': no such user
+        raise ConfigError(f"{what} {path}: no home folder for its '~' (no such user?)") from None
 
 
 def print_json(value: Any) -> None:

@@ -65,6 +65,15 @@ def test_share_of_a_missing_folder_is_a_usage_error(run_cli: Run, network: TestN
     assert "is not a folder" in one_line_error(result)
 
 
+def test_share_of_a_folder_under_a_user_that_does_not_exist_is_a_usage_error(
+    run_cli: Run, network: TestNetwork, tmp_path: Path
+) -> None:
+    # '~no-such-user/x' (quoted, or from a config file) ended in a traceback from expanduser()
+    result = run_cli("share", "~no-such-user-7f3e/music", env=network.env(tmp_path / "home"))
+    assert result.returncode == 2
+    assert "no home folder for its '~'" in one_line_error(result)
+
+
 def test_help_and_doctor_database_check(run_cli: Run, network: TestNetwork, tmp_path: Path) -> None:
     for command in ("master", "share", "ls"):
         result = run_cli(command, "--help")

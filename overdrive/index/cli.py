@@ -31,6 +31,7 @@ from overdrive.bus.sockets import Bus
 from overdrive.cliutil import (
     console,
     endpoints,
+    expand_home,
     markup_safe,
     options,
     print_json,
@@ -200,7 +201,7 @@ def share_command(
     """Share a folder: serve its files to peers and keep its entries in the index current."""
     opts = options(ctx)
     warn_insecure(opts)
-    root = (folder or paths.backup_dir()).expanduser()
+    root = expand_home(folder or paths.backup_dir(), "FOLDER")
     if folder is None:
         root.mkdir(parents=True, exist_ok=True)
     if not root.is_dir():

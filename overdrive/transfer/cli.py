@@ -15,7 +15,7 @@ import zmq
 from overdrive import paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.cliutil import console, endpoints, markup_safe, options, print_json, warn_insecure
+from overdrive.cliutil import console, endpoints, expand_home, markup_safe, options, print_json, warn_insecure
 from overdrive.errors import BusError, ConfigError, OverdriveError, TransferError
 from overdrive.transfer import names
 from overdrive.transfer.catalogue import SharedFile
@@ -103,10 +103,7 @@ def fetch_command(
         config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    try:
-        dest_dir = out.expanduser() if out is not None else paths.backup_dir()  # '~/x' from a config file, or quoted
-    except RuntimeError:  # '~nobody/x': no such user
-        raise ConfigError(f"--out {out}: no home folder for its '~' (no such user?)") from None
+    dest_dir = expand_home(out, "--out") if out is not None else paths.backup_dir()
     masters = endpoints(master, DEFAULT_MASTER_PORT, "--master") if from_ is None else []
     with opts.bus() as bus:
         if from_ is not None:
