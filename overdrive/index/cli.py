@@ -46,7 +46,8 @@ from overdrive.index.master import Master, MasterConfig
 from overdrive.index.replication import ReplicationConfig
 from overdrive.index.stores import open_store, redact
 
-if TYPE_CHECKING:  # share's own modules (watchdog among them) load only when share runs
+if TYPE_CHECKING:  # for annotations; share's own modules (watchdog among them) load only when share runs
+    from overdrive.bus.runner import Runner
     from overdrive.index.scan import FolderScanner
 
 log = logging.getLogger(__name__)
@@ -124,25 +125,38 @@ def master_command(
             print(f"listening {master.endpoint.display}", flush=True)
             unprobed = list(config.peers)
             refused: list[AuthError] = []
-            try:
-                with interrupts.deferred() as check:  # SIGINT/SIGTERM: a tidy stop, exit 0
+            last = time.monotonic()
+
+            def tick(check: Callable[[], None]) -> None:
+                nonlocal unprobed, last
+                if unprobed:
+                    unprobed = _probe_peer(bus, unprobed, refused, len(config.peers), check)
+                if stats > 0 and time.monotonic() - last >= stats:
                     last = time.monotonic()
-                    while True:
-                        check()
-                        time.sleep(0.2)
-                        if not master.running:
-                            raise OverdriveError(f"master stopped: {master.error}")
-                        if unprobed:
-                            unprobed = _probe_peer(bus, unprobed, refused, len(config.peers), check)
-                        if stats > 0 and time.monotonic() - last >= stats:
-                            last = time.monotonic()
-                            _status_line(master)
-            except KeyboardInterrupt:
-                pass
+                    _status_line(master)
+
+            try:
+                _run_until_stopped("master", master, tick)
             finally:
                 master.stop()
     finally:
         store.close()
+
+
+def _run_until_stopped(what: str, runner: Runner, tick: Callable[[Callable[[], None]], None] | None = None) -> None:
+    """Wait while ``runner`` runs, calling ``tick(check)`` every 0.2 s. SIGINT/SIGTERM return (a tidy stop, exit
+    0); a runner that stops by itself is an error."""
+    try:
+        with interrupts.deferred() as check:
+            while True:
+                check()
+                time.sleep(0.2)
+                if not runner.running:
+                    raise OverdriveError(f"{what} stopped: {runner.error}")
+                if tick is not None:
+                    tick(check)
+    except KeyboardInterrupt:
+        pass
 
 
 def _probe_peer(
@@ -304,14 +318,7 @@ def _serve(
         )
         print(f"serving {bound.display}", flush=True)
         try:
-            with interrupts.deferred() as check:  # SIGINT/SIGTERM: a tidy stop, exit 0
-                while True:
-                    check()
-                    time.sleep(0.2)
-                    if not node.running:
-                        raise OverdriveError(f"node stopped: {node.error}")
-        except KeyboardInterrupt:
-            pass
+            _run_until_stopped("node", node)
         finally:
             node.stop()
     finally:
