@@ -13,6 +13,8 @@ it still encodes each picture once. Receive-only viewers of the peers are plain 
 messages (their own clients always decode); ours are :class:`overdrive.media.viewer.Viewer` with ``decode=False``.
 
 Usage: ``.venv/bin/python scripts/bench_stream.py [--seconds 8] [--quick]`` (needs Xvfb and the ``bench`` extra).
+``--smoke`` runs every system once (30 fps, one extra viewer, 2 s), checks the results are sane, prints the
+ratios and exits non-zero on a failed row; it writes no docs (CI runs it: tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+# The overdrive internals this benchmark uses (the rest goes through the `overdrive` command line).
+from overdrive.config import GlobalOptions  # noqa: E402
+from overdrive.media.viewer import Viewer, ViewerConfig  # noqa: E402
+
 PY = sys.executable
+STREAM_VIDEO_ONLY = ("--audio", "none", "--no-record")  # `overdrive stream`: no sound card, no recording
+VIEW_VIDEO_ONLY = ("--no-record",)
 QUALITY = 80
 BLOCK = 10
 BITS = 64
@@ -266,9 +275,6 @@ def role_raw_recv(mode: str, ports: list[int], seconds: float, warmup: float, ou
 
 
 def role_ours_recv(port: int, n: int, seconds: float, warmup: float, out: Path) -> None:
-    from overdrive.config import GlobalOptions
-    from overdrive.media.viewer import Viewer, ViewerConfig
-
     opts = GlobalOptions(password=os.environ["OVERDRIVE_PASSWORD"], network="bench")
     buses = [opts.bus() for _ in range(n)]
     viewers = [Viewer(ViewerConfig(host=f"127.0.0.1:{port}", headless=True, decode=False), b) for b in buses]
@@ -348,13 +354,19 @@ def cpu_of(proc: subprocess.Popen[bytes], seconds: float, warmup: float) -> floa
     return float(ps.cpu_percent(None))
 
 
-def video_only(command: str) -> list[str]:
-    from overdrive.media.demo import _video_only
+def _listening(port: int) -> bool:
+    import socket
 
-    return _video_only(command)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
-def bench_ours(run: Run, fps: float, extra: int, seconds: float, warmup: float) -> dict[str, Any]:
+def bench_ours(
+    run: Run, fps: float, extra: int, seconds: float, warmup: float, settle: float = 2.0
+) -> dict[str, Any]:
     port = free_port()
     streamer = run.spawn(
         PY,
@@ -367,11 +379,15 @@ def bench_ours(run: Run, fps: float, extra: int, seconds: float, warmup: float) 
         str(fps),
         "--bind",
         f"tcp://127.0.0.1:{port}",
-        *video_only("stream"),
+        *STREAM_VIDEO_ONLY,
     )
-    time.sleep(2.0)
-    if streamer.poll() is not None:
-        raise RuntimeError(streamer.stderr.read().decode()[-800:])  # type: ignore[union-attr]
+    spawned = time.monotonic()
+    deadline = spawned + 30
+    while not _listening(port):
+        if streamer.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the streamer did not start: {streamer.stderr.read().decode()[-800:]}")  # type: ignore[union-attr]
+        time.sleep(0.1)
+    time.sleep(max(0.0, spawned + settle - time.monotonic()))  # at least `settle` s from spawn to first viewer
     stats = run.tmp / f"ours-{fps}-{extra}.json"
     recv_out = run.tmp / f"ours-recv-{fps}-{extra}.json"
     if extra:
@@ -389,7 +405,7 @@ def bench_ours(run: Run, fps: float, extra: int, seconds: float, warmup: float) 
         str(stats.with_suffix(".trace")),
         "--stats-json",
         str(stats),
-        *video_only("view"),
+        *VIEW_VIDEO_ONLY,
     )
     cpu = cpu_of(streamer, seconds, warmup)
     viewer.wait(60)
@@ -455,10 +471,21 @@ def fmt(v: Any, spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+SYSTEMS = (("overdrive h264", None), ("imagezmq jpeg", "imagezmq"), ("netgear jpeg", "vidgear"))
+"""Each system and the module it needs beyond overdrive (the ``bench`` extra); a missing one is skipped."""
+
+
+def _installed(module: str | None) -> bool:
+    import importlib.util
+
+    return module is None or importlib.util.find_spec(module) is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--quick", action="store_true", help="30 fps and 0/5 viewers only")
+    parser.add_argument("--smoke", action="store_true", help="every system once, briefly; check, write no docs")
     parser.add_argument("--render", action="store_true", help="only rewrite the docs from the last run's JSON")
     parser.add_argument("--only", help="run only this system (overdrive, imagezmq, netgear); merge into the last JSON")
     args = parser.parse_args()
@@ -468,9 +495,20 @@ def main() -> None:
 
     from tests.services import Xvfb
 
-    fps_list = [30.0] if args.quick else [30.0, 60.0]
-    extras = [0, 5] if args.quick else [0, 5, 20]
-    warmup = 2.0
+    fps_list = [30.0] if args.quick or args.smoke else [30.0, 60.0]
+    extras = [1] if args.smoke else [0, 5] if args.quick else [0, 5, 20]
+    warmup, settle = (1.0, 0.0) if args.smoke else (2.0, 2.0)
+    seconds = 2.0 if args.smoke else args.seconds
+    systems = []
+    for name, module in SYSTEMS:
+        if args.only and not name.startswith(args.only):
+            continue
+        if not _installed(module):
+            print(f"{name}: skipped, {module} is not installed (the bench extra)", file=sys.stderr)
+            continue
+        systems.append(name)
+    runners = {"overdrive h264": partial(bench_ours, settle=settle), "imagezmq jpeg": bench_izmq}
+    runners["netgear jpeg"] = bench_netgear
     raw: list[dict[str, Any]] = []
     with Xvfb() as xvfb, tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         env = {
@@ -485,16 +523,10 @@ def main() -> None:
             try:
                 run.role("content", fps, wait_ready=True)
                 for extra in extras:
-                    for name, fn in (
-                        ("overdrive h264", bench_ours),
-                        ("imagezmq jpeg", bench_izmq),
-                        ("netgear jpeg", bench_netgear),
-                    ):
-                        if args.only and not name.startswith(args.only):
-                            continue
+                    for name in systems:
                         sub = Run(env, Path(tmp))
                         try:
-                            r = fn(sub, fps, extra, args.seconds, warmup)
+                            r = runners[name](sub, fps, extra, seconds, warmup)
                         except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
                             print(f"{name} {fps} fps +{extra}: FAILED {exc}", file=sys.stderr)
                             r = {"error": str(exc)}
@@ -505,6 +537,12 @@ def main() -> None:
                         print(json.dumps(r), file=sys.stderr, flush=True)
             finally:
                 run.close()
+    if args.smoke:
+        render(raw, write=False)
+        problems = [p for r in raw for p in insane(r)]
+        for problem in problems:
+            print(f"smoke: {problem}", file=sys.stderr)
+        sys.exit(1 if problems or not raw else 0)
     saved = ROOT / ".cache" / "bench_stream.json"
     if args.only and saved.exists():  # replace that system's rows in the last full run, keeping the order
         fresh = {(r["system"], r["fps_target"], r["extra"]): r for r in raw}
@@ -514,8 +552,19 @@ def main() -> None:
     render(raw)
 
 
-def render(raw: list[dict[str, Any]]) -> None:
-    """Write the table, a check of each target against the numbers, and the method notes."""
+def insane(r: dict[str, Any]) -> list[str]:
+    """What is wrong with one measured row: a failure, or a viewer that got no pictures, latency or bytes."""
+    what = f"{r['system']} {r['fps_target']:g} fps +{r['extra']}"
+    if "error" in r:
+        return [f"{what} failed: {r['error']}"]
+    bad = [k for k in ("fps", "p50", "p99", "mbps", "cpu") if not (r.get(k) or 0) > 0]
+    if r["extra"] and not (r.get("recv_fps_min") or 0) > 0:
+        bad.append("recv_fps_min")
+    return [f"{what}: {k} is {r.get(k)!r}" for k in bad]
+
+
+def render(raw: list[dict[str, Any]], write: bool = True) -> None:
+    """Print (and unless ``write`` is false, write) the table, a check of each target, and the method notes."""
     from benchlib import table, write_section
 
     headers = [
@@ -550,7 +599,8 @@ def render(raw: list[dict[str, Any]]) -> None:
         worst = min(min(r["fps"], r["recv_fps_min"] or r["fps"]) for r in ours)
         checks.append(
             f"- 1080p30 reaches every viewer at >= 29 fps: {'met' if worst >= 29 else 'MISSED'} "
-            f"(slowest viewer {worst:.1f} fps over the 0/5/20-viewer runs)"
+            f"(slowest viewer {worst:.1f} fps over the {'/'.join(str(e) for e in sorted({r['extra'] for r in ours}))}"
+            "-viewer runs)"
         )
         p50 = max(r["p50"] for r in ours)
         p99 = max(r["p99"] for r in ours)
@@ -593,7 +643,8 @@ def render(raw: list[dict[str, Any]]) -> None:
         + NOTES.format(sixty=sixty)
     )
     print(body)
-    write_section("stream", "Live streaming (scripts/bench_stream.py)", body)
+    if write:
+        write_section("stream", "Live streaming (scripts/bench_stream.py)", body)
 
 
 NOTES = """\
