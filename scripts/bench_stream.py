@@ -364,9 +364,7 @@ def _listening(port: int) -> bool:
         return False
 
 
-def bench_ours(
-    run: Run, fps: float, extra: int, seconds: float, warmup: float, settle: float = 2.0
-) -> dict[str, Any]:
+def bench_ours(run: Run, fps: float, extra: int, seconds: float, warmup: float, settle: float = 2.0) -> dict[str, Any]:
     port = free_port()
     streamer = run.spawn(
         PY,

@@ -7,12 +7,14 @@ CPU seconds per GiB add the user+system time of both processes.
 
     .venv/bin/python scripts/bench_transfer.py            # full run (~10 min): 1 GiB and 4 GiB
     .venv/bin/python scripts/bench_transfer.py --quick    # 256 MiB only, fewer repeats, no doc update
+    .venv/bin/python scripts/bench_transfer.py --smoke    # 32 MiB, every contender once, checked; for CI
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -30,6 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchlib
+
+# The overdrive internals this benchmark uses (the rest goes through the `overdrive` command line): a stand-alone
+# file server run as `python -m HOLDER_MODULE FOLDER --stdin-stop [--insecure]`, printing "port N" once serving.
+HOLDER_MODULE = "overdrive.transfer.folder"
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -97,8 +103,14 @@ def sendfile_run(src: Path, dest: Path) -> Run:
     _, cpu, _ = _wait(sender)
     after = psutil.Process().cpu_times()
     cpu += (after.user - before.user) + (after.system - before.system)
+    _check_size("sendfile", dest, src)
     dest.unlink()
     return Run(seconds, cpu)
+
+
+def _check_size(what: str, got: Path, want: Path) -> None:
+    if got.stat().st_size != want.stat().st_size:
+        raise RuntimeError(f"{what} delivered {got.stat().st_size} bytes of {want.stat().st_size}")
 
 
 def nc_run(src: Path, dest: Path) -> Run:
@@ -115,10 +127,8 @@ def nc_run(src: Path, dest: Path) -> Run:
             _, cpu_r, _ = _wait(receiver)
         seconds = time.perf_counter() - started
         _, cpu_s, _ = _wait(sender)
-    size = dest.stat().st_size
+    _check_size("nc", dest, src)
     dest.unlink()
-    if size != src.stat().st_size:
-        raise RuntimeError(f"nc delivered {size} bytes")
     return Run(seconds, cpu_r + cpu_s)
 
 
@@ -210,7 +220,9 @@ def zmq_raw2_run(curve: bool, size: int, connections: int) -> Run:
                 started = started or time.perf_counter()  # from the first message: connect/handshake excluded
                 got += 1
     seconds = time.perf_counter() - started
-    _, cpu, _ = _wait(sender)
+    code, cpu, _ = _wait(sender)
+    if code != 0:
+        raise RuntimeError(f"the libzmq sender exited with {code}")
     after = psutil.Process().cpu_times()
     for pull in pulls:
         pull.close(0)
@@ -265,10 +277,11 @@ def startup_cpu() -> float:
 
 
 class Holder:
-    """``python -m overdrive.transfer.folder`` in its own process."""
+    """``python -m HOLDER_MODULE`` in its own process."""
 
     def __init__(self, folder: Path, home: Path, insecure: bool) -> None:
-        args = [sys.executable, "-m", "overdrive.transfer.folder", str(folder), "--stdin-stop"]
+        self.folder = folder
+        args = [sys.executable, "-m", HOLDER_MODULE, str(folder), "--stdin-stop"]
         args += ["--insecure"] if insecure else []
         self.proc = subprocess.Popen(args, env=env(home), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -320,6 +333,7 @@ def overdrive_run(
         raise RuntimeError(f"fetch failed: {err.decode()[-500:]}")
     result = json.loads(out_bytes)
     cpu += sum(h.cpu() for h in holders) - cpu_before
+    _check_size("overdrive fetch", out / name, holders[0].folder / name)
     shutil.rmtree(out)
     return Run(float(result["seconds"]), cpu, rss, max(h.peak_rss() for h in holders))
 
@@ -330,6 +344,7 @@ def overdrive_run(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="32 MiB, every contender once, checked, no doc update")
     parser.add_argument("--repeat", type=int, default=5, help="rounds on 1 GiB (4 GiB: 2 fewer, at least 2)")
     parser.add_argument("--save", type=Path, default=Path(tempfile.gettempdir()) / "overdrive-bench-transfer.json",
                         help="where to keep the measured tables (for --render)")  # fmt: skip
@@ -345,8 +360,9 @@ def main() -> None:
     need = (4 * GiB) * 2 + GiB
     base = shm if shm.is_dir() and shutil.disk_usage(shm).free > need + GiB else Path(tempfile.gettempdir())
     work = Path(tempfile.mkdtemp(prefix="overdrive-bench-", dir=base))
-    sizes = [256 * MiB] if args.quick else [GiB, 4 * GiB]
-    repeat = 2 if args.quick else args.repeat
+    sizes = [32 * MiB] if args.smoke else [256 * MiB] if args.quick else [GiB, 4 * GiB]
+    repeat = 1 if args.smoke else 2 if args.quick else args.repeat
+    brief = args.quick or args.smoke
     home = work / "home"
     rows: list[list[object]] = []
     sweep_rows: list[list[object]] = []
@@ -364,14 +380,15 @@ def main() -> None:
 
         # window x chunk sweep on the smallest file, insecure and CURVE
         small = sizes[0]
-        sweep = [(w, c) for c in (256 << 10, MiB, 4 * MiB) for w in (2, 8, 32)] if not args.quick else [(8, MiB)]
+        sweep = [(w, c) for c in (256 << 10, MiB, 4 * MiB) for w in (2, 8, 32)] if not brief else [(8, MiB)]
         for insecure in (True, False):
             holder = Holder(folder, home, insecure)
             try:
                 overdrive_run([holder], files[small], dest, home, insecure)  # warm: chunk table cached
                 for window, chunk in sweep:
                     runs = [
-                        overdrive_run([holder], files[small], dest, home, insecure, window, chunk) for _ in range(2)
+                        overdrive_run([holder], files[small], dest, home, insecure, window, chunk)
+                        for _ in range(1 if args.smoke else 2)
                     ]
                     rate = benchlib.median([r.rate(small) for r in runs])
                     sweep_rows.append(
@@ -386,7 +403,7 @@ def main() -> None:
             holder = Holder(folder, home, insecure)
             conn_runs: dict[int, list[Run]] = {1: [], 2: []}
             try:
-                for _ in range(2 if args.quick else 4):
+                for _ in range(1 if args.smoke else 2 if args.quick else 4):
                     for n, n_runs in conn_runs.items():
                         n_runs.append(overdrive_run([holder], files[small], dest, home, insecure, connections=n))
             finally:
@@ -434,7 +451,7 @@ def main() -> None:
                 for h in curve:
                     h.stop()
             sf_rate = benchlib.median([r.rate(size) for r in runs["sf"]])
-            size_label = f"{gib:g} GiB"
+            size_label = f"{gib:g} GiB" if size >= GiB else f"{size // MiB} MiB"
             for key, label in (
                 ("sf", "socket.sendfile → recv_into"),
                 ("nc", "nc (netcat-openbsd)"),
@@ -457,9 +474,30 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     body = _report(rows, sweep_rows, conn_rows)
     print(body)
+    if args.smoke:
+        sys.exit(_smoke_check(rows, sweep_rows, conn_rows))
     if not args.quick:
         args.save.write_text(json.dumps({"rows": rows, "sweep": sweep_rows, "connections": conn_rows}))
         benchlib.write_section("transfer", TITLE, body)
+
+
+def _smoke_check(rows: list[list[object]], sweep: list[list[object]], connections: list[list[object]]) -> int:
+    """Exit status of a smoke run: 1 unless every table has rows and every measured rate and ratio is positive.
+
+    The "bound" row subtracts the fetcher's separately measured start-up CPU, which on a small file is as large as
+    the transfer's own CPU, so it need only be a number there.
+    """
+    tables = {"main": rows, "sweep": sweep, "connections": connections}
+    problems = [f"no {what} rows" for what, got in tables.items() if not got]
+    for r in rows:
+        rate, ratio = float(str(r[3])), float(str(r[4]))
+        bound = str(r[1]).startswith("bound:")
+        if not (math.isfinite(rate) and math.isfinite(ratio)) or not (bound or rate > 0 < ratio):
+            problems.append(f"{r[1]}: rate {r[3]}, ratio to sendfile {r[4]}")
+    problems += [f"{what} {r}" for what in ("sweep", "connections") for r in tables[what] if not float(str(r[3])) > 0]
+    for problem in problems:
+        print(f"smoke: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _replace_body(body: str) -> None:
