@@ -6,7 +6,8 @@ loopback (CURVE on), each with its own home and SQLite store. The baseline is th
 to storing the index: one row written and committed per update.
 
     .venv/bin/python scripts/bench_index.py            # the full run (1,000,000 entries, 10 masters)
-    .venv/bin/python scripts/bench_index.py --quick    # smaller, for a smoke test
+    .venv/bin/python scripts/bench_index.py --quick    # 100,000 entries, 4 masters; no docs
+    .venv/bin/python scripts/bench_index.py --smoke    # every step in seconds, results checked; for CI
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import compileall
 import os
 import secrets
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchlib  # noqa: E402
 
+# The overdrive internals this benchmark uses (masters themselves run as `overdrive master` processes).
 from overdrive.bus.address import Endpoint  # noqa: E402
 from overdrive.bus.security import NetworkKey, NodeIdentity  # noqa: E402
 from overdrive.bus.sockets import Bus, Security  # noqa: E402
@@ -183,15 +186,12 @@ def rss_mb(proc: subprocess.Popen[str]) -> float:
     return psutil.Process(proc.pid).memory_info().rss / 2**20
 
 
-SYNC_RUNS = 3
-
-
-def bench_sync(masters: Masters, root: Path, n: int) -> dict[str, Any]:
+def bench_sync(masters: Masters, root: Path, n: int, sync_runs: int) -> dict[str, Any]:
     fill_rate = fill(root / "full.db", n)
     a_proc, a = masters.start(root / "full.db")
     times: list[float] = []
     earlier: subprocess.Popen[str] | None = None
-    for attempt in range(SYNC_RUNS):  # a new empty master each time; the last one stays for what follows
+    for attempt in range(sync_runs):  # a new empty master each time; the last one stays for what follows
         if earlier is not None:
             earlier.kill()
             earlier.wait()
@@ -210,7 +210,9 @@ def bench_sync(masters: Masters, root: Path, n: int) -> dict[str, Any]:
         "rss_b": rss_mb(b_proc),
     }
     # sustained: several nodes register new files at A as fast as they can; B applies what A stamps
-    per_client, batch, clients = n // 20, 2000, 3
+    clients = 3
+    per_client = n // 20
+    batch = min(2000, per_client)
     with masters.client(b) as watch:
         start_applied = watch.status(digest=False).applied
         began = time.perf_counter()
@@ -269,6 +271,15 @@ def bench_propagation(masters: Masters, root: Path, count: int, probes: int) -> 
     for c in clients:
         c.close()
     return delays
+
+
+def provisioned_backends() -> list[str]:
+    """The store backends whose services scripts/provision installed here (the others are skipped)."""
+    from tests.services import EMULATOR_MODULE, FirestoreEmulator, MariaDB
+
+    found = [("mysql", bool(shutil.which(MariaDB.binary) and shutil.which(MariaDB.install_db)))]
+    found.append(("firestore", bool(shutil.which(FirestoreEmulator.binary) and EMULATOR_MODULE.is_dir())))
+    return [name for name, ok in found if ok]
 
 
 def bench_backends(n_mysql: int, n_fs: int) -> dict[str, float]:
@@ -398,33 +409,38 @@ def main() -> None:
     parser.add_argument("--masters", type=int, default=10)
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="100,000 entries, 4 masters, 20 probes; no docs")
+    parser.add_argument("--smoke", action="store_true", help="every step, small and checked; no docs")
     args = parser.parse_args()
+    sync_runs, scan_files, baseline_rows, mysql_rows, firestore_rows = 3, 10_000, 2000, 20_000, 2000
     if args.quick:
         args.entries, args.masters, args.probes = 100_000, 4, 20
+    if args.smoke:
+        args.entries, args.masters, args.probes = 20_000, 3, 5
+        sync_runs, scan_files, baseline_rows, mysql_rows, firestore_rows = 2, 300, 300, 2000, 100
     compile_package()
     with tempfile.TemporaryDirectory(prefix="overdrive-bench-index-") as tmp:
         root = Path(tmp)
         masters = Masters(root)
         try:
             print("scan ...", file=sys.stderr)
-            first_scan, rescan = bench_scan(root, 10_000)
+            first_scan, rescan = bench_scan(root, scan_files)
             print("baseline ...", file=sys.stderr)
-            baseline = bench_baseline(root, 2000)
+            baseline = bench_baseline(root, baseline_rows)
             print(f"sync of {args.entries} ...", file=sys.stderr)
-            sync = bench_sync(masters, root, args.entries)
+            sync = bench_sync(masters, root, args.entries, sync_runs)
             masters.stop()
             print(f"propagation across {args.masters} masters ...", file=sys.stderr)
             delays = sorted(bench_propagation(masters, root, args.masters, args.probes))
             masters.stop()
             print("backends ...", file=sys.stderr)
-            backends = bench_backends(20_000, 2000)
+            backends = bench_backends(mysql_rows, firestore_rows)
         finally:
             masters.stop()
     p50 = delays[len(delays) // 2] * 1000
     p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000
     rows = [
         [
-            f"new master syncing {args.entries:,} entries (process start to last entry; median of {SYNC_RUNS})",
+            f"new master syncing {args.entries:,} entries (process start to last entry; median of {sync_runs})",
             f"{sync['sync_s']:.1f} s ({sync['sync_runs']})",
             "≤ 5 s",
         ],
@@ -436,7 +452,12 @@ def main() -> None:
         ["sustained updates applied by a replica master (SQLite)", f"{sync['apply_rate']:,.0f}/s", "≥ 20,000/s"],
         ["updates stamped by the master the nodes talk to", f"{sync['stamp_rate']:,.0f}/s", ""],
         ["bulk apply into the SQLite store (20,000-row batches)", f"{sync['fill_rate']:,.0f}/s", ""],
-        ["baseline: one row per INSERT+COMMIT (the original design)", f"{baseline:,.0f}/s", ""],
+        [
+            "baseline: one row per INSERT+COMMIT (the original design)",
+            f"{baseline:,.0f}/s (bulk apply {sync['fill_rate'] / baseline:,.0f}x, replica "
+            f"{sync['apply_rate'] / baseline:,.0f}x as fast)",
+            "",
+        ],
         [
             f"RSS per master at {args.entries:,} entries (serving / synced)",
             f"{sync['rss_a']:.0f} / {sync['rss_b']:.0f} MiB",
@@ -448,11 +469,24 @@ def main() -> None:
             f"{backends.get('firestore', float('nan')):,.0f}/s",
             "ref.",
         ],
-        ["scan 10,000 files: first (hashing) / rescan unchanged", f"{first_scan:.2f} / {rescan:.2f} s", "rescan < 1 s"],
+        [
+            f"scan {scan_files:,} files: first (hashing) / rescan unchanged",
+            f"{first_scan:.2f} / {rescan:.2f} s",
+            "rescan < 1 s",
+        ],
     ]
     body = benchlib.table(["what", "measured", "target"], rows)
     body += NOTES.format(floor=args.entries / sync["fill_rate"], entries=args.entries, load=os.getloadavg()[0])
     print(body)
+    if args.smoke:
+        problems = [f"{k} is {v!r}" for k, v in sync.items() if isinstance(v, float) and not v > 0]
+        problems += [f"baseline rate is {baseline!r}"] if not baseline > 0 else []
+        if len(delays) != args.probes * (args.masters - 1):
+            problems.append(f"{len(delays)} propagation samples, expected {args.probes * (args.masters - 1)}")
+        problems += [f"{name} store was not measured" for name in provisioned_backends() if name not in backends]
+        for problem in problems:
+            print(f"smoke: {problem}", file=sys.stderr)
+        sys.exit(1 if problems else 0)
     if not args.quick:
         benchlib.write_section("index", "Index: masters, replication and stores", body)
 
