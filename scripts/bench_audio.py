@@ -4,10 +4,14 @@ Runs a private PulseAudio (null sink) so playback has a real device; the streame
 capture side needs no sound card. Latency is capture timestamp → the moment the sample is due at the output
 (PortAudio's reported output latency included). CPU is measured on real `overdrive stream` processes
 (rusage of the child), with the video-only run as the baseline in the same session.
+
+``--smoke`` runs every step briefly (4 s live run, 2 real beeps, 2 s per CPU run), checks that each produced
+measurements, prints the table and writes no docs (CI runs it: tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -24,12 +28,21 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchlib  # noqa: E402
 
+# The overdrive internals this benchmark uses (the CPU runs go through the `overdrive stream` command line).
+from overdrive.bus.security import NodeIdentity  # noqa: E402
+from overdrive.bus.sockets import Bus, Security  # noqa: E402
+from overdrive.media.audio_capture import attach_audio  # noqa: E402
+from overdrive.media.demo_audio import measure_sync  # noqa: E402
+from overdrive.media.playback import AudioPlayer  # noqa: E402
+from overdrive.media.publisher import Streamer, StreamerConfig  # noqa: E402
+from overdrive.media.recorder import attach_recorder  # noqa: E402
+from overdrive.media.viewer import Viewer, ViewerConfig  # noqa: E402
 from tests.services import PulseAudio, Xvfb, free_port  # noqa: E402
 
 SECONDS = 15.0
 
 
-def stream_cpu(audio: str, codec: str, home: Path) -> float:
+def stream_cpu(audio: str, codec: str, home: Path, seconds: float = SECONDS) -> float:
     """CPU seconds per wall second of a streamer (640x360 test pattern) with this audio, no viewer."""
     env = dict(os.environ, OVERDRIVE_HOME=str(home))
     argv = [
@@ -47,44 +60,35 @@ def stream_cpu(audio: str, codec: str, home: Path) -> float:
         "--audio-codec",
         codec,
         "--duration",
-        f"{SECONDS:g}",
+        f"{seconds:g}",
         "--no-record",
         "--bind",
         f"tcp://127.0.0.1:{free_port()}",
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=SECONDS + 60)
+    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=seconds + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / SECONDS
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds
 
 
-def live_run(home: Path) -> tuple[dict[str, object], object, object]:
-    from overdrive.bus.security import NodeIdentity
-    from overdrive.bus.sockets import Bus, Security
-    from overdrive.media.audio_capture import attach_audio
-    from overdrive.media.demo_audio import measure_sync
-    from overdrive.media.playback import AudioPlayer
-    from overdrive.media.publisher import Streamer, StreamerConfig
-    from overdrive.media.recorder import attach_recorder
-    from overdrive.media.viewer import Viewer, ViewerConfig
-
+def live_run(home: Path, seconds: float = SECONDS) -> tuple[dict[str, object], object, object]:
     sbus, vbus = Bus(Security(NodeIdentity.generate(), None)), Bus(Security(NodeIdentity.generate(), None))
     streamer = Streamer(
         StreamerConfig(
-            source="testpattern", bind="tcp://127.0.0.1:0", duration=SECONDS, pattern_size=(640, 360), name="bench"
+            source="testpattern", bind="tcp://127.0.0.1:0", duration=seconds, pattern_size=(640, 360), name="bench"
         ),
         sbus,
     )
     attach_audio(streamer, "testtone")
     srec = attach_recorder(streamer, home / "s")
     endpoint = streamer.start()
-    viewer = Viewer(ViewerConfig(host=endpoint.display, headless=True, duration=SECONDS + 10), vbus)
+    viewer = Viewer(ViewerConfig(host=endpoint.display, headless=True, duration=seconds + 10), vbus)
     player = AudioPlayer()
     player.open()
     viewer.add_listener(player)
     vrec = attach_recorder(viewer, home / "v")
     viewer.start()
-    time.sleep(SECONDS + 0.5)
+    time.sleep(seconds + 0.5)
     streamer.stop()
     viewer.stop()
     player.close()
@@ -133,13 +137,18 @@ def real_capture(home: Path, beeps: int = 8) -> tuple[list[dict[str, float]], fl
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every step briefly, checked; no docs")
+    args = parser.parse_args()
+    seconds, beeps, cpu_seconds = (4.0, 2, 2.0) if args.smoke else (SECONDS, 8, SECONDS)
     with tempfile.TemporaryDirectory() as tmp, PulseAudio() as pulse:
         os.environ.update(pulse.env())  # before sounddevice is imported: PortAudio reads it at init
         home = Path(tmp)
         os.environ["OVERDRIVE_HOME"] = str(home)
-        stats, s_sync, v_sync = live_run(home)
-        real, reported = real_capture(home)
-        cpu = {(a, c): stream_cpu(a, c, home) for a, c in (("none", "opus"), ("testtone", "opus"), ("testtone", "pcm"))}
+        stats, s_sync, v_sync = live_run(home, seconds)
+        real, reported = real_capture(home, beeps)
+        runs = (("none", "opus"), ("testtone", "opus"), ("testtone", "pcm"))
+        cpu = {(a, c): stream_cpu(a, c, home, cpu_seconds) for a, c in runs}
     lat = stats["latency_ms"]  # type: ignore[index]
     rows = [
         ["glass-to-ear latency p50 (capture → due at output)", f"{lat['p50']:.1f} ms"],  # type: ignore[index]
@@ -169,20 +178,18 @@ def main() -> None:
         ["PortAudio's reported input latency (pulse, low; a buffer size, not subtracted)", f"{reported * 1000:.1f} ms"],
     ]
     base = cpu[("none", "opus")]
-    rows += [
-        ["streamer CPU, video only (baseline)", f"{base * 100:.1f} % of a core"],
-        [
-            "streamer CPU, + test tone as Opus",
-            f"{cpu[('testtone', 'opus')] * 100:.1f} % (+{(cpu[('testtone', 'opus')] - base) * 100:.1f})",
-        ],
-        [
-            "streamer CPU, + test tone as PCM",
-            f"{cpu[('testtone', 'pcm')] * 100:.1f} % (+{(cpu[('testtone', 'pcm')] - base) * 100:.1f})",
-        ],
-    ]
+    rows.append(["streamer CPU, video only (baseline)", f"{base * 100:.1f} % of a core"])
+    for codec, label in (("opus", "Opus"), ("pcm", "PCM")):
+        used = cpu[("testtone", codec)]
+        rows.append(
+            [
+                f"streamer CPU, + test tone as {label}",
+                f"{used * 100:.1f} % ({(used - base) * 100:+.1f}, {used / base:.2f}x the baseline)",
+            ]
+        )
     body = (
         f"{benchlib.machine()}\n\n"
-        f"{SECONDS:g} s of 640x360 test pattern + test tone (a beep on every white flash) over loopback, a viewer "
+        f"{seconds:g} s of 640x360 test pattern + test tone (a beep on every white flash) over loopback, a viewer "
         "playing into a PulseAudio null sink and both ends recording. A/V offset is measured in the MP4s; a flash "
         "frame can only show up to one frame (33 ms) after the beep that starts with it, so a positive median of "
         "about half a frame is the expected result of exact timestamps.\n\n"
@@ -193,6 +200,15 @@ def main() -> None:
         + benchlib.table(["measure", "result"], rows)
     )
     print(body)
+    if args.smoke:
+        problems = [] if lat["p50"] > 0 else [f"latency p50 is {lat['p50']}"]  # type: ignore[index]
+        problems += [f"no A/V pairs in the {label}'s MP4" for label, rep in (("streamer", s_sync), ("viewer", v_sync))
+                     if not rep.offsets_ms]  # type: ignore[attr-defined]  # fmt: skip
+        problems += [f"{len(real)} of {beeps} real beeps measured"] if len(real) != beeps else []
+        problems += [f"streamer CPU {run} is {used}" for run, used in cpu.items() if not used > 0]
+        for problem in problems:
+            print(f"smoke: {problem}", file=sys.stderr)
+        sys.exit(1 if problems else 0)
     benchlib.write_section("audio", "Audio: latency, A/V sync, CPU", body)
 
 
