@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 # The overdrive internals this benchmark uses (the rest goes through the `overdrive` command line).
 from overdrive.config import GlobalOptions  # noqa: E402
 from overdrive.media.viewer import Viewer, ViewerConfig  # noqa: E402
+from tests.services import port_open  # noqa: E402
 
 PY = sys.executable
 STREAM_VIDEO_ONLY = ("--audio", "none", "--no-record")  # `overdrive stream`: no sound card, no recording
@@ -354,16 +355,6 @@ def cpu_of(proc: subprocess.Popen[bytes], seconds: float, warmup: float) -> floa
     return float(ps.cpu_percent(None))
 
 
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 def bench_ours(run: Run, fps: float, extra: int, seconds: float, warmup: float, settle: float = 2.0) -> dict[str, Any]:
     port = free_port()
     streamer = run.spawn(
@@ -381,7 +372,7 @@ def bench_ours(run: Run, fps: float, extra: int, seconds: float, warmup: float, 
     )
     spawned = time.monotonic()
     deadline = spawned + 30
-    while not _listening(port):
+    while not port_open("127.0.0.1", port):
         if streamer.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the streamer did not start: {streamer.stderr.read().decode()[-800:]}")  # type: ignore[union-attr]
         time.sleep(0.1)
