@@ -36,9 +36,9 @@ import benchlib  # noqa: E402
 from overdrive.bus.address import Endpoint  # noqa: E402
 from overdrive.bus.security import NetworkKey, NodeIdentity  # noqa: E402
 from overdrive.bus.sockets import Bus, Security  # noqa: E402
+from overdrive.files.scanner import FolderScanner  # noqa: E402
 from overdrive.index.client import IndexClient  # noqa: E402
 from overdrive.index.records import FileInfo, RecordRow  # noqa: E402
-from overdrive.index.scan import FolderScanner  # noqa: E402
 from overdrive.index.stores import open_store  # noqa: E402
 
 PASSWORD = secrets.token_urlsafe(12)

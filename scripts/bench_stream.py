@@ -349,7 +349,7 @@ def cpu_of(proc: subprocess.Popen[bytes], seconds: float, warmup: float) -> floa
 
 
 def video_only(command: str) -> list[str]:
-    from overdrive.media.demo import _video_only
+    from overdrive.demo.media import _video_only
 
     return _video_only(command)
 

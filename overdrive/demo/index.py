@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from overdrive.cliutil import console
-from overdrive.demo import DemoContext, Step
+from overdrive.cli.options import console
+from overdrive.demo.context import DemoContext, Step
 
 
 def _started(ctx: DemoContext, marker: str, *args: str) -> str | None:

@@ -2,7 +2,7 @@
 
 It parses options, builds typed configs, calls the library and turns :class:`~overdrive.errors.OverdriveError`
 into one clear line on stderr with a non-zero exit (2 for configuration mistakes, 1 otherwise). Feature commands
-live beside their features (``overdrive/*/cli.py``) and register themselves here.
+live in ``overdrive/cli/FEATURE.py`` and register themselves here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from overdrive import __version__, paths
-from overdrive.cliutil import console, options, print_json, shown
+from overdrive.cli.options import console, options, print_json, shown
 from overdrive.config import LOG_LEVELS, PASSWORD_ENV, GlobalOptions, check_keys, configure_logging, read_config_file
 from overdrive.errors import ConfigError, OverdriveError
 
@@ -182,7 +182,7 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
 ) -> None:
     """Check what this machine has for each feature: display, audio, codecs, database, keys."""
-    from overdrive.doctor import run_checks
+    from overdrive.cli.doctor import run_checks
 
     results = run_checks(options(ctx), db=db)
     if as_json:
@@ -209,9 +209,9 @@ def demo(
 
 def _register_features() -> None:
     """Add each feature package's commands (imported here, after ``app`` exists, to keep them beside it)."""
-    from overdrive.index import cli as index_cli
-    from overdrive.media import cli as media_cli
-    from overdrive.transfer import cli as transfer_cli
+    from overdrive.cli import index as index_cli
+    from overdrive.cli import media as media_cli
+    from overdrive.cli import transfer as transfer_cli
 
     for feature in (media_cli, index_cli, transfer_cli):
         feature.register(app)
