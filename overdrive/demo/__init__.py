@@ -12,9 +12,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from overdrive.cli.options import console
 from overdrive.config import GlobalOptions
-from overdrive.demo.context import DemoContext, Step
+from overdrive.demo.context import DemoContext, Step, console
 from overdrive.errors import OverdriveError
 
 

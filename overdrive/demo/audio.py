@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from overdrive.cli.options import console
-from overdrive.demo.context import DemoContext, free_port, stop
+from overdrive.demo.context import DemoContext, console, free_port, stop
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,8 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Codec, Message
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.sockets import Bus, Security
-from overdrive.cli.options import console
 from overdrive.config import PASSWORD_ENV, GlobalOptions
-from overdrive.demo.context import DemoContext
+from overdrive.demo.context import DemoContext, console
 from overdrive.errors import AuthError, OverdriveError, UnreachableError
 
 

@@ -11,7 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.console import Console
+
 from overdrive.config import PASSWORD_ENV
+
+console = Console(stderr=True, highlight=False)
+"""Where the demo reports, as the CLI does (the demo sits below the CLI, so it has its own)."""
 
 STOP_TIMEOUT = 5.0
 """Seconds a child gets to end after SIGTERM before it is killed."""

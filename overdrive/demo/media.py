@@ -6,9 +6,8 @@ import json
 import socket
 import time
 
-from overdrive.cli.options import console
 from overdrive.demo.audio import step_audio_recording
-from overdrive.demo.context import DemoContext, free_port, stop
+from overdrive.demo.context import DemoContext, console, free_port, stop
 
 VIDEO_ONLY = {"stream": ("--audio", "none", "--no-record"), "view": ("--no-record",)}
 """The video step needs no sound card and keeps no recording (the audio step covers both)."""

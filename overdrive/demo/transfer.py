@@ -10,8 +10,7 @@ import os
 import subprocess
 import sys
 
-from overdrive.cli.options import console
-from overdrive.demo.context import DemoContext, Step
+from overdrive.demo.context import DemoContext, Step, console
 from overdrive.files.model import hash_file
 
 DEMO_SIZE = 64 << 20
