@@ -8,7 +8,7 @@ import sys
 def run() -> None:
     """Import the CLI and run it; a Ctrl-C nothing else caught (say, while the CLI is still importing) is one line."""
     try:
-        from overdrive.cli import main
+        from overdrive.cli.root import main
 
         main()
     except KeyboardInterrupt:

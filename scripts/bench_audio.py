@@ -31,8 +31,8 @@ import benchlib  # noqa: E402
 # The overdrive internals this benchmark uses (the CPU runs go through the `overdrive stream` command line).
 from overdrive.bus.security import NodeIdentity  # noqa: E402
 from overdrive.bus.sockets import Bus, Security  # noqa: E402
+from overdrive.demo.audio import measure_sync  # noqa: E402
 from overdrive.media.audio_capture import attach_audio  # noqa: E402
-from overdrive.media.demo_audio import measure_sync  # noqa: E402
 from overdrive.media.playback import AudioPlayer  # noqa: E402
 from overdrive.media.publisher import Streamer, StreamerConfig  # noqa: E402
 from overdrive.media.recorder import attach_recorder  # noqa: E402

@@ -39,9 +39,11 @@ import benchlib  # noqa: E402
 from overdrive.bus.address import Endpoint  # noqa: E402
 from overdrive.bus.security import NetworkKey, NodeIdentity  # noqa: E402
 from overdrive.bus.sockets import Bus, Security  # noqa: E402
+from overdrive.demo.context import stop  # noqa: E402
+from overdrive.files.model import FileInfo  # noqa: E402
+from overdrive.files.scanner import FolderScanner  # noqa: E402
 from overdrive.index.client import IndexClient  # noqa: E402
-from overdrive.index.records import FileInfo, RecordRow  # noqa: E402
-from overdrive.index.scan import FolderScanner  # noqa: E402
+from overdrive.index.records import RecordRow  # noqa: E402
 from overdrive.index.stores import open_store  # noqa: E402
 
 PASSWORD = secrets.token_urlsafe(12)
@@ -94,13 +96,7 @@ class Masters:
         return IndexClient(bus, [endpoint], timeout=timeout)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(*self.procs, timeout=10)
         self.procs.clear()
         for bus in self.buses:
             bus.close()

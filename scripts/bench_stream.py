@@ -331,15 +331,10 @@ class Run:
         return self.spawn(PY, __file__, *map(str, args), wait_ready=wait_ready)
 
     def close(self) -> None:
+        from overdrive.demo.context import stop
+
+        stop(*self.procs, timeout=10)
         for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
             for f in (p.stdout, p.stderr):
                 if f is not None:
                     f.close()

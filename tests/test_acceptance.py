@@ -21,10 +21,10 @@ import blake3
 import pytest
 
 from overdrive.bus.address import Endpoint
+from overdrive.files import names
+from overdrive.files.model import FileInfo
+from overdrive.files.scanner import FolderScanner
 from overdrive.index.client import IndexClient
-from overdrive.index.records import FileInfo
-from overdrive.index.scan import FolderScanner
-from overdrive.transfer import names
 from tests.conftest import Children, TestNetwork
 
 Run = Callable[..., subprocess.CompletedProcess[str]]

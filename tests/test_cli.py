@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from overdrive import __version__, config
-from overdrive.cli import _Group, app
+from overdrive.cli.root import _Group, app
 
 runner = CliRunner()
 
@@ -192,7 +192,7 @@ def test_a_command_that_ends_early_still_lets_the_password_stretch_finish(monkey
     # finalisation, and `overdrive master` with an unreachable database died with SIGSEGV after its error line
     # (about 1 exit in 200 under load, caught by CI). The console script now waits for the stretch first.
     from overdrive import __main__ as entry
-    from overdrive import cli
+    from overdrive.cli import root as cli
 
     class SlowKey:
         @staticmethod

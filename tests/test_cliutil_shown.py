@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from overdrive.cliutil import markup_safe, settle_heap, shown
+from overdrive.cli.options import markup_safe, settle_heap, shown
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,12 @@ import zmq
 from overdrive.bus.address import Endpoint
 from overdrive.bus.heartbeat import Ticker
 from overdrive.errors import StoreError, UnreachableError
+from overdrive.files.model import FileInfo
 from overdrive.index import master as master_module
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.protocol import Digest, SyncDone
-from overdrive.index.records import FileInfo, RecordRow
+from overdrive.index.records import RecordRow
 from overdrive.index.stores import BUCKETS, open_store
 from overdrive.index.stores.memory import MemoryStore
 from overdrive.index.stores.sql import SqliteStore

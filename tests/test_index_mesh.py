@@ -18,9 +18,9 @@ import pytest
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import OverdriveError
+from overdrive.files.model import FileInfo
 from overdrive.index.client import IndexClient
 from overdrive.index.protocol import Status
-from overdrive.index.records import FileInfo
 from tests.conftest import TestNetwork
 
 FAST = ("--heartbeat", "0.2", "--timeout", "1.5", "--stats", "0")

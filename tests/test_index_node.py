@@ -11,13 +11,13 @@ import pytest
 
 from overdrive.bus.address import Endpoint
 from overdrive.errors import ConfigError
+from overdrive.files.model import FileInfo, hash_file
+from overdrive.files.scanner import FolderScanner
 from overdrive.index.client import Entry, IndexClient
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.node import Node, NodeConfig, NodeSession
 from overdrive.index.protocol import Ack, Announce, NodeBeat
-from overdrive.index.scan import FolderScanner
 from overdrive.index.stores.memory import MemoryStore
-from overdrive.transfer.catalogue import SharedFile, hash_file
 from tests.conftest import TestNetwork
 
 
@@ -190,7 +190,7 @@ def test_a_refused_registration_is_sent_again_later_in_full() -> None:
     """A master that cannot store a registration (its disk is full) refuses it; the node registers everything
     again after ``retry`` seconds instead of leaving its files out of the index until it restarts."""
     session = NodeSession("nodeaaaaaaaaaaaa", NodeConfig(masters=(Endpoint("127.0.0.1", 1),), address="x:1", retry=10))
-    files = [SharedFile(name=f"f{i}", size=i, content_hash=f"{i:064x}", mtime_ns=i) for i in range(3)]
+    files = [FileInfo(name=f"f{i}", size=i, content_hash=f"{i:064x}", mtime_ns=i) for i in range(3)]
     first = session.next_message(0.0, files)
     assert isinstance(first, Announce) and first.full and len(first.files) == 3
     session.on_reply(Ack(ref=first.ref, ok=False, error="database or disk is full"), 0.1)

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from overdrive.files.model import FileInfo
+from overdrive.files.names import check_wire_name as check_name
 from overdrive.index.hlc import HybridClock, physical_ms
 from overdrive.index.records import (
-    FileInfo,
     Record,
     RecordRow,
-    check_name,
     decode_rows,
     encode_rows,
     names_need_a_closer_look,

@@ -22,15 +22,15 @@ from watchdog.observers import Observer
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.cliutil import shown
-from overdrive.index import node as node_module
-from overdrive.index import scan as scan_module
-from overdrive.index.cli import HOLDERS_WIDTH, listing_lines
+from overdrive.cli.index import HOLDERS_WIDTH, listing_lines
+from overdrive.cli.options import shown
+from overdrive.files import scanner as scan_module
+from overdrive.files import watch as watch_module
+from overdrive.files.model import FileInfo
+from overdrive.files.scanner import FolderScanner
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig
 from overdrive.index.node import Node, NodeConfig
-from overdrive.index.records import FileInfo
-from overdrive.index.scan import FolderScanner
 from overdrive.index.stores.memory import MemoryStore
 from tests.conftest import Children, TestNetwork
 
@@ -276,7 +276,7 @@ def test_a_folder_that_cannot_be_watched_is_rescanned_instead(
 ) -> None:
     """'overdrive share' failed to start ('overdrive-node failed to start: inotify instance limit reached') on a
     machine where other programs had used up the inotify instances; it now warns once and rescans the folder."""
-    monkeypatch.setattr(node_module, "Observer", _NoInotify)
+    monkeypatch.setattr(watch_module, "Observer", _NoInotify)
     master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
     master.start()
     folder = tmp_path / "shared"

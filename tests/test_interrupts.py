@@ -184,7 +184,7 @@ def test_an_interrupt_nothing_else_caught_is_one_line_and_130(monkeypatch: pytes
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("overdrive.cli.main", interrupted)
+    monkeypatch.setattr("overdrive.cli.root.main", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         entry.run()
     assert exit_info.value.code == 130

@@ -20,8 +20,9 @@ import blake3
 import pytest
 
 from overdrive.bus.address import Endpoint
+from overdrive.files.model import FileInfo
+from overdrive.files.scanner import FolderScanner
 from overdrive.transfer import serving
-from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.protocol import CODEC, MIN_CHUNK, Cancel, Open, Opened, Read, Refused, Working
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.serving import ServeCore, ServerConfig
@@ -40,8 +41,8 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-def _core(folder: Path, **config: int) -> tuple[ServeCore, FolderCatalogue]:
-    catalogue = FolderCatalogue.scan(folder)
+def _core(folder: Path, **config: int) -> tuple[ServeCore, dict[str, FileInfo]]:
+    catalogue = FolderScanner(folder).scan()
     return ServeCore(folder, catalogue, ServerConfig(chunk_size=CHUNK, **config)), catalogue  # type: ignore[arg-type]
 
 
@@ -159,7 +160,7 @@ def gated(
         hashes[name] = blake3.blake3(data).hexdigest()
     gate = Gate(8 * MB)
     monkeypatch.setattr(serving, "build_table", gate.build_table)
-    server = FileServer(network.bus(), folder, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(folder))
+    server = FileServer(network.bus(), folder, Endpoint("127.0.0.1", 0), FolderScanner(folder).scan())
     server.start()
     try:
         yield server, gate, hashes

@@ -14,8 +14,8 @@ import zmq
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION, Frame
 from overdrive.errors import TransferError
+from overdrive.files.scanner import FolderScanner
 from overdrive.transfer.fetcher import SHOWN_DETAIL, FetchRequest, FetchResult, failed_reason, fetch
-from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.protocol import CODEC, DIGEST_SIZE, MAX_CHUNK, Failed, Open, Opened, Refused, Working
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.session import FetchConfig
@@ -110,7 +110,7 @@ def test_a_holder_that_only_says_working_does_not_hold_up_the_others(network: Te
     folder.mkdir()
     (folder / "f.bin").write_bytes(os.urandom(3 << 20))
     stalling = OpenAnswerer(network, "working")
-    honest = FileServer(network.bus(), folder, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(folder))
+    honest = FileServer(network.bus(), folder, Endpoint("127.0.0.1", 0), FolderScanner(folder).scan())
     honest.start()
     try:
         request = FetchRequest(name="f.bin", sources=(stalling.endpoint, honest.endpoint), dest_dir=tmp_path / "out",

@@ -19,9 +19,10 @@ import pytest
 
 from overdrive.bus.address import Endpoint
 from overdrive.errors import ConfigError
+from overdrive.files.model import hash_file
+from overdrive.files.scanner import FolderScanner
 from overdrive.transfer.fetcher import FetchRequest, fetch
-from overdrive.transfer.folder import FolderCatalogue
-from overdrive.transfer.partial import PartialFile, hash_path
+from overdrive.transfer.partial import PartialFile
 from overdrive.transfer.protocol import MIN_CHUNK, chunk_checksum
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.session import Plan
@@ -69,7 +70,7 @@ def test_hashing_a_copy_already_there_can_be_interrupted(tmp_path: Path) -> None
     path = tmp_path / "copy.bin"
     path.write_bytes(os.urandom(40 << 20))
     with pytest.raises(KeyboardInterrupt):
-        hash_path(path, _Interrupt(after=2))
+        hash_file(path, _Interrupt(after=2))
 
 
 def test_rechecking_a_partial_file_on_resume_can_be_interrupted(tmp_path: Path) -> None:
@@ -106,7 +107,7 @@ def test_a_destination_that_cannot_be_a_folder_is_said_before_connecting(
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "f.bin").write_bytes(os.urandom(1000))
-    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(shared))
+    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderScanner(shared).scan())
     out = where if where.startswith("/") else str(tmp_path / where)
     try:
         holder = server.start().display
@@ -177,7 +178,7 @@ def test_a_fetch_stopped_while_rechecking_its_partial_file_closes_it(
         real_verify(self, plan, claimed)
         raise KeyboardInterrupt
 
-    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(shared))
+    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderScanner(shared).scan())
     try:
         holder = server.start()
         request = FetchRequest(name="f.bin", sources=(holder,), dest_dir=out, chunk_size=MIN_CHUNK)
@@ -199,7 +200,7 @@ def test_an_out_folder_with_a_tilde_is_under_home(run_cli: RunCli, network: Test
     shared.mkdir()
     home.mkdir()
     (shared / "f.bin").write_bytes(os.urandom(1000))
-    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderCatalogue.scan(shared))
+    server = FileServer(network.bus(), shared, Endpoint("127.0.0.1", 0), FolderScanner(shared).scan())
     try:
         holder = server.start().display
         env = network.env(tmp_path / "home", HOME=str(home))

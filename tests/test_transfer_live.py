@@ -27,9 +27,9 @@ import zmq
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, IntegrityError, TransferError
-from overdrive.transfer.catalogue import SharedFile
+from overdrive.files.model import FileInfo
+from overdrive.files.scanner import FolderScanner
 from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, fetch
-from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.protocol import (
     CODEC,
     DEFAULT_CHUNK,
@@ -92,7 +92,7 @@ class Holder:
 
     def __init__(self, bus: Bus, folder: Path) -> None:
         self.folder = folder
-        self.catalogue = FolderCatalogue.scan(folder)
+        self.catalogue = FolderScanner(folder).scan()
         self.server = FileServer(bus, folder, LOOPBACK, self.catalogue)
         self.endpoint = self.server.start()
 
@@ -416,10 +416,10 @@ def test_traversal_and_special_files_refused_over_the_wire(network: TestNetwork,
     (folder / "abs_link").symlink_to("/etc/passwd")
     (folder / "devnull").symlink_to("/dev/null")
     os.mkfifo(folder / "fifo")
-    catalogue = FolderCatalogue.scan(folder)
+    catalogue = FolderScanner(folder).scan()
     secret_hash = blake3.blake3(b"SECRET").hexdigest()
     for name in HOSTILE_NAMES:  # a catalogue that (wrongly) lists them must not matter
-        catalogue.put(SharedFile(name=name, size=6, content_hash=secret_hash, mtime_ns=0))
+        catalogue[name] = FileInfo(name="secret.txt", size=6, content_hash=secret_hash, mtime_ns=0)
     server = FileServer(network.bus(), folder, LOOPBACK, catalogue)
     endpoint = server.start()
     client = network.bus()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from overdrive.errors import TransferError, UnsafePathError
-from overdrive.transfer import names
+from overdrive.files import names
 
 HOSTILE = [
     "",

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from overdrive.errors import TransferError
-from overdrive.transfer import names
+from overdrive.files import names
 from overdrive.transfer.partial import STATE_VERSION, PartialFile
 from overdrive.transfer.protocol import DIGEST_SIZE, MIN_CHUNK, chunk_checksum
 from overdrive.transfer.session import Plan

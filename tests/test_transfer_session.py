@@ -13,10 +13,10 @@ import pytest
 
 from overdrive.bus.codec import Codec, Message
 from overdrive.errors import TransferError
-from overdrive.transfer import names
-from overdrive.transfer.catalogue import SharedFile
+from overdrive.files import names
+from overdrive.files.model import FileInfo
+from overdrive.files.scanner import FolderScanner
 from overdrive.transfer.fetcher import _stall_error, failed_reason
-from overdrive.transfer.folder import FolderCatalogue
 from overdrive.transfer.partial import PartialFile
 from overdrive.transfer.protocol import (
     CODEC,
@@ -55,8 +55,8 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
-def _core(folder: Path, **config: int) -> tuple[ServeCore, FolderCatalogue]:
-    catalogue = FolderCatalogue.scan(folder)
+def _core(folder: Path, **config: int) -> tuple[ServeCore, dict[str, FileInfo]]:
+    catalogue = FolderScanner(folder).scan()
     return ServeCore(folder, catalogue, ServerConfig(chunk_size=CHUNK, **config)), catalogue  # type: ignore[arg-type]
 
 
@@ -66,7 +66,9 @@ def _ask(core: ServeCore, peer: str, msg: Message, *payload: bytes) -> tuple[Mes
     return CODEC.decode(replies[0])
 
 
-def _open(core: ServeCore, catalogue: FolderCatalogue, name: str = "data.bin", peer: str = "p") -> tuple[Opened, Plan]:
+def _open(
+    core: ServeCore, catalogue: dict[str, FileInfo], name: str = "data.bin", peer: str = "p"
+) -> tuple[Opened, Plan]:
     entry = catalogue.get(name)
     assert entry is not None
     reply, payload = _ask(core, peer, Open(rid=1, name=name, content_hash=entry.content_hash))
@@ -225,8 +227,8 @@ def test_refusals(folder: Path) -> None:
 
 def test_catalogue_entry_without_matching_file_is_refused(folder: Path) -> None:
     core, catalogue = _core(folder)
-    catalogue.put(SharedFile(name="ghost.bin", size=5, content_hash="a" * 64, mtime_ns=0))
-    catalogue.put(SharedFile(name="data.bin", size=1, content_hash="b" * 64, mtime_ns=0))  # stale size/hash
+    catalogue["ghost.bin"] = FileInfo(name="ghost.bin", size=5, content_hash="a" * 64, mtime_ns=0)
+    catalogue["data.bin"] = FileInfo(name="data.bin", size=1, content_hash="b" * 64, mtime_ns=0)  # stale size/hash
     for name, content_hash in (("ghost.bin", "a" * 64), ("data.bin", "b" * 64)):
         reply, _ = _ask(core, "p", Open(rid=1, name=name, content_hash=content_hash))
         assert isinstance(reply, Refused) and reply.reason in ("not-found", "changed"), reply

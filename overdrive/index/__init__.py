@@ -5,7 +5,7 @@
 * :mod:`~overdrive.index.replication` -- the sans-IO replication state machine (vectors, LWW, tombstones);
 * :mod:`~overdrive.index.protocol` -- the messages and their codec;
 * :mod:`~overdrive.index.master` -- a master (the socket shell around the replica), gossip, sync, anti-entropy;
-* :mod:`~overdrive.index.scan` and :mod:`~overdrive.index.node` -- a sharing node: folder scanner, watcher, failover;
+* :mod:`~overdrive.index.node` -- a sharing node (scanner and watch from :mod:`overdrive.files`), failover;
 * :mod:`~overdrive.index.client` -- :class:`~overdrive.index.client.IndexClient` for ``ls`` and ``fetch``;
-* :mod:`~overdrive.index.cli` -- ``overdrive master``, ``share`` and ``ls``.
+* ``overdrive master``, ``share`` and ``ls`` are in :mod:`overdrive.cli.index`.
 """

@@ -9,7 +9,7 @@ API::
     # names and patterns match whatever their Unicode normalisation: "résumé" finds a file saved as NFD
     for e in entries:      # Entry: name, size, content_hash, holder, address ("host:port"), mtime_ns, online
         ...
-    client.register([SharedFile(...)], address="10.0.0.5:7772")   # "I (this bus's node id) now hold these"
+    client.register([FileInfo(...)], address="10.0.0.5:7772")   # "I (this bus's node id) now hold these"
     client.unregister(["old.mp4"], address="10.0.0.5:7772")
     status = client.status()              # protocol.Status of the master answering (digest=False: cheaper)
     client.close()                                            # or use it as a context manager
@@ -34,9 +34,8 @@ import zmq
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, ProtocolError, StoreError, UnreachableError
+from overdrive.files.model import FileInfo
 from overdrive.index.protocol import CODEC, Ack, Announce, Entry, Found, Lookup, Status, StatusQuery, size_batches
-from overdrive.index.records import FileInfo
-from overdrive.transfer.catalogue import SharedFile
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +69,6 @@ def _spellings(name: str) -> list[str]:
 def is_glob(pattern: str) -> bool:
     """True if ``pattern`` has fnmatch wildcards (``*``, ``?``, ``[``)."""
     return any(c in pattern for c in "*?[")
-
-
-def _info(item: SharedFile | FileInfo) -> FileInfo:
-    if isinstance(item, FileInfo):
-        return item
-    return FileInfo(name=item.name, size=item.size, content_hash=item.content_hash, mtime_ns=item.mtime_ns)
 
 
 class IndexClient:
@@ -151,7 +144,7 @@ class IndexClient:
 
     def register(
         self,
-        files: Iterable[SharedFile | FileInfo],
+        files: Iterable[FileInfo],
         address: str,
         *,
         removed: Iterable[str] = (),
@@ -161,7 +154,7 @@ class IndexClient:
 
         ``full=True`` means "this is everything I share": entries of this node not listed are deleted.
         """
-        infos = size_batches([_info(f) for f in files], _name)
+        infos = size_batches(list(files), _name)
         gone = size_batches(list(removed), str)
         sync = next(self._refs) if full else 0
         chunks = max(1, len(infos), len(gone))

@@ -3,36 +3,30 @@
 :class:`NodeSession` is the protocol logic without sockets: what to send next (a full registration after
 connecting, then changes, heartbeats when idle), and when the current master has gone quiet for ``failover``
 seconds, to move to the next one and register everything again. :class:`Node` is the thread around it: one
-DEALER to the current master, a watchdog observer feeding changed paths, and the folder scanner.
+DEALER to the current master, a folder watch feeding changed paths, and the folder scanner (both from
+:mod:`overdrive.files`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import stat
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import zmq
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import ObservedWatch
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
 from overdrive.bus.runner import Runner
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, ProtocolError
+from overdrive.files.model import FileInfo
+from overdrive.files.scanner import FolderScanner
+from overdrive.files.watch import FolderWatch, folder_identity
 from overdrive.index.protocol import CODEC, Ack, Announce, NodeBeat, size_batches
-from overdrive.index.records import FileInfo
-from overdrive.index.scan import FolderScanner
-from overdrive.transfer.catalogue import SharedFile
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +68,6 @@ def _name(f: FileInfo) -> str:
     return f.name
 
 
-def _info(f: SharedFile) -> FileInfo:
-    return FileInfo(name=f.name, size=f.size, content_hash=f.content_hash, mtime_ns=f.mtime_ns)
-
-
 @dataclass
 class NodeSession:
     """Sans-IO: decides the node's next message and which master to use."""
@@ -109,9 +99,9 @@ class NodeSession:
         waiting = self._queue or self.changed or self.removed or self.full_needed or self._retry_at is not None
         return not waiting and not isinstance(self._in_flight, Announce)
 
-    def files_changed(self, changed: Sequence[SharedFile], removed: Sequence[str]) -> None:
+    def files_changed(self, changed: Sequence[FileInfo], removed: Sequence[str]) -> None:
         for f in changed:
-            self.changed[f.name] = _info(f)
+            self.changed[f.name] = f
             self.removed.discard(f.name)
         for name in removed:
             self.changed.pop(name, None)
@@ -125,7 +115,7 @@ class NodeSession:
         self._retry_at = None
         self._heard = now
 
-    def next_message(self, now: float, files: Sequence[SharedFile]) -> Message | None:
+    def next_message(self, now: float, files: Sequence[FileInfo]) -> Message | None:
         """The message to send now, if any (one request in flight at a time)."""
         if self._in_flight is not None:
             return None
@@ -137,7 +127,7 @@ class NodeSession:
             self.changed.clear()
             self.removed.clear()
             sync = next(self._refs)
-            chunks = size_batches([_info(f) for f in files], _name) or [[]]
+            chunks = size_batches(list(files), _name) or [[]]
             self._queue = [
                 Announce(
                     ref=next(self._refs),
@@ -202,52 +192,6 @@ class NodeSession:
         return True
 
 
-class _Watch(FileSystemEventHandler):
-    """Collects changed paths (relative to the folder) with the time of their last event."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.lock = threading.Lock()
-        self.paths: dict[str, float] = {}
-        self.root_changed = threading.Event()
-        """Set when an event names the folder itself as deleted or moved: the watch on it is gone."""
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        now = time.monotonic()
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
-            if not raw:
-                continue
-            text = raw.decode(errors="surrogateescape") if isinstance(raw, bytes) else raw
-            try:
-                rel = Path(text).relative_to(self.folder).as_posix()
-            except ValueError:
-                continue
-            if rel and rel != ".":
-                with self.lock:
-                    self.paths[rel] = now
-            elif event.event_type in ("deleted", "moved"):
-                self.root_changed.set()
-
-    def take_settled(self, settle: float) -> list[str]:
-        now = time.monotonic()
-        with self.lock:
-            ready = [p for p, t in self.paths.items() if now - t >= settle]
-            for p in ready:
-                del self.paths[p]
-        return ready
-
-
-def _identity(folder: Path) -> tuple[int, int] | None:
-    """(device, inode) of the folder at ``folder``, or None when there is no folder there."""
-    try:
-        st = folder.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
-
-
 class Node(Runner):
     """Registers a folder with the index and keeps it current (a background thread)."""
 
@@ -260,12 +204,9 @@ class Node(Runner):
         self.session = NodeSession(bus.node_id, config)
         self.watch = watch
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
-        self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._watched: ObservedWatch | None = None
-        self._handler = _Watch(scanner.folder)
-        self._folder_id = _identity(scanner.folder)
+        self._watch = FolderWatch(scanner.folder, config.poll)
+        self._folder_id = folder_identity(scanner.folder)
         self._next_check = 0.0
-        self._arm_failed = False
         self._catch_up = False
         """Set once the watch is armed at start: what changed between the first scan and the watch has no event."""
         self._outage: tuple[float, int] | None = None
@@ -279,73 +220,29 @@ class Node(Runner):
 
     def setup(self) -> None:
         if self.watch:
-            # watchdog warns when a folder made in one go ('mkdir -p a/b/c') is watched twice, by its walk of the
-            # new folder and by the subfolders' own events: harmless (the same callback), but several KB per line
-            warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning, "watchdog")
-            observer = Observer()
-            observer.daemon = True
-            observer.start()
-            self._observer = observer
-            self._rearm(self.scanner.folder)
+            self._watched_or_poll(self._watch.start())
             self._catch_up = True  # in the loop, not here: a rescan of a large folder can outlast the start timeout
         self._open(time.monotonic())
 
-    def _arm(self) -> None:
-        """Watch the folder now at the shared path (a new one when it was replaced)."""
-        assert self._observer is not None
-        self._handler.root_changed.clear()
-        self._watched = self._observer.schedule(self._handler, str(self.scanner.folder), recursive=True)
-
-    def _rearm(self, folder: Path) -> None:
-        """Watch ``folder``; when it cannot be watched, say so once and rescan it every ``poll`` seconds instead."""
-        try:
-            self._arm()
-        except FileNotFoundError:  # the folder went again already: the next check sees it
-            return
-        except OSError as exc:  # inotify instances or watches used up by other programs
-            if not self._arm_failed:
-                log.warning(
-                    "cannot watch the shared folder %s for changes (%s); rescanning it every %g s instead",
-                    folder,
-                    exc.strerror or exc,
-                    self.config.poll,
-                )
-            self._arm_failed = True
+    def _watched_or_poll(self, armed: bool) -> None:
+        if not armed:
             self._next_check = time.monotonic() + self.config.poll
-        else:
-            if self._arm_failed:
-                log.warning("watching the shared folder %s for changes again", folder)
-            self._arm_failed = False
-
-    def _disarm(self) -> None:
-        if self._observer is not None and self._watched is not None:
-            with contextlib.suppress(KeyError, OSError):
-                self._observer.unschedule(self._watched)
-        self._watched = None
-
-    def _watch_lost(self) -> bool:
-        """True when the watch armed on the folder no longer reports (the folder was deleted: its emitter ended)."""
-        if self._watched is None or self._observer is None:
-            return False
-        if self._handler.root_changed.is_set():
-            return True
-        return not any(e.watch == self._watched and e.is_alive() for e in self._observer.emitters)
 
     def check_folder(self, now: float) -> None:
         """Notice the shared folder deleted, moved away, replaced, or back, and follow it: files of a folder that is
         gone are withdrawn from the index (nothing can serve them), and a folder at the path again is watched and
         registered afresh. Without this the watch died with the first folder and the index froze until a restart."""
-        if now < self._next_check and not self._handler.root_changed.is_set():
+        if now < self._next_check and not self._watch.changes.root_changed.is_set():
             return
-        self._next_check = now + self.config.recheck  # or poll, when _rearm fails below
-        current = _identity(self.scanner.folder)
-        lost = self._watch_lost()
-        if current == self._folder_id and not lost and (current is None or self._watched is not None):
+        self._next_check = now + self.config.recheck  # or poll, when rearming fails below
+        current = folder_identity(self.scanner.folder)
+        lost = self._watch.lost()
+        if current == self._folder_id and not lost and (current is None or self._watch.armed):
             return
         folder = self.scanner.folder
-        self._disarm()
+        self._watch.disarm()
         if current is not None:
-            self._rearm(folder)
+            self._watched_or_poll(self._watch.rearm())
         previous, self._folder_id = self._folder_id, current
         changed, removed = self.scanner.resync()
         self.session.files_changed(changed, removed)
@@ -383,11 +280,7 @@ class Node(Runner):
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(5)
-            self._observer = None
-            self._watched = None
+        self._watch.stop()
         self.scanner.save_cache()
 
     def _open(self, now: float) -> None:
@@ -432,7 +325,7 @@ class Node(Runner):
                 self._catch_up = False
                 changed, removed = self.scanner.resync()
                 self.session.files_changed(changed, removed)
-            settled = self._handler.take_settled(self.config.settle)
+            settled = self._watch.take_settled(self.config.settle)
             if settled:
                 changed, removed = self.scanner.refresh(settled)
                 if changed or removed:

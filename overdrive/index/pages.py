@@ -24,7 +24,8 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from overdrive.index.records import _BASE32_BYTES, _HEX_BYTES, RecordRow, check_name, names_need_a_closer_look, only
+from overdrive.files.names import check_wire_name as check_name
+from overdrive.index.records import _BASE32_BYTES, _HEX_BYTES, RecordRow, names_need_a_closer_look, only
 
 PAGE_TABLE = (
     "CREATE TABLE t (name TEXT NOT NULL CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 4096), "

@@ -32,7 +32,8 @@ from typing import Annotated, ClassVar, TypeVar
 import msgspec
 
 from overdrive.bus.codec import Codec, Message
-from overdrive.index.records import Address, ContentHash, FileInfo, Mtime, Name, NodeId, NonNegative, wire_size
+from overdrive.files.model import ContentHash, FileInfo, Mtime, Name, NonNegative
+from overdrive.index.records import Address, NodeId, wire_size
 
 MAX_ROWS_PAYLOAD = 48 << 20
 BATCH_BYTES = 512 << 10

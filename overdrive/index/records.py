@@ -5,8 +5,9 @@ replication fields say who wrote this version and when: ``origin`` is the master
 master's sequence number, ``hlc`` a hybrid-logical-clock timestamp. ``deleted`` marks a tombstone. Of two versions
 of the same (holder, name) the one with the larger ``(hlc, origin)`` wins everywhere (last writer wins).
 
-Names come from the wire, so they are validated whenever a record is built or decoded: a relative POSIX path,
-no ``.``/``..``/empty components, no NUL or backslash, at most 4096 bytes of UTF-8.
+Names come from the wire, so they are validated whenever a record is built or decoded, by the name policy's
+:func:`~overdrive.files.names.check_wire_name`; what a file is (:class:`~overdrive.files.model.FileInfo`) is the one
+file model of :mod:`overdrive.files`.
 """
 
 from __future__ import annotations
@@ -16,40 +17,15 @@ from typing import Annotated
 
 import msgspec
 
-MAX_NAME_BYTES = 4096
+from overdrive.files.model import ContentHash, FileInfo, Mtime, Name, NonNegative, check_hash
+from overdrive.files.names import check_wire_name
+
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 _HEX = "0123456789abcdef"
 
-# Length bounds are checked by msgspec (in C); character sets in __post_init__ with str.strip, which is much
-# faster than msgspec's regex patterns on the 1,000,000-record snapshot path.
+# Length bounds are checked by msgspec (in C); character sets in __post_init__ with str.strip (see files.model).
 NodeId = Annotated[str, msgspec.Meta(min_length=16, max_length=16)]
-ContentHash = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
 Address = Annotated[str, msgspec.Meta(min_length=3, max_length=300)]
-NonNegative = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
-Mtime = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
-"""Modification time in ns since the epoch; files from before 1970 have negative ones."""
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_BYTES)]
-
-
-def check_name(name: str) -> str:
-    """Return ``name`` if it is a safe relative POSIX path, else raise ValueError."""
-    if not name:
-        raise ValueError("file name is empty")
-    if len(name) > MAX_NAME_BYTES // 4 or not name.isascii():
-        try:
-            size = len(name.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise ValueError(f"file name {name!r} is not valid UTF-8") from None
-        if size > MAX_NAME_BYTES:
-            raise ValueError("file name is longer than 4096 bytes")
-    if "\x00" in name:
-        raise ValueError("file name contains NUL")
-    if name[0] == "/" or "\\" in name:
-        raise ValueError(f"file name {name!r} is not a relative POSIX path")
-    parts = name.split("/")
-    if "" in parts or "." in parts or ".." in parts:
-        raise ValueError(f"file name {name!r} has an empty, '.' or '..' component")
-    return name
 
 
 def check_node_id(value: str, what: str = "node id") -> str:
@@ -57,26 +33,6 @@ def check_node_id(value: str, what: str = "node id") -> str:
     if len(value) != 16 or value.strip(_BASE32):
         raise ValueError(f"{what} must be 16 lowercase base32 characters")
     return value
-
-
-def check_hash(value: str) -> str:
-    """Return ``value`` if it is 64 lowercase hex characters (a BLAKE3 digest), else raise ValueError."""
-    if len(value) != 64 or value.strip(_HEX):
-        raise ValueError("content hash must be 64 lowercase hex characters")
-    return value
-
-
-class FileInfo(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """A file as a node reports it: what it is, not who has it (the master adds the holder)."""
-
-    name: Name
-    size: NonNegative
-    content_hash: ContentHash
-    mtime_ns: Mtime
-
-    def __post_init__(self) -> None:
-        check_name(self.name)
-        check_hash(self.content_hash)
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -94,7 +50,7 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     deleted: bool = False
 
     def __post_init__(self) -> None:
-        check_name(self.name)
+        check_wire_name(self.name)
         check_hash(self.content_hash)
         check_node_id(self.holder, "holder")
         check_node_id(self.origin, "origin")
@@ -185,7 +141,7 @@ def validate_rows(rows: list[RecordRow]) -> None:
         return
     if names_need_a_closer_look("\n" + "\n".join(r[0] for r in rows) + "\n"):
         for row in rows:  # slow path: a suspicious or non-ASCII name somewhere; check each one exactly
-            check_name(row[0])
+            check_wire_name(row[0])
     if not only("".join(r[2] for r in rows), _HEX_BYTES):
         raise ValueError("content hash must be 64 lowercase hex characters")
     if not only("".join([r[3] + r[6] for r in rows]), _BASE32_BYTES):

@@ -24,8 +24,9 @@ import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from overdrive.files.model import FileInfo
 from overdrive.index.hlc import HybridClock, from_ms, wall_ms
-from overdrive.index.records import FileInfo, RecordRow, check_node_id
+from overdrive.index.records import RecordRow, check_node_id
 from overdrive.index.stores.base import BATCH, Store, encode_vector
 
 log = logging.getLogger(__name__)

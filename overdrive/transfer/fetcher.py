@@ -30,7 +30,6 @@ from pathlib import Path
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from overdrive import interrupts
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import (
@@ -42,8 +41,10 @@ from overdrive.errors import (
     TransferError,
     UnsafePathError,
 )
-from overdrive.transfer import allocator, names
-from overdrive.transfer.partial import PartialFile, hash_path, part_path
+from overdrive.files import names
+from overdrive.files.model import hash_file, never
+from overdrive.transfer import allocator
+from overdrive.transfer.partial import PartialFile, part_path
 from overdrive.transfer.protocol import (
     CODEC,
     DEFAULT_CHUNK,
@@ -78,7 +79,7 @@ MAX_CONNECTIONS = 4
 IO_THREADS = 2
 """Most libzmq I/O threads of the fetch's own context: one per connection to a holder, up to 2."""
 IDLE_POLL_MS = 250
-"""Longest wait in one poll, so a Ctrl-C (recorded by :func:`interrupts.deferred`) stops the fetch within it."""
+"""Longest wait in one poll, so a stop (a program's ``cancel``, e.g. a recorded Ctrl-C) ends the fetch within it."""
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _DRAIN = 64
 
@@ -149,19 +150,32 @@ class _Conn:
         return self.endpoint.display if self.number == 1 else f"{self.endpoint.display}#{self.number}"
 
 
-def fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None = None) -> FetchResult:
+def fetch(
+    bus: Bus,
+    request: FetchRequest,
+    progress: ProgressFn | None = None,
+    *,
+    cancel: Callable[[], None] = never,
+    connecting: Connecting | None = None,
+) -> FetchResult:
     """Fetch ``request.name`` into ``request.dest_dir``; raise an OverdriveError subclass on failure.
 
-    The data connections use ``bus``'s security in a context of their own (:data:`IO_THREADS`), destroyed on return.
+    ``cancel`` is called at every safe point of the loops and between blocks of hashing; it stops the fetch by
+    raising (a program's Ctrl-C check, say :func:`overdrive.interrupts.deferred`'s). The fetch installs no signal
+    handler: a program that wants Ctrl-C during the holders' handshakes too passes the same ``connecting`` it gave
+    the signal handler. The data connections use ``bus``'s security in a context of their own (:data:`IO_THREADS`),
+    destroyed on return.
     """
     context: zmq.Context = zmq.Context(io_threads=min(request.connections, IO_THREADS))  # type: ignore[type-arg]
     try:
-        return _fetch(Bus(bus.security, context), request, progress)
+        return _fetch(Bus(bus.security, context), request, progress, cancel, connecting or Connecting())
     finally:
         context.destroy(linger=0)
 
 
-def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> FetchResult:
+def _fetch(
+    bus: Bus, request: FetchRequest, progress: ProgressFn | None, check: Callable[[], None], connecting: Connecting
+) -> FetchResult:
     started = time.monotonic()
     allocator.tune()
     names.check_name(request.name)
@@ -176,18 +190,16 @@ def _fetch(bus: Bus, request: FetchRequest, progress: ProgressFn | None) -> Fetc
     state = PartialFile(dest, request.name).saved_state()
     if not chunk_size and state is not None and request.content_hash in ("", state.content_hash):
         chunk_size = state.chunk_size
-    connecting = _Connecting()
-    # Ctrl-C stops at a loop's check, never inside the writer's queue; while connecting, at once (see _Connecting)
-    with interrupts.deferred(on_signal=connecting) as check:
-        partial = PartialFile(dest, request.name, check)
-        return _transfer(bus, request, progress, check, started, partial, chunk_size, connecting)
+    # a stop comes at a loop's check, never inside the writer's queue; while connecting, at once (see Connecting)
+    partial = PartialFile(dest, request.name, check)
+    return _transfer(bus, request, progress, check, started, partial, chunk_size, connecting)
 
 
-class _Connecting:
-    """The ``on_signal`` of the fetch's :func:`interrupts.deferred`: while :attr:`now` is set (only around
-    ``Bus.connect``, which waits up to ``connect_timeout`` for each holder's handshake and has no check of its own),
-    Ctrl-C raises KeyboardInterrupt from the handler, in that wait. Nothing there can be left half-done: no file,
-    no queue, and the fetch's context closes the sockets."""
+class Connecting:
+    """An ``on_signal`` for :func:`overdrive.interrupts.deferred` around a fetch: while :attr:`now` is set (only
+    around ``Bus.connect``, which waits up to ``connect_timeout`` for each holder's handshake and has no check of its
+    own), Ctrl-C raises KeyboardInterrupt from the handler, in that wait. Nothing there can be left half-done: no
+    file, no queue, and the fetch's context closes the sockets."""
 
     def __init__(self) -> None:
         self.now = False
@@ -206,7 +218,7 @@ def _transfer(
     started: float,
     partial: PartialFile,
     chunk_size: int,
-    connecting: _Connecting,
+    connecting: Connecting,
 ) -> FetchResult:
     dest_dir = Path(request.dest_dir)
     dest = partial.dest
@@ -336,7 +348,7 @@ def _present_copy(dest: Path, plan: Plan, check: Callable[[], None]) -> Path | N
     for path in names.copies(dest):
         try:
             st = path.lstat()
-            if stat.S_ISREG(st.st_mode) and st.st_size == plan.size and hash_path(path, check) == plan.content_hash:
+            if stat.S_ISREG(st.st_mode) and st.st_size == plan.size and hash_file(path, check) == plan.content_hash:
                 return path
         except OSError:
             continue

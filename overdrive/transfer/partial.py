@@ -31,7 +31,8 @@ import blake3
 import msgspec
 
 from overdrive.errors import IntegrityError, TransferError
-from overdrive.transfer.names import NAME_MAX, fit_name, free_name
+from overdrive.files.model import never
+from overdrive.files.names import NAME_MAX, fit_name, free_name
 from overdrive.transfer.protocol import valid_chunk_size
 from overdrive.transfer.session import Plan
 
@@ -43,7 +44,6 @@ MAX_HELD = 8 << 20
 """Bytes of out-of-order chunks kept in memory for the running whole-file hash (beyond that: read back)."""
 WRITE_QUEUE_BYTES = 16 << 20
 """Bytes of chunks waiting for the writer thread (16 chunks of 1 MiB; 1 of a 16 MiB chunking)."""
-_HASH_BLOCK = 16 << 20
 _LONGEST_SUFFIX = ".part.state.tmp"
 
 
@@ -69,10 +69,6 @@ class ResumeState(msgspec.Struct, frozen=True, kw_only=True):
     """Half-open ranges of finished chunk indices."""
 
 
-def _never() -> None:
-    """A ``check`` that never interrupts."""
-
-
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -82,16 +78,6 @@ def disk_error(path: Path, exc: OSError) -> TransferError:
         what = "file too large for this filesystem or limit" if exc.errno == errno.EFBIG else "disk full"
         return TransferError(f"{what} while writing {path}; the partial file is kept: free space and run again")
     return TransferError(f"cannot write {path}: {exc.strerror}")
-
-
-def hash_path(path: Path, check: Callable[[], None] = _never) -> str:
-    """BLAKE3 of a whole file; ``check`` is called between blocks (a Ctrl-C stops a long hash there)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with path.open("rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
-            check()
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
@@ -167,7 +153,7 @@ class PartialFile:
     :func:`overdrive.interrupts.deferred` stops them there.
     """
 
-    def __init__(self, dest: Path, name: str, check: Callable[[], None] = _never) -> None:
+    def __init__(self, dest: Path, name: str, check: Callable[[], None] = never) -> None:
         self.dest = dest
         self.name = name
         self.check = check

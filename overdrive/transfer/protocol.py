@@ -33,6 +33,7 @@ import xxhash
 from msgspec import Meta
 
 from overdrive.bus.codec import Codec, Message
+from overdrive.files.names import MAX_NAME_BYTES
 
 DIGEST_SIZE = 16
 """Bytes of one chunk checksum (XXH3-128, big-endian canonical form) in the ``Opened`` payload."""
@@ -42,7 +43,6 @@ DEFAULT_CHUNK = 1 << 20
 """Chunk size when the fetcher does not ask for one; chosen by scripts/bench_transfer.py (docs/benchmarks.md)."""
 MAX_CHUNKS = 1 << 20
 """Most chunks a file may have; larger files get larger chunks (so the checksum table stays ≤ 16 MiB)."""
-MAX_NAME_BYTES = 4096
 
 RefuseReason = Literal["not-found", "changed", "unsafe", "not-regular", "busy", "io-error", "bad-chunking"]
 FailReason = Literal["changed", "unknown-transfer", "bad-index", "io-error"]

@@ -41,8 +41,8 @@ from overdrive.bus.codec import Frame
 from overdrive.bus.runner import START_TIMEOUT, Runner
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, TransferError
+from overdrive.files.model import Catalogue
 from overdrive.transfer import allocator
-from overdrive.transfer.catalogue import Catalogue
 from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats, TableBuild
 
 log = logging.getLogger(__name__)

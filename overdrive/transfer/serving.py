@@ -1,7 +1,7 @@
 """The file server's protocol logic, without sockets: frames from an authenticated peer in, reply frames out.
 
 :class:`ServeCore` decides everything :class:`~overdrive.transfer.server.FileServer` does: which names may be
-opened (catalogue + :func:`~overdrive.transfer.names.open_shared`), how many transfers a peer may hold, which
+opened (catalogue + :func:`~overdrive.files.names.open_shared`), how many transfers a peer may hold, which
 chunk to read, and when a file has changed under a transfer (``fstat`` size/mtime on every read, and the whole
 file's hash checked against the catalogue when its chunk table is built, unless size and mtime are the ones the
 catalogue hashed). It reads files with ``os.pread`` and hands the bytes out as a payload frame, never copying them
@@ -28,8 +28,8 @@ import blake3
 
 from overdrive.bus.codec import Frame
 from overdrive.errors import ProtocolError, TransferError, UnsafePathError
-from overdrive.transfer import names
-from overdrive.transfer.catalogue import Catalogue
+from overdrive.files import names
+from overdrive.files.model import Catalogue
 from overdrive.transfer.protocol import (
     CODEC,
     DEFAULT_CHUNK,

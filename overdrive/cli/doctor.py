@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Annotated
 
 import msgspec
+import typer
 
 from overdrive import paths
+from overdrive.cli.options import console, options, print_json
 from overdrive.config import GlobalOptions
 from overdrive.errors import OverdriveError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor)
+
+
+def doctor(
+    ctx: typer.Context,
+    db: Annotated[str | None, typer.Option(help="Index database URL to check (default: the local SQLite).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check what this machine has for each feature: display, audio, codecs, database, keys."""
+    results = run_checks(options(ctx), db=db)
+    if as_json:
+        print_json(results)
+        return
+    width = max(len(r.name) for r in results)
+    for r in results:
+        mark = "[green]OK     [/]" if r.ok else "[red]MISSING[/]"
+        console.print(f"{mark} {r.name.ljust(width)}  {r.detail}", soft_wrap=True)
 
 
 class Check(msgspec.Struct, frozen=True):

@@ -1,4 +1,4 @@
-"""The sharing node's view of its folder: a scanner with a persistent hash cache, usable as a Catalogue.
+"""A shared folder's files: the scanner with a persistent hash cache, usable as a Catalogue.
 
 Only regular files count; symlinks (to files or folders, inside or out) are never followed or shared, nor are
 the transfer's partial files (``*.part``, ``*.part.state`` and its ``.tmp``), nor overdrive's own secrets
@@ -25,9 +25,8 @@ import msgspec
 
 from overdrive import paths
 from overdrive.errors import UnsafePathError
-from overdrive.index.records import check_name
-from overdrive.transfer.catalogue import SharedFile, hash_file
-from overdrive.transfer.names import check_name as check_fetchable
+from overdrive.files.model import FileInfo, check_hash, hash_file
+from overdrive.files.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,15 @@ a crash, a reboot) keeps most of what it hashed."""
 PROGRESS_EVERY = 5.0
 """Seconds between calls of :attr:`FolderScanner.progress` while hashing."""
 _CacheEntry = tuple[int, int, str]
+
+
+def _valid_hash(digest: str) -> bool:
+    """False for a damaged cache entry's digest: the file is hashed again rather than described wrongly."""
+    try:
+        check_hash(digest)
+    except ValueError:
+        return False
+    return True
 
 
 def private_paths() -> list[Path]:
@@ -58,7 +66,7 @@ class FolderScanner:
     def __init__(self, folder: Path, cache_file: Path | None = None) -> None:
         self.folder = Path(folder).resolve()
         self.cache_file = cache_file or cache_file_for(self.folder)
-        self._files: dict[str, SharedFile] = {}
+        self._files: dict[str, FileInfo] = {}
         self._lock = threading.Lock()
         self._cache: dict[str, _CacheEntry] = self._load_cache()
         self._cache_dirty = False
@@ -75,11 +83,11 @@ class FolderScanner:
 
     # -- Catalogue -------------------------------------------------------------------------------------------
 
-    def get(self, name: str) -> SharedFile | None:
+    def get(self, name: str) -> FileInfo | None:
         with self._lock:
             return self._files.get(name)
 
-    def files(self) -> list[SharedFile]:
+    def files(self) -> list[FileInfo]:
         with self._lock:
             return list(self._files.values())
 
@@ -89,9 +97,9 @@ class FolderScanner:
 
     # -- scanning --------------------------------------------------------------------------------------------
 
-    def scan(self) -> dict[str, SharedFile]:
+    def scan(self) -> dict[str, FileInfo]:
         """Rescan everything; return the current files by name."""
-        found: dict[str, SharedFile] = {}
+        found: dict[str, FileInfo] = {}
         try:
             self._walk(self.folder, found)
         except BaseException:  # Ctrl-C in a long first scan: keep the hashes made so far for the next run
@@ -103,11 +111,11 @@ class FolderScanner:
         self.save_cache()
         return dict(found)
 
-    def resync(self) -> tuple[list[SharedFile], list[str]]:
+    def resync(self) -> tuple[list[FileInfo], list[str]]:
         """Rescan everything after the folder itself went away, came back or was replaced; return (added or changed
         files, removed names) against what was held before. A folder that is not there holds no files (no warning:
         the caller says so once), and its hash cache is kept for when it comes back (a remounted drive)."""
-        found: dict[str, SharedFile] = {}
+        found: dict[str, FileInfo] = {}
         if self.folder.is_dir():
             self._walk(self.folder, found)
         with self._lock:
@@ -116,9 +124,9 @@ class FolderScanner:
         changed = [f for name, f in found.items() if before.get(name) != f]
         return changed, [name for name in before if name not in found]
 
-    def refresh(self, names: Iterable[str]) -> tuple[list[SharedFile], list[str]]:
+    def refresh(self, names: Iterable[str]) -> tuple[list[FileInfo], list[str]]:
         """Re-examine changed relative paths (files or folders); return (added or changed files, removed names)."""
-        changed: list[SharedFile] = []
+        changed: list[FileInfo] = []
         removed: list[str] = []
         for name in sorted(set(names)):
             path = self.folder / name
@@ -127,7 +135,7 @@ class FolderScanner:
             except OSError:
                 st = None
             if st is not None and stat.S_ISDIR(st.st_mode):
-                found: dict[str, SharedFile] = {}
+                found: dict[str, FileInfo] = {}
                 self._walk(path, found)
                 prefix = name + "/"
                 with self._lock:
@@ -153,7 +161,7 @@ class FolderScanner:
         self.save_cache()
         return changed, removed
 
-    def _walk(self, top: Path, found: dict[str, SharedFile]) -> None:
+    def _walk(self, top: Path, found: dict[str, FileInfo]) -> None:
         stack = [top]
         while stack:
             current = stack.pop()
@@ -183,20 +191,19 @@ class FolderScanner:
                 if described is not None:
                     found[name] = described
 
-    def _describe(self, name: str, path: Path, st: os.stat_result) -> SharedFile | None:
+    def _describe(self, name: str, path: Path, st: os.stat_result) -> FileInfo | None:
         if name.endswith(SKIP_SUFFIXES):
             return None
         if self._private and any(p == path or p in path.parents for p in self._private):
             return None  # reached by a watch event (a walk skips them)
-        try:  # the index's rules, and the stricter ones every fetcher applies (no control characters, depth)
+        try:  # the rules every fetcher applies, which include those of the index records
             check_name(name)
-            check_fetchable(name)
-        except (ValueError, UnsafePathError) as exc:
+        except UnsafePathError as exc:
             self.skipped += 1
             self._warn_once(f"not sharing {name!r}: {exc}")
             return None
         cached = self._cache.get(name)
-        if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
+        if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns and _valid_hash(cached[2]):
             digest = cached[2]
         else:
             try:
@@ -214,7 +221,7 @@ class FolderScanner:
             if self.progress is not None and now - self._progress_at >= PROGRESS_EVERY:
                 self._progress_at = now
                 self.progress(self)
-        return SharedFile(name=name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
+        return FileInfo(name=name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
 
     def _warn_once(self, message: str) -> None:
         """A problem with one path is a warning the first time only: a folder that is rescanned (polled, or back

@@ -6,26 +6,25 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import zmq
 
-from overdrive import paths
-from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint
+from overdrive import interrupts, paths
+from overdrive.app.fetch import HASH_RE, Holders, find_holders, register_copy
+from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.cliutil import console, endpoints, expand_home, markup_safe, options, print_json, warn_insecure
-from overdrive.errors import BusError, ConfigError, OverdriveError, TransferError
-from overdrive.transfer import names
-from overdrive.transfer.catalogue import SharedFile
-from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, FetchResult, fetch
+from overdrive.cli.options import console, endpoints, expand_home, markup_safe, options, print_json, warn_insecure
+from overdrive.errors import ConfigError, OverdriveError
+from overdrive.files import names
+from overdrive.transfer.fetcher import CONNECTIONS, Connecting, FetchRequest, FetchResult, fetch
 from overdrive.transfer.protocol import valid_chunk_size
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
 
 log = logging.getLogger(__name__)
 
-HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 HASH_PREFIX_RE = re.compile(r"^[0-9a-f]{6,64}$")
 """A --hash looked up in the index may be cut short (``overdrive ls`` shows 12 characters), as long as one version
 has it."""
@@ -112,7 +111,8 @@ def fetch_command(
                 _check_resolves(source)
             size_hint = 0
         else:
-            sources, wanted, size_hint, name = _resolve(bus, masters, name, wanted)
+            holders = _resolve(bus, masters, name, wanted)
+            sources, wanted, size_hint, name = holders.sources, holders.content_hash, holders.size, holders.name
         request = FetchRequest(
             name=name,
             sources=sources,
@@ -123,8 +123,12 @@ def fetch_command(
             connections=connections,
             size=size_hint,
         )
-        try:
-            result = _fetch_with_progress(bus, request, size_hint, quiet=as_json)
+        connecting = Connecting()
+        try:  # Ctrl-C stops at the fetch's checks, never inside its writer's queue; while connecting, at once
+            with interrupts.deferred(on_signal=connecting) as check:
+                result = _fetch_with_progress(
+                    bus, request, size_hint, quiet=as_json, cancel=check, connecting=connecting
+                )
         except KeyboardInterrupt:
             _say_kept(request)
             raise
@@ -192,70 +196,29 @@ def _check_resolves(source: Endpoint) -> None:
         raise ConfigError(f"--from {source.display}: cannot resolve {source.host!r} (not a host name)") from None
 
 
-def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> tuple[tuple[Endpoint, ...], str, int, str]:
-    """Online holders of ``name`` (one version) from the index: (sources, content hash, size, name as held).
-
-    The name matches whatever its Unicode normalisation (a file saved as NFD is found by the NFC name a user
-    types); an exact match wins, and the holders are asked for the name as they hold it.
-    """
-    import glob
-
-    try:
-        from overdrive.index.client import IndexClient, is_glob
-    except ModuleNotFoundError as exc:  # pragma: no cover - the index package ships with overdrive
-        raise TransferError("index lookup unavailable: use --from HOST:PORT") from exc
-    # '[1080p] movie.mkv' is a name, not a pattern: looked up as a glob that matches only itself
-    literal = glob.escape(name) if is_glob(name) else name
-    with IndexClient(bus, masters) as client:
-        full = wanted if HASH_RE.match(wanted) else None  # a prefix is matched here, against every version
-        entries = [e for e in client.lookup(literal, content_hash=full) if not e.deleted]
-    if any(e.name == name for e in entries):
-        entries = [e for e in entries if e.name == name]
-    if wanted:
-        entries = [e for e in entries if e.content_hash.startswith(wanted)]
-        matched = sorted({e.content_hash for e in entries})
-        if len(matched) > 1:
-            shown = ", ".join(h[:16] + "…" for h in matched)
-            raise ConfigError(f"--hash {wanted} matches {len(matched)} versions of {name!r} ({shown}); give more of it")
-        wanted = matched[0] if matched else wanted
-    if not entries:
-        version = f" with hash {wanted[:16]}…" if wanted else ""
-        hint = " (fetch takes one exact name, not a pattern; see 'overdrive ls')" if is_glob(name) else ""
-        raise TransferError(f"{name!r}{version} not found in the index{hint}")
-    online = [e for e in entries if e.online and e.holder != bus.node_id]
-    if not online:
-        raise TransferError(f"no holder of {name!r} is online ({len(entries)} known, all offline)")
-    versions = sorted(
-        {e.content_hash for e in online}, key=lambda h: max(e.mtime_ns for e in online if e.content_hash == h)
-    )
-    chosen = wanted or versions[-1]
-    # one name for every source: of the chosen version's spellings, the one most holders use
-    spellings = [e.name for e in online if e.content_hash == chosen]
-    held_as = max(dict.fromkeys(spellings), key=spellings.count)
-    online = [e for e in online if e.name == held_as]
-    if len(versions) > 1 and not wanted:
+def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> Holders:
+    """Online holders of ``name`` (one version) from the index; says so when several versions are online."""
+    holders = find_holders(bus, masters, name, wanted)
+    if holders.versions > 1:
         console.print(
-            f"{markup_safe(repr(name))} exists in {len(versions)} versions online; "
-            f"fetching the newest ({chosen[:16]}…), pick another with --hash",
+            f"{markup_safe(repr(name))} exists in {holders.versions} versions online; "
+            f"fetching the newest ({holders.content_hash[:16]}…), pick another with --hash",
             soft_wrap=True,
         )
-    sources: list[Endpoint] = []
-    for entry in online:
-        if entry.content_hash != chosen:
-            continue
-        try:
-            sources.append(parse_endpoint(entry.address, DEFAULT_SHARE_PORT))
-        except ConfigError:
-            log.warning("holder %s advertises an invalid address %r; skipped", entry.holder, entry.address)
-    if not sources:
-        raise TransferError(f"no online holder of {name!r} has a usable address")
-    size = next(e.size for e in online if e.content_hash == chosen)
-    return tuple(dict.fromkeys(sources)), chosen, size, held_as
+    return holders
 
 
-def _fetch_with_progress(bus: Bus, request: FetchRequest, size_hint: int, *, quiet: bool) -> FetchResult:
+def _fetch_with_progress(
+    bus: Bus,
+    request: FetchRequest,
+    size_hint: int,
+    *,
+    quiet: bool,
+    cancel: Callable[[], None],
+    connecting: Connecting,
+) -> FetchResult:
     if quiet or not console.is_terminal:
-        return fetch(bus, request)
+        return fetch(bus, request, cancel=cancel, connecting=connecting)
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -283,63 +246,22 @@ def _fetch_with_progress(bus: Bus, request: FetchRequest, size_hint: int, *, qui
                 last[0] = now
                 bar.update(task, completed=done, total=total)
 
-        return fetch(bus, request, update)
+        return fetch(bus, request, update, cancel=cancel, connecting=connecting)
 
 
 def _register(bus: Bus, masters: list[Endpoint], result: FetchResult, dest_dir: Path, advertise: str | None) -> bool:
     """Tell the index we now hold the file (best effort: a failure is a warning, the file is already safe)."""
-    from overdrive.index.client import IndexClient
-
-    try:
-        rel = Path(result.path).relative_to(Path(dest_dir).resolve()).as_posix()
-        names.check_name(rel)
-        if advertise:
-            address = parse_endpoint(advertise, DEFAULT_SHARE_PORT).display
-        else:
-            guess = Endpoint(_local_address(masters[0]), DEFAULT_SHARE_PORT)
-            if not _serving(bus, guess):  # a holder nobody can fetch from would cost every later fetch a wait
-                console.print(
-                    f"not registered as a holder: no 'overdrive share' answers at {guess.display}; share "
-                    f"{markup_safe(str(dest_dir))} to offer the file, or pass --advertise HOST:PORT if one serves it",
-                    soft_wrap=True,
-                )
-                return False
-            address = guess.display
-        st = Path(result.path).stat()
-        entry = SharedFile(name=rel, size=result.bytes, content_hash=result.hash, mtime_ns=st.st_mtime_ns)
-        with IndexClient(bus, masters) as client:
-            client.register([entry], address)
-    except (OverdriveError, OSError, ValueError) as exc:
+    registered = register_copy(bus, masters, result, dest_dir, advertise)
+    if registered.outcome == "no-share":
         console.print(
-            f"[yellow]warning: fetched, but could not register the new copy in the index: {markup_safe(str(exc))}",
+            f"not registered as a holder: no 'overdrive share' answers at {registered.address}; share "
+            f"{markup_safe(str(dest_dir))} to offer the file, or pass --advertise HOST:PORT if one serves it",
             soft_wrap=True,
         )
-        return False
-    return True
-
-
-PROBE_TIMEOUT = 1.0
-"""Seconds to wait for a share's handshake at the address the fetcher would register."""
-
-
-def _serving(bus: Bus, endpoint: Endpoint) -> bool:
-    """True when an overdrive service of this network answers at ``endpoint`` (the handshake succeeds)."""
-    sock = bus.client(zmq.DEALER)
-    try:
-        bus.connect(sock, endpoint, timeout=PROBE_TIMEOUT)
-    except BusError:
-        return False
-    finally:
-        sock.close(linger=0)
-    return True
-
-
-def _local_address(master: Endpoint) -> str:
-    """This machine's address on the route toward ``master`` (no packet is sent)."""
-    family = socket.AF_INET6 if ":" in master.host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((master.host, master.port))
-            return str(probe.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"
+    elif registered.outcome == "failed":
+        console.print(
+            "[yellow]warning: fetched, but could not register the new copy in the index: "
+            f"{markup_safe(registered.error)}",
+            soft_wrap=True,
+        )
+    return registered.outcome == "registered"

@@ -9,9 +9,9 @@ import typer
 
 from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
-from overdrive.cliutil import console, options, settle_heap, warn_insecure
-from overdrive.media import audio_cli
-from overdrive.media.audio_cli import stream_extras, view_extras
+from overdrive.cli import audio as audio_cli
+from overdrive.cli.audio import stream_extras, view_extras
+from overdrive.cli.options import console, options, settle_heap, warn_insecure
 
 # Recording options shared by `stream` and `view`.
 NoRecord = Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")]

@@ -10,9 +10,8 @@ import os
 import subprocess
 import sys
 
-from overdrive.cliutil import console
-from overdrive.demo import DemoContext, Step
-from overdrive.transfer.catalogue import hash_file
+from overdrive.demo.context import DemoContext, Step, console
+from overdrive.files.model import hash_file
 
 DEMO_SIZE = 64 << 20
 

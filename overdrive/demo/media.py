@@ -6,9 +6,8 @@ import json
 import socket
 import time
 
-from overdrive.cliutil import console
-from overdrive.demo import DemoContext, free_port
-from overdrive.media.demo_audio import step_audio_recording
+from overdrive.demo.audio import step_audio_recording
+from overdrive.demo.context import DemoContext, console, free_port, stop
 
 VIDEO_ONLY = {"stream": ("--audio", "none", "--no-record"), "view": ("--no-record",)}
 """The video step needs no sound card and keeps no recording (the audio step covers both)."""
@@ -58,11 +57,8 @@ def step_stream_video(ctx: DemoContext) -> bool:
     )
     try:
         _, viewer_err = viewer.communicate(timeout=ctx.seconds + 60)
-    except Exception:
-        viewer.kill()
-        raise
     finally:
-        streamer.terminate()
+        stop(viewer, streamer)
     if viewer.returncode != 0 or not stats_path.exists():
         console.print(f"[red]viewer failed: {viewer_err.decode()[-300:]}")
         return False

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from overdrive.cliutil import console, print_json
+from overdrive.cli.options import console, print_json
 from overdrive.errors import MediaError
 
 

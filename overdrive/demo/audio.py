@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from overdrive.cliutil import console
-from overdrive.demo import DemoContext, free_port
+from overdrive.demo.context import DemoContext, console, free_port, stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +97,7 @@ def step_audio_recording(ctx: DemoContext) -> bool:
     try:
         _, err = viewer.communicate(timeout=seconds + 60)
     finally:
-        streamer.terminate()
+        stop(viewer, streamer)
     files = sorted(backup.glob("*.mp4"))
     if viewer.returncode != 0 or not files:
         console.print(f"[red]viewer made no recording: {err.decode()[-300:]}")

@@ -7,8 +7,7 @@ import subprocess
 import sys
 import time
 
-from overdrive.cliutil import console
-from overdrive.demo import DemoContext, Step
+from overdrive.demo.context import DemoContext, Step, console
 
 
 def _started(ctx: DemoContext, marker: str, *args: str) -> str | None:

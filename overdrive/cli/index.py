@@ -28,7 +28,7 @@ from rich.markup import escape
 from overdrive import interrupts, paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
 from overdrive.bus.sockets import Bus
-from overdrive.cliutil import (
+from overdrive.cli.options import (
     console,
     endpoints,
     expand_home,
@@ -48,7 +48,7 @@ from overdrive.index.stores import open_store, redact
 
 if TYPE_CHECKING:  # for annotations; share's own modules (watchdog among them) load only when share runs
     from overdrive.bus.runner import Runner
-    from overdrive.index.scan import FolderScanner
+    from overdrive.files.scanner import FolderScanner
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> tuple
     later, and not after hashing a large folder), then scan the folder. Returns the masters starting with the one
     that answered (the node began with the first given, and a dead first one cost a failover and a warning at
     every start), and the scanner."""
-    from overdrive.index.scan import FolderScanner
+    from overdrive.files.scanner import FolderScanner
 
     with _interruptible() as check:
         try:
@@ -301,28 +301,22 @@ def _serve(
     watch: bool,
 ) -> None:
     """Serve the folder's files and keep its index entries current until SIGINT or SIGTERM."""
-    from overdrive.index.node import Node, NodeConfig
-    from overdrive.transfer.server import FileServer
+    from overdrive.app.share import SharingNode
 
-    server = FileServer(bus, root, endpoint, scanner)
-    bound = server.start()
+    share = SharingNode(bus, scanner, masters, endpoint, advertise=advertise, watch=watch)
+    share.start()
     try:
-        address = advertised(bound, advertise)
-        node = Node(bus, scanner, NodeConfig(masters=masters, address=address), watch=watch)
+        assert share.node is not None and share.bound is not None
         settle_heap()
-        node.start()
         console.print(
-            f"node {bus.node_id} serving on {markup_safe(bound.display)} (advertised {markup_safe(address)}); "
-            f"masters {markup_safe(', '.join(m.display for m in masters))}",
+            f"node {bus.node_id} serving on {markup_safe(share.bound.display)} (advertised "
+            f"{markup_safe(share.address)}); masters {markup_safe(', '.join(m.display for m in masters))}",
             soft_wrap=True,
         )
-        print(f"serving {bound.display}", flush=True)
-        try:
-            _run_until_stopped("node", node)
-        finally:
-            node.stop()
+        print(f"serving {share.bound.display}", flush=True)
+        _run_until_stopped("node", share.node)
     finally:
-        server.stop()
+        share.stop()
 
 
 def _lock_node() -> IO[bytes]:

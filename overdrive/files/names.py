@@ -1,4 +1,5 @@
-"""Untrusted file names: checking them, opening them inside a shared folder, and placing them in a destination.
+"""The one name policy: checking untrusted file names, opening them inside a shared folder, placing them in a
+destination.
 
 Every name that comes from the wire or the index is hostile until :func:`check_name` accepts it: a relative POSIX
 path of plain components (no ``..``, no ``.``, no empty component, no absolute path, no NUL or control
@@ -12,6 +13,11 @@ characters, no backslash, no drive letter, bounded length). On top of that, both
   real parent is outside it (a symlinked sub-folder); it creates sub-folders only when asked (just before the
   first write), and :func:`free_name` picks ``name (1).ext`` when a
   different file already has the name.
+
+:func:`check_wire_name` is the looser part of the same policy that index records enforce on every name they carry
+(a relative POSIX path, no ``.``/``..``/empty components, no NUL or backslash, at most :data:`MAX_NAME_BYTES`); it
+raises ValueError so msgspec turns it into a validation error while decoding. Everything :func:`check_name` accepts
+passes it, so a scanner checks only :func:`check_name`.
 """
 
 from __future__ import annotations
@@ -57,6 +63,27 @@ def check_name(name: str) -> tuple[str, ...]:
         if len(part.encode()) > MAX_COMPONENT_BYTES:
             raise UnsafePathError(f"file name {shown} has a component longer than {MAX_COMPONENT_BYTES} bytes")
     return parts
+
+
+def check_wire_name(name: str) -> str:
+    """Return ``name`` if an index record may carry it (a safe relative POSIX path), else raise ValueError."""
+    if not name:
+        raise ValueError("file name is empty")
+    if len(name) > MAX_NAME_BYTES // 4 or not name.isascii():
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError(f"file name {name!r} is not valid UTF-8") from None
+        if size > MAX_NAME_BYTES:
+            raise ValueError(f"file name is longer than {MAX_NAME_BYTES} bytes")
+    if "\x00" in name:
+        raise ValueError("file name contains NUL")
+    if name[0] == "/" or "\\" in name:
+        raise ValueError(f"file name {name!r} is not a relative POSIX path")
+    parts = name.split("/")
+    if "" in parts or "." in parts or ".." in parts:
+        raise ValueError(f"file name {name!r} has an empty, '.' or '..' component")
+    return name
 
 
 def _inside(root: Path, path: Path) -> bool:

@@ -2,7 +2,7 @@
 
 It parses options, builds typed configs, calls the library and turns :class:`~overdrive.errors.OverdriveError`
 into one clear line on stderr with a non-zero exit (2 for configuration mistakes, 1 otherwise). Feature commands
-live beside their features (``overdrive/*/cli.py``) and register themselves here.
+live in ``overdrive/cli/FEATURE.py`` and register themselves here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from overdrive import __version__, paths
-from overdrive.cliutil import console, options, print_json, shown
+from overdrive.cli.options import shown
 from overdrive.config import LOG_LEVELS, PASSWORD_ENV, GlobalOptions, check_keys, configure_logging, read_config_file
 from overdrive.errors import ConfigError, OverdriveError
 
@@ -158,62 +158,16 @@ def _config_keys(command: Any) -> dict[str, str]:
     return keys
 
 
-@app.command()
-def keygen(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the key file (mode 0600).")],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
-) -> None:
-    """Make a random network key file; give it to every member, use it with --key-file."""
-    from overdrive.bus.security import NetworkKey
-
-    opts = options(ctx)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists; pass --force to overwrite it")
-    key = NetworkKey.generate(opts.network)
-    key.write(out)
-    console.print(f"wrote network key for [bold]{opts.network}[/] to {out} (fingerprint {key.fingerprint})")
-
-
-@app.command()
-def doctor(
-    ctx: typer.Context,
-    db: Annotated[str | None, typer.Option(help="Index database URL to check (default: the local SQLite).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
-) -> None:
-    """Check what this machine has for each feature: display, audio, codecs, database, keys."""
-    from overdrive.doctor import run_checks
-
-    results = run_checks(options(ctx), db=db)
-    if as_json:
-        print_json(results)
-        return
-    width = max(len(r.name) for r in results)
-    for r in results:
-        mark = "[green]OK     [/]" if r.ok else "[red]MISSING[/]"
-        console.print(f"{mark} {r.name.ljust(width)}  {r.detail}", soft_wrap=True)
-
-
-@app.command()
-def demo(
-    ctx: typer.Context,
-    seconds: Annotated[float, typer.Option(help="How long the streaming part runs.")] = 5.0,
-) -> None:
-    """Run the whole system on loopback and print what happened (needs no display, sound card or network)."""
-    from overdrive.demo import run_demo
-
-    ok = run_demo(options(ctx), seconds=seconds)
-    if not ok:
-        raise typer.Exit(1)
-
-
 def _register_features() -> None:
-    """Add each feature package's commands (imported here, after ``app`` exists, to keep them beside it)."""
-    from overdrive.index import cli as index_cli
-    from overdrive.media import cli as media_cli
-    from overdrive.transfer import cli as transfer_cli
+    """Add every module's commands, in the order ``--help`` lists them (imported here, after ``app`` exists)."""
+    from overdrive.cli import demo as demo_cli
+    from overdrive.cli import doctor as doctor_cli
+    from overdrive.cli import index as index_cli
+    from overdrive.cli import keygen as keygen_cli
+    from overdrive.cli import media as media_cli
+    from overdrive.cli import transfer as transfer_cli
 
-    for feature in (media_cli, index_cli, transfer_cli):
+    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, index_cli, transfer_cli):
         feature.register(app)
 
 

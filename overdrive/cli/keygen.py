@@ -1,0 +1,31 @@
+"""``overdrive keygen``: make a network key file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from overdrive.cli.options import console, options
+from overdrive.errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("keygen")(keygen)
+
+
+def keygen(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the key file (mode 0600).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Make a random network key file; give it to every member, use it with --key-file."""
+    from overdrive.bus.security import NetworkKey
+
+    opts = options(ctx)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    key = NetworkKey.generate(opts.network)
+    key.write(out)
+    console.print(f"wrote network key for [bold]{opts.network}[/] to {out} (fingerprint {key.fingerprint})")
