@@ -26,7 +26,7 @@ from watchdog.observers.api import ObservedWatch
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
-from overdrive.bus.runner import Runner
+from overdrive.bus.service import ZmqService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, ProtocolError
 from overdrive.index.protocol import CODEC, Ack, Announce, NodeBeat, size_batches
@@ -248,7 +248,7 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
-class Node(Runner):
+class Node(ZmqService):
     """Registers a folder with the index and keeps it current (a background thread)."""
 
     name = "overdrive-node"
