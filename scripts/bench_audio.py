@@ -61,11 +61,11 @@ def stream_cpu(audio: str, codec: str, home: Path) -> float:
 def live_run(home: Path) -> tuple[dict[str, object], object, object]:
     from overdrive.bus.security import NodeIdentity
     from overdrive.bus.sockets import Bus, Security
-    from overdrive.media.audio_capture import attach_audio
+    from overdrive.media.audio.capture import attach_audio
+    from overdrive.media.audio.playback import AudioPlayer
     from overdrive.media.demo_audio import measure_sync
-    from overdrive.media.playback import AudioPlayer
-    from overdrive.media.publisher import Streamer, StreamerConfig
     from overdrive.media.recorder import attach_recorder
+    from overdrive.media.streamer import Streamer, StreamerConfig
     from overdrive.media.viewer import Viewer, ViewerConfig
 
     sbus, vbus = Bus(Security(NodeIdentity.generate(), None)), Bus(Security(NodeIdentity.generate(), None))

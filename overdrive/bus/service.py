@@ -31,7 +31,7 @@ STOP_TIMEOUT = 10.0
 class Service:
     """A thread running ``setup``/loop/``teardown``, named ``name``; not restartable once started."""
 
-    name: ClassVar[str] = "overdrive-service"
+    name = "overdrive-service"
     error_type: ClassVar[type[OverdriveError]] = OverdriveError
     """What a start error that is not an :class:`OverdriveError` is wrapped in."""
     ready_on_setup: ClassVar[bool] = True
@@ -98,12 +98,16 @@ class Service:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the loop to end and wait for it; idempotent (from the service's own thread it does not wait)."""
+        self._svc_stop(timeout)
+
+    def _svc_stop(self, timeout: float | None) -> None:
+        """:meth:`stop`, or with ``None`` wait however long the loop needs to finish its work (a writer's queue)."""
         thread = self._thread
         self._svc_signal_stop()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
-                log.error("%s did not stop within %g s", self.name, timeout)
+                log.error("%s did not stop within %s s", self.name, timeout)
         self._svc_close()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -137,6 +141,9 @@ class Service:
             if self.ready_on_setup:
                 self._ready.set()
             self._svc_loop()
+        except BaseException as exc:
+            self._error = exc  # already visible to teardown and to whoever it wakes
+            raise
         finally:
             self.teardown()
 
@@ -158,7 +165,7 @@ class ZmqService(Service):
     """A ZeroMQ loop in a thread. Subclasses implement :meth:`loop`, returning once ``control`` is readable."""
 
     name = "overdrive-zmq-service"
-    error_type = BusError
+    error_type: ClassVar[type[OverdriveError]] = BusError
 
     def __init__(self, bus: Bus) -> None:
         super().__init__()
