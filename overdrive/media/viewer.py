@@ -1,4 +1,4 @@
-"""The viewer: subscribe to a stream, join it cleanly, decode, show, and measure.
+"""The viewer: subscribe to a stream, join it cleanly, decode, and measure; :mod:`~overdrive.media.display` shows.
 
 :class:`Viewer` connects a CURVE SUB (the first connect is verified, so a wrong password fails within seconds
 with "authentication failed for HOST"; afterwards ZeroMQ reconnects by itself when a streamer restarts). Each
@@ -7,7 +7,12 @@ the sans-IO :class:`~overdrive.media.join.JoinState`, and decodes only from the 
 or after falling more than a keyframe interval behind, from the next live keyframe
 (:class:`~overdrive.media.join.CatchUp`), showing only the newest picture. A viewer that was paused or slow
 therefore jumps back to live instead of replaying the past, and the publisher's high-water mark means it never
-slows the streamer. Malformed or oversized messages are dropped and counted (``stats.malformed``).
+slows the streamer. Malformed or oversized messages are dropped and counted (``stats.malformed``, see
+:mod:`~overdrive.media.stats`).
+
+It is a :class:`~overdrive.bus.service.ZmqService`: ``start()`` receives in a thread that ``stop()`` ends over
+inproc; ``run()`` receives in the caller's thread (the CLI's main thread, where the window must live), and
+``request_stop()`` ends that from a signal handler.
 
 Hooks for audio playback and recording (no change to this module needed):
 
