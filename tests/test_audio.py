@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import av
@@ -196,3 +197,12 @@ def test_recorder_restart_makes_a_new_file_and_names_are_safe(tmp_path: Path) ->
     done = recorder.close()
     assert len(done) == 1  # the restart closed the first file; stale frames of the old stream are ignored
     assert safe_name("../../etc/passwd") == "etc_passwd" and safe_name("...") == "stream"
+
+
+def test_recorder_starts_its_writer_only_when_started(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    recorder = Recorder(RecordConfig(backup_dir=tmp_path))
+    assert set(threading.enumerate()) == before and not recorder.running
+    recorder.start()
+    assert recorder.running
+    assert recorder.close() == [] and not recorder.running

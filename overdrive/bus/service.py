@@ -49,6 +49,7 @@ class Service:
     def teardown(self) -> None:
         """Release everything; runs last, also after a failed ``setup`` or a crashed loop."""
 
+    # The base's own hooks start with _svc_ so they never collide with a subclass's private names.
     def _svc_loop(self) -> None:
         raise NotImplementedError
 
