@@ -32,10 +32,10 @@ import benchlib  # noqa: E402
 from overdrive.bus.security import NodeIdentity  # noqa: E402
 from overdrive.bus.sockets import Bus, Security  # noqa: E402
 from overdrive.demo.audio import measure_sync  # noqa: E402
-from overdrive.media.audio_capture import attach_audio  # noqa: E402
-from overdrive.media.playback import AudioPlayer  # noqa: E402
-from overdrive.media.publisher import Streamer, StreamerConfig  # noqa: E402
+from overdrive.media.audio.capture import attach_audio  # noqa: E402
+from overdrive.media.audio.playback import AudioPlayer  # noqa: E402
 from overdrive.media.recorder import attach_recorder  # noqa: E402
+from overdrive.media.streamer import Streamer, StreamerConfig  # noqa: E402
 from overdrive.media.viewer import Viewer, ViewerConfig  # noqa: E402
 from tests.services import PulseAudio, Xvfb, free_port  # noqa: E402
 

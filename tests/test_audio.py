@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from overdrive.media.audio_capture import ChunkClock, tone_block
-from overdrive.media.audio_codec import CHUNK_NS, CHUNK_SAMPLES, SAMPLE_RATE, OpusDecoder, OpusEncoder
-from overdrive.media.encoders import H264Encoder, JpegEncoder
+from overdrive.media.audio.capture import tone_block
+from overdrive.media.audio.devices import ChunkClock
+from overdrive.media.audio.jitter import JitterBuffer
+from overdrive.media.codecs.base import CHUNK_NS, CHUNK_SAMPLES, SAMPLE_RATE
+from overdrive.media.codecs.h264 import H264Encoder
+from overdrive.media.codecs.jpeg import JpegEncoder
+from overdrive.media.codecs.opus import OpusDecoder, OpusEncoder
 from overdrive.media.mux import AudioTimeline
-from overdrive.media.playback import JitterBuffer
 from overdrive.media.protocol import AudioChunk, AudioTrackInfo, StreamInfo, VideoFrame, VideoTrackInfo
 from overdrive.media.recorder import RecordConfig, Recorder, safe_name
 from overdrive.media.sources import TestPattern
@@ -155,6 +159,7 @@ def _video_times(path: Path) -> tuple[list[float], list[float]]:
 @pytest.mark.parametrize("codec", ["h264", "jpeg"])
 def test_recorder_writes_a_timestamped_mp4_with_gaps_held(tmp_path: Path, codec: str) -> None:
     recorder = Recorder(RecordConfig(backup_dir=tmp_path, wav=True))
+    recorder.start()
     _feed(recorder, codec, 6.0, gap=(2.5, 3.5))
     done = recorder.close()
     assert len(done) == 1 and recorder.errors == 0
@@ -183,6 +188,7 @@ def test_recorder_writes_a_timestamped_mp4_with_gaps_held(tmp_path: Path, codec:
 
 def test_recorder_restart_makes_a_new_file_and_names_are_safe(tmp_path: Path) -> None:
     recorder = Recorder(RecordConfig(backup_dir=tmp_path))
+    recorder.start()
     _feed(recorder, "h264", 1.0)
     recorder(
         StreamInfo(**{**{f: getattr(_info("h264"), f) for f in StreamInfo.__struct_fields__}, "stream_id": "s2"}), b""
@@ -191,3 +197,12 @@ def test_recorder_restart_makes_a_new_file_and_names_are_safe(tmp_path: Path) ->
     done = recorder.close()
     assert len(done) == 1  # the restart closed the first file; stale frames of the old stream are ignored
     assert safe_name("../../etc/passwd") == "etc_passwd" and safe_name("...") == "stream"
+
+
+def test_recorder_starts_its_writer_only_when_started(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    recorder = Recorder(RecordConfig(backup_dir=tmp_path))
+    assert set(threading.enumerate()) == before and not recorder.running
+    recorder.start()
+    assert recorder.running
+    assert recorder.close() == [] and not recorder.running

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from overdrive.errors import ConfigError, MediaError
-from overdrive.media.decoders import H264Decoder, JpegDecoder
-from overdrive.media.encoders import H264Encoder, JpegEncoder, Scale, parameter_sets, split_annexb
+from overdrive.media.codecs.h264 import H264Decoder, H264Encoder, parameter_sets, split_annexb
+from overdrive.media.codecs.jpeg import JpegDecoder, JpegEncoder
 from overdrive.media.sources import (
     FLASH_PERIOD_NS,
     CaptureThread,
     Region,
+    Scale,
     TestPattern,
     WebcamSource,
     is_flash_frame,

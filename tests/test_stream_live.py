@@ -18,10 +18,10 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, ConfigError
-from overdrive.media.encoders import H264Encoder
+from overdrive.media.codecs.h264 import H264Encoder
 from overdrive.media.protocol import CODEC, MAX_VIDEO_FRAME, StreamInfo, VideoFrame, VideoTrackInfo
-from overdrive.media.publisher import Streamer, StreamerConfig
 from overdrive.media.sources import TestPattern
+from overdrive.media.streamer import Streamer, StreamerConfig
 from overdrive.media.viewer import Viewer, ViewerConfig
 
 W, H = 640, 480
@@ -262,7 +262,7 @@ def test_malformed_and_oversized_messages_are_dropped_and_counted(network, viewe
         wait_until(lambda: any(f.seq == 16 for _, f, _ in pictures.snapshot()), 10, "the last picture")
         assert viewer.stats.malformed == len(junk)
         assert viewer.stats.decode_errors == 1
-        assert viewer._thread is not None and viewer._thread.is_alive()
+        assert viewer.running
         seqs = [f.seq for _, f, _ in pictures.snapshot()]
         assert 10 not in seqs and seqs[-1] == 16 and set(seqs) >= {3, 11, 12, 13, 14, 15}
     finally:

@@ -13,7 +13,7 @@ from overdrive.errors import MediaError
 
 def list_devices() -> dict[str, Any]:
     """PortAudio inputs/outputs and, when a PulseAudio/PipeWire server answers, its sources and sinks."""
-    from overdrive.media.audio_capture import _pactl, pulse_default
+    from overdrive.media.audio.devices import _pactl, pulse_default
 
     try:
         import sounddevice as sd
@@ -104,7 +104,7 @@ def stream_extras(
     streamer: Any, *, audio: str, mic: str | None, audio_codec: str, record: bool, backup: Path | None, wav: bool
 ) -> MediaExtras:
     """Hook ``--audio`` capture and the local recording into a Streamer (before it starts)."""
-    from overdrive.media.audio_capture import attach_audio
+    from overdrive.media.audio.capture import attach_audio
     from overdrive.media.recorder import attach_recorder
     from overdrive.paths import backup_dir
 
@@ -117,7 +117,7 @@ def stream_extras(
 
 def view_extras(viewer: Any, *, play: bool, record: bool, backup: Path | None, wav: bool) -> MediaExtras:
     """Hook audio playback (unless muted) and the local recording into a Viewer (before it runs)."""
-    from overdrive.media.playback import AudioPlayer
+    from overdrive.media.audio.playback import AudioPlayer
     from overdrive.media.recorder import attach_recorder
     from overdrive.paths import backup_dir
 

@@ -47,7 +47,7 @@ from overdrive.index.replication import ReplicationConfig
 from overdrive.index.stores import open_store, redact
 
 if TYPE_CHECKING:  # for annotations; share's own modules (watchdog among them) load only when share runs
-    from overdrive.bus.runner import Runner
+    from overdrive.bus.service import Service
     from overdrive.files.scanner import FolderScanner
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def master_command(
         store.close()
 
 
-def _run_until_stopped(what: str, runner: Runner, tick: Callable[[Callable[[], None]], None] | None = None) -> None:
+def _run_until_stopped(what: str, runner: Service, tick: Callable[[Callable[[], None]], None] | None = None) -> None:
     """Wait while ``runner`` runs, calling ``tick(check)`` every 0.2 s. SIGINT/SIGTERM return (a tidy stop, exit
     0); a runner that stops by itself is an error."""
     try:

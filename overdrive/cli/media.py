@@ -62,7 +62,7 @@ def stream(
     wav: Wav = False,
 ) -> None:
     """Capture the screen (or a test pattern or webcam), encode it and publish it to viewers on the LAN."""
-    from overdrive.media.publisher import Streamer, StreamerConfig, StreamerStats
+    from overdrive.media.streamer import Streamer, StreamerConfig, StreamerStats
 
     opts = options(ctx)
     config = StreamerConfig(

@@ -23,7 +23,7 @@ import zmq
 from overdrive.bus.address import DEFAULT_MASTER_PORT, Endpoint, parse_endpoint
 from overdrive.bus.codec import Message
 from overdrive.bus.heartbeat import Liveness, Ticker
-from overdrive.bus.runner import Runner
+from overdrive.bus.service import ZmqService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, ConfigError, ProtocolError, StoreError
 from overdrive.index.addresses import advertised
@@ -141,7 +141,7 @@ class MasterStats:
     rate: float = 0.0
 
 
-class Master(Runner):
+class Master(ZmqService):
     """One index master in a background thread (``start``/``stop``)."""
 
     name = "overdrive-master"

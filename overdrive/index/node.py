@@ -20,7 +20,7 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
-from overdrive.bus.runner import Runner
+from overdrive.bus.service import ZmqService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, ProtocolError
 from overdrive.files.model import FileInfo
@@ -192,7 +192,7 @@ class NodeSession:
         return True
 
 
-class Node(Runner):
+class Node(ZmqService):
     """Registers a folder with the index and keeps it current (a background thread)."""
 
     name = "overdrive-node"

@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 
 from overdrive.errors import MediaError
-from overdrive.media.audio_codec import SAMPLE_RATE, AudioDecoder, Samples, make_audio_decoder
-from overdrive.media.encoders import parameter_sets
+from overdrive.media.codecs import make_audio_decoder
+from overdrive.media.codecs.base import SAMPLE_RATE, AudioDecoder, Samples
+from overdrive.media.codecs.h264 import parameter_sets
 from overdrive.media.protocol import AudioTrackInfo, StreamInfo, VideoFrame
 
 log = logging.getLogger(__name__)

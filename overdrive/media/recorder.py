@@ -1,8 +1,9 @@
 """Recording a stream to the backup folder, at the streamer and at every viewer.
 
-:class:`Recorder` is a listener for :class:`~overdrive.media.publisher.Streamer` and
-:class:`~overdrive.media.viewer.Viewer` (``add_listener(recorder)``): it queues each message and a worker thread
-writes it, so the stream thread never waits on a disk or an AAC encoder. One recording per stream:
+:class:`Recorder` is a listener for :class:`~overdrive.media.streamer.Streamer` and
+:class:`~overdrive.media.viewer.Viewer` (``add_listener(recorder)``): it queues each message and its
+:class:`~overdrive.bus.service.Worker` thread writes it, so the stream thread never waits on a disk or an AAC
+encoder. One recording per stream:
 
 * it opens at the first keyframe after the stream info (a late joiner records from its first keyframe);
 * it is written as ``BACKUP/.<stream-name>-<UTC start>.mp4.part`` (hidden, so the share watcher ignores it) and
@@ -28,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from overdrive.bus.service import Worker
 from overdrive.errors import MediaError
-from overdrive.media.audio_codec import SAMPLE_RATE, Samples
+from overdrive.media.codecs.base import SAMPLE_RATE, Samples
+from overdrive.media.hooks import Listenable
 from overdrive.media.mux import Mp4Writer
 from overdrive.media.protocol import AudioChunk, StreamInfo, StreamMessage, VideoFrame
 
@@ -136,10 +139,14 @@ class _Recording:
         return Finished(final, self.writer.frames, self.writer.audio_chunks, wavs)
 
 
-class Recorder:
+class Recorder(Worker):
     """Queue stream messages and write recordings in a worker thread; ``close()`` finishes the current file."""
 
+    name = "overdrive-recorder"
+    error_type = MediaError
+
     def __init__(self, config: RecordConfig) -> None:
+        super().__init__()
         self.config = config
         self.finished: list[Finished] = []
         self.dropped = 0
@@ -147,18 +154,15 @@ class Recorder:
         self._lock = threading.Condition()
         self._queue: deque[tuple[StreamMessage, bytes, bool]] = deque()
         self._gap = False
-        self._closing = False
         self._info: StreamInfo | None = None
         self._recording: _Recording | None = None
         self._wait_key = False
         self._failed: str | None = None  # a stream whose recording broke is not retried (no file per second)
-        self._thread = threading.Thread(target=self._run, name="overdrive-recorder", daemon=True)
-        self._thread.start()
 
     # -- listener (stream thread) ----------------------------------------------------------------------------
     def __call__(self, message: StreamMessage, payload: bytes) -> None:
         with self._lock:
-            if self._closing:
+            if self.stopping.is_set():
                 return
             if len(self._queue) >= MAX_QUEUE:
                 self.dropped += 1
@@ -170,10 +174,7 @@ class Recorder:
 
     def close(self) -> list[Finished]:
         """Write what is queued, close the recording (rename it into place), stop the worker."""
-        with self._lock:
-            self._closing = True
-            self._lock.notify()
-        self._thread.join()
+        self._svc_stop(None)
         return self.finished
 
     @property
@@ -182,12 +183,16 @@ class Recorder:
         return rec.part if rec is not None else None
 
     # -- worker ----------------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
+    def loop(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._closing:
+                while not self._queue and not self.stopping.is_set():
                     self._lock.wait()
-                if not self._queue and self._closing:
+                if not self._queue:
                     break
                 message, payload, after_gap = self._queue.popleft()
             try:
@@ -198,6 +203,8 @@ class Recorder:
                 self._finish()
                 if self._info is not None:
                     self._failed = self._info.stream_id
+
+    def teardown(self) -> None:
         self._finish()
 
     def _handle(self, message: StreamMessage, payload: bytes, after_gap: bool) -> None:
@@ -234,8 +241,9 @@ class Recorder:
             log.exception("cannot finish %s (partial file kept)", rec.part)
 
 
-def attach_recorder(target: Any, backup_dir: Path, *, wav: bool = False) -> Recorder:
+def attach_recorder(target: Listenable, backup_dir: Path, *, wav: bool = False) -> Recorder:
     """Record everything a Streamer publishes or a Viewer accepts; call ``close()`` when it stops."""
     recorder = Recorder(RecordConfig(backup_dir=backup_dir, wav=wav))
+    recorder.start()
     target.add_listener(recorder)
     return recorder

@@ -1,4 +1,4 @@
-"""Video sources: the screen (mss), a synthetic test pattern, a webcam (OpenCV), and picture-in-picture.
+"""Video sources: the screen (mss), a synthetic test pattern, a webcam (OpenCV), picture-in-picture, scaling.
 
 A :class:`PictureSource` grabs one BGR picture on demand. :class:`CaptureThread` drives a source at a target
 rate in its own thread and keeps **only the newest** picture with its capture timestamp, so a slow consumer skips
@@ -17,11 +17,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import cv2
 import numpy as np
 
+from overdrive.bus.service import Worker
 from overdrive.errors import ConfigError, MediaError
 
 log = logging.getLogger(__name__)
@@ -184,9 +185,8 @@ class WebcamSource:
         self.device = device
         self._latest: Image | None = None
         self._error: str | None = None
-        self._fresh = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._fresh = threading.Lock()
+        self._reader: _WebcamReader | None = None
 
     @property
     def is_file(self) -> bool:
@@ -197,50 +197,25 @@ class WebcamSource:
         if not cap.isOpened():
             cap.release()
             raise MediaError(f"cannot open webcam {self.device}: no such camera (or it is busy)")
-        self._stop.clear()
         self._latest, self._error = None, None
-        self._thread = threading.Thread(target=self._read_loop, args=(cap,), name="overdrive-webcam", daemon=True)
-        self._thread.start()
-        with self._fresh:
-            self._fresh.wait_for(
-                lambda: self._latest is not None or self._error is not None, self.FIRST_PICTURE_TIMEOUT
-            )
+        self._reader = _WebcamReader(self, cap)
+        try:
+            self._reader.start(self.FIRST_PICTURE_TIMEOUT)
+        except MediaError:
+            self.close()
+            raise
         if self._latest is None:
-            reason = self._error or f"no picture within {self.FIRST_PICTURE_TIMEOUT:g} s"
+            reason = self._error or "stopped delivering pictures"
             self.close()
             raise MediaError(f"webcam {self.device}: {reason}")
 
-    def _read_loop(self, cap: Any) -> None:
-        """Owns ``cap``: only this thread reads it and releases it (VideoCapture is not thread-safe, and a
-        camera's read can block for seconds, longer than close() waits)."""
-        try:
-            self._read_frames(cap)
-        finally:
-            cap.release()
+    def _deliver(self, image: Image) -> None:
+        with self._fresh:
+            self._latest = image
 
-    def _read_frames(self, cap: Any) -> None:
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if self.is_file else 0.0
-        period = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 30 if self.is_file else 0.0)
-        next_at = time.monotonic()
-        rewound = False
-        while not self._stop.is_set():
-            ok, img = cap.read()
-            if (not ok or img is None) and self.is_file and not rewound:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # a file loops
-                rewound = True
-                continue
-            if not ok or img is None:
-                with self._fresh:
-                    self._error = "stopped delivering pictures"
-                    self._fresh.notify_all()
-                return
-            rewound = False
-            with self._fresh:
-                self._latest = np.ascontiguousarray(img[:, :, :3])
-                self._fresh.notify_all()
-            if period:
-                next_at += period
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
+    def _fail(self, reason: str) -> None:
+        with self._fresh:
+            self._error = reason
 
     def grab(self, pts_ns: int, index: int) -> Image:
         with self._fresh:
@@ -250,10 +225,51 @@ class WebcamSource:
             return self._latest
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)  # a camera stuck in read() releases itself when it returns
-            self._thread = None
+        if self._reader is not None:
+            self._reader.stop(timeout=5)  # a camera stuck in read() releases itself when it returns
+            self._reader = None
+
+
+class _WebcamReader(Worker):
+    """Owns a ``cv2.VideoCapture``: only this thread reads and releases it (VideoCapture is not thread-safe, and a
+    camera's read can block for seconds, longer than ``close()`` waits). Ready at the first picture."""
+
+    name = "overdrive-webcam"
+    error_type = MediaError
+    ready_on_setup = False
+
+    def __init__(self, source: WebcamSource, cap: Any) -> None:
+        super().__init__()
+        self.source = source
+        self.cap = cap
+
+    def start_timeout_error(self, timeout: float) -> MediaError:
+        return MediaError(f"webcam {self.source.device}: no picture within {timeout:g} s")
+
+    def loop(self) -> None:
+        cap, source = self.cap, self.source
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if source.is_file else 0.0
+        period = 1.0 / fps if 1.0 <= fps <= 240.0 else (1 / 30 if source.is_file else 0.0)
+        next_at = time.monotonic()
+        rewound = False
+        while not self.stopping.is_set():
+            ok, img = cap.read()
+            if (not ok or img is None) and source.is_file and not rewound:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # a file loops
+                rewound = True
+                continue
+            if not ok or img is None:
+                source._fail("stopped delivering pictures")
+                return
+            rewound = False
+            source._deliver(np.ascontiguousarray(img[:, :, :3]))
+            self.mark_ready()
+            if period:
+                next_at += period
+                self.stopping.wait(max(0.0, next_at - time.monotonic()))
+
+    def teardown(self) -> None:
+        self.cap.release()
 
 
 class PictureInPicture:
@@ -336,6 +352,42 @@ def _webcam_device(text: str | None) -> int | str:
 
 
 @dataclass(frozen=True, slots=True)
+class Scale:
+    """Output size: a factor of the source size, or a fixed WxH."""
+
+    factor: float = 1.0
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.size is None and not 0.05 <= self.factor <= 4:
+            raise ConfigError(f"--scale factor must be 0.05..4, not {self.factor}")
+        if self.size is not None and (self.size[0] < 2 or self.size[1] < 2):
+            raise ConfigError(f"--scale size must be at least 2x2, not {self.size}")
+
+    @classmethod
+    def parse(cls, text: str) -> Scale:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+        if m:
+            return cls(size=(int(m.group(1)), int(m.group(2))))
+        try:
+            return cls(factor=float(text))
+        except ValueError:
+            raise ConfigError(f"--scale must be a factor (0.5) or WxH (1280x720), not {text!r}") from None
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The encoded size for a source of ``width`` x ``height``, rounded down to even numbers."""
+        w, h = self.size if self.size is not None else (round(width * self.factor), round(height * self.factor))
+        return max(2, w - w % 2), max(2, h - h % 2)
+
+    def apply(self, image: Image, size: tuple[int, int]) -> Image:
+        h, w = image.shape[:2]
+        if (w, h) == size:
+            return image
+        interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR
+        return cast(Image, cv2.resize(image, size, interpolation=interp))
+
+
+@dataclass(frozen=True, slots=True)
 class Captured:
     """One picture and when it was captured."""
 
@@ -344,44 +396,30 @@ class Captured:
     index: int
 
 
-class CaptureThread:
+class CaptureThread(Worker):
     """Grab from a source at ``fps`` in a thread, keeping only the newest picture.
 
     ``start()`` opens the source in the thread and waits until the first picture (or the error) is there.
-    ``wait_newer(index, timeout)`` returns the newest picture if it is newer than ``index``.
+    ``wait_newer(index, timeout)`` returns the newest picture if it is newer than ``index``. An error after the
+    start is in :attr:`error`, and ``on_new`` is set so a consumer waiting on it sees it at once.
     """
 
+    name = "overdrive-capture"
+    error_type = MediaError
+    ready_on_setup = False
+
     def __init__(self, source: PictureSource, fps: float, on_new: threading.Event | None = None) -> None:
+        super().__init__()
         self.source = source
         self.period = 1.0 / fps
         self._cond = threading.Condition()
         self._latest: Captured | None = None
-        self._error: BaseException | None = None
-        self._stop = threading.Event()
-        self._ready = threading.Event()
         self._on_new = on_new
-        self._thread = threading.Thread(target=self._run, name="overdrive-capture", daemon=True)
         self.grab_seconds = 0.0
         self.grabs = 0
 
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise MediaError(f"the video source gave no picture within {timeout:g} s")
-        if self._error is not None:
-            self.stop()
-            err = self._error
-            raise err if isinstance(err, MediaError | ConfigError) else MediaError(str(err))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
+    def start_timeout_error(self, timeout: float) -> MediaError:
+        return MediaError(f"the video source gave no picture within {timeout:g} s")
 
     def wait_newer(self, index: int, timeout: float) -> Captured | None:
         with self._cond:
@@ -390,40 +428,41 @@ class CaptureThread:
             latest = self._latest
         return latest if latest is not None and latest.index > index else None
 
-    def _run(self) -> None:
+    def setup(self) -> None:
+        self.source.open()
+
+    def loop(self) -> None:
         try:
-            self.source.open()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by start() in the caller
-            self._error = exc
-            self._ready.set()
-            return
-        try:
-            index = 0
-            next_at = time.monotonic()
-            while not self._stop.is_set():
-                index += 1
-                pts = time.time_ns()
-                t0 = time.perf_counter()
-                image = self.source.grab(pts, index)
-                self.grab_seconds += time.perf_counter() - t0
-                self.grabs += 1
-                with self._cond:
-                    self._latest = Captured(image, pts, index)
-                    self._cond.notify_all()
-                self._ready.set()
-                if self._on_new is not None:
-                    self._on_new.set()
-                next_at += self.period
-                delay = next_at - time.monotonic()
-                if delay < -self.period:  # fell behind: do not try to catch up with a burst
-                    next_at = time.monotonic()
-                elif delay > 0:
-                    self._stop.wait(delay)
-        except BaseException as exc:  # noqa: BLE001 - reported through .error to the consumer
-            log.error("capture stopped: %s", exc)
-            self._error = exc if isinstance(exc, MediaError) else MediaError(f"capture failed: {exc}")
+            self._grab_loop()
+        except MediaError:
+            raise
+        except Exception as exc:
+            raise MediaError(f"capture failed: {exc}") from exc
+
+    def teardown(self) -> None:
+        if self._on_new is not None:
+            self._on_new.set()
+        self.source.close()
+
+    def _grab_loop(self) -> None:
+        index = 0
+        next_at = time.monotonic()
+        while not self.stopping.is_set():
+            index += 1
+            pts = time.time_ns()
+            t0 = time.perf_counter()
+            image = self.source.grab(pts, index)
+            self.grab_seconds += time.perf_counter() - t0
+            self.grabs += 1
+            with self._cond:
+                self._latest = Captured(image, pts, index)
+                self._cond.notify_all()
+            self.mark_ready()
             if self._on_new is not None:
                 self._on_new.set()
-        finally:
-            self._ready.set()
-            self.source.close()
+            next_at += self.period
+            delay = next_at - time.monotonic()
+            if delay < -self.period:  # fell behind: do not try to catch up with a burst
+                next_at = time.monotonic()
+            elif delay > 0:
+                self.stopping.wait(delay)

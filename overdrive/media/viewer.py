@@ -1,4 +1,4 @@
-"""The viewer: subscribe to a stream, join it cleanly, decode, show, and measure.
+"""The viewer: subscribe to a stream, join it cleanly, decode, and measure; :mod:`~overdrive.media.display` shows.
 
 :class:`Viewer` connects a CURVE SUB (the first connect is verified, so a wrong password fails within seconds
 with "authentication failed for HOST"; afterwards ZeroMQ reconnects by itself when a streamer restarts). Each
@@ -7,7 +7,12 @@ the sans-IO :class:`~overdrive.media.join.JoinState`, and decodes only from the 
 or after falling more than a keyframe interval behind, from the next live keyframe
 (:class:`~overdrive.media.join.CatchUp`), showing only the newest picture. A viewer that was paused or slow
 therefore jumps back to live instead of replaying the past, and the publisher's high-water mark means it never
-slows the streamer. Malformed or oversized messages are dropped and counted (``stats.malformed``).
+slows the streamer. Malformed or oversized messages are dropped and counted (``stats.malformed``, see
+:mod:`~overdrive.media.stats`).
+
+It is a :class:`~overdrive.bus.service.ZmqService`: ``start()`` receives in a thread that ``stop()`` ends over
+inproc; ``run()`` receives in the caller's thread (the CLI's main thread, where the window must live), and
+``request_stop()`` ends that from a signal handler.
 
 Hooks for audio playback and recording (no change to this module needed):
 
@@ -23,8 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,13 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import zmq
 
 from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint, parse_endpoint
+from overdrive.bus.service import START_TIMEOUT, STOP_TIMEOUT, ZmqService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, MediaError, ProtocolError
-from overdrive.media.decoders import Decoder, make_decoder
+from overdrive.media.codecs import make_decoder
+from overdrive.media.codecs.base import Decoder
+from overdrive.media.display import Display, check_display
+from overdrive.media.hooks import Listener
 from overdrive.media.join import Accept, CatchUp, JoinState, Reset
 from overdrive.media.protocol import (
     CODEC,
@@ -51,15 +57,14 @@ from overdrive.media.protocol import (
     VideoFrame,
 )
 from overdrive.media.sources import Image
+from overdrive.media.stats import ViewerStats, report
 
 log = logging.getLogger(__name__)
 
 STREAM_RCVHWM = 60
 MAX_BATCH = 5000
-MAX_LATENCIES = 200_000
 _TOPIC_TYPES: dict[bytes, type] = {TOPIC_INFO: StreamInfo, TOPIC_VIDEO: VideoFrame, TOPIC_AUDIO: AudioChunk}
 
-Listener = Callable[[StreamMessage, bytes], None]
 PictureListener = Callable[[Image, VideoFrame], None]
 
 
@@ -89,54 +94,17 @@ class ViewerConfig:
         object.__setattr__(self, "endpoint", parse_endpoint(self.host, DEFAULT_STREAM_PORT))
 
 
-@dataclass
-class ViewerStats:
-    """Counters a viewer keeps; ``as_dict()`` is what ``--stats-json`` writes."""
-
-    messages: int = 0
-    malformed: int = 0
-    frames_received: int = 0
-    frames_accepted: int = 0
-    frames_decoded: int = 0
-    frames_shown: int = 0
-    frames_skipped: int = 0
-    decode_errors: int = 0
-    audio_chunks: int = 0
-    infos: int = 0
-    bytes: int = 0
-    first_ns: int = 0
-    last_ns: int = 0
-    first_shown_ns: int = 0
-    last_shown_ns: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-
-    def note_latency(self, ms: float) -> None:
-        """Keep latencies for percentiles; past MAX_LATENCIES samples, the oldest half is forgotten."""
-        if len(self.latencies_ms) >= MAX_LATENCIES:
-            del self.latencies_ms[: MAX_LATENCIES // 2]
-        self.latencies_ms.append(ms)
-
-    def note_bytes(self, n: int, now_ns: int) -> None:
-        self.bytes += n
-        if not self.first_ns:
-            self.first_ns = now_ns
-        self.last_ns = now_ns
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return float(np.percentile(np.asarray(values), q))
-
-
-class Viewer:
+class Viewer(ZmqService):
     """Subscribe, join, decode and (unless headless) show one stream."""
+
+    name = "overdrive-viewer"
+    error_type = MediaError
 
     def __init__(self, config: ViewerConfig, bus: Bus) -> None:
         if not config.headless:
-            _check_display()  # before anything (audio devices, sockets) is opened for a viewer that cannot show
+            check_display()  # before anything (audio devices, sockets) is opened for a viewer that cannot show
+        super().__init__(bus)
         self.config = config
-        self.bus = bus
         self.join = JoinState()
         self.catchup = CatchUp()
         self.stats = ViewerStats()
@@ -144,11 +112,8 @@ class Viewer:
         self._picture_listeners: list[PictureListener] = []
         self._decoder: Decoder | None = None
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._overlay = config.overlay
-        self._window = False
+        self._stop_requested = threading.Event()
+        self._display = None if config.headless else Display(config.title, config.overlay, self.stats_dict)
         self._trace: IO[str] | None = None
         self.started = 0.0
 
@@ -176,91 +141,75 @@ class Viewer:
         self._sock = sock
         self.started = time.monotonic()
 
-    def start(self) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         """Connect, then receive in a background thread (headless use: tests, recording-only viewers)."""
         self.connect()
-        self._thread = threading.Thread(target=self._thread_main, name="overdrive-viewer", daemon=True)
-        self._thread.start()
+        super().start(timeout)
 
-    def _thread_main(self) -> None:
-        try:
-            self.run()
-        except BaseException as exc:  # noqa: BLE001 - kept for the caller of start()
-            log.error("viewer stopped: %s", exc)
-            self._error = exc
-
-    def request_stop(self) -> None:
-        """Ask :meth:`run` to end at its next turn (safe from a signal handler: it only sets an event)."""
-        self._stop.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-            self._thread = None
-        self._close()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a background viewer to finish (duration over); True if it did."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def __enter__(self) -> Viewer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _close(self) -> None:
-        if self._sock is not None and (self._thread is None or not self._thread.is_alive()):
-            self._sock.close(linger=0)
-            self._sock = None
-
-    # -- main loop -------------------------------------------------------------------------------------------
     def run(self) -> ViewerStats:
         """Receive until ``stop()``, the duration ends, or ``q`` in the window; write --stats-json at the end."""
         self.connect()
+        self.serve()
+        return self.stats
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to end at its next turn (safe from a signal handler: it only sets an event)."""
+        self._stop_requested.set()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        super().stop(timeout)
+        if not self.running and self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> Viewer:  # start() is explicit: run() is the other way to use a viewer
+        return self
+
+    # -- main loop -------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.connect()
+        if self.config.trace is not None:
+            self._trace = self.config.trace.open("w")
+
+    def loop(self, control: zmq.Socket) -> None:  # type: ignore[type-arg]
         sock = self._sock
         assert sock is not None
         cfg = self.config
+        display = self._display
         deadline = self.started + cfg.duration if cfg.duration else None
-        if cfg.trace is not None:
-            self._trace = cfg.trace.open("w")
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        try:
-            while not self._stop.is_set():
-                wait_ms = 10 if self._window else 100
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    wait_ms = min(wait_ms, int(left * 1000) + 1)
-                if poller.poll(wait_ms):
-                    batch = self._drain(sock)
-                    picture = self.process(batch)
-                    if picture is not None and not cfg.headless:
-                        self._show(picture)
-                if self._window and not self._keys():
+        poller.register(control, zmq.POLLIN)
+        while not self._stop_requested.is_set():
+            wait_ms = 10 if display is not None and display.open else 100
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
-        finally:
-            if self._trace is not None:
-                self._trace.close()
-                self._trace = None
-            if self._decoder is not None:
-                self._decoder.close()
-            if self._window:
-                import cv2
+                wait_ms = min(wait_ms, int(left * 1000) + 1)
+            events = dict(poller.poll(wait_ms))
+            if control in events:
+                break
+            if sock in events:
+                picture = self.process(self._drain(sock))
+                if picture is not None and display is not None:
+                    display.show(picture)
+            if display is not None and display.open and not display.keys():
+                break
 
-                cv2.destroyAllWindows()
-                self._window = False
-            if cfg.stats_json is not None:
-                cfg.stats_json.write_text(json.dumps(self.stats_dict(), indent=2) + "\n")
-            if self._thread is None:
-                self._close()
-        return self.stats
+    def teardown(self) -> None:
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
+        if self._decoder is not None:
+            self._decoder.close()
+        if self._display is not None:
+            self._display.close()
+        if self.config.stats_json is not None:
+            self.config.stats_json.write_text(json.dumps(self.stats_dict(), indent=2) + "\n")
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
 
     @staticmethod
     def _drain(sock: zmq.Socket) -> list[list[zmq.Frame]]:  # type: ignore[type-arg]
@@ -401,83 +350,6 @@ class Viewer:
         if self._trace is not None:
             self._trace.write(f"{now_ns} {frame.seq} {frame.pts_ns} {int(decoded)} {int(shown)}\n")
 
-    # -- window ----------------------------------------------------------------------------------------------
-    def _show(self, image: Image) -> None:
-        import cv2
-
-        if self._overlay:
-            image = image.copy()
-            s = self.stats_dict()
-            text = (
-                f"{s['fps'] or 0:.1f} fps  latency {s['latency_ms']['p50'] or 0:.0f} ms  "
-                f"{(s['bitrate'] or 0) / 1e6:.2f} Mbit/s"
-            )
-            cv2.rectangle(image, (0, 0), (min(image.shape[1], 620), 34), (0, 0, 0), -1)
-            cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
-        try:
-            cv2.imshow(self.config.title, image)
-        except cv2.error as exc:
-            raise MediaError(f"cannot open a window ({exc.err}); no display? use --headless") from exc
-        self._window = True
-
-    def _keys(self) -> bool:
-        """Handle window keys; False to quit (``q``/Esc or the window was closed)."""
-        import cv2
-
-        key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27):
-            return False
-        if key == ord("o"):
-            self._overlay = not self._overlay
-        try:
-            return cv2.getWindowProperty(self.config.title, cv2.WND_PROP_VISIBLE) >= 1
-        except cv2.error:
-            return False
-
     # -- stats -----------------------------------------------------------------------------------------------
     def stats_dict(self) -> dict[str, Any]:
-        s = self.stats
-        span = (s.last_shown_ns - s.first_shown_ns) / 1e9
-        fps = (s.frames_shown - 1) / span if span > 0 else None
-        byte_span = (s.last_ns - s.first_ns) / 1e9
-        info = self.join.info
-        lat = s.latencies_ms
-        return {
-            "stream_id": info.stream_id if info else None,
-            "name": info.name if info else None,
-            "codec": info.video.codec if info else None,
-            "width": info.video.width if info else None,
-            "height": info.video.height if info else None,
-            "phase": self.join.phase.name.lower(),
-            "messages": s.messages,
-            "malformed": s.malformed,
-            "frames_received": s.frames_received,
-            "frames_accepted": s.frames_accepted,
-            "frames_decoded": s.frames_decoded,
-            "frames_shown": s.frames_shown,
-            "frames_skipped": s.frames_skipped,
-            "gaps": self.join.gaps,
-            "lost_frames": self.join.lost_frames,
-            "resets": self.join.resets,
-            "drops": dict(self.join.drops),
-            "decode_errors": s.decode_errors,
-            "resyncs": self.catchup.resyncs,
-            "audio_chunks": s.audio_chunks,
-            "fps": fps,
-            "latency_ms": {
-                "p50": percentile(lat, 50),
-                "p95": percentile(lat, 95),
-                "p99": percentile(lat, 99),
-                "max": max(lat) if lat else None,
-                "samples": len(lat),
-            },
-            "bytes": s.bytes,
-            "bitrate": s.bytes * 8 / byte_span if byte_span > 0 else None,
-            "seconds": time.monotonic() - self.started if self.started else 0.0,
-        }
-
-
-def _check_display() -> None:
-    """Fail clearly before OpenCV's Qt backend aborts the whole process for want of a display."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise MediaError("no display to show the stream on (DISPLAY is not set); use --headless")
+        return report(self.stats, self.join, self.catchup, self.started)

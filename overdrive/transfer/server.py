@@ -38,7 +38,7 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Frame
-from overdrive.bus.runner import START_TIMEOUT, Runner
+from overdrive.bus.service import START_TIMEOUT, ZmqService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, TransferError
 from overdrive.files.model import Catalogue
@@ -56,7 +56,7 @@ _BATCH = 256
 IO_THREADS = 2
 
 
-class FileServer(Runner):
+class FileServer(ZmqService):
     """Serve ``folder`` (only names ``catalogue`` holds) on ``endpoint`` until :meth:`stop`."""
 
     name = "overdrive-fileserver"

@@ -5,7 +5,10 @@ slowing anyone), then loops: take the newest captured picture, encode it, send `
 the payload zero-copy; repeat :class:`~overdrive.media.protocol.StreamInfo` every second. It keeps no per-viewer
 state, so a relay (XSUB/XPUB proxy) can re-publish the stream unchanged.
 
-Hooks for audio and recording (no change to this module needed):
+It is a :class:`~overdrive.bus.service.Worker`: ``start()`` returns once the first frame is out, ``run()`` streams
+in the caller's thread (the CLI's), ``request_stop()`` ends that from a signal handler.
+
+Hooks for audio and recording (:mod:`overdrive.media.hooks`; no change to this module needed):
 
 * **Extra publishable sources** — ``Streamer.add_producer(producer)``. A producer has ``start(emit)`` and
   ``stop()``; it calls ``emit(message, payload)`` from any thread (e.g. ``AudioChunk`` + Opus bytes) and the
@@ -28,14 +31,16 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import zmq
 
 from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint, parse_endpoint
+from overdrive.bus.service import STOP_TIMEOUT, Worker
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, MediaError
-from overdrive.media.encoders import Encoder, Scale, make_encoder
+from overdrive.media.codecs import make_encoder
+from overdrive.media.codecs.base import Encoder
+from overdrive.media.hooks import Listener, Producer
 from overdrive.media.protocol import (
     CODEC,
     MAX_VIDEO_FRAME,
@@ -46,24 +51,13 @@ from overdrive.media.protocol import (
     VideoFrame,
     VideoTrackInfo,
 )
-from overdrive.media.sources import CaptureThread, PictureSource, Region, make_source
+from overdrive.media.sources import CaptureThread, PictureSource, Region, Scale, make_source
 
 log = logging.getLogger(__name__)
 
 STREAM_SNDHWM = 60
 """Messages queued per viewer before the PUB drops for that viewer (about 1-2 s of video)."""
 INFO_INTERVAL = 1.0
-
-Listener = Callable[[StreamMessage, bytes], None]
-Emit = Callable[[StreamMessage, bytes], None]
-
-
-class Producer(Protocol):
-    """An extra source of published messages (e.g. an audio capture)."""
-
-    def start(self, emit: Emit) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,10 +130,15 @@ class StreamerStats:
                 self.bitrate = sum(n for _, n in list(self._window)[1:]) * 8 / span
 
 
-class Streamer:
+class Streamer(Worker):
     """Capture → encode → publish. ``start()`` runs it in a thread; ``run()`` runs it in the caller's."""
 
+    name = "overdrive-streamer"
+    error_type = MediaError
+    ready_on_setup = False  # ready once the first frame is out
+
     def __init__(self, config: StreamerConfig, bus: Bus, source: PictureSource | None = None) -> None:
+        super().__init__()
         self.config = config
         self.bus = bus
         self.stream_id = uuid.uuid4().hex[:16]
@@ -152,11 +151,12 @@ class Streamer:
         self._audio = list(config.audio)
         self._outbox: queue.SimpleQueue[tuple[StreamMessage, bytes]] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
+        self._status: Callable[[StreamerStats], None] | None = None
+        self._capture: CaptureThread | None = None
+        self._encoder: Encoder | None = None
+        self._size = (0, 0)
+        self._running_producers: list[Producer] = []
 
     # -- hooks -----------------------------------------------------------------------------------------------
     def add_producer(self, producer: Producer) -> None:
@@ -188,56 +188,38 @@ class Streamer:
         assert self.endpoint is not None
         return self.endpoint
 
-    def start(self, timeout: float = 15.0) -> Endpoint:
+    def start(self, timeout: float = 15.0) -> Endpoint:  # type: ignore[override]
         """Bind, then stream in a background thread; returns once the first frame is out (or raises)."""
         endpoint = self.bind()
-        self._thread = threading.Thread(target=self._thread_main, name="overdrive-streamer", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise MediaError(f"streamer did not start within {timeout:g} s")
-        if self._error is not None:
-            self.stop()
-            raise self._error
+        super().start(timeout)
         return endpoint
 
-    def request_stop(self) -> None:
-        """Ask :meth:`run` to end at its next turn, within 0.1 s (its longest wait). Safe from a signal handler: it
-        sets only ``_stop``, which the loop reads but never waits on; ``_wake`` is not touched, because the handler
-        can run while the main thread holds that event's lock (in its clear or wait), and would then deadlock."""
-        self._stop.set()
+    def run(self, status: Callable[[StreamerStats], None] | None = None) -> StreamerStats:
+        """Stream until ``stop()``, the duration ends, or the source fails. ``status`` is called about 2x/s.
 
-    def stop(self) -> None:
+        ``request_stop()`` ends it from a signal handler: the loop waits on its own wake event, never on
+        ``stopping``, so setting that is safe while this thread holds any lock."""
+        self._status = status
+        self.serve()
+        return self.stats
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop streaming and close the socket (idempotent)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-            self._thread = None
+        super().stop(timeout)
         self._close_socket()
 
-    def __enter__(self) -> Streamer:
+    def wake(self) -> None:
+        self._wake.set()
+
+    def __enter__(self) -> Streamer:  # start() is explicit: it returns the endpoint
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def _close_socket(self) -> None:
-        if self._sock is not None and (self._thread is None or not self._thread.is_alive()):
-            self._sock.close(linger=0)
-            self._sock = None
+        if not self.running:  # else the loop's thread owns it and closes it in teardown
+            self._close_socket_here()
 
-    def _thread_main(self) -> None:
-        try:
-            self.run()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller of start()
-            log.error("streamer stopped: %s", exc)
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    def run(self, status: Callable[[StreamerStats], None] | None = None) -> StreamerStats:
-        """Stream until ``stop()``, the duration ends, or the source fails. ``status`` is called about 2x/s."""
+    # -- the worker --------------------------------------------------------------------------------------------
+    def setup(self) -> None:
         cfg = self.config
         self.bind()
         source = self._source or make_source(
@@ -248,42 +230,49 @@ class Streamer:
             pattern_size=cfg.pattern_size,
             started_ns=self.started_ns,
         )
-        capture = CaptureThread(source, cfg.fps, on_new=self._wake)
+        capture = self._capture = CaptureThread(source, cfg.fps, on_new=self._wake)
         capture.start()
-        producers: list[Producer] = []
-        encoder: Encoder | None = None
-        try:
-            first = capture.wait_newer(0, 5.0)
-            if first is None:
-                raise MediaError("the video source gave no picture")
-            h, w = first.image.shape[:2]
-            size = cfg.scaling.output_size(w, h)
-            self.stats.width, self.stats.height = size
-            encoder = make_encoder(
-                cfg.codec,
-                size[0],
-                size[1],
-                cfg.fps,
-                bitrate=cfg.bitrate,
-                quality=cfg.quality,
-                keyframe_interval=cfg.keyframe_interval,
-            )
-            for producer in self._producers:
-                producer.start(self.emit)
-                producers.append(producer)
-            self._loop(capture, encoder, size, status)
-        finally:
-            for producer in reversed(producers):
-                producer.stop()
-            capture.stop()
-            if encoder is not None:
-                encoder.close()
-            self._ready.set()
-            if self._thread is None:
-                self._close_socket()
-        if capture.error is not None and not self._stop.is_set():
+        first = capture.wait_newer(0, 5.0)
+        if first is None:
+            raise MediaError("the video source gave no picture")
+        h, w = first.image.shape[:2]
+        self._size = cfg.scaling.output_size(w, h)
+        self.stats.width, self.stats.height = self._size
+        self._encoder = make_encoder(
+            cfg.codec,
+            self._size[0],
+            self._size[1],
+            cfg.fps,
+            bitrate=cfg.bitrate,
+            quality=cfg.quality,
+            keyframe_interval=cfg.keyframe_interval,
+        )
+        for producer in self._producers:
+            producer.start(self.emit)
+            self._running_producers.append(producer)
+
+    def loop(self) -> None:
+        capture, encoder = self._capture, self._encoder
+        assert capture is not None and encoder is not None
+        self._loop(capture, encoder, self._size, self._status)
+        if capture.error is not None and not self.stopping.is_set():
             raise capture.error
-        return self.stats
+
+    def teardown(self) -> None:
+        for producer in reversed(self._running_producers):
+            producer.stop()
+        self._running_producers.clear()
+        if self._capture is not None:
+            self._capture.stop()
+        if self._encoder is not None:
+            self._encoder.close()
+        self._close_socket_here()
+
+    def _close_socket_here(self) -> None:
+        """The loop's thread owns the socket once it runs; it closes it on the way out."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
 
     def _loop(
         self,
@@ -299,7 +288,7 @@ class Streamer:
         next_info = 0.0
         next_status = time.monotonic() + 0.5
         video_info: VideoTrackInfo | None = None
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -343,7 +332,7 @@ class Streamer:
                     self.stats.keyframes_sent += packet.keyframe
                     self.stats.bytes_sent += len(packet.data)
                     self.stats.record(time.monotonic(), len(packet.data))
-                self._ready.set()
+                self.mark_ready()
             elif video_info is not None and now >= next_info:
                 self._send_info(video_info)
                 next_info = now + INFO_INTERVAL

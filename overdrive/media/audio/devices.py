@@ -1,8 +1,4 @@
-"""Audio capture for the streamer: system audio, a microphone, both, or a synthetic test tone.
-
-Each track produces 20 ms blocks of 48 kHz int16 samples, stamped with the capture time of their first sample on
-the stream clock (``time.time_ns()``, the clock video frames use), encoded (Opus or PCM) and handed to the
-streamer as :class:`~overdrive.media.protocol.AudioChunk` messages through its producer hook.
+"""Audio devices: the PortAudio input a track reads, and finding the system-audio monitor or a microphone.
 
 * ``system`` is the monitor source of the default output. On Linux with PulseAudio or PipeWire (pipewire-pulse)
   the monitor's name comes from ``pactl`` and the stream is opened on PortAudio's ALSA ``pulse`` device with
@@ -10,13 +6,11 @@ streamer as :class:`~overdrive.media.protocol.AudioChunk` messages through its p
   whose name says "monitor", "loopback" or "stereo mix" is used. Otherwise it fails, naming the fixes.
 * ``mic`` is ``--mic DEVICE`` (a PortAudio index or name, or ``pulse:SOURCE`` for a PulseAudio source name), or
   the default input.
-* ``testtone`` beeps (1 kHz, :data:`~overdrive.media.sources.FLASH_NS` long) exactly when the test pattern
-  flashes white (:func:`~overdrive.media.sources.is_flash_frame`), so A/V sync can be checked end to end.
 
-Devices are read with a polling loop (``read_available`` + blocking ``read``) in a thread: on PortAudio's ALSA
-backend over PulseAudio the callback API delivers nothing until the stream stops. :class:`ChunkClock` turns
-"when the read returned" into steady per-sample timestamps (a sample counter, re-centred on the earliest
-observation each second, so scheduling jitter does not reach the timestamps).
+Devices are read with a polling loop (``read_available`` + blocking ``read``): on PortAudio's ALSA backend over
+PulseAudio the callback API delivers nothing until the stream stops. :class:`ChunkClock` turns "when the read
+returned" into steady per-sample timestamps (a sample counter, re-centred on the earliest observation each second,
+so scheduling jitter does not reach the timestamps).
 """
 
 from __future__ import annotations
@@ -27,40 +21,23 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from overdrive.errors import ConfigError, MediaError
-from overdrive.media.audio_codec import (
-    CHUNK_NS,
-    CHUNK_SAMPLES,
-    SAMPLE_RATE,
-    AudioEncoder,
-    Samples,
-    make_audio_encoder,
-    samples_to_ns,
-)
-from overdrive.media.protocol import AudioChunk, AudioTrackInfo, StreamMessage
-from overdrive.media.sources import FLASH_NS, FLASH_PERIOD_NS
+from overdrive.media.codecs.base import CHUNK_SAMPLES, SAMPLE_RATE, Samples, samples_to_ns
 
 log = logging.getLogger(__name__)
 
-AudioMode = Literal["system", "mic", "both", "none", "testtone"]
-AUDIO_MODES: tuple[str, ...] = ("auto", "system", "mic", "both", "none", "testtone")
-TONE_HZ = 1000.0
-TONE_AMPLITUDE = 0.5
 RESYNC_NS = 80_000_000
 """A timestamp this far off the sample clock (lost samples, a stall) restarts the clock."""
 NO_SYSTEM_AUDIO_FIX = (
     "run PulseAudio or PipeWire (with pipewire-pulse and pactl), pick an input with --audio mic --mic DEVICE "
     "(see `overdrive devices`), or stream without sound with --audio none"
 )
-
-Emit = Callable[[StreamMessage, bytes], None]
 _ENV_LOCK = threading.Lock()
 
 
@@ -104,59 +81,6 @@ class ChunkClock:
     def restart(self) -> None:
         """Forget the clock (after an overflow: samples were lost)."""
         self._anchor = None
-
-
-def tone_block(start_sample: int, frames: int, channels: int = 1) -> Samples:
-    """The test tone from ``start_sample`` (counted from the stream start): 1 kHz during each flash, else silence."""
-    idx = np.arange(start_sample, start_sample + frames, dtype=np.int64)
-    period = FLASH_PERIOD_NS * SAMPLE_RATE // 1_000_000_000
-    on = FLASH_NS * SAMPLE_RATE // 1_000_000_000
-    beep = (idx % period) < on
-    wave = np.sin(2 * np.pi * TONE_HZ * (idx % SAMPLE_RATE) / SAMPLE_RATE) * (TONE_AMPLITUDE * 32767)
-    mono = np.where(beep, wave, 0.0).astype(np.int16)
-    return np.repeat(mono[:, None], channels, axis=1)
-
-
-class BlockSource(Protocol):
-    """Where a track's samples come from: ``read`` returns the next block and its capture time, or None."""
-
-    channels: int
-    label: str
-
-    def start(self) -> None: ...
-
-    def read(self, stop: threading.Event) -> tuple[Samples, int] | None: ...
-
-    def close(self) -> None: ...
-
-
-class ToneSource:
-    """Synthetic 20 ms blocks on the stream clock, released in real time, beeping with the test pattern."""
-
-    label = "testtone"
-
-    def __init__(self, started_ns: Callable[[], int], channels: int = 1) -> None:
-        self.channels = channels
-        self._started_ns = started_ns
-        self._next: int | None = None
-
-    def start(self) -> None:
-        pass
-
-    def read(self, stop: threading.Event) -> tuple[Samples, int] | None:
-        started = self._started_ns()
-        if self._next is None:
-            self._next = max(0, (time.time_ns() - started) // CHUNK_NS)
-        pts = started + self._next * CHUNK_NS
-        wait = (pts + CHUNK_NS - time.time_ns()) / 1e9
-        if wait > 0 and stop.wait(wait):
-            return None
-        block = tone_block(self._next * CHUNK_SAMPLES, CHUNK_SAMPLES, self.channels)
-        self._next += 1
-        return block, pts
-
-    def close(self) -> None:
-        pass
 
 
 @contextmanager
@@ -345,164 +269,3 @@ def mic_source(spec: str | None) -> DeviceSource:
 
 
 # -- the producer -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrackStats:
-    chunks: int = 0
-    encode_seconds: float = 0.0
-    errors: int = 0
-
-
-class _Track:
-    def __init__(self, index: int, source: BlockSource, codec: str) -> None:
-        self.index = index
-        self.source = source
-        self.encoder: AudioEncoder = make_audio_encoder(codec, source.channels)
-        self.info = AudioTrackInfo(
-            track=index,
-            source=source.label,
-            codec=self.encoder.codec,  # type: ignore[arg-type]
-            sample_rate=SAMPLE_RATE,
-            channels=source.channels,
-            extradata=self.encoder.extradata,
-        )
-        self.stats = TrackStats()
-        self.thread: threading.Thread | None = None
-
-
-class AudioCapture:
-    """The streamer's audio: one track per source, each read, encoded and emitted from its own thread.
-
-    Build with :func:`open_audio` (which resolves devices and fails early with a clear error), announce
-    :attr:`tracks` in the stream info, and register as a producer: the streamer calls ``start(emit)``/``stop()``.
-    """
-
-    def __init__(self, sources: list[BlockSource], codec: str, stream_id: Callable[[], str]) -> None:
-        self._tracks = [_Track(i, s, codec) for i, s in enumerate(sources)]
-        self._stream_id = stream_id
-        self._stop = threading.Event()
-        self._errors: list[BaseException] = []
-
-    @property
-    def tracks(self) -> tuple[AudioTrackInfo, ...]:
-        return tuple(t.info for t in self._tracks)
-
-    @property
-    def stats(self) -> dict[str, TrackStats]:
-        return {t.source.label: t.stats for t in self._tracks}
-
-    def start(self, emit: Emit) -> None:
-        started: list[_Track] = []
-        try:
-            for track in self._tracks:
-                track.source.start()
-                started.append(track)
-        except BaseException:
-            for track in started:
-                track.source.close()
-            raise
-        for track in self._tracks:
-            track.thread = threading.Thread(
-                target=self._run, args=(track, emit), name=f"overdrive-audio-{track.source.label}", daemon=True
-            )
-            track.thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for track in self._tracks:
-            if track.thread is not None:
-                track.thread.join()
-                track.thread = None
-        self.close()
-
-    def close(self) -> None:
-        """Release devices (also for captures that were opened but never started)."""
-        for track in self._tracks:
-            track.source.close()
-            track.encoder.close()
-
-    def _run(self, track: _Track, emit: Emit) -> None:
-        seq = 0
-        try:
-            while not self._stop.is_set():
-                got = track.source.read(self._stop)
-                if got is None:
-                    break
-                block, pts_ns = got
-                t0 = time.perf_counter()
-                chunks = track.encoder.encode(block, pts_ns)
-                track.stats.encode_seconds += time.perf_counter() - t0
-                for chunk in chunks:
-                    seq += 1
-                    msg = AudioChunk(
-                        stream_id=self._stream_id(),
-                        track=track.index,
-                        seq=seq,
-                        pts_ns=chunk.pts_ns,
-                        samples=chunk.samples,
-                    )
-                    emit(msg, chunk.data)
-                    track.stats.chunks += 1
-        except Exception as exc:  # a failing audio device must not take the video stream down
-            track.stats.errors += 1
-            self._errors.append(exc)
-            log.exception("audio track %s stopped", track.source.label)
-
-
-def open_audio(
-    mode: str,
-    *,
-    mic: str | None = None,
-    codec: str = "opus",
-    stream_id: Callable[[], str],
-    started_ns: Callable[[], int],
-) -> AudioCapture | None:
-    """Resolve ``--audio MODE`` to opened devices (fails now, with the fix named, if they cannot be used)."""
-    if mode not in AUDIO_MODES:
-        raise ConfigError(f"--audio must be one of {', '.join(AUDIO_MODES)}, not {mode!r}")
-    if codec not in ("opus", "pcm"):
-        raise ConfigError(f"--audio-codec must be opus or pcm, not {codec!r}")
-    if mode == "none":
-        return None
-    if mode == "auto":
-        # the default: system audio where this machine can capture it, otherwise video only, said once
-        try:
-            return open_audio("system", codec=codec, stream_id=stream_id, started_ns=started_ns)
-        except MediaError as exc:
-            log.warning("streaming without sound (pass --audio none to silence this): %s", exc)
-            return None
-    sources: list[BlockSource] = []
-    if mode == "testtone":
-        sources.append(ToneSource(started_ns))
-    else:
-        devices: list[DeviceSource] = []
-        try:
-            if mode in ("system", "both"):
-                devices.append(system_source())
-            if mode in ("mic", "both"):
-                devices.append(mic_source(mic))
-            for dev in devices:
-                dev.open()
-        except BaseException:
-            for dev in devices:
-                dev.close()
-            raise
-        sources.extend(devices)
-    return AudioCapture(sources, codec, stream_id)
-
-
-def attach_audio(streamer: Any, mode: str, *, mic: str | None = None, codec: str = "opus") -> AudioCapture | None:
-    """Open the audio for ``--audio MODE`` and hook it into a :class:`~overdrive.media.publisher.Streamer`."""
-    capture = open_audio(
-        mode,
-        mic=mic,
-        codec=codec,
-        stream_id=lambda: str(streamer.stream_id),
-        started_ns=lambda: int(streamer.started_ns),
-    )
-    if capture is not None:
-        for track in capture.tracks:
-            streamer.add_audio_track(track)
-        streamer.add_producer(capture)
-    return capture

@@ -1,8 +1,8 @@
-"""Audio codecs for the stream: Opus through PyAV (default) and raw PCM (``--audio-codec pcm``).
+"""Opus through PyAV, the default audio codec on the wire.
 
-The stream carries 48 kHz audio in chunks of :data:`CHUNK_SAMPLES` (20 ms). An encoder takes interleaved int16
-samples with the capture time of their first sample and returns :class:`EncodedChunk` objects whose ``pts_ns`` is
-the capture time of the first sample *they contain*: libopus delays its output by a look-ahead (312 samples at
+The encoder takes interleaved int16 samples with the capture time of their first sample and returns
+:class:`~overdrive.media.codecs.base.EncodedChunk` objects whose ``pts_ns`` is the capture time of the first sample
+*they contain*: libopus delays its output by a look-ahead (312 samples at
 48 kHz), so each Opus packet is stamped that much earlier than the input it came from. A decoder turns one chunk
 back into int16 samples, shaped ``(samples, channels)``, aligned with that ``pts_ns``. Opus decoders are built
 without the encoder's header, so no pre-skip is applied and every packet decodes to exactly its own 20 ms.
@@ -11,79 +11,20 @@ without the encoder's header, so no pre-skip is applied and every packet decodes
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from overdrive.errors import ConfigError, MediaError
-
-SAMPLE_RATE = 48_000
-CHUNK_SAMPLES = 960
-"""20 ms at 48 kHz: one Opus frame, one stream chunk."""
-CHUNK_NS = CHUNK_SAMPLES * 1_000_000_000 // SAMPLE_RATE
-CODECS = ("opus", "pcm")
-
-Samples = np.ndarray[Any, np.dtype[np.int16]]
-
-
-def samples_to_ns(samples: int, rate: int = SAMPLE_RATE) -> int:
-    return samples * 1_000_000_000 // rate
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedChunk:
-    """One encoded chunk: bytes, the capture time of its first sample, and how many samples it holds."""
-
-    data: bytes
-    pts_ns: int
-    samples: int
-
-
-class AudioEncoder(Protocol):
-    codec: str
-    extradata: bytes
-
-    def encode(self, pcm: Samples, pts_ns: int) -> list[EncodedChunk]: ...
-
-    def close(self) -> None: ...
-
-
-class AudioDecoder(Protocol):
-    def decode(self, data: bytes) -> Samples: ...
-
-
-def _check(pcm: Samples, channels: int) -> None:
-    if pcm.dtype != np.int16 or pcm.ndim != 2 or pcm.shape[1] != channels:
-        raise MediaError(f"expected int16 samples shaped (n, {channels}), got {pcm.dtype} {pcm.shape}")
-
-
-class PcmEncoder:
-    """Interleaved s16le, one chunk per input block (no delay)."""
-
-    codec = "pcm"
-    extradata = b""
-
-    def __init__(self, channels: int) -> None:
-        self.channels = channels
-
-    def encode(self, pcm: Samples, pts_ns: int) -> list[EncodedChunk]:
-        _check(pcm, self.channels)
-        return [EncodedChunk(pcm.astype("<i2", copy=False).tobytes(), pts_ns, pcm.shape[0])]
-
-    def close(self) -> None:
-        pass
-
-
-class PcmDecoder:
-    def __init__(self, channels: int) -> None:
-        self.channels = channels
-
-    def decode(self, data: bytes) -> Samples:
-        if len(data) % (2 * self.channels):
-            raise MediaError(f"PCM chunk of {len(data)} bytes is not whole {self.channels}-channel samples")
-        return np.frombuffer(data, dtype="<i2").reshape(-1, self.channels).astype(np.int16)
+from overdrive.media.codecs.base import (
+    CHUNK_SAMPLES,
+    SAMPLE_RATE,
+    EncodedChunk,
+    Samples,
+    check_samples,
+    samples_to_ns,
+)
 
 
 def _layout(channels: int) -> str:
@@ -122,7 +63,7 @@ class OpusEncoder:
         self._inputs: deque[tuple[int, int]] = deque()  # (first sample index, capture ns) per input block
 
     def encode(self, pcm: Samples, pts_ns: int) -> list[EncodedChunk]:
-        _check(pcm, self.channels)
+        check_samples(pcm, self.channels)
         if pcm.shape[0] != CHUNK_SAMPLES:
             raise MediaError(f"Opus frames are {CHUNK_SAMPLES} samples, not {pcm.shape[0]}")
         av = self._av
@@ -189,19 +130,3 @@ def _to_int16(planes: np.ndarray[Any, Any], channels: int) -> Samples:
     else:
         out = planes.reshape(-1, channels)
     return np.ascontiguousarray(out, dtype=np.int16)
-
-
-def make_audio_encoder(codec: str, channels: int) -> AudioEncoder:
-    if codec == "opus":
-        return OpusEncoder(channels)
-    if codec == "pcm":
-        return PcmEncoder(channels)
-    raise ConfigError(f"--audio-codec must be opus or pcm, not {codec!r}")
-
-
-def make_audio_decoder(codec: str, channels: int) -> AudioDecoder:
-    if codec == "opus":
-        return OpusDecoder(channels)
-    if codec == "pcm":
-        return PcmDecoder(channels)
-    raise MediaError(f"unknown audio codec {codec!r}")

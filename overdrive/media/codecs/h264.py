@@ -1,46 +1,21 @@
-"""Video encoders: H.264 through PyAV (libx264) and JPEG through OpenCV, plus picture scaling.
+"""H.264 through PyAV: libx264 to encode, libavcodec to decode.
 
-Each encoder takes BGR or BGRA pictures with their capture time and returns :class:`Packet` objects: the encoded bytes
-of one picture (an H.264 access unit in Annex B, or a whole JPEG), the capture time and the keyframe flag.
-H.264 runs ultrafast/zerolatency (no B-frames, no lookahead: one picture in, one access unit out), repeats
-SPS/PPS on every keyframe so any keyframe starts a decoder, and forces a keyframe at least every
+The encoder runs ultrafast/zerolatency (no B-frames, no lookahead: one picture in, one access unit out in Annex B),
+repeats SPS/PPS on every keyframe so any keyframe starts a decoder, and forces a keyframe at least every
 ``keyframe_interval`` seconds. :attr:`H264Encoder.extradata` holds SPS+PPS (Annex B) for ``StreamInfo``.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, Protocol, cast
+from typing import cast
 
 import cv2
 
 from overdrive.errors import ConfigError, MediaError
+from overdrive.media.codecs.base import CodecName, Packet
 from overdrive.media.sources import Image
-
-log = logging.getLogger(__name__)
-
-CodecName = Literal["h264", "jpeg"]
-
-
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """One encoded picture."""
-
-    data: bytes
-    pts_ns: int
-    keyframe: bool
-
-
-class Encoder(Protocol):
-    codec: CodecName
-    extradata: bytes
-
-    def encode(self, image: Image, pts_ns: int) -> list[Packet]: ...
-
-    def close(self) -> None: ...
 
 
 def split_annexb(data: bytes) -> list[bytes]:
@@ -135,77 +110,31 @@ class H264Encoder:
             pass
 
 
-class JpegEncoder:
-    """One JPEG per picture (every frame is a keyframe)."""
+class H264Decoder:
+    """libavcodec's H.264 decoder, single-threaded (frame threading would add a frame of delay)."""
 
-    codec: CodecName = "jpeg"
-    extradata = b""
+    def __init__(self, extradata: bytes = b"") -> None:
+        import av
 
-    def __init__(self, quality: int = 80) -> None:
-        if not 1 <= quality <= 100:
-            raise ConfigError(f"--quality must be 1..100, not {quality}")
-        self.quality = quality
+        self._av = av
+        ctx = av.CodecContext.create("h264", "r")
+        if extradata:
+            ctx.extradata = extradata
+        ctx.thread_type = "SLICE"
+        ctx.options = {"flags": "low_delay"}
+        try:
+            ctx.open()
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot open the H.264 decoder: {exc}") from exc
+        self._ctx = ctx
 
-    def encode(self, image: Image, pts_ns: int) -> list[Packet]:
-        if image.shape[2] == 4:
-            image = cast(Image, cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            raise MediaError("JPEG encoding failed")
-        return [Packet(buf.tobytes(), pts_ns, True)]
+    def decode(self, data: bytes | memoryview) -> list[Image]:
+        av = self._av
+        try:
+            frames = self._ctx.decode(av.Packet(bytes(data)))
+            return [cast(Image, f.to_ndarray(format="bgr24")) for f in frames]
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise MediaError(f"H.264 decode failed: {exc}") from exc
 
     def close(self) -> None:
         pass
-
-
-def make_encoder(
-    codec: str,
-    width: int,
-    height: int,
-    fps: float,
-    *,
-    bitrate: int = 0,
-    quality: int = 80,
-    keyframe_interval: float = 1.0,
-) -> Encoder:
-    if codec == "h264":
-        return H264Encoder(width, height, fps, bitrate=bitrate, keyframe_interval=keyframe_interval)
-    if codec == "jpeg":
-        return JpegEncoder(quality)
-    raise ConfigError(f"--codec must be h264 or jpeg, not {codec!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Scale:
-    """Output size: a factor of the source size, or a fixed WxH."""
-
-    factor: float = 1.0
-    size: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.size is None and not 0.05 <= self.factor <= 4:
-            raise ConfigError(f"--scale factor must be 0.05..4, not {self.factor}")
-        if self.size is not None and (self.size[0] < 2 or self.size[1] < 2):
-            raise ConfigError(f"--scale size must be at least 2x2, not {self.size}")
-
-    @classmethod
-    def parse(cls, text: str) -> Scale:
-        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-        if m:
-            return cls(size=(int(m.group(1)), int(m.group(2))))
-        try:
-            return cls(factor=float(text))
-        except ValueError:
-            raise ConfigError(f"--scale must be a factor (0.5) or WxH (1280x720), not {text!r}") from None
-
-    def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """The encoded size for a source of ``width`` x ``height``, rounded down to even numbers."""
-        w, h = self.size if self.size is not None else (round(width * self.factor), round(height * self.factor))
-        return max(2, w - w % 2), max(2, h - h % 2)
-
-    def apply(self, image: Image, size: tuple[int, int]) -> Image:
-        h, w = image.shape[:2]
-        if (w, h) == size:
-            return image
-        interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR
-        return cast(Image, cv2.resize(image, size, interpolation=interp))

@@ -1,0 +1,1 @@
+"""Audio for streams: capture and devices at the streamer, a jitter buffer and playback at the viewer."""
