@@ -14,45 +14,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.services import ROOT
 
 SOURCE = ROOT / "docs" / "architecture.dot"
 PACKAGE = ROOT / "overdrive"
-
-# ---- MOVING: today's modules that the issue 10 layout puts in another layer -------------------------------------
-# Each is checked as the node it becomes, so the rule can be enforced while the moves land one branch at a time.
-# Delete an entry once its module has moved (an entry whose module no longer exists changes nothing).
-MOVING = {
-    "overdrive.cliutil": "overdrive.cli",  # -> cli/options.py
-    "overdrive.doctor": "overdrive.cli",
-    "overdrive.index.cli": "overdrive.cli",
-    "overdrive.transfer.cli": "overdrive.cli",
-    "overdrive.media.cli": "overdrive.cli",
-    "overdrive.media.audio_cli": "overdrive.cli",
-    "overdrive.index.demo": "overdrive.demo",
-    "overdrive.transfer.demo": "overdrive.demo",
-    "overdrive.media.demo": "overdrive.demo",
-    "overdrive.media.demo_audio": "overdrive.demo",
-    "overdrive.transfer.catalogue": "overdrive.files",  # -> files/model.py
-    "overdrive.transfer.names": "overdrive.files",  # -> files/names.py
-    "overdrive.index.scan": "overdrive.files",  # -> files/scanner.py
-}
-
-# ---- KNOWN: imports that break the rule today, each to be fixed by the restructure --------------------------------
-# (importing module, imported module). A pair not listed fails the test; a listed pair that is gone is reported by
-# test_known_violations_still_exist (a skip), so the list only shrinks.
-KNOWN: set[tuple[str, str]] = {
-    # the demo printed through the CLI's console (files branch: demo/context.py has its own)
-    ("overdrive.demo", "overdrive.cliutil"),
-    ("overdrive.index.demo", "overdrive.cliutil"),
-    ("overdrive.media.demo", "overdrive.cliutil"),
-    ("overdrive.media.demo_audio", "overdrive.cliutil"),
-    ("overdrive.transfer.demo", "overdrive.cliutil"),
-    # the scanner checked names with the index's rule (files branch: files/names.py holds both rules)
-    ("overdrive.index.scan", "overdrive.index.records"),
-}
 
 
 def _clusters_and_edges(text: str) -> tuple[dict[str, set[str]], set[str], list[tuple[str, str, dict[str, str]]]]:
@@ -105,15 +70,11 @@ def layer_of(module: str, nodes: set[str]) -> str | None:
     parts = module.split(".")
     for end in range(len(parts), 1, -1):
         prefix = ".".join(parts[:end])
-        if prefix in MOVING:
-            return MOVING[prefix]
-    for end in range(len(parts), 1, -1):
-        prefix = ".".join(parts[:end])
         if prefix in nodes:
             return prefix
     if module == "overdrive":
         return None
-    raise AssertionError(f"{module} is in no layer of docs/architecture.dot: add its node there (or to MOVING)")
+    raise AssertionError(f"{module} is in no layer of docs/architecture.dot: add its node there")
 
 
 def _module_name(path: Path) -> str:
@@ -177,20 +138,12 @@ def test_the_picture_has_the_issue_10_layers() -> None:
 
 
 def test_imports_keep_to_the_layers() -> None:
-    new = sorted(violations() - KNOWN)
-    assert not new, "imports against docs/architecture.dot's layers:\n" + "\n".join(f"{a} -> {b}" for a, b in new)
-
-
-def test_known_violations_still_exist() -> None:
-    """A fixed import is said (as a skip, not a failure: the moves land one branch at a time) so KNOWN shrinks."""
-    fixed = sorted(KNOWN - violations())
-    if fixed:
-        listed = "; ".join(f"{a} -> {b}" for a, b in fixed)
-        pytest.skip(f"fixed, so delete from KNOWN in tests/test_layers.py: {listed}")
+    found = sorted(violations())
+    assert not found, "imports against docs/architecture.dot's layers:\n" + "\n".join(f"{a} -> {b}" for a, b in found)
 
 
 def _contract() -> configparser.ConfigParser | None:
-    """The import-linter settings (setup.cfg or .importlinter), if the project has them yet."""
+    """The import-linter settings (setup.cfg or .importlinter), if there are any."""
     for name in ("setup.cfg", ".importlinter"):
         parser = configparser.ConfigParser()
         parser.read(ROOT / name)
@@ -202,8 +155,7 @@ def _contract() -> configparser.ConfigParser | None:
 def test_the_picture_agrees_with_the_import_contract() -> None:
     """The same rule in two places (picture and import-linter contract) must say the same: pair by pair."""
     parser = _contract()
-    if parser is None:
-        pytest.skip("no [importlinter:contract:layers] in setup.cfg or .importlinter yet")
+    assert parser is not None, "no [importlinter:contract:layers] in setup.cfg or .importlinter"
     layers = [
         [name.strip() for name in re.split(r"[|:]", line)]
         for line in parser.get("importlinter:contract:layers", "layers").splitlines()
