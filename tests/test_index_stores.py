@@ -168,7 +168,7 @@ def test_a_store_imports_only_its_own_backend(
         with open_store(sys.argv[1]) as store:
             store.apply([("a", 1, "0" * 64, "holderaaaaaaaaaa", "127.0.0.1:7772", 1, "originaaaaaaaaaa", 1, 1, False)])
             assert store.get("holderaaaaaaaaaa", "a") is not None
-        print(" ".join(name for name in sys.argv[2:] if name in sys.modules))
+        print(" ".join(name for name in sys.argv[2:] if name in sys.modules), flush=True)
         if sys.argv[1].startswith("sqlite:"):  # a MySQL store opened afterwards still gets the driver peewee skipped
             from overdrive.index.stores.mysql import MySqlStore
             import peewee
@@ -179,8 +179,8 @@ def test_a_store_imports_only_its_own_backend(
     done = subprocess.run(
         [sys.executable, "-c", code, url, *foreign], cwd=root, capture_output=True, text=True, check=False
     )
+    assert done.stdout.split() == [], "imported another backend's modules"
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == []
 
 
 def test_bad_urls_give_one_clear_error(tmp_path: Path) -> None:
