@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from overdrive.errors import StoreError
 from overdrive.index.stores.sql import peewee
@@ -134,20 +134,21 @@ class BulkLoad:
         self.active = False
         """True while loading: writes are plain INSERTs and the unique key is missing."""
 
+    def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        return list(self.db.execute_sql(sql, params).fetchall())
+
     def cut_short(self) -> bool:
         """True if a bulk load cut short (a crash) left the table without its unique index."""
         master = "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?"
         table = self.store.table
-        return bool(self.store._fetch(master, ("table", table))) and not self.store._fetch(
-            master, ("index", f"{table}_hkey")
-        )
+        return bool(self._fetch(master, ("table", table))) and not self._fetch(master, ("index", f"{table}_hkey"))
 
     def begin(self, rows: int) -> bool:
         """Start a bulk load if the store is empty and ``rows`` snapshot rows are coming; True if loading now."""
         if self.active:
             return True
         table = self.store.table
-        if rows < LOAD_MIN_ROWS or self.store._fetch(f"SELECT 1 FROM {table} LIMIT 1"):  # noqa: S608 - checked prefix
+        if rows < LOAD_MIN_ROWS or self._fetch(f"SELECT 1 FROM {table} LIMIT 1"):  # noqa: S608 - checked prefix
             return False
         with self.db.atomic():  # (origin, seq) stays: pages come in that order, so its entries only append
             for index in ("hkey", "key", "holder"):
@@ -212,7 +213,7 @@ class BulkLoad:
         still rolls back (the journal holds the pages it changed); a crash mid-load can leave the file damaged,
         which the marker already covers. :meth:`_end_unsynced` returns the file to WAL before it fsyncs.
         """
-        if others([n for (n,) in self.store._fetch(TABLES)], self.store.table):
+        if others([n for (n,) in self._fetch(TABLES)], self.store.table):
             return  # other indexes share the file: it is never disposable
         fd = os.open(self.marker, os.O_RDWR | os.O_CREAT, 0o600)
         if not lock_marker(self.marker, fd):
