@@ -22,7 +22,7 @@ from overdrive.index.protocol import Digest, SyncDone
 from overdrive.index.records import RecordRow
 from overdrive.index.stores import BUCKETS, open_store
 from overdrive.index.stores.memory import MemoryStore
-from overdrive.index.stores.sql import SqliteStore
+from overdrive.index.stores.sqlite import SqliteStore
 from tests.conftest import TestNetwork
 
 

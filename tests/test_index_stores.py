@@ -20,9 +20,10 @@ import pytest
 from overdrive.errors import ConfigError, StoreError
 from overdrive.index.pages import PAGE_COLUMNS, PAGE_TABLE, decode_page, encode_page
 from overdrive.index.records import RecordRow, decode_rows, encode_rows
-from overdrive.index.stores import BUCKETS, Store, open_store, sql
+from overdrive.index.stores import BUCKETS, Store, open_store, sqlite_load
 from overdrive.index.stores.base import row_checksums
 from overdrive.index.stores.memory import MemoryStore
+from overdrive.index.stores.sqlite import SqliteStore
 
 HOLDER = "holderaaaaaaaaaa"
 OTHER = "holderbbbbbbbbbb"
@@ -46,19 +47,22 @@ def row(
     return (name, size, f"{size:064x}", holder, "127.0.0.1:7772", MTIME, origin, seq, HLC0 + hlc, deleted)
 
 
+def _url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """The URL of a new store of ``backend`` (starting the service it needs)."""
+    prefix = f"t{next(_prefixes)}_"
+    if backend == "sqlite":
+        return f"sqlite://{tmp_path / 'index.db'}"
+    if backend == "mysql":
+        return f"{request.getfixturevalue('mariadb').url}?prefix={prefix}"
+    if backend == "firestore":
+        request.getfixturevalue("firestore")
+        return f"firestore://overdrive-test?prefix={prefix}"
+    return "memory://test"
+
+
 @pytest.fixture(params=["sqlite", "mysql", "firestore", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    prefix = f"t{next(_prefixes)}_"
-    if request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'index.db'}"
-    elif request.param == "mysql":
-        url = f"{request.getfixturevalue('mariadb').url}?prefix={prefix}"
-    elif request.param == "firestore":
-        request.getfixturevalue("firestore")
-        url = f"firestore://overdrive-test?prefix={prefix}"
-    else:
-        url = "memory://test"
-    opened = open_store(url)
+    opened = open_store(_url(request, request.param, tmp_path))
     yield opened
     opened.close()
 
@@ -137,6 +141,46 @@ def test_holder_rows_and_describe(store: Store) -> None:
     assert sorted(r[0] for r in store.named_rows(OTHER, wanted)) == sorted(wanted[:-2])
     text = store.describe()
     assert text and "password" not in text.lower()
+
+
+_SQL_MODULES = ["peewee", "pymysql", "overdrive.index.stores.sql"]
+_FIRESTORE_MODULES = ["firebase_admin", "google.cloud.firestore", "overdrive.index.stores.firestore"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "foreign"),
+    [
+        ("sqlite", ["pymysql", "MySQLdb", "overdrive.index.stores.mysql", *_FIRESTORE_MODULES]),
+        ("mysql", ["overdrive.index.stores.sqlite", *_FIRESTORE_MODULES]),
+        ("firestore", _SQL_MODULES),
+        ("memory", [*_SQL_MODULES, *_FIRESTORE_MODULES]),
+    ],
+)
+def test_a_store_imports_only_its_own_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, foreign: list[str]
+) -> None:
+    # a master loads the driver of the store it uses, not every backend's (a fresh interpreter: this one has them)
+    url = _url(request, backend, tmp_path)
+    code = textwrap.dedent(
+        """
+        import sys
+        from overdrive.index.stores import open_store
+        with open_store(sys.argv[1]) as store:
+            store.apply([("a", 1, "0" * 64, "holderaaaaaaaaaa", "127.0.0.1:7772", 1, "originaaaaaaaaaa", 1, 1, False)])
+            assert store.get("holderaaaaaaaaaa", "a") is not None
+        print(" ".join(name for name in sys.argv[2:] if name in sys.modules), flush=True)
+        if sys.argv[1].startswith("sqlite:"):  # a MySQL store opened afterwards still gets the driver peewee skipped
+            from overdrive.index.stores.mysql import MySqlStore
+            import peewee
+            assert peewee.mysql is sys.modules["pymysql"]
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code, url, *foreign], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.split() == [], "imported another backend's modules"
+    assert done.returncode == 0, done.stderr
 
 
 def test_bad_urls_give_one_clear_error(tmp_path: Path) -> None:
@@ -240,7 +284,7 @@ def test_sqlite_first_load_keeps_wal_while_another_connection_is_open(tmp_path: 
     with open_store(url) as store, open_store(url) as other:
         assert other.count() == 0  # its connection stays open
         store.apply_page(encode_page(_snapshot_batches()[0]), 0)
-        assert store._loading and _journal(store) == "wal"  # type: ignore[attr-defined]
+        assert store.load.active and _journal(store) == "wal"  # type: ignore[attr-defined]
         store.end_load()  # type: ignore[attr-defined]
         assert store.count() == other.count() == 6000
 
@@ -252,8 +296,8 @@ def test_sqlite_first_load_keeps_its_file_locked_while_it_flushes_behind(tmp_pat
     path = tmp_path / "locked.db"
     held: list[bool] = []
     with open_store(f"sqlite://{path}") as store:
-        assert isinstance(store, sql.SqliteStore)
-        build = store._build_key
+        assert isinstance(store, SqliteStore)
+        build = store.load._build_key
 
         def build_while_another_process_tries_to_write() -> None:
             with store.db.atomic():
@@ -270,7 +314,7 @@ def test_sqlite_first_load_keeps_its_file_locked_while_it_flushes_behind(tmp_pat
 
         store.apply_page(encode_page(_snapshot_batches()[0]), 0)
         assert _journal(store) == "memory"
-        with mock.patch.object(store, "_build_key", build_while_another_process_tries_to_write):
+        with mock.patch.object(store.load, "_build_key", build_while_another_process_tries_to_write):
             store.end_load()
     assert held == [True], "another process could write while the load held the file"
 
@@ -432,7 +476,7 @@ def test_sqlite_bulk_load_from_pages_is_last_writer_wins(tmp_path: Path) -> None
         for batch in _snapshot_batches():
             assert store.apply_page(encode_page(batch), 0)[0] == len(batch)
             reference.apply(batch)
-        assert store._loading  # type: ignore[attr-defined]
+        assert store.load.active  # type: ignore[attr-defined]
         assert store.checksums() == reference.checksums()
         got = store.get(HOLDER, "bulk/3")
         assert got is not None and got.size == 50
@@ -454,7 +498,7 @@ def test_an_initial_sync_cut_short_is_discarded_and_starts_again(tmp_path: Path)
         from tests.test_index_stores import _snapshot_batches
         store = open_store({f"sqlite://{db}"!r})
         store.apply_page(encode_page(_snapshot_batches()[0]), 0)
-        assert store._loading and store.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 0
+        assert store.load.active and store.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 0
         os._exit(0)  # mid-load: no end, no close
         """
     )
@@ -505,7 +549,7 @@ def test_a_load_cut_short_never_takes_another_index_of_the_file(tmp_path: Path) 
         from tests.test_index_stores import _snapshot_batches
         store = open_store({f"sqlite://{db}?prefix=b_"!r})
         store.apply_page(encode_page(_snapshot_batches()[0]), 0)
-        assert store._loading
+        assert store.load.active
         os._exit(0)  # mid-load: no end, no close
         """
     )
@@ -529,14 +573,14 @@ def test_a_load_that_ends_while_another_process_opens_the_file_is_kept(tmp_path:
     try:
         for batch in _snapshot_batches():
             loader.apply_page(encode_page(batch), 0)
-        assert loader._loading  # type: ignore[attr-defined]
-        real = sql.fcntl.flock
+        assert loader.load.active  # type: ignore[attr-defined]
+        real = sqlite_load.fcntl.flock
 
         def flock(fd: int, operation: int) -> None:
             loader.end_load()  # type: ignore[attr-defined]
             real(fd, operation)
 
-        with mock.patch.object(sql.fcntl, "flock", flock), open_store(f"sqlite://{db}") as opener:
+        with mock.patch.object(sqlite_load.fcntl, "flock", flock), open_store(f"sqlite://{db}") as opener:
             assert opener.count() == 11_000 - 1
     finally:
         loader.close()
@@ -549,8 +593,8 @@ def test_a_load_that_cannot_end_releases_its_marker_on_close(tmp_path: Path) -> 
     store = open_store(f"sqlite://{db}")
     for batch in _snapshot_batches():
         store.apply_page(encode_page(batch), 0)
-    assert store._marker_fd >= 0  # type: ignore[attr-defined]
-    with mock.patch.object(sql.SqliteStore, "_build_key", side_effect=sqlite3.OperationalError("disk I/O error")):
+    assert store.load.marker_fd >= 0  # type: ignore[attr-defined]
+    with mock.patch.object(sqlite_load.BulkLoad, "_build_key", side_effect=sqlite3.OperationalError("disk I/O error")):
         store.close()  # the failure is logged; the marker's descriptor (and its lock) must not outlive the store
     fd = os.open(tmp_path / "stuck.db.loading", os.O_RDWR)  # not made durable: the next open starts again
     try:

@@ -13,7 +13,7 @@ file model of :mod:`overdrive.files`.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 
@@ -96,6 +96,19 @@ RECORDS_ENCODER = msgspec.msgpack.Encoder()
 
 RecordRow = tuple[Name, NonNegative, ContentHash, NodeId, Address, Mtime, NodeId, NonNegative, NonNegative, bool]
 """A record as a plain tuple in field order: the bulk (snapshot) form, validated per batch, not per row."""
+
+# Column positions in a RecordRow: plain ints, as rows are indexed on the 1,000,000-entry snapshot path; Final, so
+# that mypy types row[SEQ] as precisely as row[7].
+NAME: Final = 0
+SIZE: Final = 1
+CONTENT_HASH: Final = 2
+HOLDER: Final = 3
+ADDRESS: Final = 4
+MTIME_NS: Final = 5
+ORIGIN: Final = 6
+SEQ: Final = 7
+HLC: Final = 8
+DELETED: Final = 9
 
 _ROWS_DECODER = msgspec.msgpack.Decoder(list[RecordRow])
 _HEX_BYTES = _HEX.encode()

@@ -51,7 +51,7 @@ def open_store(url: str | None = None) -> Store:
 
         return MemoryStore(rest or "memory")
     if scheme == "sqlite":
-        from overdrive.index.stores.sql import SqliteStore
+        from overdrive.index.stores.sqlite import SqliteStore
 
         path = rest.split("?", 1)[0]
         if path.startswith("//"):
@@ -60,7 +60,7 @@ def open_store(url: str | None = None) -> Store:
             raise ConfigError(f"database URL {text!r} names no file")
         return SqliteStore(Path(unquote(path)), prefix=prefix)
     if scheme == "mysql":
-        from overdrive.index.stores.sql import MySqlStore
+        from overdrive.index.stores.mysql import MySqlStore
 
         parts = urlsplit(text)
         database = parts.path.lstrip("/")

@@ -13,14 +13,26 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from overdrive.index.records import Record, RecordRow
+from overdrive.errors import StoreError
+from overdrive.index.records import CONTENT_HASH, DELETED, HLC, NAME, ORIGIN, SEQ, Record, RecordRow
 
 BUCKETS = 256
 BATCH = 20_000
 _MASK = (1 << 62) - 1
+COLUMNS = ("name", "size", "content_hash", "holder", "address", "mtime_ns", "origin", "seq", "hlc", "deleted")
+"""The stored fields (SQL columns, Firestore document fields), in :data:`~overdrive.index.records.RecordRow` order."""
+PREFIX_RE = re.compile(r"^[a-z0-9_]{0,32}$")
+
+
+def check_prefix(prefix: str, what: str) -> str:
+    """Return ``prefix`` if it can start table or collection names (``what`` names them), else raise StoreError."""
+    if not PREFIX_RE.match(prefix):
+        raise StoreError(f"{what} prefix {prefix!r} must be up to 32 of a-z, 0-9, _")
+    return prefix
 
 
 def bucket_of(seq: int) -> int:
@@ -39,12 +51,12 @@ def row_checksums(rows: Iterable[Sequence[object]]) -> list[int]:
     """Bucket checksums computed in Python from rows (for backends without SQL aggregates)."""
     agg = [[0, 0, 0, 0] for _ in range(BUCKETS)]
     for row in rows:
-        seq = int(row[7])  # type: ignore[call-overload]
+        seq = int(row[SEQ])  # type: ignore[call-overload]
         slot = agg[seq % BUCKETS]
         slot[0] += 1
-        slot[1] += int(row[8]) % (1 << 32)  # type: ignore[call-overload]
+        slot[1] += int(row[HLC]) % (1 << 32)  # type: ignore[call-overload]
         slot[2] += seq
-        slot[3] += 1 if row[9] else 0
+        slot[3] += 1 if row[DELETED] else 0
     return [checksum(*a) for a in agg]
 
 
@@ -78,7 +90,7 @@ def to_record(row: Sequence[object]) -> Record:
 
 def wins(new: Sequence[object], old: Sequence[object]) -> bool:
     """True if row ``new`` beats row ``old`` (same key) by ``(hlc, origin)``."""
-    return (int(new[8]), str(new[6])) > (int(old[8]), str(old[6]))  # type: ignore[call-overload]
+    return (int(new[HLC]), str(new[ORIGIN])) > (int(old[HLC]), str(old[ORIGIN]))  # type: ignore[call-overload]
 
 
 class Store(ABC):
@@ -113,8 +125,8 @@ class Store(ABC):
         from overdrive.index.pages import decode_page
 
         rows = decode_page(data)
-        newest = max((r[8] for r in rows), default=0)
-        return self.apply([r for r in rows if not (r[9] and r[8] < stale_before)]), newest
+        newest = max((r[HLC] for r in rows), default=0)
+        return self.apply([r for r in rows if not (r[DELETED] and r[HLC] < stale_before)]), newest
 
     @abstractmethod
     def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
@@ -131,7 +143,7 @@ class Store(ABC):
     def named_rows(self, holder: str, names: Sequence[str]) -> list[RecordRow]:
         """The rows of one holder with these names (backends override this with an indexed query)."""
         wanted = set(names)
-        return [r for r in self.holder_rows(holder) if r[0] in wanted]
+        return [r for r in self.holder_rows(holder) if r[NAME] in wanted]
 
     @abstractmethod
     def purge(self, before_hlc: int) -> int:
@@ -177,11 +189,11 @@ class Store(ABC):
         """Records matching an exact name (or fnmatch ``glob``; "" = all) and an optional content hash."""
         for batch in self.rows():
             for row in batch:
-                if row[9] and not include_deleted:
+                if row[DELETED] and not include_deleted:
                     continue
-                if content_hash is not None and row[2] != content_hash:
+                if content_hash is not None and row[CONTENT_HASH] != content_hash:
                     continue
-                if name and not (fnmatch.fnmatchcase(row[0], name) if glob else row[0] == name):
+                if name and not (fnmatch.fnmatchcase(row[NAME], name) if glob else row[NAME] == name):
                     continue
                 yield to_record(row)
 

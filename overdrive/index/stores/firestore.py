@@ -22,9 +22,18 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from overdrive.errors import StoreError
-from overdrive.index.records import Record, RecordRow
-from overdrive.index.stores.base import BATCH, BUCKETS, Store, encode_vector, row_checksums, to_record, wins
-from overdrive.index.stores.sql import COLUMNS, PREFIX_RE
+from overdrive.index.records import CONTENT_HASH, DELETED, HLC, HOLDER, NAME, ORIGIN, SEQ, Record, RecordRow
+from overdrive.index.stores.base import (
+    BATCH,
+    BUCKETS,
+    COLUMNS,
+    Store,
+    check_prefix,
+    encode_vector,
+    row_checksums,
+    to_record,
+    wins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ def _row(data: Mapping[str, Any]) -> RecordRow:
 
 def _doc(row: RecordRow) -> dict[str, Any]:
     doc = {c: (str(v) if c in _BIG else v) for c, v in zip(COLUMNS, row, strict=True)}
-    doc["bucket"] = int(row[7]) % BUCKETS
+    doc["bucket"] = int(row[SEQ]) % BUCKETS
     return doc
 
 
@@ -55,8 +64,7 @@ class FirestoreStore(Store):
     """Records in Cloud Firestore (or its emulator when FIRESTORE_EMULATOR_HOST is set)."""
 
     def __init__(self, project: str, *, credentials: str | None = None, prefix: str = "") -> None:
-        if not PREFIX_RE.match(prefix):
-            raise StoreError(f"collection prefix {prefix!r} must be up to 32 of a-z, 0-9, _")
+        check_prefix(prefix, "collection")
         self.project = project
         self.emulator = os.environ.get("FIRESTORE_EMULATOR_HOST", "")
         self.prefix = prefix
@@ -105,7 +113,7 @@ class FirestoreStore(Store):
         changed = 0
         latest: dict[str, RecordRow] = {}
         for row in rows:  # the batch itself may hold several versions of one key
-            key = doc_id(str(row[3]), str(row[0]))
+            key = doc_id(str(row[HOLDER]), str(row[NAME]))
             if key not in latest or wins(row, latest[key]):
                 latest[key] = row
         keys = list(latest)
@@ -137,7 +145,7 @@ class FirestoreStore(Store):
     def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
         floor = min(vector.values(), default=0) if vector else 0
         query = self.records.where(filter=FieldFilter("seq", ">", floor)) if floor else self.records
-        wanted = (r for r in self._stream(query) if int(r[7]) > vector.get(str(r[6]), 0))  # type: ignore[call-overload]
+        wanted = (r for r in self._stream(query) if int(r[SEQ]) > vector.get(str(r[ORIGIN]), 0))  # type: ignore[call-overload]
         yield from self._batched(wanted, batch)
 
     def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
@@ -154,9 +162,9 @@ class FirestoreStore(Store):
 
     def purge(self, before_hlc: int) -> int:
         doomed = [
-            doc_id(str(r[3]), str(r[0]))
+            doc_id(str(r[HOLDER]), str(r[NAME]))
             for r in self._stream(self.records.where(filter=FieldFilter("deleted", "==", True)))
-            if int(r[8]) < before_hlc  # type: ignore[call-overload]
+            if int(r[HLC]) < before_hlc  # type: ignore[call-overload]
         ]
         for start in range(0, len(doomed), WRITE_BATCH):
             batch = self.client.batch()
@@ -187,7 +195,7 @@ class FirestoreStore(Store):
             yield from super().find(name, glob=glob, content_hash=content_hash, include_deleted=include_deleted)
             return
         for row in self._stream(self.records.where(filter=FieldFilter("name", "==", name))):
-            if (content_hash is None or row[2] == content_hash) and (include_deleted or not row[9]):
+            if (content_hash is None or row[CONTENT_HASH] == content_hash) and (include_deleted or not row[DELETED]):
                 yield to_record(row)
 
     def describe(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from overdrive.index.records import Record, RecordRow
+from overdrive.index.records import DELETED, HLC, HOLDER, NAME, ORIGIN, SEQ, Record, RecordRow
 from overdrive.index.stores.base import BATCH, BUCKETS, Store, encode_vector, row_checksums, to_record, wins
 
 
@@ -24,7 +24,7 @@ class MemoryStore(Store):
     def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
         changed = 0
         for row in rows:
-            key = (row[3], row[0])
+            key = (row[HOLDER], row[NAME])
             old = self.data.get(key)
             if old is None or wins(row, old):
                 self.data[key] = tuple(row)  # type: ignore[assignment]
@@ -41,21 +41,21 @@ class MemoryStore(Store):
         yield from _chunks(list(self.data.values()), batch)
 
     def since(self, vector: Mapping[str, int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
-        wanted = [r for r in self.data.values() if r[7] > vector.get(r[6], 0)]
+        wanted = [r for r in self.data.values() if r[SEQ] > vector.get(r[ORIGIN], 0)]
         yield from _chunks(wanted, batch)
 
     def bucket_rows(self, buckets: Sequence[int], batch: int = BATCH) -> Iterator[list[RecordRow]]:
         wanted = {b % BUCKETS for b in buckets}
-        yield from _chunks([r for r in self.data.values() if r[7] % BUCKETS in wanted], batch)
+        yield from _chunks([r for r in self.data.values() if r[SEQ] % BUCKETS in wanted], batch)
 
     def checksums(self) -> list[int]:
         return row_checksums(self.data.values())
 
     def holder_rows(self, holder: str) -> list[RecordRow]:
-        return [r for r in self.data.values() if r[3] == holder]
+        return [r for r in self.data.values() if r[HOLDER] == holder]
 
     def purge(self, before_hlc: int) -> int:
-        doomed = [k for k, r in self.data.items() if r[9] and r[8] < before_hlc]
+        doomed = [k for k, r in self.data.items() if r[DELETED] and r[HLC] < before_hlc]
         for key in doomed:
             del self.data[key]
         return len(doomed)
@@ -67,7 +67,7 @@ class MemoryStore(Store):
         self.meta[key] = value
 
     def count(self) -> int:
-        return sum(1 for r in self.data.values() if not r[9])
+        return sum(1 for r in self.data.values() if not r[DELETED])
 
     def describe(self) -> str:
         return f"memory store {self.name}"

@@ -1,0 +1,81 @@
+"""The MySQL or MariaDB store (``mysql://``), through peewee and pymysql."""
+
+# ruff: noqa: S608 - table names come from a prefix checked against PREFIX_RE; values are always parameters
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pymysql
+
+from overdrive.errors import StoreError
+from overdrive.index.records import HOLDER, NAME, RecordRow, key_id
+from overdrive.index.stores.sql import COLS, SqlStore, peewee
+
+if peewee.mysql is None:  # peewee was imported without its MySQL driver (see sql.py): hand it over
+    peewee.mysql = pymysql
+
+
+def key_hex(holder: str, name: str) -> str:
+    """The unique key of (holder, name) as MySQL stores it: (holder, name) is too long for an InnoDB index."""
+    return key_id(holder, name).hex()
+
+
+class MySqlStore(SqlStore):
+    """MySQL or MariaDB through pymysql; creates its tables on first use."""
+
+    param = "%s"
+    errors = (peewee.PeeweeException, pymysql.err.Error, OSError)
+
+    def mod(self, expr: str, n: int) -> str:
+        return f"MOD({expr}, {n})"
+
+    def __init__(self, database: str, *, user: str, password: str, host: str, port: int, prefix: str = "") -> None:
+        self.where = f"{user}@{host}:{port}/{database}"
+        db = peewee.MySQLDatabase(
+            database,
+            user=user,
+            password=password,
+            host=host,
+            port=port,
+            charset="utf8mb4",
+            connect_timeout=5,
+        )
+        super().__init__(db, prefix)
+        try:
+            self._setup()
+        except StoreError as exc:
+            cause = exc.__cause__
+            code = cause.args[0] if cause is not None and cause.args else None
+            if code in (2003, 2005, 2006, 2013):
+                raise StoreError(f"cannot reach MySQL at {host}:{port}: {cause}") from cause
+            if code in (1044, 1045, 1049):
+                raise StoreError(f"MySQL at {host}:{port} refused {self.where}: {cause}") from cause
+            raise
+
+    def upsert_sql(self, marks: str) -> str:
+        wins = "VALUES(hlc) > hlc OR (VALUES(hlc) = hlc AND VALUES(origin) > origin)"
+        # origin and hlc last: MySQL evaluates assignments left to right against the updated row
+        order = ["size", "content_hash", "address", "mtime_ns", "seq", "deleted", "origin", "hlc"]
+        sets = ", ".join(f"{c} = IF({wins}, VALUES({c}), {c})" for c in order)
+        return f"INSERT INTO {self.table} ({COLS}, kid) VALUES ({marks}, %s) ON DUPLICATE KEY UPDATE {sets}"
+
+    def prepare(self, rows: Sequence[RecordRow]) -> Sequence[Sequence[object]]:
+        return [(*r, key_hex(r[HOLDER], r[NAME])) for r in rows]
+
+    def ddl(self) -> list[str]:
+        t = self.table
+        return [
+            f"CREATE TABLE IF NOT EXISTS {t} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+            "name VARCHAR(4096) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, size BIGINT NOT NULL, "
+            "content_hash CHAR(64) NOT NULL, holder CHAR(16) NOT NULL, "
+            "address VARCHAR(300) NOT NULL, mtime_ns BIGINT NOT NULL, origin CHAR(16) NOT NULL, "
+            "seq BIGINT NOT NULL, hlc BIGINT NOT NULL, deleted TINYINT NOT NULL, "
+            "kid CHAR(32) NOT NULL, "
+            f"UNIQUE KEY {t}_key (kid), KEY {t}_origin_seq (origin, seq), KEY {t}_name (name(191)), "
+            f"KEY {t}_holder (holder)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            f"CREATE TABLE IF NOT EXISTS {self.meta} (k VARCHAR(64) PRIMARY KEY, v LONGTEXT NOT NULL) "
+            "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        ]
+
+    def describe(self) -> str:
+        return f"MySQL {self.where}"
