@@ -37,6 +37,7 @@ import benchlib  # noqa: E402
 
 # The overdrive internals this benchmark uses (masters themselves run as `overdrive master` processes).
 from overdrive.bus.address import Endpoint  # noqa: E402
+from overdrive.bus.ready import parse_ready  # noqa: E402
 from overdrive.bus.security import NetworkKey, NodeIdentity  # noqa: E402
 from overdrive.bus.sockets import Bus, Security  # noqa: E402
 from overdrive.demo.context import stop  # noqa: E402
@@ -84,11 +85,12 @@ class Masters:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        if not line.startswith("listening "):
-            raise RuntimeError(f"master did not start: {line!r}")
-        host, port = line.split()[1].rsplit(":", 1)
+        try:
+            endpoint = parse_ready(line).endpoint
+        except ValueError:
+            raise RuntimeError(f"master did not start: {line!r}") from None
         self.procs.append(proc)
-        return proc, Endpoint(host, int(port))
+        return proc, endpoint
 
     def client(self, endpoint: Endpoint, timeout: float = 30.0) -> IndexClient:
         bus = Bus(Security(NodeIdentity.generate(), self.key))

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import benchlib
 
 # The overdrive internals this benchmark uses (the rest goes through the `overdrive` command line): a stand-alone
-# file server run as `python -m HOLDER_MODULE FOLDER --stdin-stop [--insecure]`, printing "port N" once serving.
+# file server run as `python -m HOLDER_MODULE FOLDER --stdin-stop [--insecure]`, printing overdrive's one ready line
+# (`overdrive: holder ready on tcp://HOST:PORT (...)`) once serving.
 HOLDER_MODULE = "overdrive.transfer.folder"
 
 GiB = 1 << 30
@@ -286,9 +287,10 @@ class Holder:
         self.proc = subprocess.Popen(args, env=env(home), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        if not line.startswith("port "):
+        words = line.split()
+        if words[:4] != ["overdrive:", "holder", "ready", "on"]:
             raise RuntimeError(f"holder did not start: {line!r}")
-        self.address = f"127.0.0.1:{line.split()[1]}"
+        self.address = words[4].removeprefix("tcp://")
         self.ps = psutil.Process(self.proc.pid)
 
     def cpu(self) -> float:

@@ -23,6 +23,7 @@ import zmq
 from zmq.utils import garbage
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.ready import Ready, parse_ready
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.sockets import Bus, Security
 
@@ -154,15 +155,15 @@ def network() -> Iterator[TestNetwork]:
 
 
 class Children:
-    """overdrive child processes that print one ready line (``listening`` or ``serving`` ADDRESS) on stdout;
-    stopped at teardown (SIGTERM, then kill)."""
+    """overdrive child processes that print the ready line (:mod:`overdrive.bus.ready`) on stdout; stopped at
+    teardown (SIGTERM, then kill)."""
 
     def __init__(self, network: TestNetwork, tmp: Path) -> None:
         self.network, self.tmp = network, tmp
         self.procs: list[subprocess.Popen[str]] = []
 
-    def spawn(self, home: str, *args: str) -> tuple[subprocess.Popen[str], Endpoint]:
-        """Start ``overdrive ARGS`` with its own OVERDRIVE_HOME; its process and the address it printed."""
+    def spawn(self, home: str, *args: str) -> tuple[subprocess.Popen[str], Ready]:
+        """Start ``overdrive ARGS`` with its own OVERDRIVE_HOME; its process and the ready line it printed."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "overdrive", *args],
             env=self.network.env(self.tmp / home),
@@ -173,14 +174,16 @@ class Children:
         self.procs.append(proc)
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        if not line.startswith(("listening", "serving")):
+        try:
+            ready = parse_ready(line)
+        except ValueError:
             proc.kill()
             pytest.fail(f"{args[0]} did not start: {line}{proc.communicate(timeout=10)[1][-2000:]}")
-        host, port = line.split()[1].rsplit(":", 1)
-        return proc, Endpoint(host, int(port))
+        assert ready.what == args[0], line
+        return proc, ready
 
     def start(self, home: str, *args: str) -> Endpoint:
-        return self.spawn(home, *args)[1]
+        return self.spawn(home, *args)[1].endpoint
 
     def master(self, *args: str) -> Endpoint:
         return self.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", *args)

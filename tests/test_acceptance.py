@@ -210,7 +210,7 @@ def test_a_peer_port_that_is_not_an_overdrive_master_is_a_warning_when_another_p
                 "second", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--peers",
                 f"127.0.0.1:{port},{real.display}",
             )  # fmt: skip
-            with IndexClient(network.bus(), [joined]) as client:
+            with IndexClient(network.bus(), [joined.endpoint]) as client:
                 deadline = time.monotonic() + 60
                 while len(client.status(digest=False).masters_online) < 1:
                     assert time.monotonic() < deadline, "the second master never met the real one"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from overdrive.bus.ready import parse_ready
 from tests.conftest import TestNetwork
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -95,7 +96,7 @@ def test_share_with_the_wrong_password_is_refused_clearly(run_cli: Run, network:
     )
     try:
         assert master.stdout is not None
-        address = master.stdout.readline().split()[1]
+        address = parse_ready(master.stdout.readline()).endpoint.display
         folder = tmp_path / "shared"
         folder.mkdir()
         env = network.env(tmp_path / "node")

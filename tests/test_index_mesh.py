@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.ready import parse_ready
 from overdrive.bus.sockets import Bus
 from overdrive.errors import OverdriveError
 from overdrive.files.model import FileInfo
@@ -61,7 +62,7 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
     buses: list[Bus] = field(default_factory=list)
 
-    def _spawn(self, args: tuple[str, ...], home: Path, marker: str) -> Proc:
+    def _spawn(self, args: tuple[str, ...], home: Path) -> Proc:
         env = self.network.env(home)
         popen = subprocess.Popen(
             [sys.executable, "-m", "overdrive", *args],
@@ -73,12 +74,14 @@ class Cluster:
         )
         assert popen.stdout is not None
         line = popen.stdout.readline()  # blocks until the process says where it listens (or dies)
-        if not line.startswith(marker):
+        try:
+            ready = parse_ready(line)
+        except ValueError:
             popen.kill()
             _, err = popen.communicate(timeout=10)
             pytest.fail(f"overdrive {' '.join(args)} failed to start: {line}{err[-2000:]}")
-        host, port = line.split()[1].rsplit(":", 1)
-        proc = Proc(popen, Endpoint(host, int(port)), home, args)
+        assert ready.what == args[0], line
+        proc = Proc(popen, ready.endpoint, home, args)
         self.procs.append(proc)
         return proc
 
@@ -89,11 +92,11 @@ class Cluster:
             args += ["--peers", ",".join(p.endpoint.display for p in peers)]
         if db:
             args += ["--db", db]
-        return self._spawn(tuple(args), home, "listening ")
+        return self._spawn(tuple(args), home)
 
     def restart(self, proc: Proc, *peers: Proc) -> Proc:
         args = ["master", "--bind", "tcp://127.0.0.1:0", *FAST, "--peers", ",".join(p.endpoint.display for p in peers)]
-        return self._spawn(tuple(args), proc.home, "listening ")
+        return self._spawn(tuple(args), proc.home)
 
     def share(self, folder: Path, *masters: Proc) -> Proc:
         home = self.root / f"home{next(_homes)}"
@@ -105,7 +108,7 @@ class Cluster:
             "--bind",
             "tcp://127.0.0.1:0",
         )
-        return self._spawn(args, home, "serving ")
+        return self._spawn(args, home)
 
     def client(self, *masters: Proc, timeout: float = 5.0) -> IndexClient:
         bus = self.network.bus()

@@ -255,13 +255,13 @@ def test_an_advertised_address_is_checked_and_shown_as_given(
         env=network.env(tmp_path / "bad"),
     )  # fmt: skip
     assert bad.returncode == 2 and "--advertise" in bad.stderr.strip().splitlines()[-1], bad.stderr
-    proc, _ = children.spawn(
+    proc, ready = children.spawn(
         "node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0",
         "--advertise", "fe80::1", "--no-watch",
     )  # fmt: skip
     proc.terminate()
-    _, stderr = proc.communicate(timeout=30)
-    assert "(advertised [fe80::1]:" in stderr, stderr
+    proc.communicate(timeout=30)
+    assert f"advertised [fe80::1]:{ready.endpoint.port}" in ready.details, ready
 
 
 class _NoInotify(Observer):  # type: ignore[misc,valid-type]
@@ -310,13 +310,13 @@ def test_share_starts_with_the_master_that_answered(network: TestNetwork, childr
     with socket.socket() as dead:  # bound, never listening: connections to it are refused
         dead.bind(("127.0.0.1", 0))
         masters = f"127.0.0.1:{dead.getsockname()[1]},{master.display}"
-        proc, _ = children.spawn("node", "share", str(folder), "--master", masters, "--bind", "tcp://127.0.0.1:0")
+        proc, ready = children.spawn("node", "share", str(folder), "--master", masters, "--bind", "tcp://127.0.0.1:0")
         with IndexClient(network.bus(), [master]) as client:
             _wait_for(client, {"a.txt"}, "at start")
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
     assert "stopped answering" not in stderr, stderr
-    assert f"masters {master.display}, 127.0.0.1:" in stderr, stderr
+    assert ready.details[-1].startswith(f"masters {master.display}, 127.0.0.1:"), ready
 
 
 def test_a_skipped_name_is_a_warning_once_however_often_the_folder_is_rescanned(

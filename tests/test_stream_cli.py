@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from overdrive.bus.ready import parse_ready
 from tests.services import free_port
 
 VIDEO_ONLY = {"stream": ("--audio", "none", "--no-record"), "view": ("--no-record",)}
@@ -42,19 +43,14 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def wait_listening(port: int, streamer: subprocess.Popen[str], timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if streamer.poll() is not None:
-            pytest.fail(f"streamer exited: {streamer.communicate()[1][-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail("streamer never listened")
+def wait_listening(port: int, streamer: subprocess.Popen[str]) -> None:
+    """Wait for the streamer's ready line; it must name the port asked for (a viewer can join from then on)."""
+    assert streamer.stdout is not None
+    line = streamer.stdout.readline()
+    if not line:
+        pytest.fail(f"streamer exited: {streamer.communicate()[1][-2000:]}")
+    ready = parse_ready(line)
+    assert (ready.what, ready.endpoint.port) == ("stream", port), line
 
 
 @pytest.fixture
@@ -93,7 +89,7 @@ def test_stream_and_view_write_stats(env: dict[str, str], tmp_path: Path) -> Non
 
 
 class _Lines:
-    """A child's stderr lines as they come, read by a thread (so the test can wait for one of them)."""
+    """A child's stderr lines as they come, read by a thread (so its stderr pipe never fills)."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -105,14 +101,6 @@ class _Lines:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.finish(timeout=10)
-                pytest.fail(f"never said {text!r}: {''.join(self.lines)[-2000:]}")
-            time.sleep(0.05)
 
     def finish(self, timeout: float) -> tuple[int, str]:
         """Wait for the exit (killing it after ``timeout``); its exit code and whole stderr."""
@@ -144,7 +132,9 @@ def test_viewer_stops_on_every_interrupt_and_writes_its_stats(env: dict[str, str
             stats = tmp_path / f"s{round_}.json"
             viewer = spawn(["view", f"127.0.0.1:{port}", "--headless", "--stats-json", str(stats)], env, tmp_path)
             said = _Lines(viewer)
-            said.wait_for("connected to")  # a signal before that (still importing) is not what this tests
+            assert viewer.stdout is not None  # a signal before the ready line (still importing) is not what this tests
+            line = viewer.stdout.readline()
+            assert line.startswith("overdrive: view ready on "), line + said.finish(timeout=10)[1][-2000:]
             time.sleep(0.5 + 0.37 * round_)  # receiving by now, at a different point each round
             viewer.send_signal(sig)
             code, err = said.finish(timeout=15)

@@ -15,7 +15,8 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION, Frame
 from overdrive.errors import TransferError
 from overdrive.files.scanner import FolderScanner
-from overdrive.transfer.fetcher import SHOWN_DETAIL, FetchRequest, FetchResult, failed_reason, fetch
+from overdrive.transfer.fetcher import FetchRequest, FetchResult, fetch
+from overdrive.transfer.holders import SHOWN_DETAIL, failed_reason
 from overdrive.transfer.protocol import CODEC, DIGEST_SIZE, MAX_CHUNK, Failed, Open, Opened, Refused, Working
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.session import FetchConfig

@@ -25,6 +25,7 @@ import pytest
 import zmq
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.ready import parse_ready
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, IntegrityError, TransferError
 from overdrive.files.model import FileInfo
@@ -280,8 +281,8 @@ def _standalone_holder(network: TestNetwork, folder: Path, home: Path) -> tuple[
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.startswith("port "), proc.stderr.read() if proc.stderr else line
-    return proc, Endpoint("127.0.0.1", int(line.split()[1]))
+    assert line.startswith("overdrive: holder ready on "), proc.stderr.read() if proc.stderr else line
+    return proc, parse_ready(line).endpoint
 
 
 def test_two_holders_one_killed_midway(network: TestNetwork, holders, shared, scratch, tmp_path) -> None:

@@ -16,7 +16,7 @@ from overdrive.errors import TransferError
 from overdrive.files import names
 from overdrive.files.model import FileInfo
 from overdrive.files.scanner import FolderScanner
-from overdrive.transfer.fetcher import _stall_error, failed_reason
+from overdrive.transfer.holders import failed_reason, stall_error
 from overdrive.transfer.partial import PartialFile
 from overdrive.transfer.protocol import (
     CODEC,
@@ -385,7 +385,7 @@ def test_a_changed_file_is_one_sentence_naming_the_file_and_holder(folder: Path)
     session = FetchSession(plan, ["10.0.0.7:7772", "10.0.0.8:7772"])
     session.fail("10.0.0.7:7772", failed_reason(Failed(tid=1, reason="changed", detail="'data.bin' changed")))
     session.fail("10.0.0.8:7772", "disconnected")
-    message = str(_stall_error(session, "data.bin"))
+    message = str(stall_error(session, "data.bin"))
     assert message.startswith("'data.bin' changed on its holder 10.0.0.7:7772 while it was being fetched (and ")
     assert message.count("changed") == 1 and "10.0.0.8:7772: disconnected" in message, message
 

@@ -35,11 +35,11 @@ from overdrive.cli.options import (
     markup_safe,
     options,
     print_json,
-    settle_heap,
     shown,
     warn_insecure,
 )
-from overdrive.errors import AuthError, ConfigError, OverdriveError, UnreachableError
+from overdrive.cli.run import Check, ready, run, watching
+from overdrive.errors import AuthError, ConfigError, UnreachableError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import MAX_PATTERN, Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
@@ -47,7 +47,6 @@ from overdrive.index.replication import ReplicationConfig
 from overdrive.index.stores import open_store, redact
 
 if TYPE_CHECKING:  # for annotations; share's own modules (watchdog among them) load only when share runs
-    from overdrive.bus.service import Service
     from overdrive.files.scanner import FolderScanner
 
 log = logging.getLogger(__name__)
@@ -112,22 +111,13 @@ def master_command(
     try:
         with opts.bus() as bus:
             master = Master(bus, store, config)
-            settle_heap()
             master.start()
             assert master.endpoint is not None
-            peer_list = ", ".join(p.display for p in config.peers) or "none yet"
-            console.print(
-                f"master {master.origin} listening on {markup_safe(master.endpoint.display)} "
-                f"(advertised {markup_safe(master.address)}); store {markup_safe(store.describe())}; "
-                f"peers {markup_safe(peer_list)}",
-                soft_wrap=True,
-            )
-            print(f"listening {master.endpoint.display}", flush=True)
             unprobed = list(config.peers)
             refused: list[AuthError] = []
             last = time.monotonic()
 
-            def tick(check: Callable[[], None]) -> None:
+            def tick(check: Check) -> None:
                 nonlocal unprobed, last
                 if unprobed:
                     unprobed = _probe_peer(bus, unprobed, refused, len(config.peers), check)
@@ -135,28 +125,17 @@ def master_command(
                     last = time.monotonic()
                     _status_line(master)
 
-            try:
-                _run_until_stopped("master", master, tick)
-            finally:
-                master.stop()
+            announce = ready(
+                "master",
+                master.endpoint,
+                f"origin {master.origin}",
+                f"advertised {master.address}",
+                f"store {store.describe()}",
+                f"peers {', '.join(p.display for p in config.peers) or 'none yet'}",
+            )
+            run(announce, watching("master", master, tick), stop=[master.stop])
     finally:
         store.close()
-
-
-def _run_until_stopped(what: str, runner: Service, tick: Callable[[Callable[[], None]], None] | None = None) -> None:
-    """Wait while ``runner`` runs, calling ``tick(check)`` every 0.2 s. SIGINT/SIGTERM return (a tidy stop, exit
-    0); a runner that stops by itself is an error."""
-    try:
-        with interrupts.deferred() as check:
-            while True:
-                check()
-                time.sleep(0.2)
-                if not runner.running:
-                    raise OverdriveError(f"{what} stopped: {runner.error}")
-                if tick is not None:
-                    tick(check)
-    except KeyboardInterrupt:
-        pass
 
 
 def _probe_peer(
@@ -305,18 +284,15 @@ def _serve(
 
     share = SharingNode(bus, scanner, masters, endpoint, advertise=advertise, watch=watch)
     share.start()
-    try:
-        assert share.node is not None and share.bound is not None
-        settle_heap()
-        console.print(
-            f"node {bus.node_id} serving on {markup_safe(share.bound.display)} (advertised "
-            f"{markup_safe(share.address)}); masters {markup_safe(', '.join(m.display for m in masters))}",
-            soft_wrap=True,
-        )
-        print(f"serving {share.bound.display}", flush=True)
-        _run_until_stopped("node", share.node)
-    finally:
-        share.stop()
+    assert share.node is not None and share.bound is not None  # set by start()
+    announce = ready(
+        "share",
+        share.bound,
+        f"node {bus.node_id}",
+        f"advertised {share.address}",
+        f"masters {', '.join(m.display for m in masters)}",
+    )
+    run(announce, watching("node", share.node), stop=[share.stop])
 
 
 def _lock_node() -> IO[bytes]:

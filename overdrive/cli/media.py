@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cli import audio as audio_cli
 from overdrive.cli.audio import stream_extras, view_extras
-from overdrive.cli.options import console, options, settle_heap, warn_insecure
+from overdrive.cli.options import console, options, warn_insecure
+from overdrive.cli.run import ready, run
 
 # Recording options shared by `stream` and `view`.
 NoRecord = Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")]
@@ -86,7 +86,6 @@ def stream(
             streamer, audio=audio, mic=mic, audio_codec=audio_codec, record=not no_record, backup=backup, wav=wav
         )
         endpoint = streamer.bind()
-        console.print(f"streaming [bold]{source}[/] as {codec} on {endpoint.display} (stream {streamer.stream_id})")
 
         def status(stats: StreamerStats) -> None:
             if console.is_terminal:
@@ -96,15 +95,14 @@ def stream(
                     end="",
                 )
 
-        try:
-            settle_heap()
-            with interrupts.deferred(on_signal=streamer.request_stop):
-                stats = streamer.run(status)
-        except KeyboardInterrupt:
-            stats = streamer.stats
-        finally:
-            streamer.stop()
-            extras.close()
+        announce = ready("stream", endpoint, f"stream {streamer.stream_id}", f"source {source}", f"codec {codec}")
+        run(
+            announce,
+            lambda _: streamer.run(status),
+            stop=[streamer.stop, extras.close],
+            request_stop=streamer.request_stop,
+        )
+        stats = streamer.stats
         if console.is_terminal:
             console.print()
         console.print(
@@ -150,16 +148,10 @@ def view(
         viewer = Viewer(config, bus)
         extras = view_extras(viewer, play=not (mute or headless), record=not no_record, backup=backup, wav=wav)
         viewer.connect()
-        console.print(f"connected to {config.endpoint.display}; waiting for stream info and a keyframe")
-        try:
-            settle_heap()
-            with interrupts.deferred(on_signal=viewer.request_stop):
-                viewer.run()  # writes --stats-json on the way out, also on Ctrl-C / SIGTERM
-        except KeyboardInterrupt:
-            pass
-        finally:
-            viewer.stop()
-            extras.close()
+
+        announce = ready("view", config.endpoint, "connected, waiting for stream info and a keyframe")
+        # viewer.run writes --stats-json on the way out, also on Ctrl-C / SIGTERM
+        run(announce, lambda _: viewer.run(), stop=[viewer.stop, extras.close], request_stop=viewer.request_stop)
         s = viewer.stats_dict()
         p50 = s["latency_ms"]["p50"]
         console.print(

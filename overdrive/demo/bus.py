@@ -10,6 +10,7 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Codec, Message
+from overdrive.bus.ready import Ready
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.sockets import Bus, Security
 from overdrive.config import PASSWORD_ENV, GlobalOptions
@@ -35,13 +36,9 @@ def _client_bus(ctx: DemoContext, password: str | None) -> Bus:
 def step_secure_echo(ctx: DemoContext) -> bool:
     """An echo server in a child process; a right, a wrong and a plain-text client try it."""
     console.rule("[bold]bus: encrypted, authenticated messages")
-    server = ctx.spawn("-m", "overdrive.demo", "echo-server")
-    assert server.stdout is not None
-    line = server.stdout.readline().decode().strip()
-    if not line.startswith("port "):
-        console.print(f"[red]echo server failed to start: {line or server.stderr.read().decode()[-300:]}")  # type: ignore[union-attr]
+    endpoint = ctx.started("-m", "overdrive.demo", "echo-server")
+    if endpoint is None:
         return False
-    endpoint = Endpoint("127.0.0.1", int(line.split()[1]))
     ok = True
     with _client_bus(ctx, ctx.password) as bus:
         sock = bus.client(zmq.DEALER)
@@ -81,7 +78,7 @@ def echo_server() -> None:
     with opts.bus() as bus:
         sock = bus.server(zmq.ROUTER)
         endpoint = bus.bind(sock, Endpoint("127.0.0.1", 0))
-        print(f"port {endpoint.port}", flush=True)
+        Ready("echo-server", endpoint).announce()
         while True:
             frames = sock.recv_multipart(copy=False)
             try:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from overdrive.bus.address import Endpoint
+from overdrive.bus.ready import parse_ready
 from overdrive.config import PASSWORD_ENV
 
 console = Console(stderr=True, highlight=False)
@@ -58,6 +60,21 @@ class DemoContext:
         proc = subprocess.Popen(argv, env=self.env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.children.append(proc)
         return proc
+
+    def started(self, *args: str) -> Endpoint | None:
+        """:meth:`spawn` a long-lived child and wait for its ready line (:mod:`overdrive.bus.ready`); the address
+        it gives, or None (said in red) when the child ended first."""
+        proc = self.spawn(*args)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        try:
+            return parse_ready(line).endpoint
+        except ValueError:
+            if not line:  # stdout closed: the child is ending, and its stderr says why
+                proc.wait(STOP_TIMEOUT)
+            err = proc.stderr.read().decode()[-500:] if proc.stderr is not None and proc.poll() is not None else ""
+            console.print(f"[red]{' '.join(args)} did not start: {line.strip() or err}")
+            return None
 
     def stop_all(self) -> None:
         stop(*self.children)

@@ -10,28 +10,20 @@ import time
 from overdrive.demo.context import DemoContext, Step, console
 
 
-def _started(ctx: DemoContext, marker: str, *args: str) -> str | None:
-    """Spawn ``overdrive ARGS`` and return the ``host:port`` it prints after ``marker`` (None if it died)."""
-    proc = ctx.spawn(*args)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith(marker):
-        err = proc.stderr.read().decode()[-500:] if proc.stderr is not None and proc.poll() is not None else ""
-        console.print(f"[red]overdrive {args[0]} did not start: {line or err}")
-        return None
-    return line.split()[1]
+def _started(ctx: DemoContext, *args: str) -> str | None:
+    """Spawn ``overdrive ARGS`` and return the ``host:port`` its ready line gives (None if it died)."""
+    endpoint = ctx.started(*args)
+    return None if endpoint is None else endpoint.display
 
 
 def step_index(ctx: DemoContext) -> bool:
     """Two masters replicate the index; a node shares a folder; ``ls`` on the other master lists its files."""
     console.rule("[bold]index: masters, a sharing node and ls")
     common = ("--bind", "tcp://127.0.0.1:0", "--stats", "0")
-    first = _started(ctx, "listening ", "master", *common, "--db", f"sqlite://{ctx.home / 'master1.db'}")
+    first = _started(ctx, "master", *common, "--db", f"sqlite://{ctx.home / 'master1.db'}")
     if first is None:
         return False
-    second = _started(
-        ctx, "listening ", "master", *common, "--db", f"sqlite://{ctx.home / 'master2.db'}", "--peers", first
-    )
+    second = _started(ctx, "master", *common, "--db", f"sqlite://{ctx.home / 'master2.db'}", "--peers", first)
     if second is None:
         return False
     console.print(f"masters on {first} and {second} (the second knew only the first)")
@@ -40,7 +32,7 @@ def step_index(ctx: DemoContext) -> bool:
     (folder / "lectures" / "week 1" / "notes – α.txt").write_text("attention is all you need\n")
     (folder / "lectures" / "slides.pdf").write_bytes(bytes(range(256)) * 64)
     (folder / "README.md").write_text("shared from the overdrive demo\n")
-    node = _started(ctx, "serving ", "share", str(folder), "--master", first, "--bind", "tcp://127.0.0.1:0")
+    node = _started(ctx, "share", str(folder), "--master", first, "--bind", "tcp://127.0.0.1:0")
     if node is None:
         return False
     console.print(f"node serving {folder} on {node}, registered with {first}")

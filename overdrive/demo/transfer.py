@@ -27,13 +27,10 @@ def step_fetch_file(ctx: DemoContext) -> bool:
         for n in range(DEMO_SIZE >> 20):
             fh.write(n.to_bytes(8, "little") + block[8:])
     digest = hash_file(source)
-    holder = ctx.spawn("-m", "overdrive.transfer.folder", str(shared))
-    assert holder.stdout is not None
-    line = holder.stdout.readline().decode().strip()
-    if not line.startswith("port "):
-        console.print(f"[red]file server failed to start: {line}")
+    holder = ctx.started("-m", "overdrive.transfer.folder", str(shared))
+    if holder is None:
         return False
-    address = f"127.0.0.1:{line.split()[1]}"
+    address = holder.display
     out = ctx.home / "transfer-fetched"
     fetch = [sys.executable, "-m", "overdrive", "fetch", "lecture.bin", "--from", address, "--out", str(out)]
     done = subprocess.run([*fetch, "--json"], env=ctx.env(), capture_output=True, text=True, timeout=120, check=False)

@@ -1,26 +1,18 @@
 """Fetching one file from one or more holders: the socket shell around :class:`FetchSession` and :class:`PartialFile`.
 
 :func:`fetch` connects ``connections`` DEALERs to every holder (CURVE handshake checked, so a wrong password fails
-fast), opens the file on each, agrees on one :class:`Plan` (same hash, size, chunking and checksum table), resumes from
-``NAME.part`` if one is there, then runs the session's window until every chunk is on disk, verifies the whole
-file and moves it into place. Holders that disconnect (socket monitor), time out, or say the file changed drop
-out and the others take their chunks; when none is left the partial file is kept for a later resume. Opening is
-bounded by the same timeout as any request, except for a holder that says ``Working`` (see :func:`open_budget`).
-
-Why more than one connection per holder (``connections``, default :data:`CONNECTIONS`): libzmq encrypts and
-decrypts a CURVE connection in one I/O thread on each side, so one connection is capped by one core's crypto. The
-fetch's sockets live in their own context with one I/O thread per connection (up to :data:`IO_THREADS`), the file
-server has two, and each connection is a separate source to the scheduler (the holder's window is split between
-them), so the crypto of a holder's stream can run on several cores.
-"""
+fast), opens the file on each, agrees on one :class:`Plan` (same hash, size, chunking and checksum table; those steps
+are :mod:`overdrive.transfer.holders`), resumes from ``NAME.part`` if one is there, then runs the session's window
+until every chunk is on disk, verifies the whole file and moves it into place. Holders that disconnect (socket
+monitor), time out, or say the file changed drop out and the others take their chunks; when none is left the
+partial file is kept for a later resume. Opening is bounded by the same timeout as any request, except for a holder
+that says ``Working`` (see :func:`~overdrive.transfer.holders.open_budget`)."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -32,45 +24,29 @@ from zmq.utils.monitor import recv_monitor_message
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.errors import (
-    AuthError,
-    BusError,
-    ConfigError,
-    OverdriveError,
-    ProtocolError,
-    TransferError,
-    UnsafePathError,
-)
+from overdrive.errors import ConfigError, ProtocolError, TransferError, UnsafePathError
 from overdrive.files import names
 from overdrive.files.model import hash_file, never
 from overdrive.transfer import allocator
-from overdrive.transfer.partial import PartialFile, part_path
-from overdrive.transfer.protocol import (
-    CODEC,
-    DEFAULT_CHUNK,
-    MAX_CHUNK,
-    Cancel,
-    Chunk,
-    Close,
-    Failed,
-    Open,
-    Opened,
-    Read,
-    Refused,
-    Working,
+from overdrive.transfer.holders import (
+    IDLE_POLL_MS,
+    Conn,
+    Wanted,
+    close_all,
+    connect_all,
+    failed_reason,
+    open_all,
+    stall_error,
 )
-from overdrive.transfer.session import MAX_WINDOW, FetchConfig, FetchSession, Plan, SessionStats
+from overdrive.transfer.partial import PartialFile, part_path
+from overdrive.transfer.protocol import CODEC, DEFAULT_CHUNK, Chunk, Failed, Read
+from overdrive.transfer.session import FetchConfig, FetchSession, Plan, SessionStats
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 """Called with (bytes done, total bytes) as chunks land."""
 
-RECEIVE_QUEUE = 4 * MAX_WINDOW
-"""Message parts queued per holder connection: bounds what a holder sending unasked-for chunks can make us hold."""
-MAX_MESSAGE = MAX_CHUNK + (64 << 10)
-"""Largest message part libzmq accepts from a holder (a chunk or a checksum table, plus the encryption's few bytes):
-a bigger one disconnects the holder before it is buffered, instead of after."""
 CONNECTIONS = 1
 """Connections per holder by default. On the 2-core benchmark machine a second connection gained CURVE ~6-8 %
 (within its noise) but let the fetcher's peak RSS creep up with file size (~95 MB at 4 GiB against ~83 MB), so one
@@ -78,8 +54,6 @@ it is; ``--connections 2`` is there for machines with cores to spare (docs/bench
 MAX_CONNECTIONS = 4
 IO_THREADS = 2
 """Most libzmq I/O threads of the fetch's own context: one per connection to a holder, up to 2."""
-IDLE_POLL_MS = 250
-"""Longest wait in one poll, so a stop (a program's ``cancel``, e.g. a recorded Ctrl-C) ends the fetch within it."""
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _DRAIN = 64
 
@@ -97,7 +71,7 @@ class FetchRequest:
     config: FetchConfig = field(default_factory=FetchConfig)
     open_timeout: float = 0.0
     """Seconds to wait for a holder's answer to Open; 0 = ``config.request_timeout`` (``--timeout``). A holder that
-    says ``Working`` gets more: see :func:`open_budget`."""
+    says ``Working`` gets more: see :func:`~overdrive.transfer.holders.open_budget`."""
     connect_timeout: float = 3.0
     connections: int = CONNECTIONS
     """Connections to each holder; the holder's window (``config.window``) is split between them."""
@@ -128,26 +102,6 @@ class FetchResult:
     resumed_chunks: int = 0
     bytes_received: int = 0
     stats: SessionStats = field(default_factory=SessionStats)
-
-
-@dataclass(eq=False)
-class _Conn:
-    endpoint: Endpoint
-    sock: zmq.Socket  # type: ignore[type-arg]
-    monitor: zmq.Socket | None = None  # type: ignore[type-arg]
-    tid: int = -1
-    plan: Plan | None = None
-    refused: str = ""
-    rid: int = -1
-    """Our Open's request id while the holder has not answered it (a Cancel withdraws it when we stop waiting)."""
-    cancelled: bool = False
-    number: int = 1
-    """Which of the connections to ``endpoint`` this is (1, 2, ...)."""
-
-    @property
-    def label(self) -> str:
-        """The session's name for this connection: the holder, plus ``#N`` for its extra connections."""
-        return self.endpoint.display if self.number == 1 else f"{self.endpoint.display}#{self.number}"
 
 
 def fetch(
@@ -224,12 +178,14 @@ def _transfer(
     dest = partial.dest
     connecting.now = True
     try:
-        conns = _connect_all(bus, request)
+        conns = connect_all(bus, request.sources, request.connections, request.connect_timeout)
     finally:
         connecting.now = False
     check()
     try:
-        plan = _open_all(conns, request, chunk_size, check)
+        timeout = request.open_timeout or request.config.request_timeout
+        want = Wanted(request.name, request.content_hash, request.size, chunk_size, timeout)
+        plan = open_all(conns, want, check)
         usable = [c for c in conns if c.plan == plan]
         present = _present_copy(dest, plan, check)
         if present is not None:
@@ -269,7 +225,7 @@ def _transfer(
         final = partial.finish()
     finally:
         partial.close()  # a no-op after finish(); else (stopped or failed before or in the loop) NAME.part's descriptor
-        _close_all(conns)
+        close_all(conns)
     seconds = time.monotonic() - started
     received = session.stats.bytes_received
     return FetchResult(
@@ -355,165 +311,9 @@ def _present_copy(dest: Path, plan: Plan, check: Callable[[], None]) -> Path | N
     return None
 
 
-def _connect_all(bus: Bus, request: FetchRequest) -> list[_Conn]:
-    conns: list[_Conn] = []
-    errors: list[OverdriveError] = []
-    patient = len(set(request.sources)) == 1  # with others to ask, a holder that refuses is skipped at once
-    for endpoint in dict.fromkeys(request.sources):
-        for number in range(1, request.connections + 1):
-            sock = bus.client(zmq.DEALER, hwm=RECEIVE_QUEUE)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-            try:
-                bus.connect(sock, endpoint, timeout=request.connect_timeout, patient=patient)
-            except BusError as exc:
-                sock.close(linger=0)
-                if number == 1:  # an extra connection failing just means fewer connections to that holder
-                    errors.append(exc)
-                    if len(request.sources) > 1:
-                        log.warning("skipping a holder: %s", exc)
-                break
-            conn = _Conn(endpoint, sock, number=number)
-            conn.monitor = _monitor(bus, sock)
-            conns.append(conn)
-    if not conns:
-        auth = [e for e in errors if isinstance(e, AuthError)]
-        raise (auth or errors)[0]
-    return conns
-
-
-def _monitor(bus: Bus, sock: zmq.Socket) -> zmq.Socket:  # type: ignore[type-arg]
-    """A PAIR receiving ``sock``'s disconnect events (own inproc address: the handshake's may still linger)."""
-    addr = f"inproc://overdrive-fetch-monitor-{os.getpid()}-{next(_monitors)}"
-    sock.monitor(addr, zmq.EVENT_DISCONNECTED)
-    pair: zmq.Socket = bus.context.socket(zmq.PAIR)  # type: ignore[type-arg]
-    pair.linger = 0
-    pair.connect(addr)
-    return pair
-
-
-_monitors = itertools.count()
-
-
-TABLE_RATE = 25e6
-"""Bytes per second a holder is assumed to read, at worst, when it builds a file's chunk table (a slow USB disk)."""
-MAX_TABLE_WAIT = 3600.0
-"""Most seconds a ``Working`` notice can add to the wait for a holder's answer, whatever size it claims."""
-
-
-def open_budget(timeout: float, size: int) -> float:
-    """Seconds to wait for a holder's answer to Open after it said ``Working`` on a ``size``-byte file.
-
-    The policy: an Open is answered within ``timeout`` (``--timeout``) or the holder is given up, like any request.
-    The exception is the first open of a big file, when the holder reads the whole file to build its chunk table
-    (tens of seconds for GiBs on a slow disk); it says ``Working`` first, and then gets ``timeout`` plus the time
-    a slow disk (:data:`TABLE_RATE`) needs for the size (the index's size when smaller), at most
-    :data:`MAX_TABLE_WAIT`, unless another holder is ready first: then it gets ``timeout`` like the rest (the fetch
-    starts with the holders that answered). A holder that never answers costs ``timeout``, one that refuses or
-    sends a malformed reply is given up at once.
-    """
-    return timeout + min(size / TABLE_RATE, MAX_TABLE_WAIT)
-
-
-def _open_all(conns: Sequence[_Conn], request: FetchRequest, chunk_size: int, check: Callable[[], None]) -> Plan:
-    """Send Open to every holder, wait for their answers, and pick the plan to follow.
-
-    An Open given up (no answer in time) is withdrawn at once with ``Cancel``, so the holder frees its slot (and
-    stops building the file's chunk table if nobody else waits for it); one still pending when we stop (Ctrl-C) is
-    withdrawn by :func:`_close_all`.
-    """
-    first = secrets.randbits(48)  # random: the holder matches a Cancel by our node id and rid
-    for rid, conn in enumerate(conns, first):
-        opener = Open(rid=rid, name=request.name, content_hash=request.content_hash, chunk_size=chunk_size)
-        conn.sock.send_multipart(CODEC.encode(opener))
-        conn.rid = rid
-    timeout = request.open_timeout or request.config.request_timeout
-    started = time.monotonic()
-    pending = {conn.rid: conn for conn in conns}
-    deadlines = dict.fromkeys(pending, started + timeout)
-    working: set[int] = set()
-    poller = zmq.Poller()
-    for conn in conns:
-        poller.register(conn.sock, zmq.POLLIN)
-    while pending:
-        check()
-        now = time.monotonic()
-        for rid in [r for r in pending if deadlines[r] <= now]:
-            conn = pending.pop(rid)
-            waited = now - started
-            conn.refused = (
-                f"still building the file's chunk table after {waited:.0f} s"
-                if rid in working
-                else f"no answer to open within {timeout:g} s"
-            )
-            _cancel(conn)
-        if not pending:
-            break
-        left = min(deadlines[r] for r in pending) - now
-        for sock, _ in poller.poll(min(int(left * 1000) + 1, IDLE_POLL_MS)):
-            conn = next(c for c in conns if c.sock is sock)
-            try:
-                msg, payload = CODEC.decode(sock.recv_multipart(copy=False))
-            except ProtocolError as exc:
-                for rid in [r for r, c in pending.items() if c is conn]:  # its only Open: give it up now
-                    del pending[rid]
-                    conn.refused = f"sent a malformed reply ({from_holder(str(exc))})"
-                    _cancel(conn)
-                continue
-            if not isinstance(msg, (Opened, Refused, Working)) or pending.get(msg.rid) is not conn:
-                continue
-            if isinstance(msg, Working):
-                # once, and only while no holder is ready: a holder cannot keep us waiting by repeating it, nor
-                # hold up a fetch others can serve; the size it claims counts for no more than the index's
-                if msg.rid not in working and not any(c.plan for c in conns):
-                    working.add(msg.rid)
-                    claimed = min(msg.size, request.size) if request.size else msg.size
-                    deadlines[msg.rid] = time.monotonic() + open_budget(timeout, claimed)
-                continue
-            del pending[msg.rid]
-            conn.rid = -1
-            if isinstance(msg, Refused):
-                conn.refused = f"{msg.reason}: {from_holder(msg.detail)}" if msg.detail else msg.reason
-                continue
-            if request.content_hash and msg.content_hash != request.content_hash:
-                conn.refused = "opened another version than the one asked for"
-                continue
-            if request.size and msg.size != request.size:  # one content hash, one size: the holder is lying
-                conn.refused = f"says the file is {msg.size:,} bytes, the index {request.size:,}"
-                continue
-            try:
-                conn.plan = Plan.from_opened(msg, payload[0])
-            except TransferError as exc:
-                conn.refused = str(exc)
-                continue
-            conn.tid = msg.tid
-            for rid in working & pending.keys():  # a holder is ready: the others get the plain open timeout
-                deadlines[rid] = min(deadlines[rid], max(started + timeout, time.monotonic()))
-    plans = [c.plan for c in conns if c.plan is not None]
-    if not plans:
-        raise _open_error(request.name, conns)
-    wanted = plans[0]
-    for conn in conns:
-        if conn.plan is not None and conn.plan != wanted:
-            log.warning("%s serves a different version of %s; not using it", conn.label, request.name)
-    return wanted
-
-
-def _open_error(name: str, conns: Sequence[_Conn]) -> TransferError:
-    reasons = [c.refused for c in conns]
-    where = ", ".join(dict.fromkeys(c.endpoint.display for c in conns))
-    if all(r.startswith("not-found") for r in reasons):
-        return TransferError(f"{name!r} not found on {where}")
-    if any(r.startswith("unsafe") for r in reasons):
-        return UnsafePathError(f"{where} refused {name!r} as an unsafe name")
-    if all(r.startswith("changed") for r in reasons):
-        return TransferError(f"{name!r} on {where} is not the version asked for (it changed); look it up again")
-    detail = "; ".join(dict.fromkeys(f"{c.endpoint.display}: {c.refused}" for c in conns))
-    return TransferError(f"cannot open {name!r}: {detail}")
-
-
 def _run(
     session: FetchSession,
-    conns: Sequence[_Conn],
+    conns: Sequence[Conn],
     partial: PartialFile,
     progress: ProgressFn | None,
     check: Callable[[], None],
@@ -531,7 +331,7 @@ def _run(
     while not session.finished:
         check()
         if session.stalled:
-            raise _stall_error(session, partial.name)
+            raise stall_error(session, partial.name)
         now = time.monotonic()
         for label, index in session.requests(now):
             conn = by_label[label]
@@ -557,7 +357,7 @@ def _run(
             progress(session.done_bytes, total)
 
 
-def _drain(session: FetchSession, conn: _Conn, partial: PartialFile) -> None:
+def _drain(session: FetchSession, conn: Conn, partial: PartialFile) -> None:
     for _ in range(_DRAIN):
         try:
             frames = conn.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -578,77 +378,6 @@ def _drain(session: FetchSession, conn: _Conn, partial: PartialFile) -> None:
             session.fail(conn.label, failed_reason(msg))
         else:
             session.stats.unexpected += 1
-
-
-CHANGED = "changed while being fetched"
-"""A holder's failure reason in the session when it said the file changed (its detail only repeats that)."""
-
-
-def failed_reason(msg: Failed) -> str:
-    """The session's failure reason for a holder that answered ``Failed``."""
-    if msg.reason == "changed":
-        return CHANGED
-    return f"{msg.reason}: {from_holder(msg.detail)}" if msg.detail else msg.reason
-
-
-SHOWN_DETAIL = 160
-"""Most characters of a holder's own words (a refusal's detail, say) that an error message repeats."""
-
-
-def from_holder(text: str) -> str:
-    """Text a holder sent, fit for an error message: at most :data:`SHOWN_DETAIL` characters, and every character
-    that is not printable escaped (``\\x1b``), so a hostile holder cannot drive the user's terminal or bury the
-    error under its own text."""
-    cut = text[:SHOWN_DETAIL]
-    shown = cut if cut.isprintable() else repr(cut)[1:-1]
-    return shown + "…" if len(text) > SHOWN_DETAIL else shown
-
-
-def _stall_error(session: FetchSession, name: str) -> TransferError:
-    """One sentence on why no holder is left, naming the file and the holders."""
-    failures = session.failures
-    done = f"{session.done_bytes}/{session.plan.size} bytes kept in the partial file"
-    changed = list(dict.fromkeys(label.split("#")[0] for label, why in failures.items() if why == CHANGED))
-    others = "; ".join(f"{k}: {v}" for k, v in failures.items() if v != CHANGED)
-    if changed:
-        holders = f"holder{'s' if len(changed) > 1 else ''} {', '.join(changed)}"
-        also = f" (and {others})" if others else ""
-        return TransferError(
-            f"{name!r} changed on its {holders} while it was being fetched{also}; {done}. "
-            "Look it up again to fetch the new version"
-        )
-    if any("does not match" in v for v in failures.values()):
-        why = "; ".join(f"holder {k} {v}" if "does not match" in v else f"{k}: {v}" for k, v in failures.items())
-        return TransferError(f"fetching {name!r}: {why}; {done}. Look it up again to fetch the new version")
-    return TransferError(f"no holder left ({others}); {done}: run the same command again to resume")
-
-
-def _cancel(conn: _Conn) -> None:
-    """Withdraw ``conn``'s unanswered Open (the holder drops it, even if its answer is already on the way)."""
-    if conn.rid >= 0:
-        try:
-            conn.sock.send_multipart(CODEC.encode(Cancel(rid=conn.rid)), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return
-        conn.cancelled = True
-        conn.rid = -1
-
-
-def _close_all(conns: Sequence[_Conn]) -> None:
-    for conn in conns:
-        _cancel(conn)  # an Open still waiting (stopped while opening)
-        if conn.tid >= 0:
-            try:
-                conn.sock.send_multipart(CODEC.encode(Close(tid=conn.tid)), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        if conn.monitor is not None:
-            try:
-                conn.sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            conn.monitor.close(linger=0)
-        conn.sock.close(linger=200 if conn.tid >= 0 or conn.cancelled else 0)  # let Close or Cancel go out
 
 
 def default_dest() -> Path:

@@ -2,7 +2,8 @@
 
 ``python -m overdrive.transfer.folder FOLDER [--bind HOST:PORT]`` serves the files the production scanner
 (:class:`~overdrive.files.scanner.FolderScanner`) finds there, in its own process (it
-prints ``port N`` once serving and stops on SIGTERM/SIGINT, or when its stdin closes with ``--stdin-stop``). It reads
+prints the ready line of :mod:`overdrive.bus.ready`, ``overdrive: holder ready on tcp://HOST:PORT (...)``, once
+serving and stops on SIGTERM/SIGINT, or when its stdin closes with ``--stdin-stop``). It reads
 ``OVERDRIVE_PASSWORD``/``OVERDRIVE_NETWORK`` or serves in the clear with ``--insecure``.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
+from overdrive import interrupts
+from overdrive.bus.ready import Ready
 from overdrive.files.scanner import FolderScanner
 
 
@@ -41,13 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="overdrive-hashes-") as scratch:  # no hash cache left behind
         catalogue = FolderScanner(args.folder, cache_file=Path(scratch) / "hashes.msgpack")
         catalogue.scan()
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
+    stdin_closed = threading.Event()
 
     def watch_stdin() -> None:
         sys.stdin.read()
-        done.set()
+        stdin_closed.set()
 
     if args.stdin_stop:
         threading.Thread(target=watch_stdin, daemon=True).start()
@@ -60,9 +60,13 @@ def main(argv: list[str] | None = None) -> None:
             ServerConfig(chunk_size=args.chunk_size),
         )
         endpoint = server.start()
-        print(f"port {endpoint.port}", flush=True)
         try:
-            done.wait()
+            with interrupts.deferred() as check:
+                Ready("holder", endpoint, (f"{len(catalogue)} file(s)",)).announce()
+                while not stdin_closed.wait(0.2):
+                    check()
+        except KeyboardInterrupt:
+            pass
         finally:
             server.stop()
         s = server.stats
