@@ -337,12 +337,14 @@ class Mesh:
     def send_link(self, address: str, message: Message, *payload: bytes | memoryview) -> None:
         self._queue.append(Send(Peer.link(address), message, payload))
 
-    def outbox(self, now: float) -> list[Action]:
-        """What to do now, in order: queued messages, then one batch of every served sync that has credit."""
-        try:
-            self._pump(now)
-        except StoreError as exc:
-            self.store_failed(exc, now)
+    def outbox(self, now: float, *, serve: bool = True) -> list[Action]:
+        """What to do now, in order: queued actions, then (``serve``) one batch of every served sync that has
+        credit. Replies go out between messages with ``serve=False``; batches once or twice per loop turn."""
+        if serve:
+            try:
+                self._pump(now)
+            except StoreError as exc:
+                self.store_failed(exc, now)
         out, self._queue = self._queue, []
         return out
 
