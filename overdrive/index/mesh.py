@@ -281,6 +281,8 @@ class Mesh:
 
     def tick(self, now: float) -> None:
         """Periodic work, once per loop turn."""
+        for key in [k for k, c in self.catchups.items() if now - c.heard >= CATCHUP_SILENCE]:
+            del self.catchups[key]  # presumed lost (its SyncDone never came): it must not hold off anti-entropy
         try:
             mesh_state.settle(self)
             if self._beat.due(now):
