@@ -15,6 +15,7 @@ once per loop turn; :meth:`Master.status` with a digest asks the loop for one an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -84,6 +85,7 @@ class Master(Runner):
         self._poller = zmq.Poller()
         self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         self._snapshot = self.mesh.snapshot(time.monotonic())
+        self._stats = self._snapshot.stats
         self._digested: tuple[int, MeshSnapshot | None] = (0, None)
         self._published = threading.Condition()
         self._digest_asked = threading.Event()
@@ -108,11 +110,12 @@ class Master(Runner):
 
     @property
     def stats(self) -> MasterStats:
-        return self._snapshot.stats
+        """The counters as of the last message handled (a copy)."""
+        return self._stats
 
     @property
     def dropped(self) -> int:
-        return self._snapshot.stats.dropped
+        return self._stats.dropped
 
     @property
     def masters(self) -> dict[str, str]:
@@ -211,6 +214,7 @@ class Master(Runner):
                 continue
             now = time.monotonic()
             self.mesh.step(peer, message, payload, now)
+            self._stats = dataclasses.replace(self.mesh.stats)  # before the reply: who hears it sees its count
             self.flush(now, serve=False)
 
     def flush(self, now: float, *, serve: bool = True) -> None:
@@ -233,6 +237,7 @@ class Master(Runner):
     def _publish(self, now: float) -> None:
         """Swap in this turn's snapshot (and a digested one if a caller asked)."""
         self._snapshot = self.mesh.snapshot(now)
+        self._stats = self._snapshot.stats
         if self._digest_asked.is_set():
             self._digest_asked.clear()
             digested = self.mesh.snapshot(now, digest=True)
