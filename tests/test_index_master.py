@@ -1,4 +1,4 @@
-"""Master behaviour over real sockets in one process: anti-entropy repairs what replication never carried."""
+"""The mesh core in memory (time passed in) and the master shell over real sockets in one process."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import zmq
 
 from overdrive.bus.address import Endpoint
-from overdrive.bus.heartbeat import Ticker
+from overdrive.bus.codec import Message
+from overdrive.bus.credit import Window
 from overdrive.errors import StoreError, UnreachableError
 from overdrive.files.model import FileInfo
-from overdrive.index import master as master_module
 from overdrive.index.client import IndexClient
-from overdrive.index.master import Master, MasterConfig
-from overdrive.index.protocol import Digest, SyncDone
-from overdrive.index.records import RecordRow
+from overdrive.index.master import Master, MasterConfig, transmit
+from overdrive.index.mesh import Dial, Mesh, Peer, Send
+from overdrive.index.protocol import Digest, MasterBeat, SyncAck, SyncBatch, SyncDone, SyncRequest
+from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.stores import BUCKETS, open_store
 from overdrive.index.stores.memory import MemoryStore
 from overdrive.index.stores.sqlite import SqliteStore
@@ -83,41 +83,121 @@ def test_digest_anti_entropy_repairs_a_silent_divergence(network: TestNetwork, t
         second.store.close()
 
 
-def test_a_long_catch_up_that_keeps_delivering_is_not_presumed_lost(network: TestNetwork) -> None:
-    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
-    master._syncing["peer"] = (5, time.monotonic() - 40)  # began 40 s ago: silent that long means lost
-    assert not master._sync_active(time.monotonic())
-    master._sync_progress(5)  # but a batch of it just arrived
-    assert master._sync_active(time.monotonic())
+class _Clock:
+    """The duration clock of a mesh: only what a full scan costs moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_no_digest_right_after_a_catch_up_and_digests_cost_at_most_a_tenth_of_the_loop(
-    network: TestNetwork, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class _SlowStore(MemoryStore):
+    """A memory store whose checksum scan takes ``scan`` seconds on ``clock`` and is logged."""
+
+    def __init__(self, clock: _Clock, scan: float = 0.0) -> None:
+        super().__init__()
+        self.clock, self.scan = clock, scan
+        self.scans: list[float] = []
+
+    def checksums(self) -> list[int]:
+        self.scans.append(self.clock.now)
+        self.clock.now += self.scan
+        return super().checksums()
+
+
+PEER = "peeraaaaaaaaaaaa"
+PEER_AT = "10.0.0.2:7771"
+LINK = Peer.link(PEER_AT)
+
+
+def _mesh(store: MemoryStore | None = None, clock: _Clock | None = None, **config: float) -> Mesh:
+    """A mesh at t=1000 listening at 10.0.0.1 with one configured peer, its opening actions taken."""
+    clock = clock or _Clock()
+    settings = MasterConfig(peers=(Endpoint("10.0.0.2", 7771),), master_timeout=100.0, **config)  # type: ignore[arg-type]
+    mesh = Mesh(store or MemoryStore(), settings, now=clock.now, clock=clock)
+    mesh.start("10.0.0.1:7771", clock.now)
+    opening = mesh.outbox(clock.now)
+    assert opening[0] == Dial(PEER_AT)
+    assert isinstance(opening[1], Send) and opening[1].peer == LINK and isinstance(opening[1].message, SyncRequest)
+    return mesh
+
+
+def _beat(vector: dict[str, int]) -> MasterBeat:
+    return MasterBeat(origin=PEER, address=PEER_AT, vector=vector, masters={}, nodes=[])
+
+
+def _sent(mesh: Mesh, now: float) -> list[Message]:
+    return [a.message for a in mesh.outbox(now) if isinstance(a, Send)]
+
+
+def test_a_long_catch_up_that_keeps_delivering_is_not_presumed_lost() -> None:
+    silent = _mesh()  # asked the peer for a catch-up at 1000 and heard nothing since: lost after 30 s
+    silent.step(LINK, _beat({PEER: 5}), [], 1040.0)
+    assert [type(m) for m in _sent(silent, 1040.0)] == [SyncRequest]
+
+    delivering = _mesh()  # the same, but a batch of it arrived at 1035
+    delivering.step(LINK, SyncBatch(ref=1), [memoryview(encode_rows(_repair_rows()))], 1035.0)
+    assert _sent(delivering, 1035.0) == [SyncAck(ref=1, received=1)]
+    delivering.step(LINK, _beat({PEER: 5}), [], 1040.0)
+    assert _sent(delivering, 1040.0) == [], "a catch-up still delivering was asked for again"
+
+
+def _digests(mesh: Mesh, now: float) -> int:
+    mesh.tick(now)
+    return sum(isinstance(m, Digest) for m in _sent(mesh, now))
+
+
+def test_no_digest_right_after_a_catch_up_and_digests_cost_at_most_a_tenth_of_the_loop() -> None:
     """A digest re-reads the whole index (~0.7 s at 1,000,000 entries, the loop held meanwhile): none just after a
     sync, which has just made the two indexes equal, and never more than 10 % of the time."""
-    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0), anti_entropy=5.0))
-    master._entropy = Ticker(5.0)  # due now
-    master._batches[7] = 2
-    master._sync_done(SyncDone(ref=7, vector={"peeraaaaaaaaaaaa": 3}, batches=2))
-    assert not master._entropy.due(time.monotonic())
+    clock = _Clock()
+    store = _SlowStore(clock, scan=2.0)  # a big index
+    mesh = _mesh(store, clock, anti_entropy=5.0)  # a digest is due at 1005
+    mesh.step(LINK, _beat({}), [], 1000.0)  # the peer is alive, with our vector: a calm link
+    mesh.step(LINK, SyncDone(ref=1, vector={}, batches=0), [], 1004.0)
+    assert mesh.snapshot(1004.0).stats.received_syncs == 1
+    assert [_digests(mesh, t) for t in (1005.0, 1006.0, 1008.0)] == [0, 0, 0]
+    clock.now = 1009.0
+    assert _digests(mesh, 1009.0) == 1
+    assert store.scans == [1009.0]
+    assert mesh.entropy.interval == 20.0  # a 2 s scan: one per 20 s from the next one on
+    assert [_digests(mesh, t) for t in (1012.0, 1020.0, 1030.0, 1039.0, 1040.5)] == [0, 1, 0, 0, 1]
 
-    clock = [1000.0]
-    monkeypatch.setattr(master_module.time, "monotonic", lambda: clock[0])
-    master._links = {"peer": SimpleNamespace(origin="peeraaaaaaaaaaaa", sock=None)}  # type: ignore[dict-item]
-    master.master_live.seen("peeraaaaaaaaaaaa", clock[0])
-    master.vectors["peeraaaaaaaaaaaa"] = dict(master.replica.vector)
-    sent: list[object] = []
-    monkeypatch.setattr(master, "_send", lambda sock, identity, message, *payload: sent.append(message) or True)
 
-    def slow_checksums() -> list[int]:
-        clock[0] += 2.0  # a big index
-        return [0] * BUCKETS
+def test_catch_ups_more_often_than_the_interval_never_stop_anti_entropy() -> None:
+    """Anti-entropy is the only repair of what no vector shows: a finished catch-up may put a digest off, but one
+    every few seconds (three masters and a steady trickle of updates) must not put it off for ever."""
+    mesh = _mesh(anti_entropy=5.0)
+    mesh.step(LINK, SyncDone(ref=1, vector={}, batches=0), [], 1000.0)
+    fired = []
+    for second in range(1, 61):  # a minute; a catch-up finishes every 4 s
+        now = 1000.0 + second
+        mesh.step(LINK, _beat({PEER: second - second % 4}), [], now)  # ahead of us every 4 s
+        if second % 4 == 0:
+            (request,) = [m for m in _sent(mesh, now) if isinstance(m, SyncRequest)]
+            mesh.step(LINK, SyncDone(ref=request.ref, vector={PEER: second}, batches=0), [], now)
+        if _digests(mesh, now):
+            fired.append(second)
+    assert mesh.snapshot(1060.0).stats.received_syncs == 16
+    assert len(fired) >= 5, fired
 
-    monkeypatch.setattr(master.replica, "checksums", slow_checksums)
-    master._anti_entropy()
-    assert [type(m) for m in sent] == [Digest]
-    assert master._entropy.interval == 20.0
+
+def test_digests_are_answered_at_most_once_per_half_interval() -> None:
+    """Answering a digest is a full checksum scan: a peer (or anyone with the password) sending digests in a loop
+    must not hold the master's loop."""
+    clock = _Clock()
+    store = _SlowStore(clock)
+    mesh = _mesh(store, clock, anti_entropy=5.0)
+    peer = Peer.routed(b"\x00peer", "")
+    digest = Digest(origin=PEER, buckets=[0] * BUCKETS)
+    for _ in range(100):
+        mesh.step(peer, digest, [], 1000.0)
+    clock.now = 1002.6
+    mesh.step(peer, digest, [], clock.now)
+    assert store.scans == [1000.0, 1002.6]
+    assert mesh.snapshot(1002.6).stats.skipped_digests == 99
 
 
 class _FillableStore(SqliteStore):
@@ -161,79 +241,48 @@ def test_a_full_database_refuses_registrations_clearly_and_the_master_keeps_goin
     store.close()
 
 
-def test_catch_ups_more_often_than_the_interval_never_stop_anti_entropy(
-    network: TestNetwork, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Anti-entropy is the only repair of what no vector shows: a finished catch-up may put a digest off, but one
-    every few seconds (three masters and a steady trickle of updates) must not put it off for ever."""
-    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0), anti_entropy=5.0))
-    clock = [1000.0]
-    monkeypatch.setattr(master_module.time, "monotonic", lambda: clock[0])
-    master._entropy = Ticker(5.0, clock[0] + 5.0)
-    fired = []
-    for second in range(1, 61):  # a minute; a catch-up finishes every 4 s
-        clock[0] += 1.0
-        if second % 4 == 0:
-            master._batches[second] = 0
-            master._sync_done(SyncDone(ref=second, vector={}, batches=0))
-        if master._entropy.due(clock[0]):
-            fired.append(second)
-    assert len(fired) >= 5, fired
-
-
-def test_digests_are_answered_at_most_once_per_half_interval(
-    network: TestNetwork, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Answering a digest is a full checksum scan: a peer (or anyone with the password) sending digests in a loop
-    must not hold the master's loop."""
-    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0), anti_entropy=5.0))
-    clock = [1000.0]
-    monkeypatch.setattr(master_module.time, "monotonic", lambda: clock[0])
-    scans: list[float] = []
-    monkeypatch.setattr(master.replica, "checksums", lambda: scans.append(clock[0]) or [0] * BUCKETS)
-    digest = Digest(origin="peeraaaaaaaaaaaa", buckets=[0] * BUCKETS)
-    for _ in range(100):
-        master._digest(None, None, digest)  # type: ignore[arg-type]
-    clock[0] += 2.6
-    master._digest(None, None, digest)  # type: ignore[arg-type]
-    assert scans == [1000.0, 1002.6]
-    assert master.stats.skipped_digests == 99
-
-
 def _repair_rows() -> list[RecordRow]:
     return [("a.txt", 1, "0" * 64, "holderaaaaaaaaaa", "1.2.3.4:5", 1, "originaaaaaaaaaa", 1, 1, False)]
 
 
 def test_a_repair_whose_receiver_left_is_dropped_not_retried_for_ever(network: TestNetwork) -> None:
     # A repair (no credit window) to a peer that has disconnected: the ROUTER refuses every send to its identity
-    # (EHOSTUNREACH, and its next connection has another identity). The master retried it at every loop turn with
-    # a zero poll timeout: a master whose peer was killed mid-repair spun a core for as long as it ran.
+    # (EHOSTUNREACH, and its next connection has another identity). Retrying it at every loop turn with a zero
+    # poll timeout would spin a core for as long as the master runs.
     master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
     master.setup()  # the router, without the loop's thread
     try:
-        serving = master_module._Serving(master._router, b"\x00gone", 0, iter([_repair_rows()]), None)  # type: ignore[arg-type]
-        master._start_serving(serving)
-        master._pump_serving()
-        assert master._serving == []
-        assert master.stats.abandoned_syncs == 1
+        now = time.monotonic()
+        master.mesh.serve(Peer.routed(b"\x00gone", ""), 0, iter([_repair_rows()]), None, Window(), now)
+        master.flush(now)
+        assert master.mesh.serving == []
+        assert master.mesh.stats.abandoned_syncs == 1
+        assert not master.mesh.busy
     finally:
         master.teardown()
 
 
 def test_a_repair_that_cannot_be_sent_waits_and_is_dropped_when_idle(network: TestNetwork) -> None:
     # A full queue (EAGAIN) may drain: the repair is kept but marked blocked, so the loop waits for its poll
-    # instead of retrying at once; one that sends nothing for sync_idle is dropped (only windowed syncs were).
-    master = Master(network.bus(), MemoryStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
-    nowhere = master.bus.client(zmq.DEALER)  # connected to nothing: every send finds no room
+    # instead of retrying at once, and the same batch goes out later; one that sends nothing for sync_idle is
+    # dropped (not only windowed syncs).
+    mesh = Mesh(MemoryStore(), MasterConfig(), now=0.0)
+    nowhere = network.bus().client(zmq.DEALER)  # connected to nothing: every send finds no room
     try:
-        serving = master_module._Serving(nowhere, None, 0, iter([_repair_rows()]), None)
-        master._start_serving(serving)
-        master._pump_serving()
-        assert master._serving == [serving] and serving.blocked and serving.sent == 0
-        serving.progress -= master.config.sync_idle + 1  # as if nothing had gone out for longer than that
-        master._pump_serving()
-        assert master._serving == []
-        assert master.stats.abandoned_syncs == 1
+        mesh.serve(LINK, 0, iter([_repair_rows()]), None, Window(), 0.0)
+        (send,) = mesh.outbox(1.0)
+        assert isinstance(send, Send) and isinstance(send.message, SyncBatch)
+        transmit(nowhere, send, mesh)
+        (serving,) = mesh.serving
+        assert serving.blocked and serving.sent == 0 and not mesh.busy
+        assert mesh.stats.unsent == 0, "a batch sent again later is not lost"
+        assert mesh.outbox(2.0) == [send], "the same batch, again"
+        transmit(nowhere, send, mesh)
+        assert mesh.outbox(mesh.config.sync_idle - 0.5) == [send]  # idle since 0.0, not since the retries
+        transmit(nowhere, send, mesh)
+        assert mesh.outbox(mesh.config.sync_idle + 0.5) == []
+        assert mesh.serving == []
+        assert mesh.stats.abandoned_syncs == 1
     finally:
         nowhere.close(linger=0)
 

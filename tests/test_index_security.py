@@ -13,11 +13,12 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError
+from overdrive.files.model import FileInfo
 from overdrive.index.client import IndexClient
 from overdrive.index.master import MAX_SERVING, Master, MasterConfig
 from overdrive.index.pages import encode_page
 from overdrive.index.protocol import CODEC, Ack, Announce, SyncBatch, SyncDone, SyncRequest, Updates
-from overdrive.index.records import FileInfo, encode_rows
+from overdrive.index.records import encode_rows
 from overdrive.index.replication import ReplicationConfig
 from overdrive.index.stores.memory import MemoryStore
 from tests.conftest import TestNetwork

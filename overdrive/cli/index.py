@@ -167,12 +167,11 @@ def _probe_peer(
 
 
 def _status_line(master: Master) -> None:
-    now = time.monotonic()
-    peers = sum(1 for o in master.masters if o != master.origin and master.master_live.alive(o, now))
+    snap = master.snapshot
     console.print(
-        f"entries {master.entries}  masters online {peers}/{len(master.masters) - 1}  "
-        f"nodes online {len(master.online_nodes(now))}  updates/s {master.stats.rate:.0f}  "
-        f"dropped {master.stats.dropped}"
+        f"entries {snap.entries}  masters online {len(snap.masters_online)}/{len(snap.masters) - 1}  "
+        f"nodes online {len(snap.nodes_online)}  updates/s {snap.stats.rate:.0f}  "
+        f"dropped {snap.stats.dropped}"
     )
 
 

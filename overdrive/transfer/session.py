@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from overdrive.bus.credit import Window
 from overdrive.errors import TransferError
 from overdrive.transfer.protocol import DIGEST_SIZE, Opened, chunk_checksum, chunk_count
 
@@ -118,7 +119,7 @@ class SessionStats:
 @dataclass(slots=True)
 class _Source:
     name: str
-    inflight: dict[int, float] = field(default_factory=dict)
+    inflight: Window
     failed: str = ""
     received: int = 0
 
@@ -132,7 +133,7 @@ class FetchSession:
         self.plan = plan
         self.config = config or FetchConfig()
         self.stats = SessionStats()
-        self._sources = {name: _Source(name) for name in sources}
+        self._sources = {name: _Source(name, Window(self.config.window)) for name in sources}
         self._order = list(self._sources)
         self._done = bytearray(plan.chunks)
         for index in done:
@@ -233,12 +234,12 @@ class FetchSession:
             progress = False
             for k in range(len(live)):
                 source = live[(self._turn + k) % len(live)]
-                if len(source.inflight) >= self.config.window or not self._has_pending() or not self._allowed(now):
+                if source.inflight.full or not self._has_pending() or not self._allowed(now):
                     continue
                 if self._total_inflight() >= self._cap:
                     break
                 index = self._pop_pending()
-                source.inflight[index] = now
+                source.inflight.add(index, now)
                 self._requested_bytes += self.plan.chunk_range(index)[1]
                 out.append((source.name, index))
                 progress = True
@@ -254,10 +255,9 @@ class FetchSession:
     def received(self, source: str, index: int, data: memoryview | bytes) -> bool:
         """A chunk from ``source``: True when it is verified and must be written (then call :meth:`written`)."""
         src = self._sources.get(source)
-        if src is None or src.failed or index not in src.inflight:
+        if src is None or src.failed or not src.inflight.free(index):
             self.stats.unexpected += 1
             return False
-        del src.inflight[index]
         if self._done[index] or index in self._accepted:
             self.stats.unexpected += 1
             return False
@@ -290,15 +290,14 @@ class FetchSession:
         if src is None or src.failed:
             return
         src.failed = reason
-        for index in src.inflight:
+        for index in src.inflight.clear():
             heapq.heappush(self._pending, index)
             self.stats.reassigned += 1
-        src.inflight.clear()
 
     def check_timeouts(self, now: float) -> list[str]:
         """Fail every source with a request older than ``request_timeout``; return their names."""
         limit = now - self.config.request_timeout
-        late = [s.name for s in self._sources.values() if not s.failed and any(t < limit for t in s.inflight.values())]
+        late = [s.name for s in self._sources.values() if not s.failed and s.inflight.sent_before(limit)]
         for name in late:
             self.fail(name, f"no answer for {self.config.request_timeout:g} s")
         return late

@@ -1,0 +1,308 @@
+"""Several Mesh cores in memory: gossip, catch-up under credit, live updates and anti-entropy converge whatever the
+network does (loss, reordering, duplication) and whoever crashes and restarts. Time is simulated."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from overdrive.bus.address import Endpoint
+from overdrive.bus.codec import Message
+from overdrive.bus.credit import Window
+from overdrive.files.model import FileInfo
+from overdrive.index.mesh import Dial, Hangup, MasterConfig, Mesh, Peer, Send
+from overdrive.index.protocol import Announce, SyncAck, SyncBatch, SyncDone, SyncRequest
+from overdrive.index.records import RecordRow
+from overdrive.index.replication import ReplicationConfig
+from overdrive.index.stores.memory import MemoryStore
+
+NODES = ["node" + c * 12 for c in "abc"]
+CONFIG = {"heartbeat": 0.5, "master_timeout": 2.0, "node_timeout": 2.0, "anti_entropy": 2.0, "sync_idle": 6.0}
+
+
+def _info(name: str, version: int) -> FileInfo:
+    return FileInfo(name=name, size=version, content_hash=f"{version:064x}", mtime_ns=version)
+
+
+@dataclass
+class _Master:
+    """One simulated master process: its store survives a crash, its Mesh (and incarnation) does not."""
+
+    index: int
+    store: MemoryStore
+    mesh: Mesh | None = None
+    incarnation: int = 0
+    links: set[str] = field(default_factory=set)
+
+    @property
+    def address(self) -> str:
+        return f"10.0.0.{self.index + 1}:7771"
+
+
+@dataclass
+class MeshSim:
+    """Masters exchanging messages through a pool that may lose, duplicate and reorder them."""
+
+    n: int
+    rng: random.Random
+    loss: float = 0.0
+    dup: float = 0.0
+    reorder: bool = False
+    now: float = 1000.0
+    masters: list[_Master] = field(default_factory=list)
+    pool: list[tuple[int, Peer, Message, tuple[bytes | memoryview, ...]]] = field(default_factory=list)
+    files: dict[str, dict[str, int]] = field(default_factory=dict)
+    """What each node shares now: name -> version."""
+
+    def __post_init__(self) -> None:
+        batch = ReplicationConfig(batch=3)  # many small batches: credit matters
+        for i in range(self.n):
+            self.masters.append(_Master(i, MemoryStore(f"m{i}")))
+        for master in self.masters:
+            peers = () if master.index == 0 else (Endpoint("10.0.0.1", 7771),)  # everyone learns the rest by gossip
+            config = MasterConfig(peers=peers, replication=batch, **CONFIG)  # type: ignore[arg-type]
+            master.mesh = Mesh(master.store, config, now=self.now)
+            master.mesh.start(master.address, self.now)
+        self.files = {node: {} for node in NODES}
+
+    def by_address(self, address: str) -> _Master:
+        return self.masters[int(address.split(":", maxsplit=1)[0].rsplit(".", 1)[1]) - 1]
+
+    def crash(self, i: int) -> None:
+        master = self.masters[i]
+        master.mesh = None
+        master.links.clear()
+        self.pool = [p for p in self.pool if p[0] != i]  # what was in flight to it dies with its sockets
+
+    def restart(self, i: int) -> None:
+        master = self.masters[i]
+        assert master.mesh is None
+        master.incarnation += 1
+        config = MasterConfig(
+            peers=(Endpoint("10.0.0.1", 7771),) if i else (Endpoint("10.0.0.2", 7771),),
+            replication=ReplicationConfig(batch=3),
+            **CONFIG,  # type: ignore[arg-type]
+        )
+        master.mesh = Mesh(master.store, config, now=self.now)
+        master.mesh.start(master.address, self.now)
+
+    def announce(self, node: str, at: int, *, full: bool = False) -> None:
+        """``node`` changes a file (or, ``full``, lists all of them) at master ``at``, if it is up."""
+        mesh = self.masters[at].mesh
+        if mesh is None:
+            return
+        shared = self.files[node]
+        removed: list[str] = []
+        if full:
+            files = [_info(name, v) for name, v in shared.items()]
+        else:
+            name = self.rng.choice(["a.txt", "d/b.txt", "d/e/c.txt", "z.bin"])
+            if name in shared and self.rng.random() < 0.3:
+                del shared[name]
+                removed, files = [name], []
+            else:
+                shared[name] = self.rng.randint(1, 10_000)
+                files = [_info(name, shared[name])]
+        message = Announce(ref=1, holder=node, address="10.9.9.9:7772", files=files, removed=removed, full=full, sync=1)
+        mesh.step(Peer.routed(b"node-" + node.encode(), node), message, [], self.now)
+
+    # -- the network ---------------------------------------------------------------------------------------
+
+    def collect(self) -> None:
+        """Perform every master's outbox: dials and hang-ups at once, messages into the pool."""
+        for master in self.masters:
+            if master.mesh is None:
+                continue
+            for action in master.mesh.outbox(self.now):
+                if isinstance(action, Dial):
+                    master.links.add(action.address)
+                elif isinstance(action, Hangup):
+                    master.links.discard(action.address)
+                else:
+                    self._route(master, action)
+            for serving in master.mesh.serving:  # the credit window holds, whatever the receiver does
+                assert not serving.window.capacity or len(serving.window) <= serving.window.capacity
+
+    def _route(self, master: _Master, send: Send) -> None:
+        assert master.mesh is not None
+        if send.peer.identity is None:  # over our link: the other master's ROUTER sees this link's identity
+            assert send.peer.address in master.links
+            target = self.by_address(send.peer.address)
+            if target.mesh is None:
+                return  # nobody listening: lost
+            identity = f"{master.index}#{master.incarnation}>{target.index}#{target.incarnation}".encode()
+            self.pool.append((target.index, Peer.routed(identity, ""), send.message, send.payload))
+            return
+        if send.peer.identity.startswith(b"node-"):
+            return  # a reply to a node
+        src, dst = send.peer.identity.decode().split(">")
+        index, incarnation = (int(x) for x in src.split("#"))
+        asker = self.masters[index]
+        if asker.incarnation != incarnation or asker.mesh is None or int(dst.split("#")[1]) != master.incarnation:
+            master.mesh.report_unreachable(send)  # that connection is gone
+            return
+        if master.address in asker.links:
+            self.pool.append((index, Peer.link(master.address), send.message, send.payload))
+
+    def deliver(self, faults: bool) -> None:
+        pool, self.pool = self.pool, []
+        if faults and self.reorder:
+            self.rng.shuffle(pool)
+        for target, peer, message, payload in pool:
+            mesh = self.masters[target].mesh
+            if mesh is None or (faults and self.rng.random() < self.loss):
+                continue
+            copies = 2 if faults and self.rng.random() < self.dup else 1
+            for _ in range(copies):
+                mesh.step(peer, message, [memoryview(p) for p in payload], self.now)
+
+    def turn(self, faults: bool, dt: float = 0.1) -> None:
+        self.now += dt
+        for master in self.masters:
+            if master.mesh is not None:
+                master.mesh.tick(self.now)
+        self.collect()
+        self.deliver(faults)
+
+    def heal(self) -> None:
+        """Run a faultless network until every store holds the same rows (at most 120 simulated seconds)."""
+        for turn in range(1200):
+            self.turn(faults=False)
+            if turn % 10 == 0 and self.converged():
+                return
+        pytest.fail("masters did not converge")
+
+    # -- checks ------------------------------------------------------------------------------------------------
+
+    def converged(self) -> bool:
+        first = self.masters[0].store.data
+        return all(m.store.data == first for m in self.masters[1:])
+
+    def live_files(self, master: _Master) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {node: {} for node in NODES}
+        row: RecordRow
+        for row in master.store.data.values():
+            if not row[9]:
+                out[row[3]][row[0]] = row[1]
+        return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    loss=st.sampled_from([0.0, 0.1, 0.3]),
+    dup=st.sampled_from([0.0, 0.2]),
+    reorder=st.booleans(),
+    crashes=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 80), st.integers(5, 60)), max_size=3),
+)
+def test_masters_converge_through_loss_reordering_duplication_and_crashes(
+    seed: int, loss: float, dup: float, reorder: bool, crashes: list[tuple[int, int, int]]
+) -> None:
+    rng = random.Random(seed)
+    sim = MeshSim(4, rng, loss=loss, dup=dup, reorder=reorder)
+    down: dict[int, int] = {}  # master -> turn it comes back
+    for turn in range(100):  # 10 simulated seconds of chaos
+        for master, at, length in crashes:
+            if at == turn and master not in down and sim.masters[master].mesh is not None:
+                sim.crash(master)
+                down[master] = turn + length
+        for master, back in list(down.items()):
+            if back == turn:
+                sim.restart(master)
+                del down[master]
+        if rng.random() < 0.3:
+            sim.announce(rng.choice(NODES), rng.randrange(4))
+        sim.turn(faults=True)
+    for master in down:
+        sim.restart(master)
+    # a row that reached one store without replication (a restored backup), and a row lost from another store
+    # whose vector still covers it (a lost write): only anti-entropy can repair those
+    stray = ("restored.txt", 7, "ef" * 32, NODES[0], "10.9.9.9:7772", 1, "originzzzzzzzzzz", 1, 1 << 50, False)
+    sim.masters[3].store.apply([stray])
+    sim.files[NODES[0]]["restored.txt"] = 7
+    second = sim.masters[2]
+    assert second.mesh is not None
+    covered = [k for k, r in second.store.data.items() if r[7] <= second.mesh.replica.vector.get(r[6], 0)]
+    lost = second.store.data.pop(min(covered)) if covered else None
+    sim.heal()
+    if lost is not None and second.store.data.get((lost[3], lost[0])) == lost:
+        assert sum(m.mesh.stats.repairs for m in sim.masters if m.mesh) >= 1
+    for i, node in enumerate(NODES):  # every node re-registers in full (as after a failover)
+        sim.announce(node, i % 4, full=True)
+    sim.heal()
+    for master in sim.masters:
+        assert master.mesh is not None
+        assert sim.live_files(master) == sim.files
+        snapshot = master.mesh.snapshot(sim.now)
+        assert len(snapshot.masters) == 4, "gossip: every master knows every other"
+        assert len(snapshot.masters_online) == 3
+
+
+def _serving_mesh(rows: int) -> tuple[Mesh, Peer]:
+    store = MemoryStore()
+    mesh = Mesh(store, MasterConfig(replication=ReplicationConfig(batch=1)), now=0.0)
+    node = NODES[0]
+    files = [_info(f"f{i}", i + 1) for i in range(rows)]
+    mesh.step(Peer.routed(b"node", node), Announce(ref=1, holder=node, address="10.9.9.9:7772", files=files), [], 0.0)
+    mesh.outbox(0.0)
+    peer = Peer.routed(b"peer", "")
+    mesh.step(peer, SyncRequest(ref=9, vector={}, window=4), [], 0.0)
+    return mesh, peer
+
+
+def _batches(mesh: Mesh, now: float) -> list[Message]:
+    return [a.message for a in mesh.outbox(now) if isinstance(a, Send)]
+
+
+def test_a_served_sync_keeps_at_most_its_window_unacknowledged() -> None:
+    mesh, peer = _serving_mesh(10)
+    sent = [m for t in range(10) for m in _batches(mesh, float(t))]
+    assert sent == [SyncBatch(ref=9)] * 4, "four batches, then it waits for credit"
+    assert not mesh.busy
+    mesh.step(peer, SyncAck(ref=9, received=2), [], 10.0)
+    mesh.step(peer, SyncAck(ref=9, received=1), [], 10.0)  # late, reordered: frees nothing more
+    sent = [m for t in range(10) for m in _batches(mesh, 11.0 + t)]
+    assert sent == [SyncBatch(ref=9)] * 2
+    mesh.step(Peer.routed(b"other", ""), SyncAck(ref=9, received=10), [], 30.0)  # not its receiver: no credit
+    assert _batches(mesh, 31.0) == []
+    mesh.step(peer, SyncAck(ref=9, received=6), [], 40.0)
+    sent = [m for t in range(10) for m in _batches(mesh, 41.0 + t)]
+    assert sent == [SyncBatch(ref=9)] * 4
+    mesh.step(peer, SyncAck(ref=9, received=10), [], 60.0)
+    assert _batches(mesh, 61.0) == [SyncDone(ref=9, vector=mesh.replica.vector, batches=10)]
+    assert mesh.serving == []
+
+
+def test_a_blocked_batch_is_sent_again_in_order_and_gives_no_credit_away() -> None:
+    mesh, _ = _serving_mesh(3)
+    (first,) = mesh.outbox(1.0)
+    assert isinstance(first, Send)
+    mesh.report_blocked(first)
+    (serving,) = mesh.serving
+    assert serving.blocked and serving.sent == 0 and len(serving.window) == 0
+    (again,) = mesh.outbox(2.0)
+    assert again == first
+
+
+def test_the_credit_window() -> None:
+    window = Window(2)
+    window.add(1, 0.0)
+    window.add(2, 1.0)
+    assert window.full and len(window) == 2 and 1 in window
+    with pytest.raises(ValueError, match="full"):
+        window.add(3, 2.0)
+    assert window.free_to(1) == 1 and not window.full
+    assert not window.free(1) and window.free(2)
+    window.add(3, 5.0)
+    assert window.sent_before(6.0) and not window.sent_before(5.0)
+    assert window.clear() == [3] and len(window) == 0
+    unbounded = Window()
+    for key in range(100):
+        unbounded.add(key, 0.0)
+    assert not unbounded.full
+    with pytest.raises(ValueError):
+        Window(-1)
