@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from pathlib import Path
 import blake3
 import msgspec
 
+from overdrive.bus.service import Worker
 from overdrive.errors import IntegrityError, TransferError
 from overdrive.files.model import never
 from overdrive.files.names import NAME_MAX, fit_name, free_name
@@ -89,23 +89,25 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         offset += written
 
 
-class _Writer:
+class _Writer(Worker):
     """Writes chunks in a helper thread (``os.pwrite`` releases the GIL), so disk writes overlap receiving.
 
     At most ``depth`` chunks wait in its queue (memory stays bounded); :meth:`take_done` hands back the indices
     that reached the file, and the first write error is raised by the next :meth:`put` or :meth:`check`.
+    Stopping writes everything already queued first.
     """
 
+    name = "overdrive-part-writer"
+
     def __init__(self, fd: int, path: Path, depth: int = 16) -> None:
+        super().__init__()
         self._fd, self._path = fd, path
         self._queue: queue.Queue[tuple[int, int, memoryview] | None] = queue.Queue(maxsize=depth)
         self._done: deque[int] = deque()
         self._error: TransferError | None = None
         self.pending = 0
-        self._thread = threading.Thread(target=self._run, name="overdrive-part-writer", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         while (item := self._queue.get()) is not None:
             index, offset, view = item
             if self._error is None:
@@ -116,6 +118,9 @@ class _Writer:
                     self._error = disk_error(self._path, exc)
             self._queue.task_done()
         self._queue.task_done()
+
+    def wake(self) -> None:
+        self._queue.put(None)  # after every chunk already queued: they are written before the loop ends
 
     def check(self) -> None:
         if self._error is not None:
@@ -140,9 +145,9 @@ class _Writer:
         self.check()
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        """Write what is queued, then end the thread (however long the disk takes)."""
+        if self.running:
+            self._svc_stop(None)
 
 
 class PartialFile:
@@ -250,6 +255,7 @@ class PartialFile:
         assert self._plan is not None
         if self._writer is None:
             self._writer = _Writer(self._fd, self.part, depth=max(1, WRITE_QUEUE_BYTES // self._plan.chunk_size))
+            self._writer.start()
         self._writer.put(index, index * self._plan.chunk_size, memoryview(data))
         if index == self._cursor:
             self._whole.update(data)
