@@ -1,11 +1,11 @@
 """Every exception overdrive raises on purpose, in one place.
 
     OverdriveError                 base of everything below; the CLI prints it as one line
-    ├── ConfigError                a bad option, config file or address (a user mistake)
+    ├── ConfigError                a bad option, config file, address or *Config value (a user mistake)
     ├── BusError                   ZeroMQ transport trouble
     │   ├── AuthError              the peer refused our credentials, or we refused theirs
     │   ├── UnreachableError        nothing answered in time
-    │   └── ProtocolError          bytes from the wire that are not a valid message
+    │   └── ProtocolError          peer input (a message, record rows, a snapshot page) that is not valid
     ├── MediaError                 capture, codec, playback or recording trouble
     ├── StoreError                 an index backend failed (database down, bad URL, ...)
     └── TransferError              a fetch or serve failed
@@ -13,7 +13,8 @@
         └── UnsafePathError        a name that would escape its folder
 
 Backend exceptions are translated at the boundary with ``raise ... from exc`` so the cause stays visible
-in logs while users see one clear line.
+in logs while users see one clear line. ``ValueError`` and ``TypeError`` are kept for local misuse (a bug of the
+caller), so a handler that drops bad peer input with ``except ProtocolError`` never hides one of ours.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class UnreachableError(BusError):
 
 
 class ProtocolError(BusError):
-    """Received bytes are not a valid overdrive message (malformed, oversized, unknown, wrong version).
+    """Input from a peer is not valid: a malformed, oversized, unknown or wrong-version message, or bad record
+    rows or snapshot pages inside one.
 
     Raised only for what came from a peer; local misuse raises ``ValueError``/``TypeError``.
     """

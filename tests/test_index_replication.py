@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from overdrive.errors import ProtocolError
 from overdrive.files.model import FileInfo
 from overdrive.files.names import check_wire_name as check_name
 from overdrive.index.hlc import HybridClock, physical_ms
@@ -51,7 +52,7 @@ def test_bad_names_are_refused_on_construction_and_decode(name: str) -> None:
     with pytest.raises((ValueError, msgspec.ValidationError)):
         make_record(name=name)
     good = msgspec.structs.astuple(make_record())
-    with pytest.raises(ValueError):
+    with pytest.raises(ProtocolError):
         decode_rows(msgspec.msgpack.encode([good, (name, *good[1:])]))
 
 
@@ -94,7 +95,7 @@ def test_bad_ids_and_hashes_are_refused(field_name: str, value: str) -> None:
         make_record(**{field_name: value})
     row = list(msgspec.structs.astuple(make_record()))
     row[list(Record.__struct_fields__).index(field_name)] = value
-    with pytest.raises(ValueError):
+    with pytest.raises(ProtocolError):
         decode_rows(msgspec.msgpack.encode([row]))
 
 

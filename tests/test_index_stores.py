@@ -17,7 +17,7 @@ from unittest import mock
 
 import pytest
 
-from overdrive.errors import ConfigError, StoreError
+from overdrive.errors import ConfigError, ProtocolError, StoreError
 from overdrive.index.pages import PAGE_COLUMNS, PAGE_TABLE, decode_page, encode_page
 from overdrive.index.records import RecordRow, decode_rows, encode_rows
 from overdrive.index.stores import BUCKETS, Store, open_store, sqlite_load
@@ -262,7 +262,7 @@ def test_sqlite_first_load_journals_in_memory_and_ends_in_wal(tmp_path: Path) ->
                 seen.append(_journal(store))
             for page in _bad_pages():  # a bad page mid-load rolls back in full, with the journal in memory
                 before = store.db.execute_sql("SELECT count(*), sum(size) FROM records").fetchone()  # type: ignore[attr-defined]
-                with pytest.raises(ValueError):
+                with pytest.raises(ProtocolError):
                     store.apply_page(page, 0)
                 after = store.db.execute_sql("SELECT count(*), sum(size) FROM records").fetchone()  # type: ignore[attr-defined]
                 assert after == before
@@ -461,9 +461,9 @@ def test_bad_snapshot_pages_are_refused_and_change_nothing(store: Store) -> None
     store.apply([row("before")])
     sums = store.checksums()
     for page in _bad_pages():
-        with pytest.raises(ValueError, match=r"page|name|hash|holder"):
+        with pytest.raises(ProtocolError, match=r"page|name|hash|holder"):
             store.apply_page(page, 0)
-        with pytest.raises(ValueError):
+        with pytest.raises(ProtocolError):
             decode_page(page)
     assert store.checksums() == sums
     store.apply_page(encode_page([row("after", seq=2)]), 0)  # still works afterwards
@@ -618,8 +618,8 @@ def test_sqlite_pages_survive_a_page_left_attached(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("empty", [True, False], ids=["bulk-load", "upsert"])
 def test_damaged_snapshot_pages_are_refused_not_store_errors(tmp_path: Path, empty: bool) -> None:
-    """Bytes flipped inside a page's records (the schema intact) must give ValueError, never a store error: a
-    master drops and counts a ValueError, but a StoreError would end it."""
+    """Bytes flipped inside a page's records (the schema intact) must give ProtocolError, never a store error: a
+    master drops and counts a ProtocolError, but a StoreError would end it."""
     rows = [row(f"dir/file{i}.txt", seq=i + 1, hlc=100 + i) for i in range(50)]
     good = encode_page(rows)
     rng = random.Random(7)
@@ -633,7 +633,7 @@ def test_damaged_snapshot_pages_are_refused_not_store_errors(tmp_path: Path, emp
                 page[rng.randrange(4096, len(page))] = rng.randrange(256)  # past the schema page
             try:
                 store.apply_page(bytes(page), 0)
-            except ValueError:
+            except ProtocolError:
                 refused += 1
         assert refused > 0
         store.apply_page(encode_page([row("after", seq=999)]), 0)  # the store still works

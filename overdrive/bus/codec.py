@@ -28,7 +28,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", omit_def
 
     ``payload_frames`` says how many raw frames follow the header; ``max_payload`` bounds each of them.
     Subclasses validate cross-field rules in ``__post_init__`` (raise ``ValueError``), which msgspec runs both
-    when a message is built locally and when one is decoded from a peer.
+    when a message is built locally (the ValueError stands: local misuse) and when one is decoded from a peer
+    (msgspec wraps it in a ValidationError, which :meth:`Codec.decode` turns into ProtocolError).
     """
 
     payload_frames: ClassVar[int] = 0
@@ -92,13 +93,13 @@ class Codec(Generic[M]):
             raise ProtocolError(f"header of {header.nbytes} bytes exceeds {self.max_header}")
         try:
             envelope = self._envelope.decode(header)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        except msgspec.DecodeError as exc:  # ValidationError too
             raise ProtocolError(f"malformed header: {exc}") from exc
         if envelope.version != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {envelope.version}, expected {PROTOCOL_VERSION}")
         try:
             message: M = self._body.decode(envelope.body)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        except msgspec.DecodeError as exc:  # ValidationError too
             raise ProtocolError(f"invalid message: {exc}") from exc
         payload = [_as_buffer(f) for f in frames[1:]]
         if len(payload) != message.payload_frames:

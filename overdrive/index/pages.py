@@ -15,7 +15,7 @@ A page comes from a peer, so it is checked before anything is read from it (:fun
 * names, content hashes, holders and origins are validated in Python exactly as :func:`validate_rows` does, on
   ``group_concat`` strings (which also rejects text that is not UTF-8).
 
-Anything else raises ValueError: the page is dropped and counted like any malformed message.
+Anything else raises ProtocolError: the page is dropped and counted like any malformed message.
 """
 
 from __future__ import annotations
@@ -24,8 +24,15 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from overdrive.files.names import check_wire_name as check_name
-from overdrive.index.records import _BASE32_BYTES, _HEX_BYTES, RecordRow, names_need_a_closer_look, only
+from overdrive.errors import ProtocolError
+from overdrive.index.records import (
+    _BASE32_BYTES,
+    _HEX_BYTES,
+    RecordRow,
+    check_peer_name,
+    names_need_a_closer_look,
+    only,
+)
 
 PAGE_TABLE = (
     "CREATE TABLE t (name TEXT NOT NULL CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 4096), "
@@ -47,23 +54,23 @@ _SUMMARY = (
 
 
 def check_schema(conn: sqlite3.Connection, schema: str) -> None:
-    """Raise ValueError unless the page deserialized as ``schema`` holds exactly :data:`PAGE_TABLE` (so reading
+    """Raise ProtocolError unless the page deserialized as ``schema`` holds exactly :data:`PAGE_TABLE` (so reading
     ``t`` reads a plain table: no view or trigger of the sender's runs here)."""
     try:
         objects = conn.execute(f"SELECT type, name, tbl_name, sql FROM {schema}.sqlite_master").fetchall()  # noqa: S608
     except sqlite3.Error as exc:
-        raise ValueError(f"bad snapshot page: {exc}") from exc
+        raise ProtocolError(f"bad snapshot page: {exc}") from exc
     if objects != [("table", "t", "t", PAGE_TABLE)]:
-        raise ValueError("a snapshot page must hold exactly the page table")
+        raise ProtocolError("a snapshot page must hold exactly the page table")
 
 
 def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
-    """Validate the page deserialized as ``schema`` on ``conn``; return (rows, largest hlc) or raise ValueError."""
+    """Validate the page deserialized as ``schema`` on ``conn``; return (rows, largest hlc) or raise ProtocolError."""
     check_schema(conn, schema)
     try:
         problems = conn.execute(f"PRAGMA {schema}.quick_check(1)").fetchall()
         if problems != [("ok",)]:
-            raise ValueError(f"bad snapshot page: {problems[0][0] if problems else 'no check result'}")
+            raise ProtocolError(f"bad snapshot page: {problems[0][0] if problems else 'no check result'}")
         count, names, hashes, holders, origins, newest, _addresses = conn.execute(
             _SUMMARY.format(schema=schema), ("\n",)
         ).fetchone()
@@ -71,13 +78,13 @@ def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
             return 0, 0
         if names_need_a_closer_look("\n" + names + "\n"):
             for (name,) in conn.execute(f"SELECT name FROM {schema}.t"):  # noqa: S608 - exact check, one by one
-                check_name(name)
+                check_peer_name(name)
     except sqlite3.Error as exc:  # not a database, not UTF-8 text, ...
-        raise ValueError(f"bad snapshot page: {exc}") from exc
+        raise ProtocolError(f"bad snapshot page: {exc}") from exc
     if not only(hashes, _HEX_BYTES):
-        raise ValueError("content hash must be 64 lowercase hex characters")
+        raise ProtocolError("content hash must be 64 lowercase hex characters")
     if not only(holders + origins, _BASE32_BYTES):
-        raise ValueError("holder and origin must be 16 lowercase base32 characters")
+        raise ProtocolError("holder and origin must be 16 lowercase base32 characters")
     return int(count), int(newest)
 
 
@@ -88,7 +95,7 @@ def check_image(data: bytes | memoryview) -> tuple[int, int]:
         try:
             conn.deserialize(data)
         except sqlite3.Error as exc:
-            raise ValueError(f"bad snapshot page: {exc}") from exc
+            raise ProtocolError(f"bad snapshot page: {exc}") from exc
         return check_page(conn, "main")
     finally:
         conn.close()
@@ -103,23 +110,23 @@ class PageCheck:
     def __init__(self, data: bytes | memoryview) -> None:
         self._data = data
         self._result: tuple[int, int] | None = None
-        self._error: ValueError | None = None
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="overdrive-page-check", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             self._result = check_image(self._data)
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised by result(): a bad page, or a bug of ours
             self._error = exc
 
     def result(self) -> tuple[int, int]:
-        """(rows, largest hlc) once the check is done; raise its ValueError if the page is bad."""
+        """(rows, largest hlc) once the check is done; raise its ProtocolError if the page is bad."""
         self._thread.join()
         if self._error is not None:
             raise self._error
         if self._result is None:
-            raise ValueError("snapshot page check failed")
+            raise RuntimeError("the snapshot page check ended without a result")
         return self._result
 
 
@@ -151,18 +158,18 @@ def encode_page(rows: Sequence[RecordRow]) -> bytes:
 
 
 def decode_page(data: bytes | memoryview) -> list[RecordRow]:
-    """The validated rows of a page (for stores that cannot load one with SQL); raise ValueError if it is bad."""
+    """The validated rows of a page (for stores that cannot load one with SQL); raise ProtocolError if it is bad."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         try:
             conn.deserialize(data)
         except sqlite3.Error as exc:
-            raise ValueError(f"bad snapshot page: {exc}") from exc
+            raise ProtocolError(f"bad snapshot page: {exc}") from exc
         check_page(conn, "main")
         try:
             found = conn.execute(f"SELECT {PAGE_COLUMNS} FROM t ORDER BY rowid").fetchall()  # noqa: S608
         except sqlite3.Error as exc:
-            raise ValueError(f"bad snapshot page: {exc}") from exc
+            raise ProtocolError(f"bad snapshot page: {exc}") from exc
         return [(*r[:9], r[9] == 1) for r in found]
     finally:
         conn.close()

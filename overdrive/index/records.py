@@ -17,6 +17,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from overdrive.errors import ProtocolError
 from overdrive.files.model import ContentHash, FileInfo, Mtime, Name, NonNegative, check_hash
 from overdrive.files.names import check_wire_name
 
@@ -135,7 +136,8 @@ def names_need_a_closer_look(joined: str) -> bool:
 
 
 def decode_rows(buffer: bytes | memoryview) -> list[RecordRow]:
-    """Decode a msgpack array of record rows from a peer and validate every field; raise ValueError if any is bad.
+    """Decode a msgpack array of record rows from a peer and validate every field; raise ProtocolError if any is
+    bad.
 
     Equivalent to building a :class:`Record` per row but done in bulk (a few C-level passes over joined strings),
     which is what makes a 1,000,000-entry snapshot affordable.
@@ -143,22 +145,30 @@ def decode_rows(buffer: bytes | memoryview) -> list[RecordRow]:
     try:
         rows = _ROWS_DECODER.decode(buffer)
     except msgspec.DecodeError as exc:
-        raise ValueError(f"bad record rows: {exc}") from exc
+        raise ProtocolError(f"bad record rows: {exc}") from exc
     validate_rows(rows)
     return rows
 
 
 def validate_rows(rows: list[RecordRow]) -> None:
-    """Raise ValueError unless every row's name, hash, holder and origin are valid."""
+    """Raise ProtocolError unless every row's name, hash, holder and origin (from a peer) are valid."""
     if not rows:
         return
     if names_need_a_closer_look("\n" + "\n".join(r[0] for r in rows) + "\n"):
         for row in rows:  # slow path: a suspicious or non-ASCII name somewhere; check each one exactly
-            check_wire_name(row[0])
+            check_peer_name(row[0])
     if not only("".join(r[2] for r in rows), _HEX_BYTES):
-        raise ValueError("content hash must be 64 lowercase hex characters")
+        raise ProtocolError("content hash must be 64 lowercase hex characters")
     if not only("".join([r[3] + r[6] for r in rows]), _BASE32_BYTES):
-        raise ValueError("holder and origin must be 16 lowercase base32 characters")
+        raise ProtocolError("holder and origin must be 16 lowercase base32 characters")
+
+
+def check_peer_name(name: str) -> None:
+    """:func:`~overdrive.files.names.check_wire_name` for a name a peer sent: raise ProtocolError if it is bad."""
+    try:
+        check_wire_name(name)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
 
 
 def wire_size(name: str) -> int:

@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from overdrive.errors import ConfigError
 from overdrive.files.model import FileInfo
 from overdrive.index.hlc import HybridClock, from_ms, wall_ms
 from overdrive.index.records import RecordRow, check_node_id
@@ -52,9 +53,9 @@ class ReplicationConfig:
 
     def __post_init__(self) -> None:
         if self.tombstone_retention <= 0:
-            raise ValueError("tombstone_retention must be positive")
+            raise ConfigError("tombstone_retention must be positive")
         if not 1 <= self.batch <= 200_000:
-            raise ValueError("batch must be 1 to 200000 rows")
+            raise ConfigError("batch must be 1 to 200000 rows")
 
 
 @dataclass(slots=True)
@@ -222,7 +223,7 @@ class Replica:
         return self.store.since_pages(theirs, self.config.batch)
 
     def merge_page(self, data: bytes | memoryview, now_ms: int | None = None) -> int:
-        """:meth:`merge` for a snapshot page; raise ValueError (nothing applied) if the page is bad."""
+        """:meth:`merge` for a snapshot page; raise ProtocolError (nothing applied) if the page is bad."""
         won, newest = self.store.apply_page(data, self._cutoff(now_ms))
         if newest:
             self.clock.observe(newest)

@@ -27,7 +27,7 @@ from pathlib import Path
 import blake3
 
 from overdrive.bus.codec import Frame
-from overdrive.errors import ProtocolError, TransferError, UnsafePathError
+from overdrive.errors import ConfigError, ProtocolError, TransferError, UnsafePathError
 from overdrive.files import names
 from overdrive.files.model import Catalogue
 from overdrive.transfer.protocol import (
@@ -71,13 +71,13 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if not valid_chunk_size(self.chunk_size):
-            raise ValueError(f"chunk_size must be a power of two in [64 KiB, 16 MiB], not {self.chunk_size}")
+            raise ConfigError(f"chunk_size must be a power of two in [64 KiB, 16 MiB], not {self.chunk_size}")
         if not 1 <= self.max_transfers_per_peer <= self.max_transfers:
-            raise ValueError("need 1 <= max_transfers_per_peer <= max_transfers")
+            raise ConfigError("need 1 <= max_transfers_per_peer <= max_transfers")
         if self.idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive")
+            raise ConfigError("idle_timeout must be positive")
         if self.table_workers < 1:
-            raise ValueError("table_workers must be at least 1")
+            raise ConfigError("table_workers must be at least 1")
 
 
 @dataclass

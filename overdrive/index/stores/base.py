@@ -121,7 +121,7 @@ class Store(ABC):
 
     def apply_page(self, data: bytes | memoryview, stale_before: int) -> tuple[int, int]:
         """Apply a snapshot page from a peer last-writer-wins, skipping tombstones stamped before ``stale_before``;
-        return (rows that won, largest hlc in the page). Raise ValueError (nothing applied) if the page is bad."""
+        return (rows that won, largest hlc in the page). Raise ProtocolError (nothing applied) if the page is bad."""
         from overdrive.index.pages import decode_page
 
         rows = decode_page(data)

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from overdrive.errors import StoreError
+from overdrive.errors import ProtocolError, StoreError
 from overdrive.index.pages import PAGE_BYTES, PageCheck, attach, check_schema, new_page
 from overdrive.index.records import RecordRow
 from overdrive.index.stores.base import BATCH, COLUMNS, encode_vector
@@ -191,9 +191,9 @@ class SqliteStore(SqlStore):
                 conn.deserialize(data, name=_IN)
                 check_schema(conn, _IN)  # before reading t: it must be the plain page table
                 count = int(conn.execute(f"SELECT count(*) FROM {_IN}.t").fetchone()[0])
-            except (ValueError, sqlite3.Error) as exc:
-                checked.result()  # its ValueError, if it has one, says more
-                raise ValueError(f"bad snapshot page: {exc}") from exc
+            except (ProtocolError, sqlite3.Error) as exc:
+                checked.result()  # its ProtocolError, if it has one, says more
+                raise ProtocolError(f"bad snapshot page: {exc}") from exc
             if not count:
                 checked.result()
                 return 0, 0
@@ -211,7 +211,7 @@ class SqliteStore(SqlStore):
                                 (stale_before,),
                             )
                         won = int(conn.execute("SELECT changes()").fetchone()[0])
-                        _rows, newest = checked.result()  # ValueError: rolled back
+                        _rows, newest = checked.result()  # ProtocolError: rolled back
                         return won, newest
                 except (sqlite3.IntegrityError, peewee.IntegrityError):
                     checked.result()  # a bad page (a NULL, say) first; else another process finished the load:
@@ -227,10 +227,10 @@ class SqliteStore(SqlStore):
                     won = int(conn.execute("SELECT changes()").fetchone()[0])
                 return won, checked.result()[1]
             except (sqlite3.DatabaseError, peewee.DatabaseError):
-                checked.result()  # ValueError for a bad page (rolled back, nothing changed)
+                checked.result()  # ProtocolError for a bad page (rolled back, nothing changed)
                 raise  # the page is sound: a real store error
         finally:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ProtocolError):
                 checked.result()  # never leave a check running behind us
             conn.execute(f"DETACH DATABASE {_IN}")
 

@@ -1,0 +1,107 @@
+"""The error contract of overdrive.errors: peer input raises ProtocolError, a bad setting ConfigError, and local
+misuse ValueError/TypeError, so a bug of ours is never mistaken for a peer's bad message."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from overdrive.bus.address import Endpoint
+from overdrive.errors import ConfigError, ProtocolError
+from overdrive.index.master import MasterConfig
+from overdrive.index.node import NodeConfig
+from overdrive.index.pages import decode_page, encode_page
+from overdrive.index.records import decode_rows
+from overdrive.index.replication import ReplicationConfig
+from overdrive.index.stores.memory import MemoryStore
+from overdrive.media.streamer import StreamerConfig
+from overdrive.media.viewer import ViewerConfig
+from overdrive.transfer.serving import ServerConfig
+from overdrive.transfer.session import FetchConfig
+
+PACKAGE = Path(__file__).resolve().parent.parent / "overdrive"
+MASTER = (Endpoint("127.0.0.1", 1),)
+
+BAD_CONFIGS: dict[str, list[Callable[[], object]]] = {
+    "ReplicationConfig": [
+        lambda: ReplicationConfig(tombstone_retention=0),
+        lambda: ReplicationConfig(batch=0),
+    ],
+    "ServerConfig": [
+        lambda: ServerConfig(chunk_size=1000),
+        lambda: ServerConfig(max_transfers_per_peer=0),
+        lambda: ServerConfig(idle_timeout=0),
+        lambda: ServerConfig(table_workers=0),
+    ],
+    "MasterConfig": [lambda: MasterConfig(heartbeat=0), lambda: MasterConfig(master_timeout=0.1)],
+    "NodeConfig": [
+        lambda: NodeConfig(masters=(), address="x:1"),
+        lambda: NodeConfig(masters=MASTER, address="x:1", poll=0),
+    ],
+    "StreamerConfig": [lambda: StreamerConfig(fps=0), lambda: StreamerConfig(codec="nope")],
+    "ViewerConfig": [lambda: ViewerConfig(host="127.0.0.1", connect_timeout=0)],
+    "FetchConfig": [
+        lambda: FetchConfig(window=0),
+        lambda: FetchConfig(max_inflight=0),
+        lambda: FetchConfig(max_inflight_bytes=0),
+        lambda: FetchConfig(request_timeout=0),
+        lambda: FetchConfig(rate_limit=-1),
+    ],
+}
+PENDING = {"FetchConfig"}
+"""Still raising ValueError: transfer/session.py is being restructured on another branch."""
+UNCHECKED_CONFIGS = {"RecordConfig"}
+"""Config classes with no value that can be wrong (a folder and a flag)."""
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(make, id=f"{name}-{i}", marks=[pytest.mark.xfail(strict=True)] if name in PENDING else [])
+        for name, makes in BAD_CONFIGS.items()
+        for i, make in enumerate(makes)
+    ],
+)
+def test_a_bad_config_value_raises_config_error(make: Callable[[], object]) -> None:
+    with pytest.raises(ConfigError):
+        make()
+
+
+def test_every_config_class_is_checked_above() -> None:
+    found = {m for f in PACKAGE.rglob("*.py") for m in re.findall(r"^class (\w+Config)\b", f.read_text(), re.M)}
+    assert found == set(BAD_CONFIGS) | UNCHECKED_CONFIGS
+
+
+GOOD_ROW = ("a.txt", 1, "ab" * 32, "a" * 16, "127.0.0.1:1", 0, "b" * 16, 1, 1, False)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [(*GOOD_ROW[:2], "AB" * 32, *GOOD_ROW[3:])],  # a hash that is not lowercase hex
+        [(*GOOD_ROW[:3], "UPPERCASEHOLDER1", *GOOD_ROW[4:])],
+        [("../escape", *GOOD_ROW[1:])],
+        [("é/../x", *GOOD_ROW[1:])],  # non-ASCII: checked name by name
+        [GOOD_ROW[:5]],  # too few fields
+    ],
+)
+def test_malformed_wire_records_raise_protocol_error_not_value_error(rows: list[tuple[object, ...]]) -> None:
+    data = msgspec.msgpack.encode(rows)
+    with pytest.raises(ProtocolError):
+        decode_rows(data)
+    with pytest.raises(ProtocolError):
+        decode_rows(data[:-1])  # truncated
+    assert not issubclass(ProtocolError, ValueError)  # so `except ValueError` can never swallow one, nor the reverse
+
+
+def test_a_malformed_snapshot_page_raises_protocol_error() -> None:
+    good = encode_page([GOOD_ROW])  # type: ignore[list-item]
+    for bad in (b"not a database", good[:100], good.replace(b"ab" * 32, b"AB" * 32)):
+        with pytest.raises(ProtocolError):
+            decode_page(bad)
+        with pytest.raises(ProtocolError):
+            MemoryStore().apply_page(bad, 0)
