@@ -122,9 +122,8 @@ def _derivation(password: str, network: str) -> _Derivation:
 def finish_derivations() -> None:
     """Wait for every password stretch still running. Call it before the interpreter exits: CPython 3.11 kills a
     daemon thread that wakes up during finalisation with ``pthread_exit``, and a stretch finishing at that moment
-    crashed ``overdrive master`` with SIGSEGV after its error line (1 exit in ~200 under load; CI caught it). The
-    wait costs at most one stretch (~0.25 s), only to a command that ended before its key was ready, and leaves
-    the derived key in the cache for the next command."""
+    can crash the process with SIGSEGV. The wait costs at most one stretch (~0.25 s), only to a command that ended
+    before its key was ready, and leaves the derived key in the cache for the next command."""
     for derivation in list(_derivations.values()):
         derivation.join()
 

@@ -3,8 +3,7 @@
 Python's default SIGINT handler raises KeyboardInterrupt at whatever bytecode the main thread runs next. Right after
 a C call such as a lock's ``acquire`` counts, so the exception can land inside ``queue.Queue.put`` once the queue's
 lock is taken but before the ``with`` block that releases it has begun: the lock is then held forever, and the next
-``put`` (say, the one that stops a writer thread on the way out) waits for ever. CI caught ``overdrive fetch``
-hanging like that after a Ctrl-C.
+``put`` (say, the one that stops a writer thread on the way out) waits for ever: the command hangs after a Ctrl-C.
 
 :func:`deferred` swaps in a handler that only records the signal; the loop calls the returned check at a safe point,
 which raises KeyboardInterrupt there. Outside the main thread, or when the signal was ignored when the process started

@@ -1,9 +1,9 @@
 """Keep glibc from mapping and unmapping a fresh region for every chunk-sized buffer.
 
 Chunks (1 MiB and up) are above glibc's default mmap threshold, so each ``pread`` result and each ZeroMQ message
-would otherwise be a new ``mmap`` whose pages the kernel faults in and zeroes, then ``munmap``-ed again; on the
-holder that page-fault churn was ~17 % of its CPU time, and fixing it lowered the CPU per GiB moved (both ends) by
-about a quarter (docs/benchmarks.md, transfer section). :func:`tune` raises the mmap threshold to glibc's maximum
+would otherwise be a new ``mmap`` whose pages the kernel faults in and zeroes, then ``munmap``-ed again: that
+page-fault churn is about a sixth of a holder's CPU time, and avoiding it takes about a quarter off the CPU per GiB
+moved at both ends (docs/benchmarks.md, transfer section). :func:`tune` raises the mmap threshold to glibc's maximum
 (32 MiB) and the heap trim threshold so freed chunk buffers are reused. It changes the whole process, which is why
 only the transfer entry points (fetching, the file server) call it; it is a no-op where glibc is not available.
 """

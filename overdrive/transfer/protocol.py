@@ -14,7 +14,7 @@ Chunk ``i`` covers bytes ``[i * chunk_size, min(size, (i + 1) * chunk_size))``.
 
 Why the per-chunk check is XXH3 and not BLAKE3: the chunk table comes from the holders themselves (one holder's,
 or, with several, the table they all agree on), so it never protected against a lying holder on its own: a single
-holder can make a table for any bytes it sends. What BLAKE3 per chunk did add with several holders, and XXH3 gives
+holder can make a table for any bytes it sends. What BLAKE3 per chunk would add with several holders, and XXH3 gives
 up, is attribution: a holder with the password that serves crafted chunks matching the agreed table's XXH3 values
 is no longer dropped mid-way; the fetch then fails the whole-file check (nothing put in place) instead of
 finishing from the honest holders, and the user refetches ``--from`` a holder they trust.

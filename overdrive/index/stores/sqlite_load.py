@@ -205,7 +205,7 @@ class BulkLoad:
         ever fills an empty store from its peers, so a marker file, made durable first and locked while this process
         lives, says the file is disposable: the next open deletes it if the marker is still there and no live
         process holds it, and the sync starts again. :meth:`_end_unsynced` fsyncs everything, then removes it.
-        Measured on the benchmark machine: ~0.4 s off a 1,000,000-entry sync (checkpoint fsyncs, ~10 ms per page).
+        That takes ~0.4 s off a 1,000,000-entry sync (checkpoint fsyncs, ~10 ms per page; docs/benchmarks.md).
 
         For the same reason the load keeps its rollback journal in memory instead of the write-ahead log when no
         other connection has the file open (the log is left as it is otherwise): every row and then the key are

@@ -130,8 +130,8 @@ class DeviceSource:
             raise MediaError(f"cannot open audio input {self.device!r}{where} for {self.label}: {exc}") from exc
         self._stream = stream
         # No latency subtracted: PortAudio's reported input latency (40 ms on ALSA's pulse device) is the size of
-        # its buffer, and this polling reader already counts what waits in it (the backlog). Subtracting it
-        # stamped system audio 38 ms early; the delay left is ~2 ms (measured by tests/test_audio_realsync.py).
+        # its buffer, and this polling reader already counts what waits in it (the backlog), so subtracting it
+        # would stamp audio that much too early (tests/test_audio_realsync.py checks the A/V offset).
         self._clock = ChunkClock()
         log.debug("%s: PortAudio input latency %.1f ms (a buffer size, not subtracted)", self.label, stream.latency)
 
