@@ -98,10 +98,7 @@ def fetch_command(
         raise ConfigError(f"--timeout must be a positive number of seconds, not {timeout:g}")
     if not 0 <= limit_rate < float("inf"):  # nan: no chunk would ever be asked for
         raise ConfigError(f"--limit-rate must be 0 (no limit) or a number of MB/s, not {limit_rate:g}")
-    try:
-        config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     dest_dir = expand_home(out, "--out") if out is not None else paths.backup_dir()
     masters = endpoints(master, DEFAULT_MASTER_PORT, "--master") if from_ is None else []
     with opts.bus() as bus:

@@ -209,7 +209,7 @@ class Master(ZmqService):
                     peer = Peer.routed(frames[0].bytes, self.bus.peer_id(frames[1]))
                     frames = frames[1:]
                 message, payload = CODEC.decode(frames)
-            except (ProtocolError, BusError, ValueError) as exc:
+            except (ProtocolError, BusError) as exc:
                 self.mesh.reject(exc)
                 continue
             now = time.monotonic()

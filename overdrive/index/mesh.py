@@ -263,10 +263,11 @@ class Mesh:
             self.start_sync(first, "@" + first, now)
 
     def step(self, peer: Peer, message: Message, payload: list[memoryview], now: float) -> None:
-        """Handle one message from ``peer``; malformed input is counted in ``stats.dropped`` and changes nothing."""
+        """Handle one message from ``peer``; malformed input (ProtocolError) is counted in ``stats.dropped`` and
+        changes nothing. Any other exception is a bug of ours and propagates."""
         try:
             mesh_state.step(self, peer, message, payload, now)
-        except (ProtocolError, ValueError) as exc:
+        except ProtocolError as exc:
             self.reject(exc)
         except StoreError as exc:
             self.store_failed(exc, now)

@@ -5,7 +5,8 @@ buffer so that thousands of them are committed in one transaction, and anything 
 rows to it or changes the vector must see them first. A transition says so with ``settles=True``; the table applies
 it, so no handler has to remember.
 
-Handlers raise ``ValueError``/``ProtocolError`` for peer input that makes no sense (the mesh counts it dropped).
+Handlers raise ``ProtocolError`` for peer input that makes no sense (the mesh counts it dropped); anything else they
+raise is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
+from overdrive.errors import ProtocolError
 from overdrive.index.protocol import (
     BATCH_BYTES,
     BATCH_ITEMS,
@@ -206,7 +208,7 @@ def _sync_ack(mesh: Mesh, peer: Peer, message: SyncAck, payload: list[memoryview
 def _sync_done(mesh: Mesh, peer: Peer, done: SyncDone, payload: list[memoryview], now: float) -> None:
     mine = [key for key, c in mesh.catchups.items() if c.ref == done.ref]
     if not mine:
-        raise ValueError(f"SyncDone for unknown sync {done.ref}")
+        raise ProtocolError(f"SyncDone for unknown sync {done.ref}")
     received = mesh.catchups[mine[0]].batches
     for key in mine:
         del mesh.catchups[key]
@@ -271,7 +273,7 @@ TABLE: dict[type[Message], Transition] = {
 def step(mesh: Mesh, peer: Peer, message: Message, payload: list[memoryview], now: float) -> None:
     transition = TABLE.get(type(message))
     if transition is None:
-        raise ValueError(f"unexpected {type(message).__name__}")
+        raise ProtocolError(f"unexpected {type(message).__name__}")
     if transition.settles:
         settle(mesh)
     transition.handle(mesh, peer, message, payload, now)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from overdrive.bus.credit import Window
-from overdrive.errors import TransferError
+from overdrive.errors import ConfigError, TransferError
 from overdrive.transfer.protocol import DIGEST_SIZE, Opened, chunk_checksum, chunk_count
 
 DEFAULT_WINDOW = 16
@@ -53,15 +53,15 @@ class FetchConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= MAX_WINDOW:
-            raise ValueError(f"window must be 1..{MAX_WINDOW}, not {self.window}")
+            raise ConfigError(f"window must be 1..{MAX_WINDOW}, not {self.window}")
         if not 1 <= self.max_inflight <= MAX_WINDOW:
-            raise ValueError(f"max_inflight must be 1..{MAX_WINDOW}, not {self.max_inflight}")
+            raise ConfigError(f"max_inflight must be 1..{MAX_WINDOW}, not {self.max_inflight}")
         if self.max_inflight_bytes <= 0:
-            raise ValueError("max_inflight_bytes must be positive")
+            raise ConfigError("max_inflight_bytes must be positive")
         if self.request_timeout <= 0:
-            raise ValueError("request_timeout must be positive")
+            raise ConfigError("request_timeout must be positive")
         if self.rate_limit < 0:
-            raise ValueError("rate_limit must be >= 0")
+            raise ConfigError("rate_limit must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
