@@ -388,7 +388,7 @@ def listing_lines(files: list[dict[str, Any]], *, color: bool = False) -> list[s
 
     The name comes last, whole, so a long or deep name never wraps the columns before it and every line can be
     grepped or cut; names, addresses and ids from the network are :func:`shown` (non-printable characters escaped).
-    Plain string formatting: a rich Table took about 8 s to lay out 10,000 rows.
+    Plain string formatting: a rich Table takes about 8 s to lay out 10,000 rows.
     """
     rows: list[tuple[str, str, list[tuple[str, bool]], str]] = []
     for f in files:

@@ -41,9 +41,8 @@ def shown(text: str) -> str:
 
 def settle_heap() -> None:
     """Call once start-up is done, before a long-running loop (master, share, stream, view): collect once, then
-    freeze what start-up left so the garbage collector's full passes never walk those objects again. Without it a
-    full pass over everything the CLI had imported held a master's loop for 50 to 120 ms now and then (update
-    propagation across 10 masters: maximum 64 to 122 ms in 9 runs, 11 to 17 ms with it)."""
+    freeze what start-up left so the garbage collector's full passes never walk those objects again: a full pass
+    over everything the CLI imported holds a master's loop for 50 to 120 ms."""
     gc.collect()
     gc.freeze()
 

@@ -48,9 +48,9 @@ ProgressFn = Callable[[int, int], None]
 """Called with (bytes done, total bytes) as chunks land."""
 
 CONNECTIONS = 1
-"""Connections per holder by default. On the 2-core benchmark machine a second connection gained CURVE ~6-8 %
-(within its noise) but let the fetcher's peak RSS creep up with file size (~95 MB at 4 GiB against ~83 MB), so one
-it is; ``--connections 2`` is there for machines with cores to spare (docs/benchmarks.md)."""
+"""Connections per holder by default. On 2 cores a second connection gains CURVE ~6-8 % (within the noise) but
+lets the fetcher's peak RSS grow with file size (~95 MB at 4 GiB against ~83 MB); ``--connections 2`` is there for
+machines with cores to spare (docs/benchmarks.md)."""
 MAX_CONNECTIONS = 4
 IO_THREADS = 2
 """Most libzmq I/O threads of the fetch's own context: one per connection to a holder, up to 2."""
