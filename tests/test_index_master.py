@@ -315,3 +315,28 @@ def test_a_client_skips_a_master_that_refuses_the_connection_without_waiting_out
         refusing.close()
         master.stop()
         master.store.close()
+
+
+class _DigestFailingStore(MemoryStore):
+    """A memory store whose full-index digest fails, as a lost database connection makes it."""
+
+    def digest(self) -> str:
+        raise StoreError("the database went away")
+
+
+def test_a_status_whose_digest_fails_leaves_the_master_running(network: TestNetwork) -> None:
+    # Master.status() with a digest is answered by the loop's thread now; a store error there must reach the
+    # caller (as it did when the caller read the store itself) and not end the master.
+    master = Master(network.bus(), _DigestFailingStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    master.start()
+    assert master.endpoint is not None
+    try:
+        with pytest.raises(StoreError, match="went away"):
+            master.status()
+        time.sleep(0.3)
+        assert master.running, f"the master died: {master.error!r}"
+        assert master.stats.store_errors == 1
+        with IndexClient(network.bus(), [master.endpoint]) as client:
+            assert client.status(digest=False).origin == master.origin
+    finally:
+        master.stop()
