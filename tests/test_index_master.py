@@ -144,6 +144,31 @@ def test_a_long_catch_up_that_keeps_delivering_is_not_presumed_lost() -> None:
     assert _sent(delivering, 1040.0) == [], "a catch-up still delivering was asked for again"
 
 
+class _SlowMergeStore(MemoryStore):
+    """A memory store whose writes take ``write`` seconds on ``clock`` (a slow backend taking a big page)."""
+
+    def __init__(self, clock: _Clock, write: float) -> None:
+        super().__init__()
+        self.clock, self.write = clock, write
+
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        self.clock.now += self.write
+        return super().apply(rows, vector)
+
+
+def test_a_catch_up_is_alive_from_when_its_last_batch_was_merged() -> None:
+    # A batch that takes longer than CATCHUP_SILENCE to merge (a slow store, a big page) shows life when the merge
+    # ends: counting the silence from its arrival restarted such a catch-up after every batch, for ever.
+    clock = _Clock()
+    mesh = _mesh(_SlowMergeStore(clock, write=31.0), clock)
+    mesh.step(LINK, SyncBatch(ref=1), [memoryview(encode_rows(_repair_rows()))], 1000.0)
+    assert clock.now == 1031.0
+    assert _sent(mesh, 1031.0) == [SyncAck(ref=1, received=1)]
+    mesh.tick(1031.5)
+    mesh.step(LINK, _beat({PEER: 5}), [], 1031.5)
+    assert not [m for m in _sent(mesh, 1031.5) if isinstance(m, SyncRequest)], "the catch-up was asked for again"
+
+
 def _digests(mesh: Mesh, now: float) -> int:
     mesh.tick(now)
     return sum(isinstance(m, Digest) for m in _sent(mesh, now))

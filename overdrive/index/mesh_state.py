@@ -185,6 +185,7 @@ def _sync_request(mesh: Mesh, peer: Peer, message: SyncRequest, payload: list[me
 
 
 def _sync_batch(mesh: Mesh, peer: Peer, message: SyncBatch, payload: list[memoryview], now: float) -> None:
+    began = mesh.clock()
     if message.page:
         mesh.replica.merge_page(payload[0])
     else:
@@ -192,7 +193,7 @@ def _sync_batch(mesh: Mesh, peer: Peer, message: SyncBatch, payload: list[memory
     for catchup in mesh.catchups.values():
         if catchup.ref == message.ref:  # alive, however long the whole catch-up takes: credit for one more
             catchup.batches += 1
-            catchup.heard = now
+            catchup.heard = now + (mesh.clock() - began)  # once merged: a slow merge is not silence
             mesh.send(peer, SyncAck(ref=message.ref, received=catchup.batches))
             return
 
