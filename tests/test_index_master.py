@@ -365,3 +365,14 @@ def test_a_status_whose_digest_fails_leaves_the_master_running(network: TestNetw
             assert client.status(digest=False).origin == master.origin
     finally:
         master.stop()
+
+
+def test_status_of_a_master_not_running_reads_its_store(network: TestNetwork) -> None:
+    # Without its loop's thread (not started yet, or stopped) nobody else uses the store: status() reads it
+    # in the caller's thread, entries and digest included, as it always did.
+    store = MemoryStore()
+    store.apply(_repair_rows())
+    master = Master(network.bus(), store, MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    status = master.status()
+    assert status.entries == 1
+    assert status.digest == store.digest() != ""

@@ -127,8 +127,13 @@ class Master(ZmqService):
 
     def status(self, ref: int = 0, *, digest: bool = True) -> Status:
         """This master's status; with ``digest``, the loop computes one (a full scan) and this waits for it."""
-        if not digest or not self.running:
+        if not digest:
             return self._snapshot.status(ref)
+        if not self.running:  # no loop uses the store: read it here (and leave no connection open in this thread)
+            try:
+                return self.mesh.snapshot(time.monotonic(), digest=True).status(ref)
+            finally:
+                self.store.release()
         with self._published:
             asked = self._digested[0]
             self._digest_asked.set()
