@@ -18,7 +18,16 @@ from overdrive.files.model import FileInfo
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig, transmit
 from overdrive.index.mesh import Dial, Mesh, Peer, Send
-from overdrive.index.protocol import Digest, MasterBeat, SyncAck, SyncBatch, SyncDone, SyncRequest
+from overdrive.index.protocol import (
+    Digest,
+    MasterBeat,
+    StatusQuery,
+    SyncAck,
+    SyncBatch,
+    SyncDone,
+    SyncRequest,
+    Updates,
+)
 from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.stores import BUCKETS, open_store
 from overdrive.index.stores.memory import MemoryStore
@@ -167,6 +176,28 @@ def test_a_catch_up_is_alive_from_when_its_last_batch_was_merged() -> None:
     mesh.tick(1031.5)
     mesh.step(LINK, _beat({PEER: 5}), [], 1031.5)
     assert not [m for m in _sent(mesh, 1031.5) if isinstance(m, SyncRequest)], "the catch-up was asked for again"
+
+
+class _CommitCountingStore(MemoryStore):
+    """A memory store that counts its write transactions."""
+
+    commits = 0
+
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        self.commits += 1
+        return super().apply(rows, vector)
+
+
+def test_a_status_without_digest_leaves_live_rows_to_the_turn_s_one_commit() -> None:
+    # Live rows are committed once per loop turn, thousands in one transaction; a status without a digest reads
+    # no stored row, so clients polling it (the benchmark does, in a loop) must not split that transaction.
+    store = _CommitCountingStore()
+    mesh = _mesh(store)
+    mesh.step(LINK, Updates(origin=PEER), [memoryview(encode_rows(_repair_rows()))], 1000.0)
+    mesh.step(Peer.routed(b"\x00client", ""), StatusQuery(ref=1, digest=False), [], 1000.0)
+    assert store.commits == 0
+    mesh.tick(1000.1)
+    assert store.commits == 1
 
 
 def _digests(mesh: Mesh, now: float) -> int:
