@@ -18,7 +18,16 @@ from overdrive.files.model import FileInfo
 from overdrive.index.client import IndexClient
 from overdrive.index.master import Master, MasterConfig, transmit
 from overdrive.index.mesh import Dial, Mesh, Peer, Send
-from overdrive.index.protocol import Digest, MasterBeat, SyncAck, SyncBatch, SyncDone, SyncRequest
+from overdrive.index.protocol import (
+    Digest,
+    MasterBeat,
+    StatusQuery,
+    SyncAck,
+    SyncBatch,
+    SyncDone,
+    SyncRequest,
+    Updates,
+)
 from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.stores import BUCKETS, open_store
 from overdrive.index.stores.memory import MemoryStore
@@ -142,6 +151,53 @@ def test_a_long_catch_up_that_keeps_delivering_is_not_presumed_lost() -> None:
     assert _sent(delivering, 1035.0) == [SyncAck(ref=1, received=1)]
     delivering.step(LINK, _beat({PEER: 5}), [], 1040.0)
     assert _sent(delivering, 1040.0) == [], "a catch-up still delivering was asked for again"
+
+
+class _SlowMergeStore(MemoryStore):
+    """A memory store whose writes take ``write`` seconds on ``clock`` (a slow backend taking a big page)."""
+
+    def __init__(self, clock: _Clock, write: float) -> None:
+        super().__init__()
+        self.clock, self.write = clock, write
+
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        self.clock.now += self.write
+        return super().apply(rows, vector)
+
+
+def test_a_catch_up_is_alive_from_when_its_last_batch_was_merged() -> None:
+    # A batch that takes longer than CATCHUP_SILENCE to merge (a slow store, a big page) shows life when the merge
+    # ends: counting the silence from its arrival restarted such a catch-up after every batch, for ever.
+    clock = _Clock()
+    mesh = _mesh(_SlowMergeStore(clock, write=31.0), clock)
+    mesh.step(LINK, SyncBatch(ref=1), [memoryview(encode_rows(_repair_rows()))], 1000.0)
+    assert clock.now == 1031.0
+    assert _sent(mesh, 1031.0) == [SyncAck(ref=1, received=1)]
+    mesh.tick(1031.5)
+    mesh.step(LINK, _beat({PEER: 5}), [], 1031.5)
+    assert not [m for m in _sent(mesh, 1031.5) if isinstance(m, SyncRequest)], "the catch-up was asked for again"
+
+
+class _CommitCountingStore(MemoryStore):
+    """A memory store that counts its write transactions."""
+
+    commits = 0
+
+    def apply(self, rows: Sequence[RecordRow], vector: Mapping[str, int] | None = None) -> int:
+        self.commits += 1
+        return super().apply(rows, vector)
+
+
+def test_a_status_without_digest_leaves_live_rows_to_the_turn_s_one_commit() -> None:
+    # Live rows are committed once per loop turn, thousands in one transaction; a status without a digest reads
+    # no stored row, so clients polling it (the benchmark does, in a loop) must not split that transaction.
+    store = _CommitCountingStore()
+    mesh = _mesh(store)
+    mesh.step(LINK, Updates(origin=PEER), [memoryview(encode_rows(_repair_rows()))], 1000.0)
+    mesh.step(Peer.routed(b"\x00client", ""), StatusQuery(ref=1, digest=False), [], 1000.0)
+    assert store.commits == 0
+    mesh.tick(1000.1)
+    assert store.commits == 1
 
 
 def _digests(mesh: Mesh, now: float) -> int:
@@ -315,3 +371,39 @@ def test_a_client_skips_a_master_that_refuses_the_connection_without_waiting_out
         refusing.close()
         master.stop()
         master.store.close()
+
+
+class _DigestFailingStore(MemoryStore):
+    """A memory store whose full-index digest fails, as a lost database connection makes it."""
+
+    def digest(self) -> str:
+        raise StoreError("the database went away")
+
+
+def test_a_status_whose_digest_fails_leaves_the_master_running(network: TestNetwork) -> None:
+    # Master.status() with a digest is answered by the loop's thread now; a store error there must reach the
+    # caller (as it did when the caller read the store itself) and not end the master.
+    master = Master(network.bus(), _DigestFailingStore(), MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    master.start()
+    assert master.endpoint is not None
+    try:
+        with pytest.raises(StoreError, match="went away"):
+            master.status()
+        time.sleep(0.3)
+        assert master.running, f"the master died: {master.error!r}"
+        assert master.stats.store_errors == 1
+        with IndexClient(network.bus(), [master.endpoint]) as client:
+            assert client.status(digest=False).origin == master.origin
+    finally:
+        master.stop()
+
+
+def test_status_of_a_master_not_running_reads_its_store(network: TestNetwork) -> None:
+    # Without its loop's thread (not started yet, or stopped) nobody else uses the store: status() reads it
+    # in the caller's thread, entries and digest included, as it always did.
+    store = MemoryStore()
+    store.apply(_repair_rows())
+    master = Master(network.bus(), store, MasterConfig(bind=Endpoint("127.0.0.1", 0)))
+    status = master.status()
+    assert status.entries == 1
+    assert status.digest == store.digest() != ""

@@ -25,7 +25,7 @@ import zmq
 from overdrive.bus.address import DEFAULT_MASTER_PORT, Endpoint, parse_endpoint
 from overdrive.bus.service import ZmqService
 from overdrive.bus.sockets import Bus
-from overdrive.errors import BusError, ProtocolError
+from overdrive.errors import BusError, ProtocolError, StoreError
 from overdrive.index.addresses import advertised
 from overdrive.index.mesh import (
     MAX_SERVING,
@@ -86,7 +86,7 @@ class Master(ZmqService):
         self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         self._snapshot = self.mesh.snapshot(time.monotonic())
         self._stats = self._snapshot.stats
-        self._digested: tuple[int, MeshSnapshot | None] = (0, None)
+        self._digested: tuple[int, MeshSnapshot | StoreError | None] = (0, None)
         self._published = threading.Condition()
         self._digest_asked = threading.Event()
         # the loop's thread uses the store from now on: an idle connection left in this one would keep a first sync
@@ -127,13 +127,20 @@ class Master(ZmqService):
 
     def status(self, ref: int = 0, *, digest: bool = True) -> Status:
         """This master's status; with ``digest``, the loop computes one (a full scan) and this waits for it."""
-        if not digest or not self.running:
+        if not digest:
             return self._snapshot.status(ref)
+        if not self.running:  # no loop uses the store: read it here (and leave no connection open in this thread)
+            try:
+                return self.mesh.snapshot(time.monotonic(), digest=True).status(ref)
+            finally:
+                self.store.release()
         with self._published:
             asked = self._digested[0]
             self._digest_asked.set()
             self._published.wait_for(lambda: self._digested[0] > asked, _DIGEST_WAIT)
             snapshot = self._digested[1] or self._snapshot
+        if isinstance(snapshot, StoreError):  # the caller hears it; the master keeps serving
+            raise snapshot
         return snapshot.status(ref)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -240,7 +247,12 @@ class Master(ZmqService):
         self._stats = self._snapshot.stats
         if self._digest_asked.is_set():
             self._digest_asked.clear()
-            digested = self.mesh.snapshot(now, digest=True)
+            digested: MeshSnapshot | StoreError
+            try:
+                digested = self.mesh.snapshot(now, digest=True)
+            except StoreError as exc:
+                self.mesh.store_failed(exc, now)
+                digested = exc
             with self._published:
                 self._digested = (self._digested[0] + 1, digested)
                 self._published.notify_all()

@@ -187,6 +187,7 @@ def _sync_request(mesh: Mesh, peer: Peer, message: SyncRequest, payload: list[me
 
 
 def _sync_batch(mesh: Mesh, peer: Peer, message: SyncBatch, payload: list[memoryview], now: float) -> None:
+    began = mesh.clock()
     if message.page:
         mesh.replica.merge_page(payload[0])
     else:
@@ -194,7 +195,7 @@ def _sync_batch(mesh: Mesh, peer: Peer, message: SyncBatch, payload: list[memory
     for catchup in mesh.catchups.values():
         if catchup.ref == message.ref:  # alive, however long the whole catch-up takes: credit for one more
             catchup.batches += 1
-            catchup.heard = now
+            catchup.heard = now + (mesh.clock() - began)  # once merged: a slow merge is not silence
             mesh.send(peer, SyncAck(ref=message.ref, received=catchup.batches))
             return
 
@@ -259,7 +260,7 @@ TABLE: dict[type[Message], Transition] = {
     NodeBeat: Transition(_node_beat, settles=False),
     MasterBeat: Transition(_master_beat, settles=False),
     Lookup: Transition(_lookup, settles=False),
-    StatusQuery: Transition(_status_query, settles=True),
+    StatusQuery: Transition(_status_query, settles=False),  # a digest settles when it scans (Mesh._digests)
     SyncRequest: Transition(_sync_request, settles=True),
     SyncBatch: Transition(_sync_batch, settles=True),
     SyncAck: Transition(_sync_ack, settles=False),
