@@ -6,7 +6,13 @@ never copied into the header. Routing frames (ROUTER identities, PUB topics) are
 stripped before :meth:`Codec.decode` sees the frames.
 
 Anything a peer sends that is not a valid message for this codec raises :class:`~overdrive.errors.ProtocolError`
-and nothing else: wrong version, unknown tag, bad field, too large, wrong number of payload frames.
+and nothing else: wrong version, unknown tag, bad field, too large, nested too deeply, wrong number of payload frames.
+
+Bounds: the header is at most ``max_header`` bytes; every field has a bounded type (``msgspec.Meta(max_length=...)``
+on strings and containers, no ``Any``), and msgspec checks a declared array, map or string length against the bytes
+left before allocating, so no length field can make it allocate more than the header holds. Nesting is bounded by
+msgspec's recursion guard, which raises ``RecursionError`` (turned into ProtocolError here) long before the C stack
+is at risk (at the interpreter's recursion limit, 1,000 by default); valid messages nest a few levels.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from overdrive.errors import ProtocolError
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 """Largest header accepted; snapshots and batches are split to stay below it."""
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+"""What decoding a peer's bytes may raise inside msgspec (DecodeError covers ValidationError): each becomes
+ProtocolError. ``RecursionError`` comes from values nested deeper than the interpreter's recursion limit."""
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", omit_defaults=True):
@@ -53,6 +62,11 @@ def _as_buffer(frame: Frame) -> memoryview:
     if buffer is None:
         raise ProtocolError(f"unexpected frame type {type(frame).__name__}")
     return memoryview(buffer)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a peer's bytes were refused."""
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
 
 
 class Codec(Generic[M]):
@@ -93,14 +107,14 @@ class Codec(Generic[M]):
             raise ProtocolError(f"header of {header.nbytes} bytes exceeds {self.max_header}")
         try:
             envelope = self._envelope.decode(header)
-        except msgspec.DecodeError as exc:  # ValidationError too
-            raise ProtocolError(f"malformed header: {exc}") from exc
+        except DECODE_ERRORS as exc:
+            raise ProtocolError(f"malformed header: {_reason(exc)}") from exc
         if envelope.version != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {envelope.version}, expected {PROTOCOL_VERSION}")
         try:
             message: M = self._body.decode(envelope.body)
-        except msgspec.DecodeError as exc:  # ValidationError too
-            raise ProtocolError(f"invalid message: {exc}") from exc
+        except DECODE_ERRORS as exc:
+            raise ProtocolError(f"invalid message: {_reason(exc)}") from exc
         payload = [_as_buffer(f) for f in frames[1:]]
         if len(payload) != message.payload_frames:
             raise ProtocolError(

@@ -144,7 +144,7 @@ def decode_rows(buffer: bytes | memoryview) -> list[RecordRow]:
     """
     try:
         rows = _ROWS_DECODER.decode(buffer)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: a value nested past msgspec's guard
         raise ProtocolError(f"bad record rows: {exc}") from exc
     validate_rows(rows)
     return rows
