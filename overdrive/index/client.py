@@ -39,6 +39,9 @@ from overdrive.index.protocol import CODEC, Ack, Announce, Entry, Found, Lookup,
 
 log = logging.getLogger(__name__)
 
+SHOWN_REASON = 160
+"""At most this much of why a master's reply was malformed goes into an error (the CLI escapes it)."""
+
 __all__ = ["Entry", "IndexClient", "is_glob"]
 
 
@@ -250,10 +253,11 @@ class IndexClient:
             ref = next(self._refs)
             sock.send_multipart(CODEC.encode(ask(ref)))
             deadline = time.monotonic() + self.timeout
+            malformed = ""  # the last undecodable reply, said once in the error rather than logged per reply
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    failures.append(f"{self.master.display} did not answer within {self.timeout:g} s")
+                    failures.append(f"{self.master.display} did not answer within {self.timeout:g} s{malformed}")
                     break
                 ready = sock.poll(int(min(remaining, POLL_SLICE) * 1000) + 1)
                 if self.check is not None:
@@ -263,7 +267,8 @@ class IndexClient:
                 try:
                     reply, _ = CODEC.decode(sock.recv_multipart())
                 except ProtocolError as exc:
-                    log.warning("dropping malformed reply from %s: %s", self.master.display, exc)
+                    log.debug("dropping malformed reply from %s: %s", self.master.display, exc)
+                    malformed = f" (it sent a malformed reply: {str(exc)[:SHOWN_REASON]})"
                     continue
                 if getattr(reply, "ref", None) != ref:
                     continue
