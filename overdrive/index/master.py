@@ -48,6 +48,10 @@ __all__ = ["MAX_SERVING", "Master", "MasterConfig", "MasterStats", "transmit"]
 log = logging.getLogger(__name__)
 
 _DRAIN = 512
+REPLY_HWM = 16
+"""Messages queued per connection to the ROUTER (ZMQ_SNDHWM, per peer): at most 16 replies or batches of at most
+``BATCH_BYTES`` (512 KiB) each wait for a peer that does not read; a send beyond is refused (EAGAIN) and the mesh
+keeps a lookup answer's or sync's next batch for later, or drops a one-off reply and counts it (``stats.unsent``)."""
 _DRAIN_SECONDS = 0.05
 _DIGEST_WAIT = 10.0
 
@@ -147,6 +151,7 @@ class Master(ZmqService):
 
     def setup(self) -> None:
         router = self.bus.server(zmq.ROUTER, hwm=100_000)
+        router.sndhwm = REPLY_HWM  # before bind: every peer's pipe gets it
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router = router
         self.endpoint = self.bus.bind(router, self.config.bind)

@@ -29,7 +29,8 @@ from overdrive.bus.credit import Window
 from overdrive.bus.heartbeat import Liveness, Ticker
 from overdrive.errors import ConfigError, ProtocolError, StoreError
 from overdrive.index import mesh_state
-from overdrive.index.protocol import Ack, Announce, Digest, MasterBeat, Status, SyncBatch, SyncDone, SyncRequest
+from overdrive.index.answers import Answers
+from overdrive.index.protocol import Ack, Announce, Digest, Found, MasterBeat, Status, SyncBatch, SyncDone, SyncRequest
 from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.replication import Replica, ReplicationConfig
 from overdrive.index.stores.base import Store
@@ -82,6 +83,8 @@ class MasterStats:
     repairs: int = 0
     unsent: int = 0
     abandoned_syncs: int = 0
+    dropped_answers: int = 0
+    """Lookups not answered in full (see :mod:`overdrive.index.answers`)."""
     store_errors: int = 0
     skipped_digests: int = 0
     rate: float = 0.0
@@ -225,6 +228,7 @@ class Mesh:
         self.links: dict[str, str] = {}
         """Our links: address -> origin of the master there ("" until its heartbeat says)."""
         self.serving: list[Serving] = []
+        self.answers: Answers[Peer] = Answers()
         self.catchups: dict[str, Catchup] = {}
         """Syncs we asked for, by the origin (or "@address") of the master asked."""
         self.full_syncs: dict[str, tuple[int, set[str]]] = {}
@@ -308,6 +312,8 @@ class Mesh:
         """``send`` failed: its peer is gone (a ROUTER identity that left; its next connection has another)."""
         self.stats.unsent += 1
         if send.stream:  # retrying would spin the loop for ever
+            self.answers.drop(send.stream)
+            self.stats.dropped_answers = self.answers.dropped
             for serving in [s for s in self.serving if s.stream == send.stream]:
                 log.info("master %s: dropping sync %d, its receiver is gone", self.origin, serving.ref)
                 self._drop(serving)
@@ -316,6 +322,8 @@ class Mesh:
     def report_blocked(self, send: Send) -> None:
         """``send`` failed: the peer's queue is full. A served batch is kept and sent again later; anything else
         is lost (its peer asks again)."""
+        if send.stream and isinstance(send.message, Found) and self.answers.refused(send.stream, send.message):
+            return
         for serving in self.serving:
             if send.stream and serving.stream == send.stream:
                 serving.waiting = (send.message, send.payload[0])
@@ -345,16 +353,19 @@ class Mesh:
         credit. Replies go out between messages with ``serve=False``; batches once or twice per loop turn."""
         if serve:
             try:
+                for answer, batch in self.answers.pump(now):
+                    self._queue.append(Send(answer.peer, batch, (), answer.stream))
                 self._pump(now)
             except StoreError as exc:
                 self.store_failed(exc, now)
+        self.stats.dropped_answers = self.answers.dropped
         out, self._queue = self._queue, []
         return out
 
     @property
     def busy(self) -> bool:
-        """A served sync could send now: the shell should not wait for input."""
-        return any(not s.blocked and not s.window.full for s in self.serving)
+        """A served sync or a lookup answer could send now: the shell should not wait for input."""
+        return self.answers.busy or any(not s.blocked and not s.window.full for s in self.serving)
 
     def snapshot(self, now: float, *, digest: bool = False) -> MeshSnapshot:
         """The state now; ``digest`` adds the entries and digest of the whole index (a full scan, cached)."""
@@ -462,6 +473,14 @@ class Mesh:
                 return
             self._drop(own[0])  # a peer may only push out its own oldest
         self.serving.append(serving)
+
+    def answer(self, peer: Peer, batches: Iterator[Found], now: float) -> None:
+        """Answer a lookup from ``peer``: the first batch now, the rest as the peer takes them."""
+        stream = next(self._streams)
+        first = self.answers.start(peer, batches, stream, now)
+        self.stats.dropped_answers = self.answers.dropped
+        if first is not None:
+            self._queue.append(Send(peer, first, (), stream))
 
     def _drop(self, serving: Serving) -> None:
         self.serving.remove(serving)

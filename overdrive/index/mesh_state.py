@@ -145,6 +145,11 @@ def _master_beat(mesh: Mesh, peer: Peer, beat: MasterBeat, payload: list[memoryv
 
 
 def _lookup(mesh: Mesh, peer: Peer, query: Lookup, payload: list[memoryview], now: float) -> None:
+    mesh.answer(peer, _found(mesh, query, now), now)
+
+
+def _found(mesh: Mesh, query: Lookup, now: float) -> Iterator[Found]:
+    """The answer to ``query`` in size-bounded batches, the last one ``done``; read from the store as it goes."""
     entries: list[Entry] = []
     size = 0
     online = mesh.online_nodes(now)
@@ -154,7 +159,7 @@ def _lookup(mesh: Mesh, peer: Peer, query: Lookup, payload: list[memoryview], no
     for record in found:
         cost = wire_size(record.name)
         if entries and (len(entries) >= BATCH_ITEMS or size + cost > BATCH_BYTES):
-            mesh.send(peer, Found(ref=query.ref, entries=entries, done=False))
+            yield Found(ref=query.ref, entries=entries, done=False)
             entries, size = [], 0
         size += cost
         entries.append(
@@ -169,7 +174,7 @@ def _lookup(mesh: Mesh, peer: Peer, query: Lookup, payload: list[memoryview], no
                 deleted=record.deleted,
             )
         )
-    mesh.send(peer, Found(ref=query.ref, entries=entries, done=True))
+    yield Found(ref=query.ref, entries=entries, done=True)
 
 
 def _status_query(mesh: Mesh, peer: Peer, message: StatusQuery, payload: list[memoryview], now: float) -> None:
