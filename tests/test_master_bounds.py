@@ -3,6 +3,8 @@ clients keep getting answers, and the memory goes once the peer leaves. Real soc
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import time
 
 import psutil
@@ -12,6 +14,7 @@ from overdrive.files.model import FileInfo
 from overdrive.index.answers import ANSWER_IDLE, MAX_ANSWERS, MAX_ANSWERS_PER_PEER
 from overdrive.index.client import IndexClient
 from overdrive.index.mesh import Mesh, Peer, Send
+from overdrive.index.patterns import PATTERN_CACHE, matcher
 from overdrive.index.protocol import BATCH_ITEMS, CODEC, Announce, Found, Lookup
 from overdrive.index.stores.memory import MemoryStore
 from tests.conftest import Children, TestNetwork
@@ -78,6 +81,22 @@ def test_lookups_in_flight_are_bounded_per_peer_and_in_total_and_idle_ones_expir
     assert len(mesh.answers.under_way) == MAX_ANSWERS
     mesh.outbox(NOW + ANSWER_IDLE + 1)
     assert mesh.answers.under_way == [], "answers to peers that stopped reading are dropped"
+
+
+def test_compiled_glob_patterns_are_bounded() -> None:
+    """Lookups with ever new patterns (each compiled to a regex of tens of KB when 4 KiB long) fill no cache."""
+    mesh = filled_mesh(1)
+    client = Peer.routed(b"\x00client", "c" * 16)
+    fnmatch._compile_pattern.cache_clear()  # type: ignore[attr-defined]
+    for ref in range(1, 1_001):
+        mesh.step(client, Lookup(ref=ref, name=f"{ref:06d}*" + "[ab]" * 500, glob=True), [], NOW)
+        mesh.outbox(NOW)
+    assert fnmatch._compile_pattern.cache_info().currsize == 0  # type: ignore[attr-defined]
+    assert matcher.cache_info().currsize == PATTERN_CACHE
+    assert len(re._cache) <= re._MAXCACHE  # type: ignore[attr-defined]
+    mesh.step(client, Lookup(ref=2_000, name="0000*.bin", glob=True), [], NOW)
+    found = [a.message for a in mesh.outbox(NOW) if isinstance(a, Send) and isinstance(a.message, Found)]
+    assert len(found) == 1 and [e.name for e in found[0].entries] == ["000000.bin"]
 
 
 def rss(proc: psutil.Process) -> int:

@@ -22,7 +22,6 @@ Not thread-safe: one client per thread.
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import logging
 import time
@@ -35,6 +34,7 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, ProtocolError, StoreError, UnreachableError
 from overdrive.files.model import FileInfo
+from overdrive.index.patterns import glob_match
 from overdrive.index.protocol import CODEC, Ack, Announce, Entry, Found, Lookup, Status, StatusQuery, size_batches
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class IndexClient:
         result = list(found.values())
         wanted = _nfc(name_or_pattern)
         if glob:  # never trust a master's filtering for what we show
-            result = [e for e in result if fnmatch.fnmatchcase(_nfc(e.name), wanted)]
+            result = [e for e in result if glob_match(_nfc(e.name), wanted)]
         elif name_or_pattern:
             result = [e for e in result if _nfc(e.name) == wanted]
         return sorted(result, key=lambda e: (e.name, e.holder))

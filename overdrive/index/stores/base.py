@@ -11,13 +11,13 @@ Anti-entropy splits the index into :data:`BUCKETS` buckets by ``seq % 256`` and 
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from overdrive.errors import StoreError
+from overdrive.index.patterns import matcher
 from overdrive.index.records import CONTENT_HASH, DELETED, HLC, NAME, ORIGIN, SEQ, Record, RecordRow
 
 BUCKETS = 256
@@ -187,13 +187,14 @@ class Store(ABC):
         include_deleted: bool = False,
     ) -> Iterator[Record]:
         """Records matching an exact name (or fnmatch ``glob``; "" = all) and an optional content hash."""
+        match = matcher(name) if glob and name else None
         for batch in self.rows():
             for row in batch:
                 if row[DELETED] and not include_deleted:
                     continue
                 if content_hash is not None and row[CONTENT_HASH] != content_hash:
                     continue
-                if name and not (fnmatch.fnmatchcase(row[NAME], name) if glob else row[NAME] == name):
+                if name and not (match(row[NAME]) if match is not None else row[NAME] == name):
                     continue
                 yield to_record(row)
 
