@@ -111,3 +111,11 @@ def test_huge_declared_lengths_are_refused_without_allocating(declared: bytes) -
 def test_record_rows_nested_deeply_are_refused(rows: bytes) -> None:
     with pytest.raises(ProtocolError, match="bad record rows"):
         decode_rows(rows)
+
+
+def test_a_lookup_pattern_longer_than_4096_characters_is_refused() -> None:
+    body = encoder.encode({"t": "lookup", "ref": 1, "name": "*" * 4097, "glob": True})
+    with pytest.raises(ProtocolError, match="length"):
+        INDEX_CODEC.decode([header(body)])
+    ok = encoder.encode({"t": "lookup", "ref": 1, "name": "*" * 4096, "glob": True})
+    INDEX_CODEC.decode([header(ok)])
