@@ -1,12 +1,13 @@
 """A master: one replica of the index, serving nodes and clients and replicating with the other masters.
 
 It binds one ROUTER (nodes, clients and peer masters all connect there) and connects one DEALER to every other
-master it knows. It learns masters from its peers' heartbeats (gossip), so ``--peers`` needs one live master.
+master it knows. It hears of masters from its peers' heartbeats (gossip), so ``--peers`` needs one live master; one
+heard of is dialled at a bounded rate and known only once it answers on that link (see :mod:`.membership`).
 Every decision is made by the sans-IO :class:`~overdrive.index.mesh.Mesh`; this module is the socket shell: receive,
 decode, attribute (``bus.peer_id``), step the mesh, perform what its outbox says, and report failed sends back.
 
-Nodes may only write records whose holder is their own authenticated node id. Peer masters are trusted once
-they hold the network key (see SECURITY in the README): a password holder can run a master.
+Nodes may only write records whose holder is their own authenticated node id. A password holder can run a
+master, so what peer masters send is bounded (docs/security.md, "The mesh"): known masters, candidates, origins.
 Anything malformed is dropped and counted in ``stats.dropped``; it never changes state.
 
 The store is used by the loop's thread only. Other threads read :attr:`Master.snapshot`, a frozen copy swapped

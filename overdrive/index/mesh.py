@@ -28,7 +28,7 @@ from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
 from overdrive.bus.heartbeat import Liveness, Ticker
 from overdrive.errors import ConfigError, ProtocolError, StoreError
-from overdrive.index import mesh_state
+from overdrive.index import membership, mesh_state, protocol
 from overdrive.index.answers import Answers
 from overdrive.index.protocol import Ack, Announce, Digest, Found, MasterBeat, Status, SyncBatch, SyncDone, SyncRequest
 from overdrive.index.records import RecordRow, encode_rows
@@ -58,6 +58,11 @@ class MasterConfig:
     anti_entropy: float = 5.0
     """Seconds between digest comparisons with a peer whose version vector equals ours."""
     purge_interval: float = 600.0
+    answer_timeout: float = 10.0
+    """Seconds a master heard of by gossip has to answer the link we open to it; then it is hung up."""
+    forget: float = 60.0
+    """Seconds after which a silent known master is forgotten and its link hung up (a configured peer's link
+    stays); it is learned again when it answers. At least twice ``master_timeout``."""
     sync_idle: float = 120.0
     """A snapshot being served is dropped when its receiver has acked nothing for this long (it died, or never
     meant to ack), so nothing of a dead sync is kept. Generous: a receiver on a slow store (Firestore at ~1k
@@ -65,7 +70,16 @@ class MasterConfig:
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat", "master_timeout", "node_timeout", "anti_entropy", "purge_interval", "sync_idle"):
+        for name in (
+            "heartbeat",
+            "master_timeout",
+            "node_timeout",
+            "anti_entropy",
+            "purge_interval",
+            "sync_idle",
+            "answer_timeout",
+            "forget",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.master_timeout <= self.heartbeat or self.node_timeout <= self.heartbeat:
@@ -87,6 +101,8 @@ class MasterStats:
     """Lookups not answered in full (see :mod:`overdrive.index.answers`)."""
     store_errors: int = 0
     skipped_digests: int = 0
+    foreign_rows: int = 0
+    """Live rows dropped because their origin is not a master we know (only masters originate updates)."""
     rate: float = 0.0
 
 
@@ -160,6 +176,8 @@ class Catchup:
 
     ref: int
     heard: float
+    address: str
+    """The link it was asked on: only that link may end it."""
     batches: int = 0
 
 
@@ -220,6 +238,10 @@ class Mesh:
         self.stats = MasterStats()
         self.address = ""
         self.masters: dict[str, str] = {}
+        """Known masters (origin -> address), ourselves included: each answered on a link we opened."""
+        self.candidates = membership.Candidates(self.config.answer_timeout)
+        self.heard: Liveness[str] = Liveness(max(self.config.forget, 2 * self.config.master_timeout))
+        """Known masters by when we last heard them: silent for ``forget``, they are forgotten."""
         self.vectors: dict[str, dict[str, int]] = {}
         self.remote_nodes: dict[str, set[str]] = {}
         self.peer_masters: dict[str, set[str]] = {}
@@ -288,6 +310,7 @@ class Mesh:
         """Periodic work, once per loop turn."""
         for key in [k for k, c in self.catchups.items() if now - c.heard >= CATCHUP_SILENCE]:
             del self.catchups[key]  # presumed lost (its SyncDone never came): it must not hold off anti-entropy
+        membership.tend(self, now)
         try:
             mesh_state.settle(self)
             if self._beat.due(now):
@@ -382,7 +405,7 @@ class Mesh:
             ),
             nodes_online=tuple(sorted(online)),
             nodes_local=tuple(sorted(n for n in self.node_live.peers() if self.node_live.alive(n, now))),
-            vector=dict(self.replica.vector),
+            vector=self.replica.wire_vector(self.masters),
             applied=self.replica.stats.accepted + self.replica.stats.stamped,
             stats=dataclasses.replace(self.stats),
         )
@@ -424,7 +447,7 @@ class Mesh:
 
     def unlink(self, address: str) -> None:
         origin = self.links.pop(address)
-        log.info("master %s: dropping link to %s (%s moved)", self.origin, address, origin)
+        log.info("master %s: dropping link to %s (%s)", self.origin, address, origin or "never answered")
         self._queue.append(Hangup(address))
         self.catchups.pop(origin, None)
         self.serving = [s for s in self.serving if s.peer.address != address]
@@ -444,8 +467,9 @@ class Mesh:
     def start_sync(self, address: str, key: str, now: float) -> None:
         """Ask the master at ``address`` for everything after our vector (``key``: its origin, or "@address")."""
         ref = next(self._refs)
-        self.send(Peer.link(address), SyncRequest(ref=ref, vector=dict(self.replica.vector), pages=True))
-        self.catchups[key] = Catchup(ref, now)
+        vector = self.replica.wire_vector(self.masters)
+        self.send(Peer.link(address), SyncRequest(ref=ref, vector=vector, pages=True))
+        self.catchups[key] = Catchup(ref, now, address)
 
     def sync_active(self, now: float) -> bool:
         """One catch-up at a time; one silent for CATCHUP_SILENCE is presumed lost."""
@@ -530,16 +554,20 @@ class Mesh:
             self.peer_masters.pop(origin, None)
             self.catchups.pop(origin, None)
         self.node_live.expired(now)
-        beat = MasterBeat(
-            origin=self.origin,
-            address=self.address,
-            vector=dict(self.replica.vector),
-            masters=dict(self.masters),
-            nodes=self.node_live.peers(),
-            hears=[o for o in self.master_live.peers() if self.master_live.alive(o, now)],
-        )
+        beat = self.beat(now)
         for address in self.links:
             self.send(Peer.link(address), beat)
+
+    def beat(self, now: float) -> MasterBeat:
+        """Our heartbeat: it gossips known masters only, and never more than a MasterBeat may carry."""
+        return MasterBeat(
+            origin=self.origin,
+            address=self.address,
+            vector=self.replica.wire_vector(self.masters),
+            masters=dict(self.masters),
+            nodes=self.node_live.peers()[-protocol.BEAT_NODES :],
+            hears=[o for o in self.master_live.peers() if self.master_live.alive(o, now)],
+        )
 
     def _anti_entropy(self, now: float) -> None:
         mine = _nonzero(self.replica.vector)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
 from overdrive.errors import ProtocolError
+from overdrive.index import membership
 from overdrive.index.protocol import (
     BATCH_BYTES,
     BATCH_ITEMS,
@@ -77,7 +78,12 @@ def forward(mesh: Mesh, rows: list[RecordRow], *, own: bool) -> None:
 
 
 def _updates(mesh: Mesh, peer: Peer, message: Updates, payload: list[memoryview], now: float) -> None:
-    mesh.live_rows.extend(mesh.replica.accept(decode_rows(payload[0])))
+    rows = decode_rows(payload[0])
+    ours = [r for r in rows if membership.may_originate(mesh, r[6])]
+    if len(ours) < len(rows):  # made-up origins would fill the version vector: dropped, counted
+        mesh.stats.foreign_rows += len(rows) - len(ours)
+        mesh.reject(f"{len(rows) - len(ours)} row(s) from origins that are not known masters")
+    mesh.live_rows.extend(mesh.replica.accept(ours))
     if len(mesh.live_rows) >= LIVE_BATCH:
         settle(mesh)
 
@@ -122,23 +128,34 @@ def _master_beat(mesh: Mesh, peer: Peer, beat: MasterBeat, payload: list[memoryv
                 mesh.origin,
             )
         return
+    if peer.identity is not None:  # on our ROUTER: the sender may claim any origin and address
+        if mesh.origin not in beat.hears:  # the handshake: answer on the connection it opened
+            mesh.send(peer, mesh.beat(now))
+        if mesh.masters.get(beat.origin) != beat.address:
+            membership.propose(mesh, beat.address, "@" + peer.node, now)  # a candidate until it answers our own link
+            return
+    elif beat.address != peer.address:  # the master we dialled says it listens elsewhere: try that address
+        membership.propose(mesh, beat.address, beat.origin, now)
+        return
+    elif not membership.confirm(mesh, beat.origin, beat.address, now):
+        return
+    mesh.heard.seen(beat.origin, now)
     if mesh.master_live.seen(beat.origin, now):
         log.info("master %s: peer %s (%s) is online", mesh.origin, beat.origin, beat.address)
     for stale in [a for a, o in mesh.links.items() if o == beat.origin and a != beat.address]:
         mesh.unlink(stale)  # the master restarted elsewhere
-    mesh.masters[beat.origin] = beat.address
     mesh.vectors[beat.origin] = dict(beat.vector)
     mesh.remote_nodes[beat.origin] = set(beat.nodes)
     mesh.peer_masters[beat.origin] = set(beat.hears)
-    for origin, address in beat.masters.items():  # gossip: masters our peers know
-        if origin != mesh.origin and origin not in mesh.masters:
-            mesh.masters[origin] = address
+    for origin, address in beat.masters.items():  # gossip: masters it knows are candidates to us
+        if origin != mesh.origin and mesh.masters.get(origin) != address:
+            membership.propose(mesh, address, beat.origin, now)
     for origin in list(mesh.masters):
         if origin != mesh.origin:
             mesh.link_for(origin)
     if mesh.links.get(beat.address) == "":
         mesh.links[beat.address] = beat.origin
-    if mesh.replica.behind(beat.vector) and not mesh.sync_active(now):
+    if mesh.replica.behind(mesh.replica.admitted(beat.vector, mesh.masters)) and not mesh.sync_active(now):
         link = mesh.link_for(beat.origin)
         if link is not None:
             mesh.start_sync(link, beat.origin, now)
@@ -187,7 +204,8 @@ def _sync_request(mesh: Mesh, peer: Peer, message: SyncRequest, payload: list[me
         batches = mesh.replica.serve_sync_pages(message.vector)
     else:
         batches = mesh.replica.serve_sync(message.vector)
-    mesh.serve(peer, message.ref, batches, dict(mesh.replica.vector), Window(message.window), now)
+    vector = mesh.replica.wire_vector(mesh.masters)
+    mesh.serve(peer, message.ref, batches, vector, Window(message.window), now)
     mesh.stats.served_syncs += 1
 
 
@@ -212,7 +230,7 @@ def _sync_ack(mesh: Mesh, peer: Peer, message: SyncAck, payload: list[memoryview
 
 
 def _sync_done(mesh: Mesh, peer: Peer, done: SyncDone, payload: list[memoryview], now: float) -> None:
-    mine = [key for key, c in mesh.catchups.items() if c.ref == done.ref]
+    mine = [key for key, c in mesh.catchups.items() if c.ref == done.ref and c.address == peer.address]
     if not mine:
         raise ProtocolError(f"SyncDone for unknown sync {done.ref}")
     received = mesh.catchups[mine[0]].batches
@@ -227,7 +245,7 @@ def _sync_done(mesh: Mesh, peer: Peer, done: SyncDone, payload: list[memoryview]
             done.batches,
         )
         return
-    mesh.replica.finish_sync(done.vector)
+    mesh.replica.finish_sync(mesh.replica.admitted(done.vector, mesh.masters))
     mesh.stats.received_syncs += 1
     mesh.entropy.defer(now)  # just caught up: a digest now would only re-read the whole index
 

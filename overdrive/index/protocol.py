@@ -44,8 +44,13 @@ BATCH_ITEMS = 2000
 Ref = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 Pattern = Annotated[str, msgspec.Meta(max_length=4096)]
 Text = Annotated[str, msgspec.Meta(max_length=300)]
+BEAT_NODES = 10_000
+"""Nodes a master's heartbeat lists at most (~20 bytes each: well inside the codec's 1 MiB header, where the
+100,000 a MasterBeat may list to be decoded would not be)."""
 BucketList = Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=255)]], msgspec.Meta(max_length=256)]
-VersionVector = Annotated[dict[NodeId, NonNegative], msgspec.Meta(max_length=10_000)]
+VECTOR_LIMIT = 10_000
+"""Origins a version vector on the wire may hold; a master sends at most this many (see ``Replica.wire_vector``)."""
+VersionVector = Annotated[dict[NodeId, NonNegative], msgspec.Meta(max_length=VECTOR_LIMIT)]
 
 
 T = TypeVar("T")

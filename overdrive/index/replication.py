@@ -19,20 +19,26 @@ The store is the only I/O, and :class:`~overdrive.index.stores.memory.MemoryStor
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from overdrive.errors import ConfigError
 from overdrive.files.model import FileInfo
 from overdrive.index.hlc import HybridClock, from_ms, wall_ms
+from overdrive.index.protocol import VECTOR_LIMIT
 from overdrive.index.records import RecordRow, check_node_id
 from overdrive.index.stores.base import BATCH, Store, encode_vector
 
 log = logging.getLogger(__name__)
 
 BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+MAX_ORIGINS = 2_000
+"""Origins a catch-up may add to the version vector besides known masters (masters that have left, vouched for by
+the master we caught up from). Known masters always get in; past this, other origins are not taken, so a hostile
+master cannot push the vector towards the wire's VECTOR_LIMIT."""
 MAX_PENDING = 1_000_000
 """Out-of-order seqs remembered per origin; beyond that, anti-entropy fills the gap instead."""
 
@@ -107,6 +113,34 @@ class Replica:
     def seq(self) -> int:
         """The last sequence number this master stamped."""
         return self.vector[self.origin]
+
+    def wire_vector(self, first: Iterable[str] = ()) -> dict[str, int]:
+        """The vector as a message may carry it: all of it, or (past VECTOR_LIMIT, a store filled before origins
+        were bounded) our own origin, ``first`` (known masters) and the highest seqs. A peer reading less than we
+        have only asks for, or serves, more rows: never a message it cannot decode."""
+        if len(self.vector) <= VECTOR_LIMIT:
+            return dict(self.vector)
+        keep = [self.origin, *(o for o in first if o in self.vector)]
+        rest = sorted(self.vector, key=lambda o: -self.vector[o])
+        out: dict[str, int] = {}
+        for origin in itertools.chain(keep, rest):
+            if len(out) >= VECTOR_LIMIT:
+                break
+            out.setdefault(origin, self.vector[origin])
+        return out
+
+    def admitted(self, theirs: Mapping[str, int], known: Container[str]) -> dict[str, int]:
+        """The part of a peer's vector we may take: origins we have or ``known`` masters, and others (masters
+        that have left) while fewer than MAX_ORIGINS are held."""
+        room = MAX_ORIGINS - len(self.vector)
+        out: dict[str, int] = {}
+        for origin, seq in theirs.items():
+            if origin in self.vector or origin in known:
+                out[origin] = seq
+            elif room > 0:
+                out[origin] = seq
+                room -= 1
+        return out
 
     # -- local writes ------------------------------------------------------------------------------------------
 
