@@ -3,9 +3,11 @@ network does (loss, reordering, duplication) and whoever crashes and restarts. T
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,14 +16,20 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
 from overdrive.files.model import FileInfo
-from overdrive.index.mesh import Dial, Hangup, MasterConfig, Mesh, Peer, Send
-from overdrive.index.protocol import Announce, SyncAck, SyncBatch, SyncDone, SyncRequest
-from overdrive.index.records import RecordRow
-from overdrive.index.replication import ReplicationConfig
+from overdrive.index.membership import MAX_CANDIDATES, MAX_MASTERS
+from overdrive.index.mesh import Action, Dial, Hangup, MasterConfig, Mesh, Peer, Send
+from overdrive.index.protocol import CODEC, Announce, MasterBeat, SyncAck, SyncBatch, SyncDone, SyncRequest, Updates
+from overdrive.index.records import RecordRow, encode_rows
+from overdrive.index.replication import MAX_ORIGINS, ReplicationConfig
 from overdrive.index.stores.memory import MemoryStore
 
 NODES = ["node" + c * 12 for c in "abc"]
 CONFIG = {"heartbeat": 0.5, "master_timeout": 2.0, "node_timeout": 2.0, "anti_entropy": 2.0, "sync_idle": 6.0}
+
+
+def _fake(i: int) -> str:
+    """The i-th made-up origin."""
+    return f"fake{i:012d}".translate(str.maketrans("0123456789", "abcdefghij"))
 
 
 def _info(name: str, version: int) -> FileInfo:
@@ -49,6 +57,8 @@ class MeshSim:
 
     n: int
     rng: random.Random
+    hostile: int = 0
+    """Hostile masters after the ``n`` honest ones (see :meth:`_poison`)."""
     loss: float = 0.0
     dup: float = 0.0
     reorder: bool = False
@@ -60,7 +70,7 @@ class MeshSim:
 
     def __post_init__(self) -> None:
         batch = ReplicationConfig(batch=3)  # many small batches: credit matters
-        for i in range(self.n):
+        for i in range(self.n + self.hostile):
             self.masters.append(_Master(i, MemoryStore(f"m{i}")))
         for master in self.masters:
             peers = () if master.index == 0 else (Endpoint("10.0.0.1", 7771),)  # everyone learns the rest by gossip
@@ -69,8 +79,12 @@ class MeshSim:
             master.mesh.start(master.address, self.now)
         self.files = {node: {} for node in NODES}
 
-    def by_address(self, address: str) -> _Master:
-        return self.masters[int(address.split(":", maxsplit=1)[0].rsplit(".", 1)[1]) - 1]
+    @property
+    def honest(self) -> list[_Master]:
+        return self.masters[: self.n]
+
+    def by_address(self, address: str) -> _Master | None:
+        return next((m for m in self.masters if m.address == address), None)
 
     def crash(self, i: int) -> None:
         master = self.masters[i]
@@ -117,7 +131,10 @@ class MeshSim:
         for master in self.masters:
             if master.mesh is None:
                 continue
-            for action in master.mesh.outbox(self.now):
+            actions = master.mesh.outbox(self.now)
+            if master.index >= self.n:
+                actions = self._poison(master, actions)
+            for action in actions:
                 if isinstance(action, Dial):
                     master.links.add(action.address)
                 elif isinstance(action, Hangup):
@@ -132,7 +149,7 @@ class MeshSim:
         if send.peer.identity is None:  # over our link: the other master's ROUTER sees this link's identity
             assert send.peer.address in master.links
             target = self.by_address(send.peer.address)
-            if target.mesh is None:
+            if target is None or target.mesh is None:
                 return  # nobody listening: lost
             identity = f"{master.index}#{master.incarnation}>{target.index}#{target.incarnation}".encode()
             self.pool.append((target.index, Peer.routed(identity, ""), send.message, send.payload))
@@ -147,6 +164,30 @@ class MeshSim:
             return
         if master.address in asker.links:
             self.pool.append((index, Peer.link(master.address), send.message, send.payload))
+
+    def _poison(self, master: _Master, actions: list[Action]) -> list[Action]:
+        """A hostile master: a real Mesh (it answers handshakes and serves syncs) whose heartbeats gossip
+        made-up masters and vectors with made-up origins, whose catch-ups end with such vectors, and which sends
+        live rows from made-up origins to every master it links to."""
+        fakes = {_fake(i): 1 for i in self.rng.sample(range(20_000), 300)}
+        made_up = {_fake(i): f"10.66.{i // 250}.{i % 250}:7771" for i in range(500)}
+        out: list[Action] = []
+        for action in actions:
+            message = action.message if isinstance(action, Send) else None
+            if isinstance(action, Send) and isinstance(message, MasterBeat):
+                masters = {**message.masters, **made_up}
+                message = msgspec.structs.replace(message, masters=masters, vector={**message.vector, **fakes})
+                out.append(dataclasses.replace(action, message=message))
+            elif isinstance(action, Send) and isinstance(message, SyncDone):
+                message = msgspec.structs.replace(message, vector={**message.vector, **fakes})
+                out.append(dataclasses.replace(action, message=message))
+            else:
+                out.append(action)
+        assert master.mesh is not None
+        rows = [("x", 1, "ab" * 32, NODES[0], "10.9.9.9:7772", 1, origin, 1, 1 << 50, False) for origin in fakes]
+        for address in master.links:
+            out.append(Send(Peer.link(address), Updates(origin=master.mesh.origin), (encode_rows(rows),)))
+        return out
 
     def deliver(self, faults: bool) -> None:
         pool, self.pool = self.pool, []
@@ -180,7 +221,7 @@ class MeshSim:
 
     def converged(self) -> bool:
         first = self.masters[0].store.data
-        return all(m.store.data == first for m in self.masters[1:])
+        return all(m.store.data == first for m in self.honest[1:])
 
     def live_files(self, master: _Master) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {node: {} for node in NODES}
@@ -306,3 +347,42 @@ def test_the_credit_window() -> None:
     assert not unbounded.full
     with pytest.raises(ValueError):
         Window(-1)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), loss=st.sampled_from([0.0, 0.1]), reorder=st.booleans())
+def test_honest_masters_stay_bounded_and_converge_beside_a_hostile_master(
+    seed: int, loss: float, reorder: bool
+) -> None:
+    rng = random.Random(seed)
+    sim = MeshSim(3, rng, hostile=1, loss=loss, reorder=reorder)
+
+    def check_bounded() -> None:
+        for master in sim.honest:
+            assert master.mesh is not None
+            mesh = master.mesh
+            assert not any(origin.startswith("fake") for origin in mesh.masters), "only masters that answered"
+            assert len(mesh.links) <= len(mesh.masters) + MAX_CANDIDATES
+            assert len(mesh.replica.vector) <= MAX_ORIGINS + MAX_MASTERS
+            status = mesh.snapshot(sim.now).status()
+            assert CODEC.decode(CODEC.encode(status))[0] == status
+            assert CODEC.decode(CODEC.encode(mesh.beat(sim.now)))[0] == mesh.beat(sim.now)
+
+    for turn in range(150):
+        if rng.random() < 0.3:
+            sim.announce(rng.choice(NODES), rng.randrange(3))
+        sim.turn(faults=True)
+        if turn % 10 == 0:
+            check_bounded()
+    sim.heal()
+    for i, node in enumerate(NODES):
+        sim.announce(node, i % 3, full=True)
+    sim.heal()
+    check_bounded()
+    for master in sim.honest:
+        assert master.mesh is not None
+        assert sim.live_files(master) == sim.files
+        assert master.mesh.stats.foreign_rows > 0, "the made-up rows reached it, and were dropped"
+        snapshot = master.mesh.snapshot(sim.now)
+        assert len(snapshot.masters) == 4, "the hostile master answers, so it is known; its made-up ones are not"
+        assert len(snapshot.masters_online) == 3
