@@ -374,6 +374,9 @@ def test_honest_masters_stay_bounded_and_converge_beside_a_hostile_master(
         sim.turn(faults=True)
         if turn % 10 == 0:
             check_bounded()
+    stray = ("restored.txt", 7, "ef" * 32, NODES[0], "10.9.9.9:7772", 1, "originzzzzzzzzzz", 1, 1 << 50, False)
+    sim.masters[2].store.apply([stray])  # only anti-entropy repairs it: vouched-for origins must not stop it
+    sim.files[NODES[0]]["restored.txt"] = 7
     sim.heal()
     for i, node in enumerate(NODES):
         sim.announce(node, i % 3, full=True)

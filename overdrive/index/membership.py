@@ -113,6 +113,12 @@ def may_originate(mesh: Mesh, origin: str) -> bool:
     return origin in mesh.masters or origin in mesh.replica.vector
 
 
+def masters_part(mesh: Mesh, vector: dict[str, int]) -> dict[str, int]:
+    """What anti-entropy compares: known masters' seqs (origins a peer only vouches for are left out, so a hostile
+    master cannot keep two honest ones from ever being calm)."""
+    return {origin: seq for origin, seq in vector.items() if seq and origin in mesh.masters}
+
+
 def tend(mesh: Mesh, now: float) -> None:
     """Hang up candidates that never answered, forget masters long silent, dial the next candidate."""
     configured = {p.display for p in mesh.config.peers}

@@ -214,10 +214,6 @@ class MeshSnapshot:
         )
 
 
-def _nonzero(vector: dict[str, int]) -> dict[str, int]:
-    return {origin: seq for origin, seq in vector.items() if seq}
-
-
 class Mesh:
     """One master's replication and membership state; every decision, no sockets.
 
@@ -570,11 +566,13 @@ class Mesh:
         )
 
     def _anti_entropy(self, now: float) -> None:
-        mine = _nonzero(self.replica.vector)
+        mine = membership.masters_part(self, self.replica.vector)
         calm = [
             address
             for address, origin in self.links.items()
-            if origin and self.master_live.alive(origin, now) and _nonzero(self.vectors.get(origin, {})) == mine
+            if origin
+            and self.master_live.alive(origin, now)
+            and membership.masters_part(self, self.vectors.get(origin, {})) == mine
         ]
         if not calm or self.serving or self.catchups:
             return
