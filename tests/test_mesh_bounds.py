@@ -7,7 +7,16 @@ from __future__ import annotations
 from overdrive.bus.codec import Message
 from overdrive.index.membership import MAX_CANDIDATES_PER_PEER
 from overdrive.index.mesh import Dial, Hangup, MasterConfig, Mesh, Peer
-from overdrive.index.protocol import CODEC, VECTOR_LIMIT, MasterBeat, SyncDone, SyncRequest, Updates
+from overdrive.index.protocol import (
+    BEAT_NODES,
+    CODEC,
+    VECTOR_LIMIT,
+    MasterBeat,
+    NodeBeat,
+    SyncDone,
+    SyncRequest,
+    Updates,
+)
 from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.replication import BASE32, MAX_ORIGINS
 from overdrive.index.stores.base import encode_vector
@@ -162,3 +171,14 @@ def test_a_vector_already_past_the_wire_limit_still_goes_out_in_messages_that_de
     assert round_trips(mesh.snapshot(duel.now).status())
     beat = mesh.beat(duel.now)
     assert round_trips(beat) and beat.vector[mesh.origin] == 0, "our own origin is always there"
+
+
+def test_a_heartbeat_lists_a_bounded_number_of_nodes_and_still_decodes() -> None:
+    duel = Duel()
+    for i in range(70_000):  # identities are free to make: each one a node beating once
+        node = made_up(i, "n")
+        duel.mesh.step(Peer.routed(node.encode(), node), NodeBeat(ref=1), [], duel.now)
+    duel.mesh.outbox(duel.now)
+    beat = duel.mesh.beat(duel.now)
+    assert len(beat.nodes) <= BEAT_NODES
+    assert round_trips(beat)
