@@ -126,6 +126,7 @@ def test_a_bug_in_a_master_handler_propagates_and_is_not_counted_as_a_dropped_me
     def broken(rows: object) -> list[object]:
         raise ValueError("a bug of ours")
 
+    mesh.masters["b" * 16] = "127.0.0.1:7771"  # only known masters originate live rows
     monkeypatch.setattr(mesh.replica, "accept", broken)
     with pytest.raises(ValueError, match="a bug of ours"):
         mesh.step(PEER, Updates(origin="b" * 16), [memoryview(encode_rows([GOOD_ROW]))], 1.0)  # type: ignore[list-item]

@@ -193,6 +193,7 @@ def test_a_status_without_digest_leaves_live_rows_to_the_turn_s_one_commit() -> 
     # no stored row, so clients polling it (the benchmark does, in a loop) must not split that transaction.
     store = _CommitCountingStore()
     mesh = _mesh(store)
+    mesh.masters["originaaaaaaaaaa"] = "10.0.0.3:7771"  # only known masters originate live rows
     mesh.step(LINK, Updates(origin=PEER), [memoryview(encode_rows(_repair_rows()))], 1000.0)
     mesh.step(Peer.routed(b"\x00client", ""), StatusQuery(ref=1, digest=False), [], 1000.0)
     assert store.commits == 0
