@@ -8,14 +8,27 @@ hostile clients on other loopback addresses that hold slots or never read, and a
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
+import zmq
 
+from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
+from overdrive.bus.security import NodeIdentity
+from overdrive.bus.sockets import Bus, Security
 from overdrive.files.scanner import FolderScanner
+from overdrive.transfer.fetcher import FetchRequest, fetch
 from overdrive.transfer.protocol import CODEC, MIN_CHUNK, Chunk, Failed, Open, Opened, Read, Refused
 from overdrive.transfer.serving import Reply, ServeCore, ServerConfig
+from overdrive.transfer.session import FetchConfig
+from tests.conftest import TestNetwork
 
 CHUNK = MIN_CHUNK
 BIG_CHUNK = 4 << 20
@@ -163,3 +176,145 @@ def test_deferred_reads_are_bounded_in_total(folder: Path) -> None:
         for _ in range(10):
             _read(core, f"p{i}", f"10.0.0.{i}", opened.tid, 0.0)
     assert core.deferred_reads == 20
+
+
+# -- live -----------------------------------------------------------------------------------------------------------
+
+SHARE = """
+import sys
+from pathlib import Path
+from overdrive.bus.address import Endpoint
+from overdrive.bus.security import NetworkKey, NodeIdentity
+from overdrive.bus.sockets import Bus, Security
+from overdrive.files.scanner import FolderScanner
+from overdrive.transfer.server import FileServer
+folder, network, secret = Path(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
+bus = Bus(Security(NodeIdentity.generate(), NetworkKey.from_secret(network, secret)))
+server = FileServer(bus, folder, Endpoint("127.0.0.1", 0), FolderScanner(folder).scan())
+print(server.start().port, flush=True)
+sys.stdin.readline()
+server.stop()
+bus.close()
+"""
+
+
+class Share:
+    """A file server in a child process (so its memory is its own), stopped when its stdin closes."""
+
+    def __init__(self, network: TestNetwork, folder: Path) -> None:
+        args = [sys.executable, "-c", SHARE, str(folder), network.name, network.key.server_secret.decode()]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.endpoint = Endpoint("127.0.0.1", int(self.proc.stdout.readline()))
+        self.memory = psutil.Process(self.proc.pid)
+        self.peak = self.rss = self.memory.memory_info().rss
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="rss", daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.memory.memory_info().rss)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sampler.join(5)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def share(network: TestNetwork, tmp_path: Path) -> Iterator[tuple[Share, Path]]:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "big.bin").write_bytes(os.urandom(4 * BIG_CHUNK))
+    (folder / "wanted.bin").write_bytes(os.urandom(8 << 20))
+    server = Share(network, folder)
+    yield server, folder
+    server.close()
+
+
+class Hostile:
+    """Identities with the password, connecting from another loopback address, that open and never read."""
+
+    def __init__(self, network: TestNetwork, context: zmq.Context, source: str, endpoint: Endpoint) -> None:  # type: ignore[type-arg]
+        self.bus = Bus(Security(NodeIdentity.generate(), network.key), context)
+        self.sock = self.bus.client(zmq.DEALER, hwm=1)
+        self.sock.setsockopt(zmq.RCVBUF, 4096)
+        self.sock.connect(f"tcp://{source}:0;{endpoint.host}:{endpoint.port}")
+        self.answers: list[Message] = []
+
+    def send(self, message: Message) -> None:
+        self.sock.send_multipart(CODEC.encode(message))
+
+    def take(self) -> None:
+        while self.sock.poll(0):
+            self.answers.append(CODEC.decode(self.sock.recv_multipart(copy=False))[0])
+
+
+def _until(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.05)
+
+
+def _fetch_wanted(network: TestNetwork, share: Share, folder: Path, out: Path) -> None:
+    request = FetchRequest(name="wanted.bin", sources=(share.endpoint,), dest_dir=out,
+                           config=FetchConfig(request_timeout=20))  # fmt: skip
+    fetch(network.bus(), request)
+    assert (out / "wanted.bin").read_bytes() == (folder / "wanted.bin").read_bytes()
+
+
+def test_forty_identities_holding_every_slot_do_not_lock_out_an_honest_fetch(
+    network: TestNetwork, share: tuple[Share, Path], tmp_path: Path
+) -> None:
+    """Attack 6 on a live share: 40 identities from 20 other addresses ask for 320 transfers (there are 256)."""
+    server, folder = share
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    try:
+        hostile = [Hostile(network, context, f"127.0.0.{2 + i % 20}", server.endpoint) for i in range(40)]
+        for client in hostile:
+            for rid in range(8):
+                client.send(Open(rid=rid, name="wanted.bin", content_hash=""))
+
+        def answered() -> bool:
+            for client in hostile:
+                client.take()
+            return sum(len(c.answers) for c in hostile) == 320
+
+        _until(answered)
+        assert sum(isinstance(a, Opened) for c in hostile for a in c.answers) >= 256  # every slot is taken
+        _fetch_wanted(network, server, folder, tmp_path / "out")
+    finally:
+        context.destroy(linger=0)
+
+
+def test_identities_that_never_read_do_not_grow_a_share(
+    network: TestNetwork, share: tuple[Share, Path], tmp_path: Path
+) -> None:
+    """Attack 7 on a live share: six identities of one address ask for 4 MiB chunks 40 times each and never read;
+    the share's memory stays within its in-flight limits, and an honest fetch completes meanwhile."""
+    server, folder = share
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    try:
+        hostile = [Hostile(network, context, "127.0.0.2", server.endpoint) for _ in range(6)]
+        for client in hostile:
+            client.send(Open(rid=1, name="big.bin", content_hash="", chunk_size=BIG_CHUNK))
+        for client in hostile:
+            _until(lambda c=client: bool(c.take() or c.answers))  # type: ignore[misc]
+            (opened,) = client.answers
+            assert isinstance(opened, Opened) and opened.chunk_size == BIG_CHUNK
+            for n in range(40):
+                client.send(Read(tid=opened.tid, index=n % 4))
+        time.sleep(2)  # the share has read what they asked for, or decided not to
+        _fetch_wanted(network, server, folder, tmp_path / "out")
+        growth = server.peak - server.rss
+        assert growth < 200 << 20, f"the share grew by {growth >> 20} MiB"
+    finally:
+        context.destroy(linger=0)
