@@ -318,3 +318,21 @@ def test_identities_that_never_read_do_not_grow_a_share(
         assert growth < 200 << 20, f"the share grew by {growth >> 20} MiB"
     finally:
         context.destroy(linger=0)
+
+
+def test_an_oversized_request_drops_its_connection(network: TestNetwork, share: tuple[Share, Path]) -> None:
+    server, _ = share
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    try:
+        big = Hostile(network, context, "127.0.0.2", server.endpoint)
+        dropped = big.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        big.sock.send(b"x" * (100 << 10))
+        assert dropped.poll(10_000), "the share kept a connection that sent a 100 KiB request"
+        honest = Hostile(network, context, "127.0.0.2", server.endpoint)
+        honest.send(Open(rid=1, name="wanted.bin", content_hash=""))
+        _until(lambda: bool(honest.take() or honest.answers))
+        assert isinstance(honest.answers[0], Opened)
+        big.sock.disable_monitor()
+        dropped.close(linger=0)
+    finally:
+        context.destroy(linger=0)
