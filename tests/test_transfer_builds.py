@@ -22,7 +22,7 @@ import pytest
 from overdrive.bus.address import Endpoint
 from overdrive.files.model import FileInfo
 from overdrive.files.scanner import FolderScanner
-from overdrive.transfer import serving
+from overdrive.transfer import tables
 from overdrive.transfer.protocol import CODEC, MIN_CHUNK, Cancel, Open, Opened, Read, Refused, Working
 from overdrive.transfer.server import FileServer
 from overdrive.transfer.serving import ServeCore, ServerConfig
@@ -47,7 +47,7 @@ def _core(folder: Path, **config: int) -> tuple[ServeCore, dict[str, FileInfo]]:
 
 
 def _send(core: ServeCore, peer: str, msg: object, origin: object = None) -> list[object]:
-    return [CODEC.decode(r)[0] for r in core.replies(peer, CODEC.encode(msg), 0.0, origin)]  # type: ignore[arg-type]
+    return [CODEC.decode(r.frames)[0] for r in core.replies(peer, CODEC.encode(msg), 0.0, origin)]  # type: ignore[arg-type]
 
 
 def _open(rid: int, name: str = "data.bin") -> Open:
@@ -62,8 +62,8 @@ def test_an_open_waits_for_its_build_and_opens_of_one_version_share_it(folder: P
     assert core.take_builds() == [] and core.waiting_opens == 2 and core.open_transfers == 0
     build.run()
     answers = core.built(build, 0.0)
-    assert [origin for origin, _ in answers] == [b"ra", b"rb"]
-    assert all(isinstance(CODEC.decode(reply)[0], Opened) for _, reply in answers)
+    assert [answer.origin for answer in answers] == [b"ra", b"rb"]
+    assert all(isinstance(CODEC.decode(answer.frames)[0], Opened) for answer in answers)
     assert core.waiting_opens == 0 and core.open_transfers == 2 and core.stats.tables_built == 1
     (cached,) = _send(core, "c", _open(3))  # cached now: answered at once, no notice, no build
     assert isinstance(cached, Opened) and core.take_builds() == []
@@ -118,7 +118,7 @@ def test_a_file_changed_during_its_build_is_refused_to_every_waiter(folder: Path
     with (folder / "data.bin").open("ab") as fh:
         fh.write(b"more")
     build.run()
-    answers = [CODEC.decode(reply)[0] for _, reply in core.built(build, 0.0)]
+    answers = [CODEC.decode(answer.frames)[0] for answer in core.built(build, 0.0)]
     assert [type(a) for a in answers] == [Refused, Refused]
     assert all(a.reason == "changed" for a in answers)  # type: ignore[attr-defined]
     assert core.open_transfers == 0 and core.waiting_opens == 0
@@ -134,9 +134,9 @@ class Gate:
         self.size = size
         self.reached = threading.Event()
         self.opened = threading.Event()
-        self._real = serving.build_table
+        self._real = tables.build_table
 
-    def build_table(self, fd: int, size: int, *args: object, **kwargs: object) -> serving.ChunkTable:
+    def build_table(self, fd: int, size: int, *args: object, **kwargs: object) -> tables.ChunkTable:
         if size == self.size:
             self.reached.set()
             self.opened.wait(120)
@@ -159,7 +159,7 @@ def gated(
         (folder / name).write_bytes(data)
         hashes[name] = blake3.blake3(data).hexdigest()
     gate = Gate(8 * MB)
-    monkeypatch.setattr(serving, "build_table", gate.build_table)
+    monkeypatch.setattr(tables, "build_table", gate.build_table)
     server = FileServer(network.bus(), folder, Endpoint("127.0.0.1", 0), FolderScanner(folder).scan())
     server.start()
     try:

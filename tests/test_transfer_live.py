@@ -45,8 +45,8 @@ from overdrive.transfer.protocol import (
     chunk_checksum,
 )
 from overdrive.transfer.server import FileServer
-from overdrive.transfer.serving import build_table
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
+from overdrive.transfer.tables import build_table
 from tests.conftest import TestNetwork
 
 MB = 1_000_000

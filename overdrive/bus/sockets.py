@@ -150,6 +150,15 @@ class Bus:
             raise BusError(f"frame carries no {prop}; was it received with copy=False?") from exc
         return str(value) if value else ""
 
+    @staticmethod
+    def peer_address(frame: zmq.Frame) -> str:
+        """Network address (IP) of the connection a frame received with ``copy=False`` came from; "" if none."""
+        try:
+            value = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            return ""
+        return str(value) if value else ""
+
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host

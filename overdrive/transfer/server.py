@@ -12,9 +12,12 @@ Usage (this is what ``overdrive share`` does)::
 The ROUTER has ``ROUTER_MANDATORY`` set and sends without blocking, so a reply to a peer that has gone (or whose
 queue is full) is counted in ``stats.unroutable`` instead of being dropped silently or stalling other peers.
 A chunk is read with one ``os.pread`` and sent zero-copy (``copy=False``): libzmq sends from the ``bytes``
-object itself and pyzmq's garbage-collector thread releases it once libzmq is done. Every request is attributed to the
-authenticated node id of its connection (``bus.peer_id``), which is what the
-per-peer transfer limit counts.
+object itself and pyzmq's garbage-collector thread releases it once libzmq is done. Every reply is sent tracked,
+and once libzmq is done with it (written to the connection, or dropped) the core hears of it
+(:meth:`~overdrive.transfer.serving.ServeCore.sent`): that is what its bytes-in-flight limits count, so a peer that
+does not read holds a bounded amount of the server's memory. Every request is attributed to the authenticated node
+id of its connection (``bus.peer_id``) and to the address it came from (``bus.peer_address``), which is what the
+per-identity and per-address limits count.
 
 The server's sockets live in a context of their own with :data:`IO_THREADS` libzmq I/O threads (and its own ZAP
 handler, same security as the ``bus`` given): libzmq encrypts each CURVE connection in one I/O thread, so a
@@ -37,20 +40,27 @@ from pathlib import Path
 import zmq
 
 from overdrive.bus.address import Endpoint
-from overdrive.bus.codec import Frame
 from overdrive.bus.service import START_TIMEOUT, ZmqService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, TransferError
 from overdrive.files.model import Catalogue
 from overdrive.transfer import allocator
-from overdrive.transfer.serving import ServeCore, ServerConfig, ServerStats, TableBuild
+from overdrive.transfer.serving import Reply, ServeCore, ServerConfig, ServerStats
+from overdrive.transfer.session import MAX_WINDOW
+from overdrive.transfer.tables import TableBuild
 
 log = logging.getLogger(__name__)
 
-SEND_QUEUE = 256
-"""High-water mark per connection (message parts): a peer that asks for chunks without reading them gets at most
-~128 replies queued (then they are dropped and counted in ``stats.unroutable``); a fetcher that keeps to its
-window never comes near it."""
+SEND_QUEUE = 4 * MAX_WINDOW
+"""High-water mark per connection (message parts, each way): a peer that does not read gets at most 64 replies
+queued (then they are dropped and counted in ``stats.unroutable``; the bytes they may hold are bounded apart, by the
+core's in-flight limits); a fetcher that keeps to its window (at most 32 requests) never comes near it."""
+MAX_REQUEST = 64 << 10
+"""Largest message part a fetcher may send (an Open with the longest name is about 4 KiB): a bigger one drops its
+connection before it is buffered."""
+_RELEASE_POLL_MS = 10
+"""Longest wait in one poll while Reads wait for bytes in flight to go out (libzmq says nothing when it is done
+with a message: the trackers are looked at on every wake-up)."""
 _BATCH = 256
 """Most requests handled per poll wake-up before checking the control socket again."""
 IO_THREADS = 2
@@ -79,6 +89,8 @@ class FileServer(ZmqService):
         self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         self._workers: ThreadPoolExecutor | None = None
         self._built: queue.SimpleQueue[TableBuild] = queue.SimpleQueue()
+        self._tracked: list[tuple[zmq.MessageTracker, Reply]] = []
+        """Replies libzmq may still hold, with what tells when it no longer does."""
         self._wake_r = self._wake_w = -1
 
     @property
@@ -117,7 +129,7 @@ class FileServer(ZmqService):
 
     def setup(self) -> None:
         allocator.tune()
-        router = self._router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE)
+        router = self._router = self.bus.server(zmq.ROUTER, hwm=SEND_QUEUE, max_message=MAX_REQUEST)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._endpoint = self.bus.bind(router, self.requested)
         self._wake_r, self._wake_w = os.pipe()  # not inherited by child processes (PEP 446)
@@ -143,6 +155,7 @@ class FileServer(ZmqService):
         if self._router is not None:
             self._router.close(linger=0)
             self._router = None
+        self._tracked.clear()
 
     def _start_builds(self) -> None:
         assert self._workers is not None
@@ -158,13 +171,37 @@ class FileServer(ZmqService):
         except (BlockingIOError, OSError):
             pass  # the pipe is full (the loop will wake anyway) or closed (stopping)
 
-    def _send(self, router: zmq.Socket, routing: bytes, reply: list[Frame]) -> None:  # type: ignore[type-arg]
+    def _send(self, router: zmq.Socket, reply: Reply) -> None:  # type: ignore[type-arg]
+        assert isinstance(reply.origin, bytes)
         try:
-            router.send_multipart([routing, *reply], zmq.NOBLOCK, copy=False)
+            tracker = router.send_multipart([reply.origin, *reply.frames], zmq.NOBLOCK, copy=False, track=True)
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             self.core.stats.unroutable += 1
+            self._release(router, [reply])
+            return
+        assert tracker is not None  # always one with track=True
+        self._tracked.append((tracker, reply))
+
+    def _release(self, router: zmq.Socket, done: list[Reply]) -> None:  # type: ignore[type-arg]
+        """Tell the core libzmq is done with ``done`` and with every tracked reply it has finished since; send the
+        Reads that were waiting for room."""
+        now = time.monotonic()
+        while True:
+            still = []
+            for tracker, reply in self._tracked:
+                if tracker.done:
+                    done.append(reply)
+                else:
+                    still.append((tracker, reply))
+            self._tracked = still
+            if not done:
+                return
+            for reply in done:
+                for more in self.core.sent(reply, now):
+                    self._send(router, more)
+            done = []
 
     def _loop(self, router: zmq.Socket, control: zmq.Socket) -> None:  # type: ignore[type-arg]
         poller = zmq.Poller()
@@ -174,9 +211,10 @@ class FileServer(ZmqService):
         core = self.core
         last_expiry = time.monotonic()
         while True:
-            events = dict(poller.poll(1000))
+            events = dict(poller.poll(_RELEASE_POLL_MS if core.deferred_reads else 1000))
             if control in events:
                 return
+            self._release(router, [])
             now = time.monotonic()
             if router in events:
                 for _ in range(_BATCH):
@@ -193,8 +231,9 @@ class FileServer(ZmqService):
                     except BusError:
                         core.stats.malformed += 1
                         continue
-                    for reply in core.replies(peer, frames[1:], now, origin=routing):
-                        self._send(router, routing, reply)
+                    address = self.bus.peer_address(frames[1])
+                    for reply in core.replies(peer, frames[1:], now, origin=routing, address=address):
+                        self._send(router, reply)
                 self._start_builds()
             if self._wake_r in events:
                 try:
@@ -203,9 +242,8 @@ class FileServer(ZmqService):
                 except BlockingIOError:
                     pass
                 while not self._built.empty():
-                    for origin, reply in core.built(self._built.get(), now):
-                        assert isinstance(origin, bytes)
-                        self._send(router, origin, reply)
+                    for reply in core.built(self._built.get(), now):
+                        self._send(router, reply)
             if now - last_expiry > 5.0:
                 core.expire(now)
                 last_expiry = now

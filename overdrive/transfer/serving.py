@@ -18,18 +18,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import blake3
 
 from overdrive.bus.codec import Frame
 from overdrive.errors import ConfigError, ProtocolError, TransferError, UnsafePathError
 from overdrive.files import names
 from overdrive.files.model import Catalogue
+from overdrive.transfer.budget import Limits, Peer, Tally
 from overdrive.transfer.protocol import (
     CODEC,
     DEFAULT_CHUNK,
@@ -45,22 +43,41 @@ from overdrive.transfer.protocol import (
     Refused,
     RefuseReason,
     Working,
-    chunk_checksum,
     chunk_count,
     valid_chunk_size,
 )
+from overdrive.transfer.tables import ChangedError, ChunkTable, TableBuild, Waiter
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
-    """Limits of one file server."""
+    """Limits of one file server. Every per-peer limit holds per identity and, summed over the identities it
+    comes from, per network address (identities are free to make; see :mod:`~overdrive.transfer.budget`)."""
 
     chunk_size: int = DEFAULT_CHUNK
     max_transfers_per_peer: int = 8
+    """Transfers (open, or waiting for their chunk table) one identity may hold."""
+    max_transfers_per_address: int = 16
+    """Transfers all the identities of one network address may hold together."""
     max_transfers: int = 256
+    """Transfers everybody may hold together (each holds a file descriptor)."""
     idle_timeout: float = 120.0
+    """Seconds after which a transfer no chunk was served for is closed, even if nobody needs its slot."""
+    reclaim_after: float = 5.0
+    """Seconds after which a transfer no chunk was served for gives up its slot to an Open that needs it."""
+    max_inflight_per_peer: int = 16 << 20
+    """Bytes of replies to one identity handed to the socket and not yet sent: its further Reads wait."""
+    max_inflight_per_address: int = 32 << 20
+    """The same, for all the identities of one network address together."""
+    max_inflight: int = 128 << 20
+    """The same, for everybody together. Each bound may be passed by one chunk (one is always let out), and this one
+    by one chunk per address holding a transfer, so peers that never read cannot lock out a new one."""
+    max_deferred_reads_per_peer: int = 64
+    """Reads one identity may have waiting for its in-flight bytes to go out; more are dropped unanswered."""
+    max_deferred_reads: int = 4096
+    """Reads everybody together may have waiting."""
     table_cache_bytes: int = 64 << 20
     max_chunk_size: int = 4 << 20
     """Largest chunk a fetcher may ask for (bigger only when a file needs it to stay under MAX_CHUNKS)."""
@@ -74,10 +91,26 @@ class ServerConfig:
             raise ConfigError(f"chunk_size must be a power of two in [64 KiB, 16 MiB], not {self.chunk_size}")
         if not 1 <= self.max_transfers_per_peer <= self.max_transfers:
             raise ConfigError("need 1 <= max_transfers_per_peer <= max_transfers")
-        if self.idle_timeout <= 0:
-            raise ConfigError("idle_timeout must be positive")
+        if self.idle_timeout <= 0 or self.reclaim_after <= 0:
+            raise ConfigError("idle_timeout and reclaim_after must be positive")
         if self.table_workers < 1:
             raise ConfigError("table_workers must be at least 1")
+        if min(self.max_inflight_per_peer, self.max_deferred_reads_per_peer) < 1:
+            raise ConfigError("in-flight bytes and deferred reads per peer must be at least 1")
+
+    @property
+    def slot_limits(self) -> Limits:
+        """Transfer slots per identity, per address and in total (the address limit within the other two)."""
+        per_address = max(self.max_transfers_per_peer, min(self.max_transfers_per_address, self.max_transfers))
+        return Limits(self.max_transfers_per_peer, per_address, self.max_transfers)
+
+    @property
+    def inflight_limits(self) -> Limits:
+        """Bytes in flight per identity, per address and in total."""
+        per_address = max(self.max_inflight_per_peer, min(self.max_inflight_per_address, self.max_inflight))
+        return Limits(
+            self.max_inflight_per_peer, per_address, max(self.max_inflight, per_address), newcomer_passes_total=True
+        )
 
 
 @dataclass
@@ -96,6 +129,13 @@ class ServerStats:
     cancelled: int = 0
     """Opens the fetcher gave up (timed out or stopped), dropped while waiting for their table or after."""
     tables_built: int = 0
+    evicted: int = 0
+    """Idle transfers closed to make room for another peer's Open, and transfers taken from the address holding
+    the most slots when every slot was taken."""
+    deferred: int = 0
+    """Reads that waited for their peer's bytes in flight to go out."""
+    reads_dropped: int = 0
+    """Reads dropped unanswered: their peer already had as many waiting as it may."""
 
 
 @dataclass(slots=True)
@@ -103,7 +143,7 @@ class _Transfer:
     tid: int
     rid: int
     """The Open that made it (a ``Cancel`` of that rid closes it)."""
-    peer: str
+    peer: Peer
     name: str
     fd: int
     size: int
@@ -111,103 +151,54 @@ class _Transfer:
     chunk_size: int
     chunks: int
     last_used: float
+    """When a chunk was last served (or the transfer opened): reads that wait for room in flight do not count."""
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkTable:
-    """XXH3-128 of each chunk and BLAKE3 of the whole file, for one version (dev, inode, size, mtime) of a file."""
+class Reply:
+    """Frames to send to ``origin`` (the shell's routing id) for ``peer``. Their ``size`` bytes count as in flight
+    for the peer until the shell says, with :meth:`ServeCore.sent`, that the socket is done with them (sent or
+    dropped)."""
 
-    digests: bytes
-    content_hash: str
-
-
-class _StoppedError(Exception):
-    pass
-
-
-def build_table(
-    fd: int, size: int, chunk_size: int, known_hash: str = "", stop: Callable[[], bool] | None = None
-) -> ChunkTable:
-    """Checksum ``fd`` chunk by chunk (memory: one chunk), and BLAKE3 it as a whole unless ``known_hash`` is given.
-
-    ``stop`` is asked before each chunk; when it says True the build ends with TransferError.
-    """
-    whole = None if known_hash else blake3.blake3()
-    digests = bytearray()
-    offset = 0
-    while offset < size:
-        if stop is not None and stop():
-            raise _StoppedError
-        data = os.pread(fd, min(chunk_size, size - offset), offset)
-        if not data:
-            raise TransferError("file shrank while hashing it")
-        digests += chunk_checksum(data)
-        if whole is not None:
-            whole.update(data)
-        offset += len(data)
-    return ChunkTable(bytes(digests), whole.hexdigest() if whole is not None else known_hash)
-
-
-@dataclass(eq=False, slots=True)
-class _Waiter:
-    """An Open waiting for its file's chunk table; owns ``fd`` until it is answered."""
-
-    peer: str
-    rid: int
-    name: str
-    fd: int
-    st: os.stat_result
-    content_hash: str
-    """The catalogue's hash for the name when the Open came: the table must match it."""
     origin: object
-    """Whatever the shell passed with the Open (its routing id): where the answer goes."""
+    frames: list[Frame]
+    peer: Peer
+    size: int
 
 
-class TableBuild:
-    """Building the chunk table of one version of a file: :meth:`run` in any thread (it only reads its own
-    descriptor), then give it back to :meth:`ServeCore.built` on the server's thread."""
-
-    def __init__(self, key: tuple[int, ...], fd: int, st: os.stat_result, chunk_size: int, known_hash: str) -> None:
-        self.key = key
-        self.fd = fd
-        """A duplicate of the first waiter's descriptor, closed by the core once the build is given back."""
-        self.size, self.mtime_ns, self.chunk_size, self.known_hash = st.st_size, st.st_mtime_ns, chunk_size, known_hash
-        self.waiters: list[_Waiter] = []
-        self.table: ChunkTable | None = None
-        self.error: Exception | None = None
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Stop at the next chunk (nobody waits for it any more, or the server is stopping)."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def run(self) -> None:
-        """Read and checksum the file; the outcome lands in :attr:`table` or :attr:`error`. Never raises."""
-        try:
-            table = build_table(self.fd, self.size, self.chunk_size, self.known_hash, self._cancelled.is_set)
-            after = os.fstat(self.fd)
-            if (after.st_size, after.st_mtime_ns) != (self.size, self.mtime_ns):
-                raise _ChangedError("file changed while its chunk table was built")
-            self.table = table
-        except (_StoppedError, _ChangedError, OSError, TransferError) as exc:
-            self.error = exc
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    peer: Peer
+    read: Read
+    origin: object
 
 
 class ServeCore:
     """Sans-IO request handling for one shared folder. Not thread-safe: one server thread owns it (only
-    :meth:`TableBuild.run` may run elsewhere)."""
+    :meth:`TableBuild.run` may run elsewhere).
+
+    Fair sharing (see :class:`ServerConfig`): transfer slots and bytes in flight are counted per identity, per
+    network address and in total. An Open that finds a limit reached takes the slot of an idle transfer
+    (``reclaim_after``) of the same identity, address or anybody; when every slot is taken and none is idle, it
+    takes one from the address holding the most, if that holds at least two more than its own. A Read whose chunk
+    would pass a bytes-in-flight limit waits (bounded per identity and in total) until :meth:`sent` says earlier
+    replies have left the socket."""
 
     def __init__(self, folder: Path, catalogue: Catalogue, config: ServerConfig | None = None) -> None:
         self.folder = Path(folder)
         self.catalogue = catalogue
         self.config = config or ServerConfig()
         self.stats = ServerStats()
+        self._slot_limits = self.config.slot_limits
+        self._inflight_limits = self.config.inflight_limits
         self._transfers: dict[int, _Transfer] = {}
-        self._per_peer: Counter[str] = Counter()
+        self._slots = Tally()
+        """Transfers and waiting Opens, one slot each."""
+        self._inflight = Tally()
+        """Bytes of replies handed out and not yet given back to :meth:`sent`."""
+        self._deferred: OrderedDict[str, deque[_Deferred]] = OrderedDict()
+        """Reads waiting for their peer's bytes in flight to go out, per identity (served round-robin)."""
+        self._deferred_count = 0
         self._tables: OrderedDict[tuple[int, ...], ChunkTable] = OrderedDict()
         self._table_bytes = 0
         self._next_tid = 1
@@ -231,45 +222,89 @@ class ServeCore:
         """Builds handed out and not yet given back to :meth:`built`."""
         return len(self._unfinished)
 
-    def handle(self, peer: str, frames: Sequence[Frame], now: float) -> list[list[Frame]]:
-        """Every reply (a list of frames, routing not included) to one message from authenticated ``peer``, with
-        any chunk table it needs built here and now (for tests and tools; the server builds them off its loop)."""
-        out = list(self.replies(peer, frames, now))
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of replies handed out and not yet given back to :meth:`sent`."""
+        return self._inflight.total
+
+    @property
+    def deferred_reads(self) -> int:
+        return self._deferred_count
+
+    def slots_of(self, address: str) -> int:
+        """Transfer slots the identities of ``address`` hold together."""
+        return self._slots.by_address[address]
+
+    def handle(self, peer: str, frames: Sequence[Frame], now: float, address: str = "") -> list[list[Frame]]:
+        """Every reply to one message from authenticated ``peer``, as if the peer read each one at once, with any
+        chunk table it needs built here and now (for tests and tools; the server builds them off its loop)."""
+        todo = deque(self.replies(peer, frames, now, address=address))
         for build in self.take_builds():
             build.run()
-            out += [reply for _, reply in self.built(build, now)]
+            todo += self.built(build, now)
+        out = []
+        while todo:
+            reply = todo.popleft()
+            out.append(reply.frames)
+            todo += self.sent(reply, now)
         return out
 
-    def replies(self, peer: str, frames: Sequence[Frame], now: float, origin: object = None) -> Iterator[list[Frame]]:
-        """The replies to send now to one message from authenticated ``peer``. An Open whose chunk table must be
-        built first gets at most a ``Working`` notice here; its answer comes from :meth:`built` (with ``origin``)."""
+    def replies(
+        self, peer: str, frames: Sequence[Frame], now: float, origin: object = None, address: str = ""
+    ) -> list[Reply]:
+        """The replies to send now to one message from authenticated ``peer`` at network ``address`` ("" = an
+        address of its own). An Open whose chunk table must be built first gets at most a ``Working`` notice here;
+        its answer comes from :meth:`built`. A Read may get no reply yet: it waits for :meth:`sent`."""
+        who = Peer(peer, address or f"identity:{peer}")
         try:
             message, _ = CODEC.decode(frames)
         except ProtocolError as exc:
             self.stats.malformed += 1
             log.debug("malformed request from %s: %s", peer, exc)
-            return
+            return []
         if isinstance(message, Read):
-            yield self._read(peer, message, now)
-        elif isinstance(message, Open):
-            yield from self._open(peer, message, now, origin)
-        elif isinstance(message, Close):
+            return self._read(who, message, now, origin)
+        if isinstance(message, Open):
+            return [self._reply(who, origin, r) for r in self._open(who, message, now, origin)]
+        if isinstance(message, Close):
             transfer = self._transfers.get(message.tid)
-            if transfer is not None and transfer.peer == peer:
+            if transfer is not None and transfer.peer.identity == peer:
                 self._drop(transfer)
                 self.stats.closed += 1
         elif isinstance(message, Cancel):
             self._cancel(peer, message.rid)
         else:
             self.stats.malformed += 1  # a reply type sent to the server
+        return []
+
+    def sent(self, reply: Reply, now: float) -> list[Reply]:
+        """The socket is done with ``reply`` (sent, or dropped): its bytes no longer count, and the Reads that
+        waited for room are answered, round-robin over identities, as far as the limits now allow."""
+        self._inflight.remove(reply.peer, reply.size)
+        out: list[Reply] = []
+        for identity in list(self._deferred):
+            queue = self._deferred[identity]
+            while queue:
+                waiting = queue[0]
+                transfer = self._transfers.get(waiting.read.tid)
+                length = self._chunk_length(transfer, waiting.read) if transfer is not None else 0
+                if self._inflight.over(waiting.peer, length, self._inflight_limits):
+                    break
+                queue.popleft()
+                self._deferred_count -= 1
+                out += self._read(waiting.peer, waiting.read, now, waiting.origin, waited=True)
+            del self._deferred[identity]
+            if queue:
+                self._deferred[identity] = queue  # to the back: the next identity goes first next time
+        return out
 
     def take_builds(self) -> list[TableBuild]:
         """Chunk tables to build (call :meth:`TableBuild.run` off the loop, then :meth:`built`)."""
         builds, self._to_start = self._to_start, []
         return builds
 
-    def built(self, build: TableBuild, now: float) -> list[tuple[object, list[Frame]]]:
-        """A build has run: cache its table and answer the Opens waiting for it, as (origin, reply) pairs."""
+    def built(self, build: TableBuild, now: float) -> list[Reply]:
+        """A build has run: cache its table and answer the Opens waiting for it."""
         if build in self._unfinished:
             self._unfinished.remove(build)
             os.close(build.fd)
@@ -280,9 +315,8 @@ class ServeCore:
             self._cache(build.key, build.table)
         out = []
         for waiter in build.waiters:
-            self._per_peer[waiter.peer] -= 1  # counted as an open transfer while it waited; _opened counts it again
-            self._forget_peer(waiter.peer)
-            out.append((waiter.origin, self._answer(waiter, build, now)))
+            self._slots.remove(waiter.peer, 1)  # counted as a slot while it waited; _opened counts it again
+            out.append(self._reply(waiter.peer, waiter.origin, self._answer(waiter, build, now)))
         build.waiters.clear()
         return out
 
@@ -310,16 +344,44 @@ class ServeCore:
         self._unfinished.clear()
         self._builds.clear()
         self._to_start.clear()
-        self._per_peer.clear()
+        self._slots.clear()
+        self._deferred.clear()
+        self._deferred_count = 0
 
     # -- requests ---------------------------------------------------------------------------------------------
+
+    def _reply(self, peer: Peer, origin: object, frames: list[Frame]) -> Reply:
+        """``frames`` as a reply to ``peer``, its bytes counted in flight until :meth:`sent`."""
+        size = sum(len(f) for f in frames)
+        self._inflight.add(peer, size)
+        return Reply(origin, frames, peer, size)
 
     def _refuse(self, rid: int, reason: RefuseReason, detail: str) -> list[Frame]:
         self.stats.refused[reason] += 1
         log.info("refused open: %s (%s)", reason, detail)
         return CODEC.encode(Refused(rid=rid, reason=reason, detail=detail[:512]))
 
-    def _open(self, peer: str, msg: Open, now: float, origin: object) -> Iterator[list[Frame]]:
+    def _make_room(self, who: Peer, now: float) -> bool:
+        """Whether ``who`` may take one more slot, after closing a transfer to make room if it must: an idle one
+        (``reclaim_after``) of the identity, address or everybody whose limit is reached, or, when every slot is
+        taken and none is idle, one of the address holding the most, if it holds two more than ``who``'s."""
+        while scope := self._slots.over(who, 1, self._slot_limits):
+            candidates = [t for t in self._transfers.values() if _within(t.peer, who, scope)]
+            victims = [t for t in candidates if now - t.last_used >= self.config.reclaim_after]
+            if not victims and scope == "total":
+                held = self._slots.by_address
+                richest = max(held, key=held.__getitem__)
+                if held[richest] >= held[who.address] + 2:
+                    victims = [t for t in candidates if t.peer.address == richest]
+            if not victims:
+                return False
+            victim = min(victims, key=lambda t: t.last_used)
+            log.info("closing transfer %d of %s to make room (%s limit)", victim.tid, victim.peer.identity, scope)
+            self._drop(victim)
+            self.stats.evicted += 1
+        return True
+
+    def _open(self, who: Peer, msg: Open, now: float, origin: object) -> Iterator[list[Frame]]:
         try:
             names.check_name(msg.name)
         except UnsafePathError as exc:
@@ -332,10 +394,7 @@ class ServeCore:
         if msg.content_hash and entry.content_hash != msg.content_hash:
             yield self._refuse(msg.rid, "changed", f"{msg.name!r} is shared here in another version")
             return
-        if (
-            self._per_peer[peer] >= self.config.max_transfers_per_peer
-            or len(self._transfers) + self.waiting_opens >= self.config.max_transfers
-        ):
+        if not self._make_room(who, now):
             yield self._refuse(msg.rid, "busy", "too many open transfers")
             return
         try:
@@ -355,14 +414,14 @@ class ServeCore:
             return
         try:
             if st.st_size != entry.size:
-                raise _ChangedError(f"{msg.name!r} changed size since it was catalogued")
+                raise ChangedError(f"{msg.name!r} changed size since it was catalogued")
             asked = msg.chunk_size
             chunk_size = asked if asked and asked <= self.config.max_chunk_size else self.config.chunk_size
             while chunk_count(st.st_size, chunk_size) > MAX_CHUNKS and chunk_size < MAX_CHUNK:
                 chunk_size *= 2
             if chunk_count(st.st_size, chunk_size) > MAX_CHUNKS:
                 raise _RefuseError("bad-chunking", "file too large")
-        except _ChangedError as exc:
+        except ChangedError as exc:
             os.close(fd)
             yield self._refuse(msg.rid, "changed", str(exc))
             return
@@ -370,7 +429,7 @@ class ServeCore:
             os.close(fd)
             yield self._refuse(msg.rid, exc.reason, exc.detail)
             return
-        waiter = _Waiter(peer, msg.rid, msg.name, fd, st, entry.content_hash, origin)
+        waiter = Waiter(who, msg.rid, msg.name, fd, st, entry.content_hash, origin)
         key = _table_key(st, chunk_size)
         table = self._tables.get(key)
         if table is not None:
@@ -392,19 +451,19 @@ class ServeCore:
             self._unfinished.append(build)
             self._to_start.append(build)
         build.waiters.append(waiter)
-        self._per_peer[peer] += 1  # a waiting Open holds a descriptor: it counts against the limits
+        self._slots.add(who, 1)  # a waiting Open holds a descriptor: it counts against the limits
         if st.st_size >= self.config.working_notice:
             yield CODEC.encode(Working(rid=msg.rid, size=st.st_size))
 
-    def _answer(self, waiter: _Waiter, build: TableBuild, now: float) -> list[Frame]:
+    def _answer(self, waiter: Waiter, build: TableBuild, now: float) -> list[Frame]:
         """Opened or Refused for an Open that waited for ``build``."""
         if build.table is None:
             os.close(waiter.fd)
-            reason: RefuseReason = "changed" if isinstance(build.error, _ChangedError) else "io-error"
+            reason: RefuseReason = "changed" if isinstance(build.error, ChangedError) else "io-error"
             return self._refuse(waiter.rid, reason, f"{waiter.name!r}: {build.error}")
         return self._opened(waiter, build.chunk_size, build.table, now)
 
-    def _opened(self, waiter: _Waiter, chunk_size: int, table: ChunkTable, now: float) -> list[Frame]:
+    def _opened(self, waiter: Waiter, chunk_size: int, table: ChunkTable, now: float) -> list[Frame]:
         if table.content_hash != waiter.content_hash:
             os.close(waiter.fd)
             return self._refuse(waiter.rid, "changed", f"{waiter.name!r} no longer matches its catalogued hash")
@@ -415,7 +474,7 @@ class ServeCore:
         self._transfers[tid] = _Transfer(
             tid, waiter.rid, waiter.peer, waiter.name, waiter.fd, st.st_size, st.st_mtime_ns, chunk_size, chunks, now
         )
-        self._per_peer[waiter.peer] += 1
+        self._slots.add(waiter.peer, 1)
         self.stats.opened += 1
         reply = Opened(
             rid=waiter.rid,
@@ -430,28 +489,54 @@ class ServeCore:
     def _cancel(self, peer: str, rid: int) -> None:
         """The fetcher gave up Open ``rid``: drop it, waiting or answered (a build nobody waits for stops)."""
         for build in list(self._builds.values()):
-            for waiter in [w for w in build.waiters if w.peer == peer and w.rid == rid]:
+            for waiter in [w for w in build.waiters if w.peer.identity == peer and w.rid == rid]:
                 build.waiters.remove(waiter)
                 os.close(waiter.fd)
-                self._per_peer[peer] -= 1
-                self._forget_peer(peer)
+                self._slots.remove(waiter.peer, 1)
                 self.stats.cancelled += 1
             if not build.waiters:
                 build.cancel()
                 del self._builds[build.key]
-        for transfer in [t for t in self._transfers.values() if t.peer == peer and t.rid == rid]:
+        for transfer in [t for t in self._transfers.values() if t.peer.identity == peer and t.rid == rid]:
             self._drop(transfer)
             self.stats.cancelled += 1
 
-    def _read(self, peer: str, msg: Read, now: float) -> list[Frame]:
+    def _read(self, who: Peer, msg: Read, now: float, origin: object, waited: bool = False) -> list[Reply]:
+        """A chunk, or why not; no reply yet when the chunk must wait for room in flight (``waited``: it did)."""
         transfer = self._transfers.get(msg.tid)
-        if transfer is None or transfer.peer != peer:
-            return CODEC.encode(Failed(tid=msg.tid, reason="unknown-transfer", index=msg.index))
+        if transfer is None or transfer.peer.identity != who.identity:
+            return [
+                self._reply(who, origin, CODEC.encode(Failed(tid=msg.tid, reason="unknown-transfer", index=msg.index)))
+            ]
         if msg.index >= transfer.chunks:
-            return CODEC.encode(Failed(tid=msg.tid, reason="bad-index", index=msg.index))
-        transfer.last_used = now
+            return [self._reply(who, origin, CODEC.encode(Failed(tid=msg.tid, reason="bad-index", index=msg.index)))]
+        length = self._chunk_length(transfer, msg)
+        if not waited and (who.identity in self._deferred or self._inflight.over(who, length, self._inflight_limits)):
+            self._defer(who, msg, origin)
+            return []
+        return [self._reply(who, origin, self._chunk(transfer, msg, length, now))]
+
+    def _defer(self, who: Peer, msg: Read, origin: object) -> None:
+        queue = self._deferred.setdefault(who.identity, deque())
+        if (
+            len(queue) >= self.config.max_deferred_reads_per_peer
+            or self._deferred_count >= self.config.max_deferred_reads
+        ):
+            self.stats.reads_dropped += 1
+            if not queue:
+                del self._deferred[who.identity]
+            return
+        queue.append(_Deferred(who, msg, origin))
+        self._deferred_count += 1
+        self.stats.deferred += 1
+
+    @staticmethod
+    def _chunk_length(transfer: _Transfer, msg: Read) -> int:
+        return min(transfer.chunk_size, transfer.size - msg.index * transfer.chunk_size)
+
+    def _chunk(self, transfer: _Transfer, msg: Read, length: int, now: float) -> list[Frame]:
+        """Chunk ``msg.index`` read from the file, or Failed if it cannot be read or the file changed."""
         offset = msg.index * transfer.chunk_size
-        length = min(transfer.chunk_size, transfer.size - offset)
         try:
             st = os.fstat(transfer.fd)
             data = os.pread(transfer.fd, length, offset)
@@ -461,7 +546,7 @@ class ServeCore:
         if st.st_size != transfer.size or st.st_mtime_ns != transfer.mtime_ns or len(data) != length:
             self._drop(transfer)
             self.stats.changed += 1
-            log.warning("%s changed while %s was fetching it", transfer.name, peer)
+            log.warning("%s changed while %s was fetching it", transfer.name, transfer.peer.identity)
             return CODEC.encode(
                 Failed(
                     tid=msg.tid,
@@ -470,6 +555,7 @@ class ServeCore:
                     detail=f"{transfer.name!r} changed (size or modification time) while it was being served",
                 )
             )
+        transfer.last_used = now
         self.stats.chunks_sent += 1
         self.stats.bytes_sent += length
         return CODEC.encode(Chunk(tid=msg.tid, index=msg.index), data)
@@ -479,12 +565,7 @@ class ServeCore:
     def _drop(self, transfer: _Transfer) -> None:
         if self._transfers.pop(transfer.tid, None) is not None:
             os.close(transfer.fd)
-            self._per_peer[transfer.peer] -= 1
-            self._forget_peer(transfer.peer)
-
-    def _forget_peer(self, peer: str) -> None:
-        if self._per_peer.get(peer, 0) <= 0:
-            self._per_peer.pop(peer, None)
+            self._slots.remove(transfer.peer, 1)
 
     def _cache(self, key: tuple[int, ...], table: ChunkTable) -> None:
         """Keep ``table`` for later Opens of the same version, within ``table_cache_bytes`` (oldest out first)."""
@@ -495,12 +576,15 @@ class ServeCore:
             self._table_bytes -= len(old.digests) + 64
 
 
+def _within(peer: Peer, who: Peer, scope: str) -> bool:
+    """Whether ``peer`` counts against the ``scope`` limit ("identity", "address", "total") of ``who``."""
+    if scope == "identity":
+        return peer.identity == who.identity
+    return scope == "total" or peer.address == who.address
+
+
 def _table_key(st: os.stat_result, chunk_size: int) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, chunk_size)
-
-
-class _ChangedError(Exception):
-    pass
 
 
 class _RefuseError(Exception):
