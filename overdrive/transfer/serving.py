@@ -67,9 +67,11 @@ class ServerConfig:
     """Seconds after which a transfer no chunk was served for is closed, even if nobody needs its slot."""
     reclaim_after: float = 5.0
     """Seconds after which a transfer no chunk was served for gives up its slot to an Open that needs it."""
-    max_inflight_per_peer: int = 16 << 20
-    """Bytes of replies to one identity handed to the socket and not yet sent: its further Reads wait."""
-    max_inflight_per_address: int = 32 << 20
+    max_inflight_per_peer: int = 32 << 20
+    """Bytes of replies to one identity handed to the socket and not yet sent: its further Reads wait. Twice the
+    default fetch window of 1 MiB chunks, since a sent reply is counted until pyzmq releases it, a little after it
+    left: at exactly one window an honest fetcher's Reads would wait."""
+    max_inflight_per_address: int = 64 << 20
     """The same, for all the identities of one network address together."""
     max_inflight: int = 128 << 20
     """The same, for everybody together. Each bound may be passed by one chunk (one is always let out), and this one
