@@ -17,6 +17,9 @@ from zmq.utils.monitor import recv_monitor_message
 from overdrive.errors import AuthError, UnreachableError
 
 HANDSHAKE_TIMEOUT = 3.0
+BUSY = 400
+"""ZAP status with which a server refuses a CURVE client: only when its connection limits are reached
+(overdrive.bus.admission); a wrong key fails before ZAP, with another event."""
 
 _FAILED = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
@@ -56,7 +59,8 @@ def await_handshake(
             left = deadline - time.monotonic()
             if left <= 0 or not monitor.poll(int(left * 1000) + 1):
                 break
-            event = recv_monitor_message(monitor)["event"]
+            message = recv_monitor_message(monitor)
+            event = message["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 return
             if event == zmq.EVENT_CONNECTED:
@@ -67,6 +71,10 @@ def await_handshake(
                     break
             elif event in _FAILED:
                 _drop(sock, endpoint)
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and message["value"] == BUSY:
+                    raise UnreachableError(
+                        f"{peer} is full: too many connections from this machine or in all (try again later)"
+                    )
                 raise AuthError(
                     f"authentication failed for {peer}: wrong password or key file, a different network name, "
                     "or not an overdrive service at that port"

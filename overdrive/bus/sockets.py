@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import zmq
 
 from overdrive.bus.address import Endpoint
-from overdrive.bus.auth import ZAP_DOMAIN, CurveOnlyAuthenticator
+from overdrive.bus.admission import Admission, AdmissionMonitor, Limits
+from overdrive.bus.auth import CurveOnlyAuthenticator
 from overdrive.bus.monitor import HANDSHAKE_TIMEOUT, await_handshake
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.errors import BusError, ConfigError
@@ -26,6 +27,9 @@ DEFAULT_MAX_MESSAGE = 64 << 20
 """Largest single frame any overdrive socket accepts (ZMQ_MAXMSGSIZE): bigger ones drop the connection."""
 
 _NODE_PROPERTY = "X-Node-Id"
+
+DEFAULT_LIMITS = Limits()
+"""Connections a listening socket admits unless its owner says otherwise: 64 per address, 4,096 in all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ class Bus:
         self.context: zmq.Context = context or zmq.Context()  # type: ignore[type-arg]
         self._own_context = context is None
         self._auth: CurveOnlyAuthenticator | None = None
+        self._monitor: AdmissionMonitor | None = None
+        self._admissions: dict[zmq.Socket, Admission] = {}  # type: ignore[type-arg]
         self._lock = threading.Lock()
 
     @property
@@ -70,14 +76,20 @@ class Bus:
             if self._auth is not None:
                 self._auth.stop()
                 self._auth = None
+            if self._monitor is not None:
+                self._monitor.stop()
+                self._monitor = None
         if self._own_context:
             self.context.destroy(linger=0)
 
-    def _ensure_auth(self) -> None:
+    def _ensure_auth(self) -> tuple[CurveOnlyAuthenticator, AdmissionMonitor]:
         with self._lock:
-            if self._auth is None and not self.security.insecure:
+            if self._auth is None:
                 self._auth = CurveOnlyAuthenticator(self.context)
                 self._auth.start()
+            if self._monitor is None:
+                self._monitor = self._auth.monitor = AdmissionMonitor(self.context)
+            return self._auth, self._monitor
 
     def _base(self, kind: int, hwm: int, max_message: int) -> zmq.Socket:  # type: ignore[type-arg]
         sock: zmq.Socket = self.context.socket(kind)  # type: ignore[type-arg]
@@ -87,17 +99,31 @@ class Bus:
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         return sock
 
-    def server(self, kind: int, *, hwm: int = DEFAULT_HWM, max_message: int = DEFAULT_MAX_MESSAGE) -> zmq.Socket:  # type: ignore[type-arg]
-        """A socket that binds and admits only peers holding the network key."""
+    def server(
+        self,
+        kind: int,
+        *,
+        hwm: int = DEFAULT_HWM,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> zmq.Socket:  # type: ignore[type-arg]
+        """A socket that binds and admits only peers holding the network key, within ``limits`` connections."""
         sock = self._base(kind, hwm, max_message)
         key = self.security.key
         if key is not None:
-            self._ensure_auth()
+            auth, monitor = self._ensure_auth()
+            admission = Admission(limits)
             sock.curve_server = True
             sock.curve_secretkey = key.server_secret
             sock.curve_publickey = key.server_public
-            sock.zap_domain = ZAP_DOMAIN.encode()
+            sock.zap_domain = auth.domain_for(admission).encode()
+            monitor.watch(sock, admission)
+            self._admissions[sock] = admission
         return sock
+
+    def admission(self, sock: zmq.Socket) -> Admission | None:  # type: ignore[type-arg]
+        """The connection counts of a socket made by :meth:`server` (None when insecure)."""
+        return self._admissions.get(sock)
 
     def client(self, kind: int, *, hwm: int = DEFAULT_HWM, max_message: int = DEFAULT_MAX_MESSAGE) -> zmq.Socket:  # type: ignore[type-arg]
         """A socket that connects with this node's identity to servers of the same network."""
