@@ -44,12 +44,15 @@ def signed_bytes(frames: Sequence[Frame]) -> bytes:
     return DOMAIN + digest.digest()
 
 
+def seal(signer: Signer, frames: Sequence[Frame]) -> list[Frame]:
+    """``frames`` (topic, header, payload) followed by their signature."""
+    return [*frames, signer.sign(signed_bytes(frames))]
+
+
 def sealed(signer: Signer, message: StreamMessage, payload: bytes = b"") -> list[Frame]:
     """The frames to publish for ``message``: topic, header, payload (if the type takes one), signature."""
     body = CODEC.encode(message, payload) if message.payload_frames else CODEC.encode(message)
-    frames = [TOPICS[type(message)], *body]
-    frames.append(signer.sign(signed_bytes(frames)))
-    return frames
+    return seal(signer, [TOPICS[type(message)], *body])
 
 
 class Verdict(enum.Enum):
