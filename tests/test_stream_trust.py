@@ -174,6 +174,22 @@ def test_forged_replayed_and_switched_messages_are_dropped_and_counted(network) 
         attacked.stop()
 
 
+def test_signed_messages_sent_again_are_not_played_or_recorded_twice(network) -> None:
+    honest, _, frames = lecture(LECTURER)
+    viewer = Viewer(ViewerConfig(host="127.0.0.1:1", headless=True), network.bus())
+    try:
+        seen = Seen(viewer)
+        feed(viewer, honest)
+        before = (list(seen.messages), len(seen.pictures))
+        feed(viewer, honest[1:])  # a password holder in the path sends the lecturer's own messages again
+        assert (seen.messages, len(seen.pictures)) == before
+        assert viewer.stats.replayed == len(frames)  # one audio chunk per frame
+        assert viewer.join.drops["stale_seq"] == len(frames)
+        assert viewer.stats.forged == 0
+    finally:
+        viewer.stop()
+
+
 def test_nothing_counts_before_a_trusted_info(network) -> None:
     honest, _, _ = lecture(LECTURER)
     viewer = Viewer(ViewerConfig(host="127.0.0.1:1", headless=True), network.bus())

@@ -21,7 +21,7 @@ class ViewerStats:
     malformed: int = 0
     forged: int = 0  # not signed by the trusted streamer key (see media/trust.py)
     unverified: int = 0  # before any trusted StreamInfo
-    replayed: int = 0  # signed infos of an older stream
+    replayed: int = 0  # signed infos of an older stream, audio chunks sent again
     signer: str | None = None  # the trusted streamer key's fingerprint
     frames_received: int = 0
     frames_accepted: int = 0

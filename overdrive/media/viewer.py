@@ -115,6 +115,7 @@ class Viewer(ZmqService):
         self.join = JoinState()
         self.catchup = CatchUp()
         self.trust = StreamTrust(config.pin)
+        self._audio_seq: dict[int, int] = {}  # newest AudioChunk.seq per track of the current stream (<= 8)
         self.stats = ViewerStats()
         self._listeners: list[Listener] = []
         self._picture_listeners: list[PictureListener] = []
@@ -251,7 +252,7 @@ class Viewer(ZmqService):
                     self._reset(action.info)
                 self._notify(message, b"")
             elif isinstance(message, AudioChunk):
-                if message.stream_id == self.join.stream_id:
+                if message.stream_id == self.join.stream_id and self._fresh_audio(message):
                     self.stats.audio_chunks += 1
                     self._notify(message, payload)
             else:
@@ -302,7 +303,16 @@ class Viewer(ZmqService):
         if notice is not None:
             log.warning("%s", notice)
 
+    def _fresh_audio(self, chunk: AudioChunk) -> bool:
+        """Whether ``chunk`` is newer than the last of its track: a signed chunk sent again (a replay) is not."""
+        if chunk.seq <= self._audio_seq.get(chunk.track, -1):
+            self.stats.replayed += 1
+            return False
+        self._audio_seq[chunk.track] = chunk.seq
+        return True
+
     def _reset(self, info: StreamInfo) -> None:
+        self._audio_seq.clear()
         self.catchup = CatchUp(stale_ns=max(1_000_000_000, int(info.keyframe_interval * 1e9)))
         if self._decoder is not None:
             self._decoder.close()
