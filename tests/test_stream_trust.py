@@ -232,6 +232,14 @@ def test_pinned_viewer_refuses_a_second_streamer_with_the_password(network, view
         wait_until(lambda: good.count() >= 5, 20, "pictures from the pinned lecturer")
 
 
+@pytest.fixture
+def viewers() -> Iterator[list[Viewer]]:
+    started: list[Viewer] = []
+    yield started
+    for viewer in started:
+        viewer.stop()
+
+
 class Relay:
     """An XSUB/XPUB relay in the path (as a password holder could run one), forwarding every frame unchanged."""
 

@@ -88,9 +88,11 @@ class StreamTrust:
     def check(self, frames: Sequence[Frame]) -> Verdict:
         """Whether ``[topic, header, *payload, signature]`` is signed by the trusted key (a StreamInfo that is not
         may still be :meth:`offer`-ed once decoded)."""
+        if len(frames) < 3:
+            return Verdict.FORGED  # no signature frame at all
         if self.key is None:
             return Verdict.UNVERIFIED
-        if len(frames) < 3 or not self.key.verify(bytes(_view(frames[-1])), signed_bytes(frames[:-1])):
+        if not self.key.verify(bytes(_view(frames[-1])), signed_bytes(frames[:-1])):
             return Verdict.FORGED
         return Verdict.TRUSTED
 

@@ -275,8 +275,8 @@ class Viewer(ZmqService):
             self.stats.malformed += 1
             log.debug("dropped a message on unknown topic %r", topic[:8])
             return None
-        verdict = self.trust.check(frames)  # before decoding: only a StreamInfo can bring a key to trust
-        if verdict is not Verdict.TRUSTED and expected is not StreamInfo:
+        verdict = self.trust.check(frames)  # before decoding: only a signed StreamInfo can bring a key to trust
+        if verdict is not Verdict.TRUSTED and (expected is not StreamInfo or len(frames) < 3):
             self._distrust(verdict, None)
             return None
         try:
