@@ -70,3 +70,8 @@ def test_bench_audio_smoke() -> None:
     out = smoke("bench_audio.py", Xvfb.binary, PulseAudio.binary, "pactl")
     assert "glass-to-ear latency p50" in out
     assert "x the baseline)" in out
+
+
+def test_bench_stream_signing_smoke() -> None:
+    out = smoke("bench_stream_signing.py")
+    assert "| h264 p-frame |" in out and "streamer µs unsigned / signed (ratio)" in out

@@ -16,12 +16,14 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION
+from overdrive.bus.signing import Signer
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, ConfigError
 from overdrive.media.codecs.h264 import H264Encoder
 from overdrive.media.protocol import CODEC, MAX_VIDEO_FRAME, StreamInfo, VideoFrame, VideoTrackInfo
 from overdrive.media.sources import TestPattern
 from overdrive.media.streamer import Streamer, StreamerConfig
+from overdrive.media.trust import seal, sealed
 from overdrive.media.viewer import Viewer, ViewerConfig
 
 W, H = 640, 480
@@ -183,7 +185,8 @@ def test_viewer_recovers_when_the_streamer_restarts(network, viewers) -> None:
         wait_until(lambda: pictures.count() >= 10, 20, "pictures from the first streamer")
     finally:
         first.stop()
-    second = Streamer(pattern_config(bind=f"tcp://127.0.0.1:{endpoint.port}"), network.bus())
+    # the same machine again: the same node identity, so the same signing key (a new one would be refused)
+    second = Streamer(pattern_config(bind=f"tcp://127.0.0.1:{endpoint.port}"), network.bus(), signer=first.signer)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -219,16 +222,17 @@ def encoded_pattern(n: int) -> tuple[VideoTrackInfo, list[tuple[VideoFrame, byte
 
 
 def test_malformed_and_oversized_messages_are_dropped_and_counted(network, viewers) -> None:
-    """A peer on the stream port (it knows the password) sends junk between valid frames; the viewer survives."""
+    """A streamer of its own (it knows the password) signs junk between valid frames; the viewer survives."""
+    rogue = Signer.generate()
     bus = network.bus()
     pub = bus.server(zmq.PUB)
     try:
         endpoint = bus.bind(pub, Endpoint("127.0.0.1", 0))
         viewer, pictures = start_viewer(network.bus(), endpoint, viewers)
         video, frames = encoded_pattern(6)
-        info = StreamInfo(stream_id="rogue", name="rogue", started_ns=1, sent_ns=1, video=video)
+        info = StreamInfo(stream_id="rogue", name="rogue", started_ns=1, sent_ns=1, video=video, signer=rogue.public)
         while viewer.stats.infos == 0:  # until the subscription has reached the publisher
-            pub.send_multipart([b"i", *CODEC.encode(info)])
+            pub.send_multipart(sealed(rogue, info))
             time.sleep(0.05)
         wait_until(lambda: viewer.stats.infos > 0, 10, "info to arrive")
         key_header, key_data = frames[0]
@@ -245,19 +249,19 @@ def test_malformed_and_oversized_messages_are_dropped_and_counted(network, viewe
             [b"v", msgspec.msgpack.encode([PROTOCOL_VERSION, {**body, "seq": -5}]), key_data],  # invalid field
         ]
         for message in junk:
-            pub.send_multipart(message)
+            pub.send_multipart(message if len(message) < 2 else seal(rogue, message))
         for header, data in frames[:3]:
-            pub.send_multipart([b"v", *CODEC.encode(header, data)])
+            pub.send_multipart(sealed(rogue, header, data))
         wait_until(lambda: pictures.count() >= 1, 10, "pictures after the junk")
         # a valid header whose keyframe bytes are garbage: a decode error, then recovery at the next keyframe
         bad = VideoFrame(stream_id="rogue", seq=10, pts_ns=frames[2][0].pts_ns, keyframe=True, codec="h264")
-        pub.send_multipart([b"v", *CODEC.encode(bad, b"\x00\x00\x01\x65" + b"\xff" * 500)])
+        pub.send_multipart(sealed(rogue, bad, b"\x00\x00\x01\x65" + b"\xff" * 500))
         wait_until(lambda: viewer.stats.decode_errors >= 1, 10, "the bad keyframe")
         for i, (header, data) in enumerate(frames):
             again = VideoFrame(
                 stream_id="rogue", seq=11 + i, pts_ns=header.pts_ns, keyframe=header.keyframe, codec="h264"
             )
-            pub.send_multipart([b"v", *CODEC.encode(again, data)])
+            pub.send_multipart(sealed(rogue, again, data))
         wait_until(lambda: viewer.stats.frames_accepted >= 10, 10, "the valid frames after the bad one")
         wait_until(lambda: any(f.seq == 16 for _, f, _ in pictures.snapshot()), 10, "the last picture")
         assert viewer.stats.malformed == len(junk)
@@ -272,9 +276,10 @@ def test_malformed_and_oversized_messages_are_dropped_and_counted(network, viewe
 def test_receive_path_on_crafted_frames_without_a_socket(network) -> None:
     viewer = Viewer(ViewerConfig(host="127.0.0.1:1", headless=True), network.bus())
     video, frames = encoded_pattern(3)
-    info = StreamInfo(stream_id="rogue", name="x", started_ns=1, sent_ns=1, video=video)
-    batch = [[b"i", *CODEC.encode(info)]] + [[b"v", *CODEC.encode(h, d)] for h, d in frames]
-    batch.insert(2, [b"v", b"junk", b""])
+    signer = Signer.generate()
+    info = StreamInfo(stream_id="rogue", name="x", started_ns=1, sent_ns=1, video=video, signer=signer.public)
+    batch = [sealed(signer, info)] + [sealed(signer, h, d) for h, d in frames]
+    batch.insert(2, seal(signer, [b"v", b"junk", b""]))
     picture = viewer.process(batch)
     assert picture is not None and picture.shape == (120, 160, 3)
     assert viewer.stats.malformed == 1

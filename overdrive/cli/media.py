@@ -95,7 +95,14 @@ def stream(
                     end="",
                 )
 
-        announce = ready("stream", endpoint, f"stream {streamer.stream_id}", f"source {source}", f"codec {codec}")
+        announce = ready(
+            "stream",
+            endpoint,
+            f"stream {streamer.stream_id}",
+            f"source {source}",
+            f"codec {codec}",
+            f"key {streamer.signer.fingerprint}",
+        )
         run(
             announce,
             lambda _: streamer.run(status),
@@ -132,6 +139,14 @@ def view(
     ] = False,
     trace: Annotated[Path | None, typer.Option(hidden=True, help="Per-frame timing log (tests).")] = None,
     mute: Annotated[bool, typer.Option("--mute", help="Do not play the audio (--headless implies it).")] = False,
+    pin: Annotated[
+        str | None,
+        typer.Option(
+            help="Show only a stream signed by the key with this fingerprint (the streamer prints it: key ...). "
+            "Without it, the first stream's key is trusted for this session.",
+            show_default=False,
+        ),
+    ] = None,
     no_record: NoRecord = False,
     backup: Backup = None,
     wav: Wav = False,
@@ -141,7 +156,13 @@ def view(
 
     opts = options(ctx)
     config = ViewerConfig(
-        host=host, headless=headless, duration=duration, stats_json=stats_json, overlay=overlay, trace=trace
+        host=host,
+        headless=headless,
+        duration=duration,
+        stats_json=stats_json,
+        overlay=overlay,
+        trace=trace,
+        pin=pin,
     )
     warn_insecure(opts)
     with opts.bus() as bus:
@@ -149,14 +170,15 @@ def view(
         extras = view_extras(viewer, play=not (mute or headless), record=not no_record, backup=backup, wav=wav)
         viewer.connect()
 
-        announce = ready("view", config.endpoint, "connected, waiting for stream info and a keyframe")
+        waiting = f"waiting for a stream signed by {config.pin}" if config.pin else "waiting for stream info"
+        announce = ready("view", config.endpoint, f"connected, {waiting} and a keyframe")
         # viewer.run writes --stats-json on the way out, also on Ctrl-C / SIGTERM
         run(announce, lambda _: viewer.run(), stop=[viewer.stop, extras.close], request_stop=viewer.request_stop)
         s = viewer.stats_dict()
         p50 = s["latency_ms"]["p50"]
         console.print(
             f"received {s['frames_received']} frames, shown {s['frames_shown']}, gaps {s['gaps']}, "
-            f"fps {s['fps'] or 0:.1f}, latency p50 {p50 or 0:.0f} ms, malformed {s['malformed']}"
+            f"fps {s['fps'] or 0:.1f}, latency p50 {p50 or 0:.0f} ms, malformed {s['malformed']}, forged {s['forged']}"
         )
 
 

@@ -3,13 +3,16 @@
 Each PUB message is ``[topic, header, *payload]``. Topics are fixed prefixes so a SUB can filter and an XSUB/XPUB
 relay can forward without understanding anything else; the publisher keeps no per-viewer state.
 
-* ``TOPIC_INFO``: :class:`StreamInfo`, repeated every second for late joiners (codec, size, extradata, audio).
+* ``TOPIC_INFO``: :class:`StreamInfo`, repeated every second for late joiners (codec, size, extradata, audio,
+  the streamer's signing key).
 * ``TOPIC_VIDEO``: :class:`VideoFrame` + one payload frame (an H.264 access unit in Annex B, or a JPEG).
 * ``TOPIC_AUDIO``: :class:`AudioChunk` + one payload frame (an Opus packet or interleaved s16le PCM).
 
 All timestamps are capture times in nanoseconds on the streamer's wall clock (``time.time_ns()``), shared by
 video and audio, so recordings and playback line tracks up by timestamp, never by an assumed rate.
 ``stream_id`` changes whenever a streamer (re)starts, which tells viewers to reset decoders and recordings.
+Every message ends with one more frame, the streamer's signature (:mod:`overdrive.media.trust`), which the
+shells add and strip: this codec sees ``[header, *payload]`` only.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ class StreamInfo(Message, tag="info", frozen=True):
     video: VideoTrackInfo
     audio: tuple[AudioTrackInfo, ...] = ()
     keyframe_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    signer: Annotated[bytes, Meta(max_length=32)] = b""
+    """The streamer's Ed25519 public key, which signs every message of the stream (viewers refuse an info without
+    one; empty only in local use that never goes on the wire)."""
 
 
 class VideoFrame(Message, tag="vf", frozen=True):

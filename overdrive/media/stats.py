@@ -19,6 +19,10 @@ class ViewerStats:
 
     messages: int = 0
     malformed: int = 0
+    forged: int = 0  # not signed by the trusted streamer key (see media/trust.py)
+    unverified: int = 0  # before any trusted StreamInfo
+    replayed: int = 0  # signed infos of an older stream, audio chunks sent again
+    signer: str | None = None  # the trusted streamer key's fingerprint
     frames_received: int = 0
     frames_accepted: int = 0
     frames_decoded: int = 0
@@ -69,6 +73,10 @@ def report(s: ViewerStats, join: JoinState, catchup: CatchUp, started: float) ->
         "phase": join.phase.name.lower(),
         "messages": s.messages,
         "malformed": s.malformed,
+        "signer": s.signer,
+        "forged": s.forged,
+        "unverified": s.unverified,
+        "replayed": s.replayed,
         "frames_received": s.frames_received,
         "frames_accepted": s.frames_accepted,
         "frames_decoded": s.frames_decoded,

@@ -3,7 +3,9 @@
 :class:`Streamer` binds a PUB (small high-water mark: a slow viewer loses frames at the publisher instead of
 slowing anyone), then loops: take the newest captured picture, encode it, send ``[topic, header, payload]`` with
 the payload zero-copy; repeat :class:`~overdrive.media.protocol.StreamInfo` every second. It keeps no per-viewer
-state, so a relay (XSUB/XPUB proxy) can re-publish the stream unchanged.
+state, so a relay (XSUB/XPUB proxy) can re-publish the stream unchanged. Every message carries a signature by
+``streamer.signer`` (:mod:`overdrive.media.trust`), derived from the node identity so a restart keeps the key and
+viewers' pins; ``streamer.signer.fingerprint`` is what the lecturer shows the class.
 
 It is a :class:`~overdrive.bus.service.Worker`: ``start()`` returns once the first frame is out, ``run()`` streams
 in the caller's thread (the CLI's), ``request_stop()`` ends that from a signal handler.
@@ -36,15 +38,14 @@ import zmq
 
 from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint, parse_endpoint
 from overdrive.bus.service import STOP_TIMEOUT, Worker
+from overdrive.bus.signing import Signer
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, MediaError
 from overdrive.media.codecs import make_encoder
 from overdrive.media.codecs.base import Encoder
 from overdrive.media.hooks import Listener, Producer
 from overdrive.media.protocol import (
-    CODEC,
     MAX_VIDEO_FRAME,
-    TOPICS,
     AudioTrackInfo,
     StreamInfo,
     StreamMessage,
@@ -52,6 +53,7 @@ from overdrive.media.protocol import (
     VideoTrackInfo,
 )
 from overdrive.media.sources import CaptureThread, PictureSource, Region, Scale, make_source
+from overdrive.media.trust import sealed
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +139,13 @@ class Streamer(Worker):
     error_type = MediaError
     ready_on_setup = False  # ready once the first frame is out
 
-    def __init__(self, config: StreamerConfig, bus: Bus, source: PictureSource | None = None) -> None:
+    def __init__(
+        self, config: StreamerConfig, bus: Bus, source: PictureSource | None = None, signer: Signer | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.bus = bus
+        self.signer = signer or Signer.for_identity(bus.security.identity)  # same identity, same key: pins last
         self.stream_id = uuid.uuid4().hex[:16]
         self.started_ns = time.time_ns()
         self.stats = StreamerStats()
@@ -353,6 +358,7 @@ class Streamer(Worker):
             video=video,
             audio=tuple(self._audio),
             keyframe_interval=self.config.keyframe_interval,
+            signer=self.signer.public,
         )
         self._publish(info, b"")
 
@@ -371,13 +377,8 @@ class Streamer(Worker):
     def _publish(self, message: StreamMessage, payload: bytes) -> None:
         sock = self._sock
         assert sock is not None
-        frames = CODEC.encode(message, payload) if message.payload_frames else CODEC.encode(message)
-        topic = TOPICS[type(message)]
-        try:
-            sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
-            for i, frame in enumerate(frames):
-                last = i == len(frames) - 1
-                sock.send(frame, (0 if last else zmq.SNDMORE) | zmq.NOBLOCK, copy=not (last and i > 0))
+        try:  # copy=False: frames above pyzmq's copy threshold (the payload) go out zero-copy
+            sock.send_multipart(sealed(self.signer, message, payload), zmq.NOBLOCK, copy=False)
         except zmq.Again:  # PUB never blocks; kept for safety with exotic socket options
             log.debug("publish would block; dropped")
         for listener in self._listeners:

@@ -8,7 +8,9 @@ or after falling more than a keyframe interval behind, from the next live keyfra
 (:class:`~overdrive.media.join.CatchUp`), showing only the newest picture. A viewer that was paused or slow
 therefore jumps back to live instead of replaying the past, and the publisher's high-water mark means it never
 slows the streamer. Malformed or oversized messages are dropped and counted (``stats.malformed``, see
-:mod:`~overdrive.media.stats`).
+:mod:`~overdrive.media.stats`). Nothing is decoded, shown or passed to hooks until a StreamInfo signed by a key
+the viewer trusts (``ViewerConfig.pin``, else the first one: :class:`~overdrive.media.trust.StreamTrust`); from
+then on a message that key did not sign is dropped and counted (``stats.forged``).
 
 It is a :class:`~overdrive.bus.service.ZmqService`: ``start()`` receives in a thread that ``stop()`` ends over
 inproc; ``run()`` receives in the caller's thread (the CLI's main thread, where the window must live), and
@@ -39,6 +41,7 @@ import zmq
 
 from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint, parse_endpoint
 from overdrive.bus.service import START_TIMEOUT, STOP_TIMEOUT, ZmqService
+from overdrive.bus.signing import normalise_fingerprint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, MediaError, ProtocolError
 from overdrive.media.codecs import make_decoder
@@ -58,6 +61,7 @@ from overdrive.media.protocol import (
 )
 from overdrive.media.sources import Image
 from overdrive.media.stats import ViewerStats, report
+from overdrive.media.trust import StreamTrust, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class ViewerConfig:
     rcvhwm: int = STREAM_RCVHWM
     trace: Path | None = None
     title: str = "overdrive"
+    pin: str | None = None
     endpoint: Endpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +97,8 @@ class ViewerConfig:
         if self.rcvhwm < 1:
             raise ConfigError("receive high-water mark must be >= 1")
         object.__setattr__(self, "endpoint", parse_endpoint(self.host, DEFAULT_STREAM_PORT))
+        if self.pin is not None:
+            object.__setattr__(self, "pin", normalise_fingerprint(self.pin))
 
 
 class Viewer(ZmqService):
@@ -107,6 +114,8 @@ class Viewer(ZmqService):
         self.config = config
         self.join = JoinState()
         self.catchup = CatchUp()
+        self.trust = StreamTrust(config.pin)
+        self._audio_seq: dict[int, int] = {}  # newest AudioChunk.seq per track of the current stream (<= 8)
         self.stats = ViewerStats()
         self._listeners: list[Listener] = []
         self._picture_listeners: list[PictureListener] = []
@@ -243,7 +252,7 @@ class Viewer(ZmqService):
                     self._reset(action.info)
                 self._notify(message, b"")
             elif isinstance(message, AudioChunk):
-                if message.stream_id == self.join.stream_id:
+                if message.stream_id == self.join.stream_id and self._fresh_audio(message):
                     self.stats.audio_chunks += 1
                     self._notify(message, payload)
             else:
@@ -262,19 +271,48 @@ class Viewer(ZmqService):
             return None
         topic = bytes(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
         expected = _TOPIC_TYPES.get(topic)
+        if expected is None:
+            self.stats.malformed += 1
+            log.debug("dropped a message on unknown topic %r", topic[:8])
+            return None
+        verdict = self.trust.check(frames)  # before decoding: only a signed StreamInfo can bring a key to trust
+        if verdict is not Verdict.TRUSTED and (expected is not StreamInfo or len(frames) < 3):
+            self._distrust(verdict, None)
+            return None
         try:
-            if expected is None:
-                raise ProtocolError(f"unknown topic {topic[:8]!r}")
-            message, payload = CODEC.decode(frames[1:])
+            message, payload = CODEC.decode(frames[1:-1])  # the last frame is the signature
             if type(message) is not expected:
                 raise ProtocolError(f"{type(message).__name__} on topic {topic!r}")
         except ProtocolError as exc:
             self.stats.malformed += 1
             log.debug("dropped malformed message: %s", exc)
             return None
+        if isinstance(message, StreamInfo):
+            decision = self.trust.offer(message, frames, verdict)
+            if decision.verdict is not Verdict.TRUSTED:
+                self._distrust(decision.verdict, decision.notice)
+                return None
+            if decision.notice is not None:
+                log.warning("%s", decision.notice)
+            self.stats.signer = self.trust.fingerprint
         return message, bytes(payload[0]) if payload else b""
 
+    def _distrust(self, verdict: Verdict, notice: str | None) -> None:
+        """Count a message the trusted key did not sign (and say why, once per foreign key)."""
+        setattr(self.stats, verdict.value, getattr(self.stats, verdict.value) + 1)
+        if notice is not None:
+            log.warning("%s", notice)
+
+    def _fresh_audio(self, chunk: AudioChunk) -> bool:
+        """Whether ``chunk`` is newer than the last of its track: a signed chunk sent again (a replay) is not."""
+        if chunk.seq <= self._audio_seq.get(chunk.track, -1):
+            self.stats.replayed += 1
+            return False
+        self._audio_seq[chunk.track] = chunk.seq
+        return True
+
     def _reset(self, info: StreamInfo) -> None:
+        self._audio_seq.clear()
         self.catchup = CatchUp(stale_ns=max(1_000_000_000, int(info.keyframe_interval * 1e9)))
         if self._decoder is not None:
             self._decoder.close()
