@@ -101,7 +101,7 @@ class MasterStats:
     foreign_rows: int = 0
     """Live rows dropped because their origin is not a master we know (only masters originate updates)."""
     unproven: int = 0
-    """Master messages and mesh proofs dropped: their sender has not proven the mesh key (:mod:`.mesh_trust`)."""
+    """Of ``dropped``: master messages and proofs from senders that have not proven the mesh key (see mesh_trust)."""
     rate: float = 0.0
 
 

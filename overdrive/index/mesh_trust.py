@@ -15,9 +15,9 @@ ways (each honest master sees the student's own node id, never the other master'
 
 A server knows a dialer as a master by its node id (only that id's secret key holder can open such a connection);
 a dialer knows the master behind a link by the link. Until then nothing but the handshake passes on that link or
-from that connection: master messages from an unproven connection are dropped, counted (``stats.unproven``), and
-answered ``MeshHello`` (after a restart, the dialer's proof is gone: it proves itself again). A master without a
-mesh key runs solo: it refuses every handshake and every master message.
+from that connection: master messages from an unproven connection are dropped and counted (``stats.unproven``),
+and a heartbeat is answered ``MeshHello`` (after a restart the server has forgotten the dialer's proof: the dialer
+proves itself again). A master without a mesh key runs solo: it refuses every handshake and every master message.
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ def admit(mesh: Mesh, peer: Peer, message: Message, now: float) -> bool:
         origin = trust.proven.get(peer.node, "")
         if not origin:
             _unproven(mesh, f"{type(message).__name__} from {peer.node or 'a connection'}, not a proven master")
-            if trust.key is not None:  # it may be a master that proved itself to our previous incarnation
-                mesh.send(peer, MeshHello(origin=mesh.origin, nonce=bytes(NONCE_SIZE)))
+            if trust.key is not None and isinstance(message, MasterBeat):  # a master that proved itself to our
+                mesh.send(peer, MeshHello(origin=mesh.origin, nonce=bytes(NONCE_SIZE)))  # previous incarnation
             return False
     else:
         origin = trust.link_origin(peer.address)
@@ -171,7 +171,7 @@ def admit(mesh: Mesh, peer: Peer, message: Message, now: float) -> bool:
 
 def _unproven(mesh: Mesh, reason: str) -> None:
     mesh.stats.unproven += 1
-    log.debug("master %s: dropped %s", mesh.origin, reason)
+    mesh.reject(reason)
 
 
 def hello_received(mesh: Mesh, peer: Peer, message: MeshHello, payload: list[memoryview], now: float) -> None:
