@@ -330,7 +330,7 @@ def test_a_repair_that_cannot_be_sent_waits_and_is_dropped_when_idle(network: Te
     mesh = Mesh(MemoryStore(), MasterConfig(), now=0.0)
     nowhere = network.bus().client(zmq.DEALER)  # connected to nothing: every send finds no room
     try:
-        mesh.serve(LINK, 0, iter([_repair_rows()]), None, Window(), 0.0)
+        mesh.serve(Peer.routed(b"\x00peer", PEER), 0, iter([_repair_rows()]), None, Window(), 0.0)  # a repair
         (send,) = mesh.outbox(1.0)
         assert isinstance(send, Send) and isinstance(send.message, SyncBatch)
         transmit(nowhere, send, mesh)

@@ -133,7 +133,7 @@ def test_honest_masters_converge_and_never_know_a_student_master() -> None:
     own = FileInfo(name="student.txt", size=1, content_hash="cd" * 32, mtime_ns=1)
     node = "studentsnodeaaaa"
     student.mesh.step(
-        Peer.routed(b"its-node", node), Announce(ref=1, holder=node, address="10.6.6.6:1", files=[own]), [], sim.now
+        Peer.routed(b"node-student", node), Announce(ref=1, holder=node, address="10.6.6.6:1", files=[own]), [], sim.now
     )
     for _ in range(150):
         if rng.random() < 0.3:
