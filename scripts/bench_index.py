@@ -39,6 +39,7 @@ import benchlib  # noqa: E402
 from overdrive.bus.address import Endpoint  # noqa: E402
 from overdrive.bus.ready import parse_ready  # noqa: E402
 from overdrive.bus.security import NetworkKey, NodeIdentity  # noqa: E402
+from overdrive.bus.signing import MeshKey  # noqa: E402
 from overdrive.bus.sockets import Bus, Security  # noqa: E402
 from overdrive.demo.context import stop  # noqa: E402
 from overdrive.files.model import FileInfo  # noqa: E402
@@ -60,6 +61,8 @@ class Masters:
         self.procs: list[subprocess.Popen[str]] = []
         self.count = 0
         self.key = NetworkKey.from_password(PASSWORD, NETWORK)
+        self.mesh_key = self.root / "mesh.key"  # the masters' credential, shared by every master of the run
+        MeshKey.generate(NETWORK).write(self.mesh_key)
         self.buses: list[Bus] = []
 
     def start(self, db: Path, *peers: Endpoint, heartbeat: float = 0.5) -> tuple[subprocess.Popen[str], Endpoint]:
@@ -79,6 +82,8 @@ class Masters:
             f"sqlite://{db}",
             "--heartbeat",
             str(heartbeat),
+            "--mesh-key",
+            str(self.mesh_key),
         ]
         if peers:
             args += ["--peers", ",".join(p.display for p in peers)]

@@ -25,6 +25,7 @@ from zmq.utils import garbage
 from overdrive.bus.address import Endpoint
 from overdrive.bus.ready import Ready, parse_ready
 from overdrive.bus.security import NetworkKey, NodeIdentity
+from overdrive.bus.signing import MeshKey
 from overdrive.bus.sockets import Bus, Security
 
 pytest_plugins = ["tests.plugin_services"]
@@ -113,7 +114,17 @@ class TestNetwork:
     password: str
     name: str
     key: NetworkKey
+    mesh_key: MeshKey
+    """The masters' credential: every master of a test shares it."""
     _buses: list[Bus] = field(default_factory=list)
+
+    def mesh_key_file(self, folder: Path) -> Path:
+        """The mesh key as a file in ``folder`` (written on first use), for ``overdrive master --mesh-key``."""
+        path = folder / "mesh.key"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            self.mesh_key.write(path)
+        return path
 
     def bus(self, *, password: str | None = None, insecure: bool = False) -> Bus:
         """A bus with a fresh node identity: the network's key, another password's, or none (insecure)."""
@@ -149,7 +160,7 @@ def network() -> Iterator[TestNetwork]:
     key = _KEY_CACHE.get((PASSWORD, NETWORK))
     if key is None:
         key = _KEY_CACHE[(PASSWORD, NETWORK)] = NetworkKey.from_password(PASSWORD, NETWORK)
-    net = TestNetwork(PASSWORD, NETWORK, key)
+    net = TestNetwork(PASSWORD, NETWORK, key, MeshKey.generate(NETWORK))
     yield net
     net.close()
 
@@ -186,7 +197,9 @@ class Children:
         return self.spawn(home, *args)[1].endpoint
 
     def master(self, *args: str) -> Endpoint:
-        return self.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", *args)
+        """A master holding the test network's mesh key (so it may join other masters started here)."""
+        key = str(self.network.mesh_key_file(self.tmp))
+        return self.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--mesh-key", key, *args)
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -178,7 +178,10 @@ def test_a_master_with_the_wrong_password_says_so_instead_of_running_alone(
     master = children.master()
     env = network.env(tmp_path / "second")
     env["OVERDRIVE_PASSWORD"] = "not the password"
-    result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--peers", master.display, env=env)
+    key = str(network.mesh_key_file(tmp_path))
+    result = run_cli(
+        "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--mesh-key", key, "--peers", master.display, env=env
+    )
     assert result.returncode == 1, result.stderr
     assert "authentication failed" in one_line_error(result)
     assert master.display in one_line_error(result)
@@ -207,7 +210,8 @@ def test_a_peer_port_that_is_not_an_overdrive_master_is_a_warning_when_another_p
         try:
             port = impostor.getsockname()[1]
             proc, joined = children.spawn(
-                "second", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--peers",
+                "second", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0",
+                "--mesh-key", str(network.mesh_key_file(tmp_path)), "--peers",
                 f"127.0.0.1:{port},{real.display}",
             )  # fmt: skip
             with IndexClient(network.bus(), [joined.endpoint]) as client:

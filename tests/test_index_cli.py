@@ -137,3 +137,21 @@ def test_share_on_a_port_in_use_says_so_before_scanning(
         )
     assert result.returncode == 2 and "already in use" in one_line_error(result), result.stderr
     assert "scanned" not in result.stdout + result.stderr
+
+
+def test_masters_need_a_mesh_key_for_the_network_to_join_each_other(
+    run_cli: Run, network: TestNetwork, tmp_path: Path
+) -> None:
+    env = network.env(tmp_path / "home")
+    key = tmp_path / "mesh.key"
+    made = run_cli("keygen", "--mesh", str(key), env=env)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(key.read_text())["kind"] == "overdrive-mesh-key" and key.stat().st_mode & 0o777 == 0o600
+    assert "fingerprint" in made.stdout + made.stderr and "network key" not in made.stdout + made.stderr
+    alone = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--peers", "127.0.0.1:9", env=env)
+    assert alone.returncode == 2
+    assert "overdrive keygen --mesh FILE" in one_line_error(alone) and "--mesh-key FILE" in one_line_error(alone)
+    other = tmp_path / "other.key"
+    assert run_cli("--network", "another", "keygen", "--mesh", str(other), env=env).returncode == 0
+    wrong = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--mesh-key", str(other), env=env)
+    assert wrong.returncode == 2 and "'another'" in one_line_error(wrong)

@@ -21,6 +21,7 @@ from overdrive.index.mesh import Dial, Mesh, Peer, Send
 from overdrive.index.protocol import (
     Digest,
     MasterBeat,
+    MeshProof,
     StatusQuery,
     SyncAck,
     SyncBatch,
@@ -33,6 +34,7 @@ from overdrive.index.stores import BUCKETS, open_store
 from overdrive.index.stores.memory import MemoryStore
 from overdrive.index.stores.sqlite import SqliteStore
 from tests.conftest import TestNetwork
+from tests.mesh_proofs import KEY, answer_link, prove_to
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -48,14 +50,14 @@ def test_digest_anti_entropy_repairs_a_silent_divergence(network: TestNetwork, t
     first = Master(
         network.bus(),
         open_store(f"sqlite://{tmp_path / 'a.db'}"),
-        MasterConfig(bind=Endpoint("127.0.0.1", 0), **config),
+        MasterConfig(bind=Endpoint("127.0.0.1", 0), mesh_key=network.mesh_key, **config),
     )  # type: ignore[arg-type]
     first.start()
     assert first.endpoint is not None
     second = Master(
         network.bus(),
         open_store(f"sqlite://{tmp_path / 'b.db'}"),
-        MasterConfig(bind=Endpoint("127.0.0.1", 0), peers=(first.endpoint,), **config),
+        MasterConfig(bind=Endpoint("127.0.0.1", 0), peers=(first.endpoint,), mesh_key=network.mesh_key, **config),
     )  # type: ignore[arg-type]
     second.start()
     assert second.endpoint is not None
@@ -124,12 +126,13 @@ LINK = Peer.link(PEER_AT)
 def _mesh(store: MemoryStore | None = None, clock: _Clock | None = None, **config: float) -> Mesh:
     """A mesh at t=1000 listening at 10.0.0.1 with one configured peer, its opening actions taken."""
     clock = clock or _Clock()
-    settings = MasterConfig(peers=(Endpoint("10.0.0.2", 7771),), master_timeout=100.0, **config)  # type: ignore[arg-type]
-    mesh = Mesh(store or MemoryStore(), settings, now=clock.now, clock=clock)
+    settings = MasterConfig(peers=(Endpoint("10.0.0.2", 7771),), master_timeout=100.0, mesh_key=KEY, **config)  # type: ignore[arg-type]
+    mesh = Mesh(store or MemoryStore(), settings, now=clock.now, clock=clock, node_id="selfaaaaaaaaaaaa")
     mesh.start("10.0.0.1:7771", clock.now)
-    opening = mesh.outbox(clock.now)
+    mesh.tick(clock.now)
+    opening = answer_link(mesh, mesh.outbox(clock.now), PEER_AT, PEER, clock.now)  # the peer proves the mesh key
     assert opening[0] == Dial(PEER_AT)
-    assert isinstance(opening[1], Send) and opening[1].peer == LINK and isinstance(opening[1].message, SyncRequest)
+    assert [type(a.message) for a in opening[1:] if isinstance(a, Send)] == [MeshProof, SyncRequest]
     return mesh
 
 
@@ -247,7 +250,8 @@ def test_digests_are_answered_at_most_once_per_half_interval() -> None:
     clock = _Clock()
     store = _SlowStore(clock)
     mesh = _mesh(store, clock, anti_entropy=5.0)
-    peer = Peer.routed(b"\x00peer", "")
+    peer = Peer.routed(b"\x00peer", "peernodeaaaaaaaa")
+    prove_to(mesh, peer, PEER, 1000.0)
     digest = Digest(origin=PEER, buckets=[0] * BUCKETS)
     for _ in range(100):
         mesh.step(peer, digest, [], 1000.0)
@@ -326,7 +330,7 @@ def test_a_repair_that_cannot_be_sent_waits_and_is_dropped_when_idle(network: Te
     mesh = Mesh(MemoryStore(), MasterConfig(), now=0.0)
     nowhere = network.bus().client(zmq.DEALER)  # connected to nothing: every send finds no room
     try:
-        mesh.serve(LINK, 0, iter([_repair_rows()]), None, Window(), 0.0)
+        mesh.serve(Peer.routed(b"\x00peer", PEER), 0, iter([_repair_rows()]), None, Window(), 0.0)  # a repair
         (send,) = mesh.outbox(1.0)
         assert isinstance(send, Send) and isinstance(send.message, SyncBatch)
         transmit(nowhere, send, mesh)

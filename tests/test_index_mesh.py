@@ -87,7 +87,14 @@ class Cluster:
 
     def master(self, *peers: Proc, db: str | None = None, home: Path | None = None) -> Proc:
         home = home or self.root / f"home{next(_homes)}"
-        args = ["master", "--bind", "tcp://127.0.0.1:0", *FAST]
+        args = [
+            "master",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            *FAST,
+            "--mesh-key",
+            str(self.network.mesh_key_file(self.root)),
+        ]
         if peers:
             args += ["--peers", ",".join(p.endpoint.display for p in peers)]
         if db:
@@ -95,7 +102,9 @@ class Cluster:
         return self._spawn(tuple(args), home)
 
     def restart(self, proc: Proc, *peers: Proc) -> Proc:
-        args = ["master", "--bind", "tcp://127.0.0.1:0", *FAST, "--peers", ",".join(p.endpoint.display for p in peers)]
+        key = str(self.network.mesh_key_file(self.root))
+        args = ["master", "--bind", "tcp://127.0.0.1:0", *FAST, "--mesh-key", key]
+        args += ["--peers", ",".join(p.endpoint.display for p in peers)]
         return self._spawn(tuple(args), proc.home)
 
     def share(self, folder: Path, *masters: Proc) -> Proc:

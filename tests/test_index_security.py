@@ -22,6 +22,7 @@ from overdrive.index.records import encode_rows
 from overdrive.index.replication import ReplicationConfig
 from overdrive.index.stores.memory import MemoryStore
 from tests.conftest import TestNetwork
+from tests.mesh_proofs import prove_over
 
 GOOD = FileInfo(name="ok.txt", size=1, content_hash="ab" * 32, mtime_ns=1)
 
@@ -127,9 +128,14 @@ def test_long_names_and_pre_1970_files_travel_in_size_bounded_batches(network: T
 
 
 def test_a_sync_whose_receiver_never_acks_is_dropped(network: TestNetwork) -> None:
-    """A peer that asks for snapshots and never acks them (dead, or hostile) cannot make the master keep them."""
+    """A peer master that asks for snapshots and never acks them (dead, or hostile) cannot make the master keep
+    them."""
     config = MasterConfig(
-        bind=Endpoint("127.0.0.1", 0), heartbeat=0.2, sync_idle=5.0, replication=ReplicationConfig(batch=1)
+        bind=Endpoint("127.0.0.1", 0),
+        heartbeat=0.2,
+        sync_idle=5.0,
+        replication=ReplicationConfig(batch=1),
+        mesh_key=network.mesh_key,
     )
     master = Master(network.bus(), MemoryStore(), config)
     master.start()
@@ -138,6 +144,7 @@ def test_a_sync_whose_receiver_never_acks_is_dropped(network: TestNetwork) -> No
         with IndexClient(bus, [master.endpoint]) as client:  # type: ignore[list-item]
             client.register([GOOD, FileInfo(name="two.txt", size=2, content_hash="cd" * 32, mtime_ns=1)], "h:1")
         sock = dealer(bus, master)
+        assert prove_over(sock, bus.node_id, "peermasteraaaaaa", network.mesh_key)
         for ref in range(1, 4):  # three requests from one peer: each replaces the one before
             sock.send_multipart(CODEC.encode(SyncRequest(ref=ref, vector={}, window=1)))  # type: ignore[arg-type]
         batches = []
@@ -156,7 +163,9 @@ def test_a_sync_whose_receiver_never_acks_is_dropped(network: TestNetwork) -> No
 
 
 def test_served_syncs_are_bounded_and_one_peer_cannot_push_out_another(network: TestNetwork) -> None:
-    config = MasterConfig(bind=Endpoint("127.0.0.1", 0), heartbeat=0.2, replication=ReplicationConfig(batch=1))
+    config = MasterConfig(
+        bind=Endpoint("127.0.0.1", 0), heartbeat=0.2, replication=ReplicationConfig(batch=1), mesh_key=network.mesh_key
+    )
     master = Master(network.bus(), MemoryStore(), config)
     master.start()
     socks: list[zmq.Socket] = []  # type: ignore[type-arg]
@@ -167,6 +176,7 @@ def test_served_syncs_are_bounded_and_one_peer_cannot_push_out_another(network: 
         for ref in range(1, MAX_SERVING + 3):  # each DEALER is its own peer; every sync stalls on credit
             sock = dealer(bus, master)
             socks.append(sock)
+            assert prove_over(sock, bus.node_id, f"peermaster{ref:06d}", network.mesh_key)
             sock.send_multipart(CODEC.encode(SyncRequest(ref=ref, vector={}, window=1)))  # type: ignore[arg-type]
         served = [sock.poll(3000) for sock in socks]
         assert served == [True] * MAX_SERVING + [False, False], "the first 16 served, later peers refused"

@@ -1,6 +1,6 @@
-"""A hostile master (a password holder) against one Mesh core, in memory: made-up masters in its gossip, rows and
-catch-ups from made-up origins. What it can make the honest master hold stays bounded, and every heartbeat and
-status the honest master sends still decodes. Time is simulated."""
+"""A hostile master (one holding the mesh key: a master's stolen laptop) against one Mesh core, in memory: made-up
+masters in its gossip, rows and catch-ups from made-up origins. What it can make the honest master hold stays
+bounded, and every heartbeat and status the honest master sends still decodes. Time is simulated."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from overdrive.index.protocol import (
     CODEC,
     VECTOR_LIMIT,
     MasterBeat,
+    MeshHello,
     NodeBeat,
     SyncDone,
     SyncRequest,
@@ -21,12 +22,15 @@ from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.replication import BASE32, MAX_ORIGINS
 from overdrive.index.stores.base import encode_vector
 from overdrive.index.stores.memory import MemoryStore
+from tests.mesh_proofs import KEY, prove_to, server_proof
 
 US = "10.0.0.1:7771"
 HOSTILE = "hostilehostileaa"
 HOSTILE_AT = "10.0.0.9:7771"
 ROUTED = Peer.routed(b"hostile-connection", "hostilenodeidaaa")
-CONFIG = MasterConfig(heartbeat=0.5, master_timeout=2.0, node_timeout=2.0, answer_timeout=3.0, forget=10.0)
+CONFIG = MasterConfig(
+    heartbeat=0.5, master_timeout=2.0, node_timeout=2.0, answer_timeout=3.0, forget=10.0, mesh_key=KEY
+)
 
 
 def made_up(i: int, prefix: str = "f") -> str:
@@ -48,8 +52,9 @@ class Duel:
     """One honest Mesh and a hostile master that answers the link the honest one opens to it."""
 
     def __init__(self, mesh: Mesh | None = None) -> None:
-        self.mesh = mesh or Mesh(MemoryStore(), CONFIG, now=0.0)
+        self.mesh = mesh or Mesh(MemoryStore(), CONFIG, now=0.0, node_id="honestnodeaaaaaa")
         self.mesh.start(US, 0.0)
+        prove_to(self.mesh, ROUTED, HOSTILE, 0.0)
         self.now = 0.0
         self.links: set[str] = set()
         self.dials = 0
@@ -78,7 +83,11 @@ class Duel:
             else:
                 self.sent.append((action.peer, action.message))
                 assert round_trips(action.message, *action.payload), "everything the honest master sends decodes"
-                if action.peer.address == HOSTILE_AT and isinstance(action.message, MasterBeat) and not self.silent:
+                ours = action.peer.address == HOSTILE_AT and not self.silent
+                if ours and isinstance(action.message, MeshHello):  # it proves the key on our link
+                    proof = server_proof(action.message, mesh.trust.node_id, HOSTILE)
+                    mesh.step(Peer.link(HOSTILE_AT), proof, [], self.now)
+                if ours and isinstance(action.message, MasterBeat):
                     mesh.step(Peer.link(HOSTILE_AT), self.beat(), [], self.now)  # it answers on our link
         self.most_links = max(self.most_links, len(self.links))
 
@@ -164,7 +173,7 @@ def test_catch_ups_add_origins_only_on_the_link_asked_and_only_up_to_the_bound()
 def test_a_vector_already_past_the_wire_limit_still_goes_out_in_messages_that_decode() -> None:
     store = MemoryStore()
     store.set_meta("vector", encode_vector({made_up(i): i + 1 for i in range(VECTOR_LIMIT + 2000)}))
-    duel = Duel(Mesh(store, CONFIG, now=0.0))
+    duel = Duel(Mesh(store, CONFIG, now=0.0, node_id="honestnodeaaaaaa"))
     duel.run(2.0)  # every message it sends is checked
     mesh = duel.mesh
     assert len(mesh.replica.vector) > VECTOR_LIMIT

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
+from overdrive.bus.signing import MeshKey
 from overdrive.files.model import FileInfo
 from overdrive.index.membership import MAX_CANDIDATES, MAX_MASTERS
 from overdrive.index.mesh import Action, Dial, Hangup, MasterConfig, Mesh, Peer, Send
@@ -22,6 +23,7 @@ from overdrive.index.protocol import CODEC, Announce, MasterBeat, SyncAck, SyncB
 from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.replication import MAX_ORIGINS, ReplicationConfig
 from overdrive.index.stores.memory import MemoryStore
+from tests.mesh_proofs import KEY, prove_to
 
 NODES = ["node" + c * 12 for c in "abc"]
 CONFIG = {"heartbeat": 0.5, "master_timeout": 2.0, "node_timeout": 2.0, "anti_entropy": 2.0, "sync_idle": 6.0}
@@ -30,6 +32,11 @@ CONFIG = {"heartbeat": 0.5, "master_timeout": 2.0, "node_timeout": 2.0, "anti_en
 def _fake(i: int) -> str:
     """The i-th made-up origin."""
     return f"fake{i:012d}".translate(str.maketrans("0123456789", "abcdefghij"))
+
+
+def master_node(i: int) -> str:
+    """The node id of the i-th master's process (its identity outlives restarts)."""
+    return f"master{i:010d}".translate(str.maketrans("0123456789", "abcdefghij"))
 
 
 def _info(name: str, version: int) -> FileInfo:
@@ -58,7 +65,10 @@ class MeshSim:
     n: int
     rng: random.Random
     hostile: int = 0
-    """Hostile masters after the ``n`` honest ones (see :meth:`_poison`)."""
+    """Hostile masters after the ``n`` honest ones (see :meth:`_poison`): they hold the mesh key (a master's stolen
+    laptop), so they are masters; the bounds still hold."""
+    students: int = 0
+    """Student masters after those: the password and the code, and a mesh key of their own making."""
     loss: float = 0.0
     dup: float = 0.0
     reorder: bool = False
@@ -70,12 +80,13 @@ class MeshSim:
 
     def __post_init__(self) -> None:
         batch = ReplicationConfig(batch=3)  # many small batches: credit matters
-        for i in range(self.n + self.hostile):
+        for i in range(self.n + self.hostile + self.students):
             self.masters.append(_Master(i, MemoryStore(f"m{i}")))
         for master in self.masters:
             peers = () if master.index == 0 else (Endpoint("10.0.0.1", 7771),)  # everyone learns the rest by gossip
-            config = MasterConfig(peers=peers, replication=batch, **CONFIG)  # type: ignore[arg-type]
-            master.mesh = Mesh(master.store, config, now=self.now)
+            key = KEY if master.index < self.n + self.hostile else MeshKey.generate("overdrive")
+            config = MasterConfig(peers=peers, replication=batch, mesh_key=key, **CONFIG)  # type: ignore[arg-type]
+            master.mesh = Mesh(master.store, config, now=self.now, node_id=master_node(master.index))
             master.mesh.start(master.address, self.now)
         self.files = {node: {} for node in NODES}
 
@@ -99,9 +110,10 @@ class MeshSim:
         config = MasterConfig(
             peers=(Endpoint("10.0.0.1", 7771),) if i else (Endpoint("10.0.0.2", 7771),),
             replication=ReplicationConfig(batch=3),
+            mesh_key=KEY,
             **CONFIG,  # type: ignore[arg-type]
         )
-        master.mesh = Mesh(master.store, config, now=self.now)
+        master.mesh = Mesh(master.store, config, now=self.now, node_id=master_node(i))
         master.mesh.start(master.address, self.now)
 
     def announce(self, node: str, at: int, *, full: bool = False) -> None:
@@ -132,7 +144,7 @@ class MeshSim:
             if master.mesh is None:
                 continue
             actions = master.mesh.outbox(self.now)
-            if master.index >= self.n:
+            if master.index >= self.n:  # hostile masters and students alike
                 actions = self._poison(master, actions)
             for action in actions:
                 if isinstance(action, Dial):
@@ -152,7 +164,9 @@ class MeshSim:
             if target is None or target.mesh is None:
                 return  # nobody listening: lost
             identity = f"{master.index}#{master.incarnation}>{target.index}#{target.incarnation}".encode()
-            self.pool.append((target.index, Peer.routed(identity, ""), send.message, send.payload))
+            self.pool.append(
+                (target.index, Peer.routed(identity, master_node(master.index)), send.message, send.payload)
+            )
             return
         if send.peer.identity.startswith(b"node-"):
             return  # a reply to a node
@@ -285,12 +299,13 @@ def test_masters_converge_through_loss_reordering_duplication_and_crashes(
 
 def _serving_mesh(rows: int) -> tuple[Mesh, Peer]:
     store = MemoryStore()
-    mesh = Mesh(store, MasterConfig(replication=ReplicationConfig(batch=1)), now=0.0)
+    mesh = Mesh(store, MasterConfig(replication=ReplicationConfig(batch=1), mesh_key=KEY), now=0.0)
     node = NODES[0]
     files = [_info(f"f{i}", i + 1) for i in range(rows)]
     mesh.step(Peer.routed(b"node", node), Announce(ref=1, holder=node, address="10.9.9.9:7772", files=files), [], 0.0)
     mesh.outbox(0.0)
-    peer = Peer.routed(b"peer", "")
+    peer = Peer.routed(b"peer", master_node(1))
+    prove_to(mesh, peer, "peermasteraaaaaa", 0.0)
     mesh.step(peer, SyncRequest(ref=9, vector={}, window=4), [], 0.0)
     return mesh, peer
 
@@ -308,7 +323,9 @@ def test_a_served_sync_keeps_at_most_its_window_unacknowledged() -> None:
     mesh.step(peer, SyncAck(ref=9, received=1), [], 10.0)  # late, reordered: frees nothing more
     sent = [m for t in range(10) for m in _batches(mesh, 11.0 + t)]
     assert sent == [SyncBatch(ref=9)] * 2
-    mesh.step(Peer.routed(b"other", ""), SyncAck(ref=9, received=10), [], 30.0)  # not its receiver: no credit
+    other = Peer.routed(b"other", master_node(2))
+    prove_to(mesh, other, "othermasteraaaaa", 30.0)
+    mesh.step(other, SyncAck(ref=9, received=10), [], 30.0)  # not its receiver: no credit
     assert _batches(mesh, 31.0) == []
     mesh.step(peer, SyncAck(ref=9, received=6), [], 40.0)
     sent = [m for t in range(10) for m in _batches(mesh, 41.0 + t)]

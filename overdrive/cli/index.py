@@ -90,14 +90,26 @@ def master_command(
     timeout: Annotated[float, typer.Option(help="Seconds of silence before a master or node is offline.")] = 3.0,
     retention: Annotated[float, typer.Option(help="Hours a deletion (tombstone) is remembered.")] = 168.0,
     stats: Annotated[float, typer.Option(help="Seconds between status lines (0 = none).")] = 10.0,
+    mesh_key: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="The masters' mesh key (overdrive keygen --mesh); without it the master runs solo."
+        ),
+    ] = None,
 ) -> None:
     """Run an index master: hold a full replica of the index and replicate with the other masters."""
+    from overdrive.bus.signing import MeshKey
+
     opts = options(ctx)
     warn_insecure(opts)
     for option, value in (("--heartbeat", heartbeat), ("--timeout", timeout), ("--retention", retention)):
         if not value > 0:
             raise ConfigError(f"{option} must be positive, not {value:g}")
+    key = MeshKey.from_file(expand_home(mesh_key, "--mesh-key")) if mesh_key is not None else None
+    if key is not None and key.network != opts.network:
+        raise ConfigError(f"{mesh_key} is the mesh key of network {key.network!r}, not {opts.network!r}")
     config = MasterConfig(
+        mesh_key=key,
         bind=parse_endpoint(bind, DEFAULT_MASTER_PORT),
         peers=tuple(parse_endpoints(peers, DEFAULT_MASTER_PORT)),
         advertise=advertise,
@@ -132,6 +144,7 @@ def master_command(
                 f"advertised {master.address}",
                 f"store {store.describe()}",
                 f"peers {', '.join(p.display for p in config.peers) or 'none yet'}",
+                f"mesh key {key.fingerprint}" if key else "solo (no --mesh-key)",
             )
             run(announce, watching("master", master, tick), stop=[master.stop])
     finally:

@@ -1,4 +1,4 @@
-"""``overdrive keygen``: make a network key file."""
+"""``overdrive keygen``: make a network key file, or (``--mesh``) the masters' mesh key."""
 
 from __future__ import annotations
 
@@ -19,13 +19,25 @@ def keygen(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the key file (mode 0600).")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    mesh: Annotated[
+        bool, typer.Option("--mesh", help="Make the masters' mesh key instead: give it to masters only (--mesh-key).")
+    ] = False,
 ) -> None:
     """Make a random network key file; give it to every member, use it with --key-file."""
     from overdrive.bus.security import NetworkKey
+    from overdrive.bus.signing import MeshKey
 
     opts = options(ctx)
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    if mesh:
+        mesh_key = MeshKey.generate(opts.network)
+        mesh_key.write(out)
+        console.print(
+            f"wrote mesh key for [bold]{opts.network}[/] to {out} (fingerprint {mesh_key.fingerprint}); "
+            "give it to every master, never to students"
+        )
+        return
     key = NetworkKey.generate(opts.network)
     key.write(out)
     console.print(f"wrote network key for [bold]{opts.network}[/] to {out} (fingerprint {key.fingerprint})")

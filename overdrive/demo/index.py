@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from overdrive.bus.signing import MeshKey
 from overdrive.demo.context import DemoContext, Step, console
 
 
@@ -19,7 +20,10 @@ def _started(ctx: DemoContext, *args: str) -> str | None:
 def step_index(ctx: DemoContext) -> bool:
     """Two masters replicate the index; a node shares a folder; ``ls`` on the other master lists its files."""
     console.rule("[bold]index: masters, a sharing node and ls")
-    common = ("--bind", "tcp://127.0.0.1:0", "--stats", "0")
+    mesh_key = ctx.home / "mesh.key"  # the masters' credential: what `overdrive keygen --mesh` writes
+    if not mesh_key.exists():
+        MeshKey.generate(ctx.network).write(mesh_key)
+    common = ("--bind", "tcp://127.0.0.1:0", "--stats", "0", "--mesh-key", str(mesh_key))
     first = _started(ctx, "master", *common, "--db", f"sqlite://{ctx.home / 'master1.db'}")
     if first is None:
         return False

@@ -6,8 +6,9 @@ heard of is dialled at a bounded rate and known only once it answers on that lin
 Every decision is made by the sans-IO :class:`~overdrive.index.mesh.Mesh`; this module is the socket shell: receive,
 decode, attribute (``bus.peer_id``), step the mesh, perform what its outbox says, and report failed sends back.
 
-Nodes may only write records whose holder is their own authenticated node id. A password holder can run a
-master, so what peer masters send is bounded (docs/security.md, "The mesh"): known masters, candidates, origins.
+Nodes may only write records whose holder is their own authenticated node id. Masters are masters to each other only
+once they prove the mesh key (:mod:`.mesh_trust`); what even those send is bounded (docs/security.md, "The mesh"):
+known masters, candidates, origins.
 Anything malformed is dropped and counted in ``stats.dropped``; it never changes state.
 
 The store is used by the loop's thread only. Other threads read :attr:`Master.snapshot`, a frozen copy swapped
@@ -26,7 +27,7 @@ import zmq
 from overdrive.bus.address import DEFAULT_MASTER_PORT, Endpoint, parse_endpoint
 from overdrive.bus.service import ZmqService
 from overdrive.bus.sockets import Bus
-from overdrive.errors import BusError, ProtocolError, StoreError
+from overdrive.errors import BusError, ConfigError, ProtocolError, StoreError
 from overdrive.index.addresses import advertised
 from overdrive.index.mesh import (
     MAX_SERVING,
@@ -83,7 +84,10 @@ class Master(ZmqService):
         super().__init__(bus)
         self.config = config or MasterConfig()
         self.store = store
-        self.mesh = Mesh(store, self.config, now=time.monotonic())
+        key, network = self.config.mesh_key, bus.security.key.network if bus.security.key else None
+        if key is not None and network is not None and key.network != network:
+            raise ConfigError(f"the mesh key is for network {key.network!r}, not {network!r}")
+        self.mesh = Mesh(store, self.config, now=time.monotonic(), node_id=bus.node_id)
         self.endpoint: Endpoint | None = None
         self.address = ""
         self._links: dict[str, zmq.Socket] = {}  # type: ignore[type-arg]

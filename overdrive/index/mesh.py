@@ -27,8 +27,9 @@ from overdrive.bus.address import DEFAULT_MASTER_PORT, Endpoint, parse_endpoint
 from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
 from overdrive.bus.heartbeat import Liveness, Ticker
+from overdrive.bus.signing import MeshKey
 from overdrive.errors import ConfigError, ProtocolError, StoreError
-from overdrive.index import membership, mesh_state, protocol
+from overdrive.index import membership, mesh_state, mesh_trust, protocol
 from overdrive.index.answers import Answers
 from overdrive.index.protocol import Ack, Announce, Digest, Found, MasterBeat, Status, SyncBatch, SyncDone, SyncRequest
 from overdrive.index.records import RecordRow, encode_rows
@@ -68,18 +69,14 @@ class MasterConfig:
     meant to ack), so nothing of a dead sync is kept. Generous: a receiver on a slow store (Firestore at ~1k
     writes/s) takes up to ~25 s per page."""
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    mesh_key: MeshKey | None = None
+    """The masters' credential (:mod:`.mesh_trust`); without one a master runs solo."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "heartbeat",
-            "master_timeout",
-            "node_timeout",
-            "anti_entropy",
-            "purge_interval",
-            "sync_idle",
-            "answer_timeout",
-            "forget",
-        ):
+        if self.peers and self.mesh_key is None:
+            raise ConfigError(mesh_trust.NO_MESH_KEY)
+        timings = ("heartbeat", "master_timeout", "node_timeout", "anti_entropy", "purge_interval", "sync_idle")
+        for name in (*timings, "answer_timeout", "forget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.master_timeout <= self.heartbeat or self.node_timeout <= self.heartbeat:
@@ -103,6 +100,8 @@ class MasterStats:
     skipped_digests: int = 0
     foreign_rows: int = 0
     """Live rows dropped because their origin is not a master we know (only masters originate updates)."""
+    unproven: int = 0
+    """Of ``dropped``: master messages and proofs from senders that have not proven the mesh key (see mesh_trust)."""
     rate: float = 0.0
 
 
@@ -226,8 +225,11 @@ class Mesh:
         *,
         now: float,
         clock: Callable[[], float] = time.monotonic,
+        node_id: str = "",
     ) -> None:
+        """``node_id``: this master's own (its links' ZAP User-Id), bound into its mesh proofs."""
         self.config = config or MasterConfig()
+        self.trust = mesh_trust.MeshTrust(self.config.mesh_key, node_id)
         self.store = store
         self.replica = Replica(store, self.config.replication)
         self.clock = clock
@@ -280,9 +282,6 @@ class Mesh:
         self.masters[self.origin] = address
         for peer in self.config.peers:
             self.link(peer.display)
-        if self.links:
-            first = next(iter(self.links))
-            self.start_sync(first, "@" + first, now)
 
     def step(self, peer: Peer, message: Message, payload: list[memoryview], now: float) -> None:
         """Handle one message from ``peer``; malformed input (ProtocolError) is counted in ``stats.dropped`` and
@@ -307,6 +306,7 @@ class Mesh:
         for key in [k for k, c in self.catchups.items() if now - c.heard >= CATCHUP_SILENCE]:
             del self.catchups[key]  # presumed lost (its SyncDone never came): it must not hold off anti-entropy
         membership.tend(self, now)
+        mesh_trust.tend(self, now)
         try:
             mesh_state.settle(self)
             if self._beat.due(now):
@@ -379,7 +379,7 @@ class Mesh:
                 self.store_failed(exc, now)
         self.stats.dropped_answers = self.answers.dropped
         out, self._queue = self._queue, []
-        return out
+        return [a for a in out if not isinstance(a, Send) or self.trust.may_send(a)]
 
     @property
     def busy(self) -> bool:
@@ -445,6 +445,7 @@ class Mesh:
         origin = self.links.pop(address)
         log.info("master %s: dropping link to %s (%s)", self.origin, address, origin or "never answered")
         self._queue.append(Hangup(address))
+        self.trust.forget_link(address)
         self.catchups.pop(origin, None)
         self.serving = [s for s in self.serving if s.peer.address != address]
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
 from overdrive.errors import ProtocolError
-from overdrive.index import membership
+from overdrive.index import membership, mesh_trust
 from overdrive.index.protocol import (
     BATCH_BYTES,
     BATCH_ITEMS,
@@ -31,6 +31,8 @@ from overdrive.index.protocol import (
     Found,
     Lookup,
     MasterBeat,
+    MeshHello,
+    MeshProof,
     NodeBeat,
     StatusQuery,
     SyncAck,
@@ -290,6 +292,8 @@ TABLE: dict[type[Message], Transition] = {
     SyncDone: Transition(_sync_done, settles=True),
     Digest: Transition(_digest, settles=True),
     BucketRequest: Transition(_bucket_request, settles=True),
+    MeshHello: Transition(mesh_trust.hello_received, settles=False),
+    MeshProof: Transition(mesh_trust.proof_received, settles=False),
 }
 """Ack, Found and Status are replies meant for clients: a master receiving one drops it."""
 
@@ -298,6 +302,8 @@ def step(mesh: Mesh, peer: Peer, message: Message, payload: list[memoryview], no
     transition = TABLE.get(type(message))
     if transition is None:
         raise ProtocolError(f"unexpected {type(message).__name__}")
+    if not mesh_trust.admit(mesh, peer, message, now):
+        return
     if transition.settles:
         settle(mesh)
     transition.handle(mesh, peer, message, payload, now)

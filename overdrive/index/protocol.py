@@ -22,6 +22,9 @@ Master <-> master (each master connects a DEALER to every other master's ROUTER)
   receiver never has a whole snapshot queued in memory.
 * :class:`Digest` / :class:`BucketRequest` / :class:`SyncBatch` -- anti-entropy over hash buckets: a peer whose
   bucket digests differ sends its records of those buckets and asks for ours.
+* :class:`MeshHello` / :class:`MeshProof` -- before any of the above, both ends of a link prove they hold the mesh
+  key (:mod:`overdrive.index.mesh_trust`); a master that gets master traffic from an unproven connection answers
+  ``MeshHello`` ("prove it again").
 """
 
 from __future__ import annotations
@@ -228,6 +231,25 @@ class BucketRequest(Message, tag="bucketreq", frozen=True):
     buckets: BucketList
 
 
+Nonce = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+
+
+class MeshHello(Message, tag="mhello", frozen=True):
+    """A dialer's fresh nonce, starting the mesh-key handshake on its link (from the server: start again)."""
+
+    origin: NodeId
+    nonce: Nonce
+
+
+class MeshProof(Message, tag="mproof", frozen=True):
+    """An Ed25519 signature by the mesh key over the handshake transcript (see :mod:`.mesh_trust`); the server's
+    also carries its fresh nonce."""
+
+    origin: NodeId
+    nonce: Nonce
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
 IndexMessage = (
     Announce
     | NodeBeat
@@ -244,6 +266,8 @@ IndexMessage = (
     | SyncDone
     | Digest
     | BucketRequest
+    | MeshHello
+    | MeshProof
 )
 
 CODEC: Codec[Message] = Codec(
@@ -262,4 +286,6 @@ CODEC: Codec[Message] = Codec(
     SyncDone,
     Digest,
     BucketRequest,
+    MeshHello,
+    MeshProof,
 )
