@@ -430,7 +430,7 @@ def test_traversal_and_special_files_refused_over_the_wire(network: TestNetwork,
         client.connect(sock, endpoint)
         for rid, name in enumerate(HOSTILE_NAMES):
             if len(name.encode()) > 4096:
-                frames = CODEC._encoder.encode((1, {"t": "open", "rid": rid, "name": name, "content_hash": ""}))
+                frames = CODEC._encoder.encode((1, {"t": "open.v2", "rid": rid, "name": name, "content_hash": ""}))
                 sock.send_multipart([frames])
                 continue
             sock.send_multipart(CODEC.encode(Open(rid=rid, name=name, content_hash="")))
