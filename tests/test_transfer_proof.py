@@ -136,11 +136,12 @@ def test_impostors_serving_garbage_under_an_honest_record_are_dropped(
         honest_bus = network.bus()
         servers.append(_serve(honest_bus, honest_dir, {NAME: info}))
         liars = []
+        junk = os.urandom(SIZE)  # the same garbage from both, so their table is the one most holders serve
         for n in range(2):
             folder = tmp_path / f"impostor{n}"
             folder.mkdir()
             garbage = folder / NAME
-            garbage.write_bytes(os.urandom(SIZE))
+            garbage.write_bytes(junk)
             # its catalogue claims the honest hash with the garbage's own size and mtime, so it serves it as that
             claim = FileInfo(name=NAME, size=SIZE, content_hash=info.content_hash, mtime_ns=garbage.stat().st_mtime_ns)
             bus = network.bus()
