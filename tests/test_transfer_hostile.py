@@ -15,6 +15,7 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION, Frame
 from overdrive.errors import TransferError
 from overdrive.files.scanner import FolderScanner
+from overdrive.transfer import proof
 from overdrive.transfer.fetcher import FetchRequest, FetchResult, fetch
 from overdrive.transfer.holders import SHOWN_DETAIL, failed_reason
 from overdrive.transfer.protocol import CODEC, DIGEST_SIZE, MAX_CHUNK, Failed, Open, Opened, Refused, Working
@@ -37,18 +38,21 @@ class OpenAnswerer:
 
     def __init__(self, network: TestNetwork, answer: str) -> None:
         self.answer = answer
-        bus = network.bus()
+        bus = self.bus = network.bus()
         self.sock = bus.server(zmq.ROUTER)
         self.endpoint = bus.bind(self.sock, Endpoint("127.0.0.1", 0))
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="open-answerer")
         self.thread.start()
 
-    def frames(self, rid: int) -> list[Frame]:
+    def frames(self, msg: Open) -> list[Frame]:
+        rid = msg.rid
         if self.answer == "working":  # claims a 1 TiB table build, and never answers
             return CODEC.encode(Working(rid=rid, size=1 << 40))
         if self.answer == "too-big":  # the version asked for, 10 TB big
-            opened = Opened(rid=rid, tid=1, size=10**13, chunk_size=MAX_CHUNK, mtime_ns=1, content_hash=HASH)
+            key, made = proof.answer(self.bus.security.identity, msg)  # a holder the index names, lying about size
+            opened = Opened(rid=rid, tid=1, size=10**13, chunk_size=MAX_CHUNK, mtime_ns=1, content_hash=HASH,
+                            holder_key=key, proof=made)  # fmt: skip
             return CODEC.encode(opened, bytes(opened.chunks * DIGEST_SIZE))
         if self.answer == "refused":
             return CODEC.encode(Refused(rid=rid, reason="io-error", detail=EVIL + "x" * 400))
@@ -60,7 +64,7 @@ class OpenAnswerer:
                 routing, *frames = self.sock.recv_multipart()
                 msg, _ = CODEC.decode(frames)
                 if isinstance(msg, Open):
-                    self.sock.send_multipart([routing, *self.frames(msg.rid)])
+                    self.sock.send_multipart([routing, *self.frames(msg)])
 
     def close(self) -> None:
         self._stop.set()

@@ -30,6 +30,7 @@ from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, IntegrityError, TransferError
 from overdrive.files.model import FileInfo
 from overdrive.files.scanner import FolderScanner
+from overdrive.transfer import proof
 from overdrive.transfer.fetcher import CONNECTIONS, FetchRequest, fetch
 from overdrive.transfer.protocol import (
     CODEC,
@@ -429,7 +430,7 @@ def test_traversal_and_special_files_refused_over_the_wire(network: TestNetwork,
         client.connect(sock, endpoint)
         for rid, name in enumerate(HOSTILE_NAMES):
             if len(name.encode()) > 4096:
-                frames = CODEC._encoder.encode((1, {"t": "open", "rid": rid, "name": name, "content_hash": ""}))
+                frames = CODEC._encoder.encode((1, {"t": "open.v2", "rid": rid, "name": name, "content_hash": ""}))
                 sock.send_multipart([frames])
                 continue
             sock.send_multipart(CODEC.encode(Open(rid=rid, name=name, content_hash="")))
@@ -516,8 +517,9 @@ class HostileHolder:
                 continue
             if isinstance(msg, Open) and self.opening == "huge":  # 16 TiB in 16 MiB chunks, every one alike
                 block = bytes(MAX_CHUNK)
+                key, made = proof.answer(self.bus.security.identity, msg)
                 opened = Opened(rid=msg.rid, tid=7, size=MAX_CHUNKS * MAX_CHUNK, chunk_size=MAX_CHUNK, mtime_ns=1,
-                                content_hash="ab" * 32)  # fmt: skip
+                                content_hash="ab" * 32, holder_key=key, proof=made)  # fmt: skip
                 self.sock.send_multipart([routing, *CODEC.encode(opened, chunk_checksum(block) * MAX_CHUNKS)])
                 continue
             if isinstance(msg, Open) and self.opening == "oversized":  # a part bigger than any chunk
@@ -527,8 +529,9 @@ class HostileHolder:
                 self.sock.send_multipart([routing, *CODEC.encode(Working(rid=msg.rid, size=1 << 30))])
                 self._stop.wait(2.0)
             if isinstance(msg, Open):
+                key, made = proof.answer(self.bus.security.identity, msg)  # it is the holder it claims to be
                 opened = Opened(rid=msg.rid, tid=7, size=len(data), chunk_size=DEFAULT_CHUNK, mtime_ns=1,
-                                content_hash=self.claim or table.content_hash)  # fmt: skip
+                                content_hash=self.claim or table.content_hash, holder_key=key, proof=made)  # fmt: skip
                 self.sock.send_multipart([routing, *CODEC.encode(opened, table.digests)])
             elif isinstance(msg, Read):
                 start = msg.index * DEFAULT_CHUNK

@@ -19,7 +19,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +64,8 @@ class Holders:
     """The name as the holders hold it (its spelling may differ from the one asked for)."""
     versions: int
     """Versions of the name online; more than one with no version asked for means the newest was picked."""
+    holders: dict[Endpoint, frozenset[str]] = field(default_factory=dict)
+    """The node ids the index names at each source: only those may serve there (see :class:`FetchRequest`)."""
 
 
 def find_holders(bus: Bus, masters: list[Endpoint], name: str, wanted: str = "") -> Holders:
@@ -102,18 +104,20 @@ def find_holders(bus: Bus, masters: list[Endpoint], name: str, wanted: str = "")
     spellings = [e.name for e in online if e.content_hash == chosen]
     held_as = max(dict.fromkeys(spellings), key=spellings.count)
     online = [e for e in online if e.name == held_as]
-    sources: list[Endpoint] = []
+    holders: dict[Endpoint, frozenset[str]] = {}
     for entry in online:
         if entry.content_hash != chosen:
             continue
         try:
-            sources.append(parse_endpoint(entry.address, DEFAULT_SHARE_PORT))
+            endpoint = parse_endpoint(entry.address, DEFAULT_SHARE_PORT)
         except ConfigError:
             log.warning("holder %s advertises an invalid address %r; skipped", entry.holder, entry.address)
-    if not sources:
+            continue
+        holders[endpoint] = holders.get(endpoint, frozenset()) | {entry.holder}
+    if not holders:
         raise TransferError(f"no online holder of {name!r} has a usable address")
     size = next(e.size for e in online if e.content_hash == chosen)
-    return Holders(tuple(dict.fromkeys(sources)), chosen, size, held_as, 1 if wanted else len(versions))
+    return Holders(tuple(holders), chosen, size, held_as, 1 if wanted else len(versions), holders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,7 @@ def fetch_by_name(
         content_hash=holders.content_hash,
         config=config or FetchConfig(),
         size=holders.size,
+        holders=holders.holders,
     )
     result = fetch(bus, request, cancel=cancel)
     if not register or result.already_present:

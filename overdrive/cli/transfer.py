@@ -106,10 +106,11 @@ def fetch_command(
             sources = tuple(endpoints(from_, DEFAULT_SHARE_PORT, "--from"))
             for source in sources:
                 _check_resolves(source)
-            size_hint = 0
+            size_hint, holder_ids = 0, {}
         else:
             holders = _resolve(bus, masters, name, wanted)
             sources, wanted, size_hint, name = holders.sources, holders.content_hash, holders.size, holders.name
+            holder_ids = holders.holders
         request = FetchRequest(
             name=name,
             sources=sources,
@@ -119,6 +120,7 @@ def fetch_command(
             config=config,
             connections=connections,
             size=size_hint,
+            holders=holder_ids,
         )
         connecting = Connecting()
         try:  # Ctrl-C stops at the fetch's checks, never inside its writer's queue; while connecting, at once

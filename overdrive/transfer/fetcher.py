@@ -5,8 +5,11 @@ fast), opens the file on each, agrees on one :class:`Plan` (same hash, size, chu
 are :mod:`overdrive.transfer.holders`), resumes from ``NAME.part`` if one is there, then runs the session's window
 until every chunk is on disk, verifies the whole file and moves it into place. Holders that disconnect (socket
 monitor), time out, or say the file changed drop out and the others take their chunks; when none is left the
-partial file is kept for a later resume. Opening is bounded by the same timeout as any request, except for a holder
-that says ``Working`` (see :func:`~overdrive.transfer.holders.open_budget`)."""
+partial file is kept for a later resume. Only holders that prove to be a node the index names are used
+(:mod:`~overdrive.transfer.proof`); when the holders serve different chunk tables (a different chunking, or one that
+lies), the one most serve is followed, and if its bytes do not hash to the content hash its holders are dropped as
+impostors and the fetch starts over with the next table's holders. Opening is bounded by the same timeout as any
+request, except for a holder that says ``Working`` (see :func:`~overdrive.transfer.holders.open_budget`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,12 +27,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.errors import ConfigError, ProtocolError, TransferError, UnsafePathError
+from overdrive.errors import ConfigError, IntegrityError, ProtocolError, TransferError, UnsafePathError
 from overdrive.files import names
 from overdrive.files.model import hash_file, never
 from overdrive.transfer import allocator
 from overdrive.transfer.holders import (
     IDLE_POLL_MS,
+    IMPOSTOR,
     Conn,
     Wanted,
     close_all,
@@ -77,6 +81,9 @@ class FetchRequest:
     """Connections to each holder; the holder's window (``config.window``) is split between them."""
     size: int = 0
     """The file's size when known (the index says it): a holder's ``Working`` notice buys time for no bigger a file."""
+    holders: Mapping[Endpoint, frozenset[str]] = field(default_factory=dict)
+    """Node ids the index names as holders at each source: the one there must prove to be one of them. A source
+    not in it (an address the user gave) must prove an identity, whichever."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -181,12 +188,14 @@ def _transfer(
         conns = connect_all(bus, request.sources, request.connections, request.connect_timeout)
     finally:
         connecting.now = False
+    for conn in conns:
+        conn.holders = request.holders.get(conn.endpoint, frozenset())
     check()
     try:
         timeout = request.open_timeout or request.config.request_timeout
         want = Wanted(request.name, request.content_hash, request.size, chunk_size, timeout)
-        plan = open_all(conns, want, check)
-        usable = [c for c in conns if c.plan == plan]
+        plans = open_all(conns, want, check, bus.security.identity)
+        plan = plans[0]
         present = _present_copy(dest, plan, check)
         if present is not None:
             seconds = time.monotonic() - started
@@ -202,27 +211,31 @@ def _transfer(
             )
         _check_space(request.name, dest, plan.size)
         _make_folders(dest_dir, request.name, dest)
-        done = partial.open(plan)
-        window = request.config.window  # per holder: split over its connections, and never capped below it
-        max_inflight = max(request.config.max_inflight, window)
-        config = replace(
-            request.config,
-            window=-(-window // request.connections),
-            max_inflight=max_inflight,
-            # the bytes the user's window and chunk size imply stay allowed; bigger chunks than those (the holder's
-            # choice) mean fewer requests in flight, not more memory
-            max_inflight_bytes=max(
-                request.config.max_inflight_bytes, max_inflight * (request.chunk_size or DEFAULT_CHUNK)
-            ),
-        )
-        session = FetchSession(plan, [c.label for c in usable], done, config)
-        try:
-            _run(session, usable, partial, progress, check)
-        except BaseException:
-            partial.save_state(session.done_ranges(), force=True)
-            partial.close()
-            raise
-        final = partial.finish()
+        for attempt, plan in enumerate(plans):
+            usable = [c for c in conns if c.plan == plan]
+            if attempt:
+                partial = PartialFile(dest, request.name, check)  # the last one was discarded: start afresh
+            session = _session(request, plan, usable, partial)
+            resumed = session.done_chunks
+            try:
+                _run(session, usable, partial, progress, check)
+            except BaseException:
+                partial.save_state(session.done_ranges(), force=True)
+                partial.close()
+                raise
+            try:
+                final = partial.finish()
+                break
+            except IntegrityError as exc:
+                liars = ", ".join(dict.fromkeys(c.endpoint.display for c in usable))
+                if attempt == len(plans) - 1:
+                    raise IntegrityError(f"{exc} (from {liars}: {IMPOSTOR})") from None
+                log.warning(
+                    "holder %s is %s (sent bytes that are not %r); going on with the others",
+                    liars,
+                    IMPOSTOR,
+                    request.name,
+                )
     finally:
         partial.close()  # a no-op after finish(); else (stopped or failed before or in the loop) NAME.part's descriptor
         close_all(conns)
@@ -240,10 +253,26 @@ def _transfer(
                 c.endpoint.display for c in usable if session.received_by(c.label) or not plan.chunks
             )
         ),
-        resumed_chunks=len(done),
+        resumed_chunks=resumed,
         bytes_received=received,
         stats=session.stats,
     )
+
+
+def _session(request: FetchRequest, plan: Plan, usable: Sequence[Conn], partial: PartialFile) -> FetchSession:
+    """A session following ``plan`` from ``usable``, resumed from what ``partial`` holds of it."""
+    done = partial.open(plan)
+    window = request.config.window  # per holder: split over its connections, and never capped below it
+    max_inflight = max(request.config.max_inflight, window)
+    config = replace(
+        request.config,
+        window=-(-window // request.connections),
+        max_inflight=max_inflight,
+        # the bytes the user's window and chunk size imply stay allowed; bigger chunks than those (the holder's
+        # choice) mean fewer requests in flight, not more memory
+        max_inflight_bytes=max(request.config.max_inflight_bytes, max_inflight * (request.chunk_size or DEFAULT_CHUNK)),
+    )
+    return FetchSession(plan, [c.label for c in usable], done, config)
 
 
 def _check_folder(dest_dir: Path) -> None:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     from overdrive.config import GlobalOptions
     from overdrive.transfer.protocol import DEFAULT_CHUNK
     from overdrive.transfer.server import FileServer
-    from overdrive.transfer.serving import ServerConfig
+    from overdrive.transfer.server_config import ServerConfig
 
     parser = argparse.ArgumentParser(prog="python -m overdrive.transfer.folder")
     parser.add_argument("folder", type=Path)

@@ -1,7 +1,8 @@
 """The holders' side of one fetch: connections to them, opening the file on each, and their failures said.
 
 :func:`connect_all` makes the connections (CURVE handshake checked), :func:`open_all` asks every holder to open the
-file and agrees on one :class:`~overdrive.transfer.session.Plan`, :func:`close_all` withdraws what is still open.
+file, keeps the ones that prove to be a holder the index names (:mod:`~overdrive.transfer.proof`) and orders the
+:class:`~overdrive.transfer.session.Plan` they offer, :func:`close_all` withdraws what is still open.
 :func:`failed_reason`, :func:`from_holder` and :func:`stall_error` turn what holders said into error messages.
 The fetch loop itself is :mod:`overdrive.transfer.fetcher`.
 """
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 import zmq
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.security import NodeIdentity
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, BusError, OverdriveError, ProtocolError, TransferError, UnsafePathError
-from overdrive.transfer.protocol import CODEC, MAX_CHUNK, Cancel, Close, Failed, Open, Opened, Refused, Working
+from overdrive.transfer import proof
+from overdrive.transfer.protocol import CODEC, MAX_CHUNK, Cancel, Close, Failed, Opened, Refused, Working
 from overdrive.transfer.session import MAX_WINDOW, FetchSession, Plan
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,11 @@ class Conn:
     cancelled: bool = False
     number: int = 1
     """Which of the connections to ``endpoint`` this is (1, 2, ...)."""
+    holders: frozenset[str] = frozenset()
+    """Node ids the index names as holders at ``endpoint``: the holder must prove to be one of them (any proven
+    identity when empty: an address the user gave)."""
+    challenge: bytes = b""
+    """The challenge of our Open, which the holder's proof must answer."""
 
     @property
     def label(self) -> str:
@@ -134,8 +142,19 @@ def open_budget(timeout: float, size: int) -> float:
     return timeout + min(size / TABLE_RATE, MAX_TABLE_WAIT)
 
 
-def open_all(conns: Sequence[Conn], want: Wanted, check: Callable[[], None]) -> Plan:
-    """Send Open to every holder, wait for their answers, and pick the plan to follow.
+IMPOSTOR = "not the holder it claims to be"
+"""What a holder is called that cannot prove to be the node the index names, or that served bytes which are not the
+file (the whole-file hash)."""
+
+
+def open_all(conns: Sequence[Conn], want: Wanted, check: Callable[[], None], identity: NodeIdentity) -> list[Plan]:
+    """Send Open to every holder, wait for their answers, and return the plans to try, best first: the one most
+    holders serve, then the others (with one content hash, a different plan is a different chunking or a holder
+    that lies; the fetcher tries the next one if the first does not hash to the content hash).
+
+    Every Open challenges the holder to prove its identity to ``identity`` (ours); a holder whose answer does not
+    prove one of the node ids the index names for it (:attr:`Conn.holders`) is :data:`IMPOSTOR`: said once at
+    warning level and not used.
 
     An Open given up (no answer in time) is withdrawn at once with ``Cancel``, so the holder frees its slot (and
     stops building the file's chunk table if nobody else waits for it); one still pending when we stop (Ctrl-C) is
@@ -143,9 +162,9 @@ def open_all(conns: Sequence[Conn], want: Wanted, check: Callable[[], None]) -> 
     """
     first = secrets.randbits(48)  # random: the holder matches a Cancel by our node id and rid
     for rid, conn in enumerate(conns, first):
-        opener = Open(rid=rid, name=want.name, content_hash=want.content_hash, chunk_size=want.chunk_size)
+        opener = proof.challenge_open(identity, rid, want.name, want.content_hash, want.chunk_size)
         conn.sock.send_multipart(CODEC.encode(opener))
-        conn.rid = rid
+        conn.rid, conn.challenge = rid, opener.challenge
     timeout = want.timeout
     started = time.monotonic()
     pending = {conn.rid: conn for conn in conns}
@@ -194,6 +213,11 @@ def open_all(conns: Sequence[Conn], want: Wanted, check: Callable[[], None]) -> 
             if isinstance(msg, Refused):
                 conn.refused = f"{msg.reason}: {from_holder(msg.detail)}" if msg.detail else msg.reason
                 continue
+            why = proof.check(identity, msg, conn.challenge, conn.holders)
+            if why:  # nothing else it says counts
+                conn.refused = f"{IMPOSTOR} ({why})"
+                log.warning("holder %s is %s (%s); skipping it", conn.label, IMPOSTOR, why)
+                continue
             if want.content_hash and msg.content_hash != want.content_hash:
                 conn.refused = "opened another version than the one asked for"
                 continue
@@ -208,14 +232,18 @@ def open_all(conns: Sequence[Conn], want: Wanted, check: Callable[[], None]) -> 
             conn.tid = msg.tid
             for rid in working & pending.keys():  # a holder is ready: the others get the plain open timeout
                 deadlines[rid] = min(deadlines[rid], max(started + timeout, time.monotonic()))
-    plans = [c.plan for c in conns if c.plan is not None]
+    plans: list[Plan] = []
+    for plan in (c.plan for c in conns if c.plan is not None):
+        if plan not in plans:
+            plans.append(plan)
     if not plans:
         raise _open_error(want.name, conns)
-    wanted = plans[0]
+    plans.sort(key=lambda p: -len({c.endpoint for c in conns if c.plan == p}))  # stable: first answer first
+    plans = [p for p in plans if p.content_hash == plans[0].content_hash]  # another version is no fallback
     for conn in conns:
-        if conn.plan is not None and conn.plan != wanted:
-            log.warning("%s serves a different version of %s; not using it", conn.label, want.name)
-    return wanted
+        if conn.plan is not None and conn.plan != plans[0]:
+            log.warning("%s serves %s differently from the others; using it only if they fail", conn.label, want.name)
+    return plans
 
 
 def _open_error(name: str, conns: Sequence[Conn]) -> TransferError:
@@ -225,6 +253,10 @@ def _open_error(name: str, conns: Sequence[Conn]) -> TransferError:
         return TransferError(f"{name!r} not found on {where}")
     if any(r.startswith("unsafe") for r in reasons):
         return UnsafePathError(f"{where} refused {name!r} as an unsafe name")
+    if all(r.startswith(IMPOSTOR) for r in reasons):
+        whys = (c.refused.removeprefix(f"{IMPOSTOR} (").removesuffix(")") for c in conns)
+        detail = "; ".join(dict.fromkeys(f"{c.endpoint.display}: {why}" for c, why in zip(conns, whys, strict=True)))
+        return TransferError(f"no holder of {name!r} proved to be the node the index names: {detail}")
     if all(r.startswith("changed") for r in reasons):
         return TransferError(f"{name!r} on {where} is not the version asked for (it changed); look it up again")
     detail = "; ".join(dict.fromkeys(f"{c.endpoint.display}: {c.refused}" for c in conns))

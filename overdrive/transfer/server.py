@@ -45,7 +45,8 @@ from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, TransferError
 from overdrive.files.model import Catalogue
 from overdrive.transfer import allocator
-from overdrive.transfer.serving import Reply, ServeCore, ServerConfig, ServerStats
+from overdrive.transfer.server_config import ServerConfig, ServerStats
+from overdrive.transfer.serving import Reply, ServeCore
 from overdrive.transfer.session import MAX_WINDOW
 from overdrive.transfer.tables import TableBuild
 
@@ -84,7 +85,7 @@ class FileServer(ZmqService):
         self._context: zmq.Context | None = None  # type: ignore[type-arg]
         self.folder = Path(folder)
         self.requested = endpoint
-        self.core = ServeCore(self.folder, catalogue, config)
+        self.core = ServeCore(self.folder, catalogue, config, bus.security.identity)
         self._endpoint: Endpoint | None = None
         self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         self._workers: ThreadPoolExecutor | None = None

@@ -67,6 +67,8 @@ class Waiter:
     """The catalogue's hash for the name when the Open came: the table must match it."""
     origin: object
     """Whatever the shell passed with the Open (its routing id): where the answer goes."""
+    proof: tuple[bytes, bytes] = (b"", b"")
+    """The ``Opened.holder_key`` and ``Opened.proof`` its answer carries."""
 
 
 class TableBuild:
