@@ -23,10 +23,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import HypothesisWarning
 from msgspec import inspect as mi
 
-from overdrive.bus.codec import PROTOCOL_VERSION, Codec
+from overdrive.bus.codec import MAX_HEADER_BYTES, PROTOCOL_VERSION, Codec
 
 BATCH = 20
 """Messages drawn per hypothesis example."""
+ROUND = 25
+"""Examples drawn per @given run: the drawn messages are held until sent, so a round is kept small."""
 HOSTILE_INTS = [0, -1, 1, 255, 2**31, 2**32 + 1, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1]
 HOSTILE_TEXT = [
     "", "*", "**", "[!a-z]*?", "../" * 40 + "etc/passwd", "/etc/passwd", "\x00", "\x1b[2J\x1b]0;x\x07\u202e",
@@ -51,6 +53,13 @@ WRONG: st.SearchStrategy[Any] = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(-9, 9), max_size=2),
 )  # fmt: skip
 """A value of the wrong type for any field."""
+WRONG_SMALL: st.SearchStrategy[Any] = st.one_of(
+    st.none(), st.booleans(), st.sampled_from(HOSTILE_INTS), st.floats(), st.text(max_size=8), st.binary(max_size=8),
+    DECLARED, st.builds(lambda d: msgspec.Raw(nested(d)), st.integers(1, 1_200)),
+)  # fmt: skip
+"""A wrong value small enough to repeat thousands of times in one container."""
+MAX_FRAME = MAX_HEADER_BYTES + 1024
+"""Longest header sent: past the codec's limit, yet no repeated deep value makes a gigabyte."""
 
 
 def _encodable(ints: list[int]) -> list[int]:
@@ -112,11 +121,13 @@ def _typed(t: Any, depth: int) -> st.SearchStrategy[Any]:
 
 
 def hostile(t: Any, depth: int = 0) -> st.SearchStrategy[Any]:
-    """Values for a field of type ``t``: mostly of its type, at and past its bounds; sometimes of a wrong type."""
+    """Values for a field of type ``t``: mostly of its type, at and past its bounds; sometimes of a wrong type
+    (deeply nested only in a top-level field, since values inside containers may be repeated thousands of times)."""
+    wrong = WRONG if depth == 0 else WRONG_SMALL
     if depth > 4:
-        return WRONG
+        return wrong
     typed = _typed(t, depth)
-    return st.one_of(typed, typed, typed, typed, WRONG)
+    return st.one_of(typed, typed, typed, typed, wrong)
 
 
 def body(t: mi.StructType, depth: int = 0) -> st.SearchStrategy[Any]:
@@ -156,7 +167,7 @@ class Fuzz:
         message = self.body
         if self.echo and refs and isinstance(message, dict):
             message = {**message, **{k: v for k, v in refs.items() if k in message}}
-        return [msgspec.msgpack.encode((self.version, message)), *self.payload]
+        return [msgspec.msgpack.encode((self.version, message))[:MAX_FRAME], *self.payload]
 
 
 def _payload(max_payload: int) -> st.SearchStrategy[bytes]:
@@ -231,7 +242,7 @@ def examples(strategy: st.SearchStrategy[Fuzz], count: int, seed_value: int) -> 
     drawn = 0
     round_ = 0
     while drawn < count:
-        need = max(1, (count - drawn + BATCH - 1) // BATCH)
+        need = min(ROUND, max(1, (count - drawn + BATCH - 1) // BATCH))
 
         @seed(seed_value + round_)
         @settings(max_examples=need, **FUZZ_SETTINGS)  # type: ignore[arg-type]
