@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,24 +392,32 @@ def check_client_output(name: str, proc: subprocess.CompletedProcess[str]) -> st
     return ""
 
 
+def _grouped(batches: Iterator[list[Fuzz]], size: int) -> Iterator[list[Fuzz]]:
+    """The drawn messages in groups of at least ``size`` (replays counted), the last one smaller."""
+    group: list[Fuzz] = []
+    for batch in batches:
+        group.extend(batch)
+        if sum(f.repeat for f in group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def run_client(name: str, count: int, seed_value: int, root: Path) -> Result:
     """Run the CLI command ``name`` against hostile servers until ``count`` hostile messages were sent to it: at
-    least 400 per run, and at most 25 runs."""
-    per_run = max(400, count // 25)
+    most 25 runs, each answering every request with at least 400 messages (a publisher cycles through at least
+    2,000 for the whole run)."""
     net = Network(root)
     codec, kind = CLIENT_CODECS[name]
+    per_run = max(2_000 if kind == zmq.PUB else 400, count // 25)
     result = Result(name, 0, served=True)
     started = time.monotonic()
     try:
         bus = net.bus()
-        runs = 0
-        pending: list[Fuzz] = []
-        for batch in examples(messages(codec, [[b"\x92\x01\xc0"]]), count, seed_value):
-            pending.extend(batch)
-            if sum(f.repeat for f in pending) < per_run and result.messages + per_run < count:
-                continue
-            server = HostileServer(bus, kind, pending, codec)
-            runs += 1
+        batches = examples(messages(codec, [[b"\x92\x01\xc0"]]), count, seed_value)
+        for runs, answers in enumerate(_grouped(batches, per_run), 1):
+            server = HostileServer(bus, kind, answers, codec)
             try:
                 argv = [sys.executable, "-m", "overdrive", *client_argv(name, server.endpoint.display, root / "out")]
                 proc = subprocess.run(argv, env=net.env(f"{name}-home"), capture_output=True, text=True,
@@ -416,7 +425,6 @@ def run_client(name: str, count: int, seed_value: int, root: Path) -> Result:
             finally:
                 server.close()
             result.messages += server.sent
-            pending = []
             problem = check_client_output(name, proc)
             if problem:
                 result.served = False
