@@ -383,7 +383,7 @@ def check_client_output(name: str, proc: subprocess.CompletedProcess[str]) -> st
     """Empty when the CLI run ended well facing a hostile server: no traceback, at most one line on stderr, and
     (for ls and fetch, which cannot succeed) a non-zero exit."""
     lines = proc.stderr.strip().splitlines()
-    if "Traceback" in proc.stderr or ("Error:" in proc.stderr and "overdrive" not in proc.stderr):
+    if "Traceback" in proc.stderr:
         return f"traceback: {proc.stderr[-2000:]}"
     if len(lines) > 1:
         return f"{len(lines)} lines on stderr: {proc.stderr[-2000:]}"
