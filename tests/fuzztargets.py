@@ -379,16 +379,14 @@ CLIENT_CODECS: dict[str, tuple[Codec, int]] = {  # type: ignore[type-arg]
 }
 
 
-def check_client_output(name: str, proc: subprocess.CompletedProcess[str]) -> str:
-    """Empty when the CLI run ended well facing a hostile server: no traceback, at most one line on stderr, and
-    (for ls and fetch, which cannot succeed) a non-zero exit."""
-    lines = proc.stderr.strip().splitlines()
+def check_client_output(proc: subprocess.CompletedProcess[str]) -> str:
+    """Empty when a CLI run facing a hostile server ended well: no traceback and at most one line on stderr. (It
+    may succeed: a hostile master may answer a lookup with made-up entries that are valid messages.)"""
     if "Traceback" in proc.stderr:
         return f"traceback: {proc.stderr[-2000:]}"
+    lines = proc.stderr.strip().splitlines()
     if len(lines) > 1:
         return f"{len(lines)} lines on stderr: {proc.stderr[-2000:]}"
-    if name != "view" and proc.returncode == 0:
-        return f"exit 0 facing a hostile server: {proc.stdout[-500:]}"
     return ""
 
 
@@ -425,7 +423,7 @@ def run_client(name: str, count: int, seed_value: int, root: Path) -> Result:
             finally:
                 server.close()
             result.messages += server.sent
-            problem = check_client_output(name, proc)
+            problem = check_client_output(proc)
             if problem:
                 result.served = False
                 result.detail = f"run {runs} (seed {seed_value}): {problem}"
