@@ -47,6 +47,8 @@ MB = 1 << 20
 ATTACKER_ADDRESSES = 8
 """Source addresses the attacker's connections come from (127.0.0.2 and up); honest clients use 127.0.0.1."""
 SEND_TIMEOUT_MS = 20_000
+OVERSIZED = 1 << 20
+"""Messages bigger than this (past a limit of most ports) go out on a connection of their own."""
 """A target that takes no message for this long is stuck: the flood fails."""
 
 
@@ -252,6 +254,18 @@ CLIENTS = ("ls", "fetch", "view")
 TARGETS = (*SERVERS, *CLIENTS)
 
 
+def send_alone(target: Server, frames: list[bytes]) -> int:
+    """Send one oversized message on a connection of its own, which the target may drop for it. (On a connection
+    dropped while more messages were queued behind it, libzmq 4.3.5 aborted the sending process at
+    session_base.cpp:233, the attacker's side.)"""
+    sock = target.hostile()
+    try:
+        sock.send_multipart(frames, copy=False)
+    finally:
+        sock.close(linger=2000)
+    return 1
+
+
 def flood_server(target: Server, count: int, seed_value: int, *, identities: int = 20) -> int:
     """Send ``count`` hostile messages to ``target`` from a pool of connections, a fresh one (new identity) every
     few batches; read replies only sometimes (a peer that never reads is hostile too). Returns messages sent."""
@@ -263,6 +277,9 @@ def flood_server(target: Server, count: int, seed_value: int, *, identities: int
             sock = pool[n % len(pool)]
             for fuzz in batch:
                 frames = fuzz.encode()
+                if sum(len(f) for f in frames) > OVERSIZED:
+                    sent += send_alone(target, frames)
+                    continue
                 for _ in range(fuzz.repeat):
                     sock.send_multipart(frames, copy=False)
                     sent += 1
