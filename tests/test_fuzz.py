@@ -62,6 +62,7 @@ def test_a_client_facing_a_hostile_server_ends_in_one_line(target: str) -> None:
     assert result.messages >= CLIENT_MESSAGES, report(result)
 
 
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")  # the strategies' repr is megabytes long
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
 @given(st.sampled_from(CODECS), st.data())
 def test_every_fuzz_message_is_decoded_or_refused_with_a_protocol_error(codec: Codec, data: st.DataObject) -> None:  # type: ignore[type-arg]
