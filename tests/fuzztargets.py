@@ -32,13 +32,14 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import Codec
 from overdrive.bus.ready import parse_ready
 from overdrive.bus.security import NetworkKey, NodeIdentity
-from overdrive.bus.sockets import Bus, Security
+from overdrive.bus.sockets import DEFAULT_MAX_MESSAGE, Bus, Security
 from overdrive.files.model import FileInfo
 from overdrive.index import protocol as ip
 from overdrive.index.client import IndexClient
 from overdrive.media import protocol as mp
 from overdrive.transfer import protocol as tp
 from overdrive.transfer.fetcher import FetchRequest, fetch
+from overdrive.transfer.server import MAX_REQUEST
 from tests.fuzzlib import Fuzz, examples, messages, subscriptions
 
 PASSWORD = "fuzz horse battery staple"
@@ -47,8 +48,6 @@ MB = 1 << 20
 ATTACKER_ADDRESSES = 8
 """Source addresses the attacker's connections come from (127.0.0.2 and up); honest clients use 127.0.0.1."""
 SEND_TIMEOUT_MS = 20_000
-OVERSIZED = 1 << 20
-"""Messages bigger than this (past a limit of most ports) go out on a connection of their own."""
 """A target that takes no message for this long is stuck: the flood fails."""
 
 
@@ -129,6 +128,8 @@ class Server:
 
     name = ""
     hostile_kind = zmq.DEALER
+    max_frame = DEFAULT_MAX_MESSAGE
+    """The target's ZMQ_MAXMSGSIZE: a message with a bigger frame goes out on a connection of its own."""
 
     def __init__(self, net: Network) -> None:
         self.net = net
@@ -194,6 +195,7 @@ class MasterTarget(Server):
 
 class ShareTarget(Server):
     name = "share"
+    max_frame = MAX_REQUEST
 
     def start(self) -> tuple[subprocess.Popen[str], Endpoint]:
         folder = self.net.root / "shared"
@@ -222,7 +224,7 @@ class ShareTarget(Server):
 
 class StreamTarget(Server):
     name = "stream"
-    hostile_kind = zmq.XSUB
+    hostile_kind = zmq.XSUB  # (un)subscriptions are single frames: sent in line even past MAX_SUBSCRIPTION
 
     def start(self) -> tuple[subprocess.Popen[str], Endpoint]:
         return self.net.spawn("stream", "stream", "--source", "testpattern", "--bind", "tcp://127.0.0.1:0",
@@ -255,9 +257,9 @@ TARGETS = (*SERVERS, *CLIENTS)
 
 
 def send_alone(target: Server, frames: list[bytes]) -> int:
-    """Send one oversized message on a connection of its own, which the target may drop for it. (On a connection
-    dropped while more messages were queued behind it, libzmq 4.3.5 aborted the sending process at
-    session_base.cpp:233, the attacker's side.)"""
+    """Send one message with a frame past the target's limit on a connection of its own, which the target drops
+    for it. (When a connection was dropped while multipart messages were queued behind it, libzmq 4.3.5 aborted the
+    sending process, the harness, at session_base.cpp:233.)"""
     sock = target.hostile()
     try:
         sock.send_multipart(frames, copy=False)
@@ -277,7 +279,7 @@ def flood_server(target: Server, count: int, seed_value: int, *, identities: int
             sock = pool[n % len(pool)]
             for fuzz in batch:
                 frames = fuzz.encode()
-                if sum(len(f) for f in frames) > OVERSIZED:
+                if max(len(f) for f in frames) > target.max_frame:
                     sent += send_alone(target, frames)
                     continue
                 for _ in range(fuzz.repeat):
