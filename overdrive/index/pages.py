@@ -88,14 +88,20 @@ def check_page(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
     return int(count), int(newest)
 
 
+def deserialize(conn: sqlite3.Connection, data: bytes | memoryview, name: str = "main") -> None:
+    """Load a peer's page image as schema ``name``; ProtocolError if SQLite refuses it (sqlite3 raises
+    MemoryError, not sqlite3.Error, for an empty image)."""
+    try:
+        conn.deserialize(data, name=name)
+    except (sqlite3.Error, MemoryError) as exc:
+        raise ProtocolError(f"bad snapshot page: {exc or 'empty image'}") from exc
+
+
 def check_image(data: bytes | memoryview) -> tuple[int, int]:
     """:func:`check_page` on a private in-memory connection (safe to run in another thread)."""
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
-        try:
-            conn.deserialize(data)
-        except sqlite3.Error as exc:
-            raise ProtocolError(f"bad snapshot page: {exc}") from exc
+        deserialize(conn, data)
         return check_page(conn, "main")
     finally:
         conn.close()
@@ -161,10 +167,7 @@ def decode_page(data: bytes | memoryview) -> list[RecordRow]:
     """The validated rows of a page (for stores that cannot load one with SQL); raise ProtocolError if it is bad."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
-        try:
-            conn.deserialize(data)
-        except sqlite3.Error as exc:
-            raise ProtocolError(f"bad snapshot page: {exc}") from exc
+        deserialize(conn, data)
         check_page(conn, "main")
         try:
             found = conn.execute(f"SELECT {PAGE_COLUMNS} FROM t ORDER BY rowid").fetchall()  # noqa: S608

@@ -60,6 +60,15 @@ log = logging.getLogger(__name__)
 STREAM_SNDHWM = 60
 """Messages queued per viewer before the PUB drops for that viewer (about 1-2 s of video)."""
 INFO_INTERVAL = 1.0
+SUBSCRIBABLE = frozenset(topic[:n] for topic in TOPICS.values() for n in range(len(topic) + 1))
+"""The only subscription prefixes the streamer applies: its topics and the empty prefix (everything). libzmq keeps
+every distinct prefix a peer subscribes to until that peer leaves, so a password holder could otherwise grow the
+streamer by ~16 KB per subscription message (50 MB for 3,000)."""
+MAX_SUBSCRIPTION = 4096
+"""Bytes of one message from a viewer (a subscription, or a CURVE handshake command); a peer sending a longer one
+is disconnected by libzmq."""
+SUBSCRIPTION_HWM = 100
+"""Subscription messages libzmq queues for the streamer to vet."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,8 +191,10 @@ class Streamer(Worker):
     def bind(self) -> Endpoint:
         """Bind the PUB socket (idempotent); returns the bound endpoint (a real port if 0 was asked)."""
         if self._sock is None:
-            sock = self.bus.server(zmq.PUB, hwm=self.config.sndhwm, max_message=1 << 16)
+            sock = self.bus.server(zmq.XPUB, hwm=self.config.sndhwm, max_message=MAX_SUBSCRIPTION)
             sock.setsockopt(zmq.SNDBUF, 1 << 20)
+            sock.setsockopt(zmq.XPUB_MANUAL, 1)  # subscriptions are vetted by _admit_subscriptions
+            sock.rcvhwm = SUBSCRIPTION_HWM
             try:
                 self.endpoint = self.bus.bind(sock, self.config.endpoint)
             except BaseException:
@@ -300,6 +311,7 @@ class Streamer(Worker):
             if capture.error is not None:
                 break
             self._wake.clear()
+            self._admit_subscriptions()
             self._drain_outbox()
             captured = capture.wait_newer(last_index, 0.0)
             if captured is not None:
@@ -361,6 +373,18 @@ class Streamer(Worker):
             signer=self.signer.public,
         )
         self._publish(info, b"")
+
+    def _admit_subscriptions(self) -> None:
+        """Apply the (un)subscriptions viewers sent to one of our topics; drop every other prefix unapplied."""
+        sock = self._sock
+        assert sock is not None
+        for _ in range(SUBSCRIPTION_HWM):
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] in (b"\x00", b"\x01") and event[1:] in SUBSCRIBABLE:
+                sock.setsockopt(zmq.SUBSCRIBE if event[0] else zmq.UNSUBSCRIBE, event[1:])
 
     def _drain_outbox(self) -> None:
         while True:

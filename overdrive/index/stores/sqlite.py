@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from overdrive.errors import ProtocolError, StoreError
-from overdrive.index.pages import PAGE_BYTES, PageCheck, attach, check_schema, new_page
+from overdrive.index.pages import PAGE_BYTES, PageCheck, attach, check_schema, deserialize, new_page
 from overdrive.index.records import RecordRow
 from overdrive.index.stores.base import BATCH, COLUMNS, encode_vector
 from overdrive.index.stores.sql import COLS, SqlStore, gen_translated, peewee, translated
@@ -188,7 +188,7 @@ class SqliteStore(SqlStore):
         attach(conn, _IN)
         try:
             try:
-                conn.deserialize(data, name=_IN)
+                deserialize(conn, data, _IN)
                 check_schema(conn, _IN)  # before reading t: it must be the plain page table
                 count = int(conn.execute(f"SELECT count(*) FROM {_IN}.t").fetchone()[0])
             except (ProtocolError, sqlite3.Error) as exc:
