@@ -46,6 +46,7 @@ from overdrive.media.codecs.base import Encoder
 from overdrive.media.hooks import Listener, Producer
 from overdrive.media.protocol import (
     MAX_VIDEO_FRAME,
+    TOPICS,
     AudioTrackInfo,
     StreamInfo,
     StreamMessage,
