@@ -8,18 +8,43 @@ lock is taken but before the ``with`` block that releases it has begun: the lock
 :func:`deferred` swaps in a handler that only records the signal; the loop calls the returned check at a safe point,
 which raises KeyboardInterrupt there. Outside the main thread, or when the signal was ignored when the process started
 (a background job), nothing is installed and the check never fires.
+
+SIGHUP (the terminal was closed, an ssh session dropped) stops the same way as Ctrl-C and SIGTERM: recordings are
+finished instead of being left as hidden partial files.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-"""Both stop the same way: SIGTERM (``kill``, a service manager) also gets the tidy exit Ctrl-C gets."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""All stop the same way: SIGTERM (``kill``, a service manager) and SIGHUP (a closed terminal) also get the tidy
+exit Ctrl-C gets."""
+
+Check = Callable[[], None]
+"""Raises KeyboardInterrupt once a stop signal came (the function :func:`deferred` yields)."""
+
+SLEEP_STEP = 0.1
+
+
+def never() -> None:
+    """A check for code run where no stop signal is watched."""
+
+
+def sleep(seconds: float, check: Check) -> None:
+    """Sleep, calling ``check`` every :data:`SLEEP_STEP` seconds, so a stop signal ends the sleep soon."""
+    end = time.monotonic() + seconds
+    while True:
+        check()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(SLEEP_STEP, left))
 
 
 @contextmanager

@@ -108,6 +108,27 @@ def test_the_signal_is_raised_at_the_check_and_again_on_exit_if_unchecked() -> N
     ]
 
 
+def test_a_closed_terminal_stops_like_ctrl_c() -> None:
+    # SIGHUP's default is to end the process at once, leaving recordings unfinished
+    code = textwrap.dedent(
+        """
+        import os, signal
+        from overdrive import interrupts
+        with interrupts.deferred() as check:
+            os.kill(os.getpid(), signal.SIGHUP)
+            print("still here")
+            try:
+                check()
+            except KeyboardInterrupt:
+                print("raised at check")
+        print(signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)
+        """
+    )
+    done = _child(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["still here", "raised at check", "True"]
+
+
 def test_a_signal_ignored_at_start_stays_ignored() -> None:
     code = textwrap.dedent(
         """

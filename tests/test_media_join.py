@@ -137,3 +137,16 @@ def test_catchup_adopts_a_lasting_delay() -> None:
     # the delay jumps to 2 s and stays: after the window, those frames count as live again
     starts = [c.plan([at(i, i * 100, key=True)], now_ns=(i * 100 + 2000) * ms) for i in range(2, 20)]
     assert starts[0] == 1 and starts[-1] == 0
+
+
+def test_an_ended_stream_starts_again_as_new() -> None:
+    s = JoinState()
+    s.on_info(info())
+    accepted(s, frame(1, key=True))
+    assert not s.on_end("other")  # not the current stream: nothing happens
+    assert s.phase is Phase.LIVE
+    assert s.on_end("s1")
+    assert s.phase is Phase.WAIT_INFO and s.stream_id is None
+    assert s.on_frame(frame(2)) == Drop(frame(2), DROP_NO_INFO)
+    assert isinstance(s.on_info(info()), Reset)  # the same stream back after a silence: a new start
+    assert not s.on_end("other")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from overdrive.cli.options import console, print_json
+from overdrive.cli.options import console, print_json, shown
 from overdrive.errors import MediaError
 
 
@@ -92,12 +92,53 @@ class MediaExtras:
         if self.player is not None:
             self.player.close()
         if self.recorder is not None:
-            for done in self.recorder.close():
-                console.print(f"recorded {done.path} ({done.frames} frames, {done.audio_chunks} audio chunks)")
-                for wav in done.wavs:
-                    console.print(f"recorded {wav}")
+            self.recorder.close()  # each finished file was reported as it closed (recording_event)
             if self.recorder.errors:
-                console.print(f"[yellow]recording had {self.recorder.errors} error(s); see the log[/]")
+                console.print(f"[yellow]recording had {self.recorder.errors} error(s); see the messages above[/]")
+
+    def check(self) -> None:
+        """After the command's own last line: MediaError (exit 1) if recording stopped for lack of space."""
+        recorder = self.recorder
+        if recorder is not None and recorder.no_space:
+            raise MediaError(
+                f"recording stopped {recorder.no_space} time(s) for lack of space in {recorder.config.backup_dir}; "
+                "what was written before is kept"
+            )
+
+
+def recording_event(event: Any) -> None:
+    """One line for each recording that closes, stops on a full disk, or resumes (from the recorder's thread)."""
+    from overdrive.media.recorder import Finished, NoSpace
+
+    if isinstance(event, Finished):
+        console.print(f"recorded {event.path} ({event.frames} frames, {event.audio_chunks} audio chunks)")
+        for wav in event.wavs:
+            console.print(f"recorded {wav}")
+    elif isinstance(event, NoSpace):
+        kept = f"; kept {event.kept}" if event.kept else ""
+        console.print(
+            f"[yellow]recording stopped: no space left in {event.folder}{kept}; "
+            "it resumes into a new file when space is free again[/]"
+        )
+    else:
+        console.print(f"space is free again: recording to {event.path}")
+
+
+def start_recording(target: Any, backup: Path | None, wav: bool) -> Any:
+    """Check the backup folder, finish recordings earlier runs left behind, then record ``target``."""
+    from overdrive.media.recorder import attach_recorder, check_backup
+    from overdrive.media.salvage import recover
+    from overdrive.paths import backup_dir
+
+    folder = backup or backup_dir()
+    check_backup(folder)
+    for done in recover(folder):
+        name = shown(done.part.name)
+        if done.path is None:
+            console.print(f"removed {name}: an interrupted recording with nothing playable in it")
+        else:
+            console.print(f"recovered an interrupted recording: {done.path} ({done.seconds:.1f} s)")
+    return attach_recorder(target, folder, wav=wav, on_event=recording_event)
 
 
 def stream_extras(
@@ -105,23 +146,26 @@ def stream_extras(
 ) -> MediaExtras:
     """Hook ``--audio`` capture and the local recording into a Streamer (before it starts)."""
     from overdrive.media.audio.capture import attach_audio
-    from overdrive.media.recorder import attach_recorder
-    from overdrive.paths import backup_dir
 
     extras = MediaExtras()
-    extras.capture = attach_audio(streamer, audio, mic=mic, codec=audio_codec)
-    if record:
-        extras.recorder = attach_recorder(streamer, backup or backup_dir(), wav=wav)
+    recorder = start_recording(streamer, backup, wav) if record else None  # folder checked before any device
+    try:
+        extras.capture = attach_audio(streamer, audio, mic=mic, codec=audio_codec)
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+        raise
+    extras.recorder = recorder
     return extras
 
 
 def view_extras(viewer: Any, *, play: bool, record: bool, backup: Path | None, wav: bool) -> MediaExtras:
     """Hook audio playback (unless muted) and the local recording into a Viewer (before it runs)."""
     from overdrive.media.audio.playback import AudioPlayer
-    from overdrive.media.recorder import attach_recorder
-    from overdrive.paths import backup_dir
 
     extras = MediaExtras()
+    if record:
+        extras.recorder = start_recording(viewer, backup, wav)  # folder checked before any device
     if play:
         player = AudioPlayer()
         try:
@@ -131,8 +175,6 @@ def view_extras(viewer: Any, *, play: bool, record: bool, backup: Path | None, w
         else:
             extras.player = player
             viewer.add_listener(player)
-    if record:
-        extras.recorder = attach_recorder(viewer, backup or backup_dir(), wav=wav)
     return extras
 
 

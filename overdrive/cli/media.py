@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
+from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cli import audio as audio_cli
 from overdrive.cli.audio import stream_extras, view_extras
-from overdrive.cli.options import console, options, warn_insecure
+from overdrive.cli.options import console, options, shown, warn_insecure
 from overdrive.cli.run import ready, run
 
 # Recording options shared by `stream` and `view`.
@@ -116,6 +117,7 @@ def stream(
             f"sent {stats.frames_sent} frames ({stats.keyframes_sent} keyframes), "
             f"{stats.bytes_sent / 1e6:.1f} MB at {stats.width}x{stats.height}"
         )
+        extras.check()
 
 
 def view(
@@ -147,11 +149,25 @@ def view(
             show_default=False,
         ),
     ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            help="Give up if the stream has not started after this many seconds (default: wait until it does).",
+            show_default=False,
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit when the stream ends instead of waiting for it to start again.")
+    ] = False,
     no_record: NoRecord = False,
     backup: Backup = None,
     wav: Wav = False,
 ) -> None:
-    """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' toggles the overlay)."""
+    """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' toggles the overlay).
+
+    A viewer started before the stream waits for it; when the stream ends its recording is finished and the
+    viewer waits for it to start again (into a new recording), or exits with --once."""
+    from overdrive.media.protocol import StreamInfo
     from overdrive.media.viewer import Viewer, ViewerConfig
 
     opts = options(ctx)
@@ -163,16 +179,39 @@ def view(
         overlay=overlay,
         trace=trace,
         pin=pin,
+        wait=wait,
+        once=once,
     )
     warn_insecure(opts)
     with opts.bus() as bus:
         viewer = Viewer(config, bus)
         extras = view_extras(viewer, play=not (mute or headless), record=not no_record, backup=backup, wav=wav)
-        viewer.connect()
 
-        waiting = f"waiting for a stream signed by {config.pin}" if config.pin else "waiting for stream info"
-        announce = ready("view", config.endpoint, f"connected, {waiting} and a keyframe")
-        # viewer.run writes --stats-json on the way out, also on Ctrl-C / SIGTERM
+        def waiting() -> None:
+            console.print(f"waiting for the stream at {config.endpoint.display}...")
+
+        try:
+            with interrupts.deferred() as check:
+                viewer.connect(check, waiting)
+        except KeyboardInterrupt:
+            extras.close()
+            console.print("stopped before the stream started")
+            return
+        except BaseException:
+            extras.close()
+            raise
+
+        def joined(info: StreamInfo) -> None:
+            console.print(f"stream {shown(info.name)!r} started ({info.video.width}x{info.video.height})")
+
+        def ended(info: StreamInfo, reason: str) -> None:
+            after = "" if once else "; waiting for it to start again"
+            console.print(f"stream {shown(info.name)!r} ended: {reason}{after}")
+
+        viewer.on_join, viewer.on_end = joined, ended
+        waiting_for = f"a stream signed by {config.pin}" if config.pin else "stream info"
+        announce = ready("view", config.endpoint, f"connected, waiting for {waiting_for} and a keyframe")
+        # viewer.run writes --stats-json on the way out, also on Ctrl-C / SIGTERM / SIGHUP
         run(announce, lambda _: viewer.run(), stop=[viewer.stop, extras.close], request_stop=viewer.request_stop)
         s = viewer.stats_dict()
         p50 = s["latency_ms"]["p50"]
@@ -180,6 +219,7 @@ def view(
             f"received {s['frames_received']} frames, shown {s['frames_shown']}, gaps {s['gaps']}, "
             f"fps {s['fps'] or 0:.1f}, latency p50 {p50 or 0:.0f} ms, malformed {s['malformed']}, forged {s['forged']}"
         )
+        extras.check()
 
 
 def register(app: typer.Typer) -> None:

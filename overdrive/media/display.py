@@ -37,13 +37,27 @@ class Display:
         self.overlay = overlay
         self._stats = stats
         self.open = False
+        self.banner: str | None = None
+        """Shown instead of the overlay while set (the stream ended); a new picture clears it."""
+        self._last: Image | None = None
+
+    def ended(self, text: str) -> None:
+        """Keep the last picture up, saying ``text`` over it."""
+        self.banner = text
+        if self._last is not None:
+            self._draw(self._last)
 
     def show(self, image: Image) -> None:
+        self.banner = None
+        self._last = image
+        self._draw(image)
+
+    def _draw(self, image: Image) -> None:
         import cv2
 
-        if self.overlay:
+        if self.overlay or self.banner:
             image = image.copy()
-            text = overlay_text(self._stats())
+            text = self.banner or overlay_text(self._stats())
             cv2.rectangle(image, (0, 0), (min(image.shape[1], 620), 34), (0, 0, 0), -1)
             cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
         try:

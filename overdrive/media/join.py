@@ -12,6 +12,7 @@ All transitions live in this module::
     WAIT_INFO --info--> WAIT_KEY --keyframe--> LIVE
     LIVE --seq gap / decode error--> WAIT_KEY
     any --info with another stream_id (streamer restart)--> Reset, WAIT_KEY
+    any --end of the current stream (announced or silence)--> WAIT_INFO
     frames of a stream other than the current info's are dropped until that info arrives
 
 :func:`skip_plan` and :class:`CatchUp` are the catch-up rules for drained batches: decode only from the newest
@@ -122,6 +123,17 @@ class JoinState:
             self.phase = Phase.LIVE
         self.last_seq = frame.seq
         return Accept(frame)
+
+    def on_end(self, stream_id: str) -> bool:
+        """The current stream ended (announced, or inferred from silence): True if it was the current one.
+
+        Back to WAIT_INFO with no info, so the same stream coming back counts as a new start (Reset)."""
+        if self.info is None or stream_id != self.info.stream_id:
+            return False
+        self.info = None
+        self.phase = Phase.WAIT_INFO
+        self.last_seq = None
+        return True
 
     def decode_failed(self) -> None:
         """The decoder rejected an accepted frame: never show what follows until the next keyframe."""

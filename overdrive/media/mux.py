@@ -244,6 +244,13 @@ class Mp4Writer:
         finally:
             self._out.close()
 
+    def abort(self) -> None:
+        """Close after a failed write, writing nothing more than the muxer manages (the caller salvages)."""
+        try:
+            self._out.close()
+        except (self._av.error.FFmpegError, OSError) as exc:
+            log.debug("closing %s after a failed write: %s", self.path, exc)
+
     def _mux_h264(self, ticks: int, data: bytes, keyframe: bool, duration: int) -> None:
         packet = self._av.Packet(data)
         packet.stream = self._video

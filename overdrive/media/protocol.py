@@ -7,6 +7,8 @@ relay can forward without understanding anything else; the publisher keeps no pe
   the streamer's signing key).
 * ``TOPIC_VIDEO``: :class:`VideoFrame` + one payload frame (an H.264 access unit in Annex B, or a JPEG).
 * ``TOPIC_AUDIO``: :class:`AudioChunk` + one payload frame (an Opus packet or interleaved s16le PCM).
+* ``TOPIC_END``: :class:`StreamEnd`, sent once when a streamer stops cleanly (a viewer of a streamer that dies
+  infers the end from silence instead).
 
 All timestamps are capture times in nanoseconds on the streamer's wall clock (``time.time_ns()``), shared by
 video and audio, so recordings and playback line tracks up by timestamp, never by an assumed rate.
@@ -27,6 +29,7 @@ from overdrive.bus.codec import Codec, Message
 TOPIC_INFO = b"i"
 TOPIC_VIDEO = b"v"
 TOPIC_AUDIO = b"a"
+TOPIC_END = b"e"
 
 MAX_VIDEO_FRAME = 16 << 20
 MAX_AUDIO_CHUNK = 64 << 10
@@ -102,7 +105,19 @@ class AudioChunk(Message, tag="ac", frozen=True):
     samples: Annotated[int, Meta(ge=1, le=48000)]
 
 
-StreamMessage = StreamInfo | VideoFrame | AudioChunk
-CODEC: Codec[StreamMessage] = Codec(StreamInfo, VideoFrame, AudioChunk)
+class StreamEnd(Message, tag="end", frozen=True):
+    """The streamer stopped on purpose: viewers finish their recordings and wait for a new ``stream_id``."""
 
-TOPICS: dict[type[Message], bytes] = {StreamInfo: TOPIC_INFO, VideoFrame: TOPIC_VIDEO, AudioChunk: TOPIC_AUDIO}
+    stream_id: StreamId
+    sent_ns: NonNegative
+
+
+StreamMessage = StreamInfo | VideoFrame | AudioChunk | StreamEnd
+CODEC: Codec[StreamMessage] = Codec(StreamInfo, VideoFrame, AudioChunk, StreamEnd)
+
+TOPICS: dict[type[Message], bytes] = {
+    StreamInfo: TOPIC_INFO,
+    VideoFrame: TOPIC_VIDEO,
+    AudioChunk: TOPIC_AUDIO,
+    StreamEnd: TOPIC_END,
+}

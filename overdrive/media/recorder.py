@@ -7,8 +7,13 @@ encoder. One recording per stream:
 
 * it opens at the first keyframe after the stream info (a late joiner records from its first keyframe);
 * it is written as ``BACKUP/.<stream-name>-<UTC start>.mp4.part`` (hidden, so the share watcher ignores it) and
-  renamed to ``<stream-name>-<UTC start>.mp4`` when it closes; a new ``stream_id`` (streamer restart) closes it
-  and starts the next one;
+  renamed to ``<stream-name>-<UTC start>.mp4`` when it closes; a new ``stream_id`` (streamer restart) or a
+  :class:`~overdrive.media.protocol.StreamEnd` closes it, and the next keyframe of a stream starts the next one;
+* the ``.part`` is locked while written (:func:`~overdrive.media.salvage.hold`), so a part left by a killed
+  process is told apart from a live one and finished at the next start (:func:`~overdrive.media.salvage.recover`);
+* a full disk stops recording with one :class:`NoSpace` event: the file so far is cut after its last complete
+  fragment and renamed into place (no space needed for that); at most every :data:`RETRY_SECONDS`, once
+  :data:`MIN_FREE` bytes are free again, the next keyframe starts a new file (:class:`Resumed`);
 * ``wav=True`` also writes each audio track as ``<stream-name>-<UTC start>-<source>.wav`` through soundfile, with
   exactly the samples (silence included) that went into the MP4.
 
@@ -19,26 +24,37 @@ the next keyframe (the gap is held/silent in the file, like a network gap).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from overdrive.bus.service import Worker
-from overdrive.errors import MediaError
+from overdrive.errors import ConfigError, MediaError
 from overdrive.media.codecs.base import SAMPLE_RATE, Samples
 from overdrive.media.hooks import Listenable
 from overdrive.media.mux import Mp4Writer
-from overdrive.media.protocol import AudioChunk, StreamInfo, StreamMessage, VideoFrame
+from overdrive.media.protocol import AudioChunk, StreamEnd, StreamInfo, StreamMessage, VideoFrame
+from overdrive.media.salvage import salvage
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUE = 3000
+RETRY_SECONDS = 5.0
+"""After a full disk, free space is looked at no more often than this."""
+MIN_FREE = 16 << 20
+"""Free bytes needed before recording resumes after a full disk (about 30 s of a 1080p stream)."""
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def safe_name(name: str) -> str:
@@ -59,6 +75,19 @@ class RecordConfig:
     wav: bool = False
 
 
+def check_backup(folder: Path) -> None:
+    """Make sure recordings can be written into ``folder`` (created if missing): ConfigError in one line if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot record into {folder}: {reason} (choose a folder with --backup, or --no-record)"
+        ) from exc
+
+
 @dataclass
 class Finished:
     """A closed recording."""
@@ -69,13 +98,53 @@ class Finished:
     wavs: list[Path] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class NoSpace:
+    """Recording stopped for lack of space; ``kept`` is the playable file with what was written (None if none)."""
+
+    folder: Path
+    kept: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Recording goes on after a full disk, into ``path``."""
+
+    path: Path
+
+
+RecordEvent = Finished | NoSpace | Resumed
+
+
+def no_space(exc: BaseException, folder: Path) -> bool:
+    """Whether a write failed because the disk (or quota) is full: by errno anywhere in the chain, or for
+    writers that give none (libsndfile), by the free space left."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
 class _Recording:
     def __init__(self, config: RecordConfig, info: StreamInfo, t0_ns: int) -> None:
         config.backup_dir.mkdir(parents=True, exist_ok=True)
-        self.base = self._reserve(config.backup_dir, f"{safe_name(info.name)}-{utc_stamp(t0_ns)}")
+        self.base, self._lock = self._reserve(config.backup_dir, f"{safe_name(info.name)}-{utc_stamp(t0_ns)}")
         self.final = config.backup_dir / f"{self.base}.mp4"
         self.part = config.backup_dir / f".{self.base}.mp4.part"
         self._wavs: dict[int, tuple[Any, Path, Path]] = {}
+        try:
+            self._open(config, info, t0_ns)
+        except BaseException:
+            self._lock.close()
+            raise
+        log.info("recording to %s", self.final)
+
+    def _open(self, config: RecordConfig, info: StreamInfo, t0_ns: int) -> None:
         if config.wav:
             import soundfile as sf
 
@@ -94,21 +163,23 @@ class _Recording:
             self._close_wavs(rename=False)
             self.part.unlink(missing_ok=True)
             raise
-        log.info("recording to %s", self.final)
 
     @staticmethod
-    def _reserve(folder: Path, base: str) -> str:
-        """A base name whose .part and final files do not exist yet (the part is created exclusively)."""
+    def _reserve(folder: Path, base: str) -> tuple[str, BinaryIO]:
+        """A base name whose .part and final files do not exist yet; the part is created exclusively and locked
+        at once, so no recovery running next door takes it for a dead one before it is written."""
         for n in range(1, 1000):
             candidate = base if n == 1 else f"{base}-{n}"
             if (folder / f"{candidate}.mp4").exists():
                 continue
+            part = folder / f".{candidate}.mp4.part"
             try:
-                fd = os.open(folder / f".{candidate}.mp4.part", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(part, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o644)
             except FileExistsError:
                 continue
-            os.close(fd)
-            return candidate
+            handle = os.fdopen(fd, "rb")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours alone: cannot be taken
+            return candidate, handle
         raise MediaError(f"cannot find a free recording name for {base} in {folder}")
 
     def _on_pcm(self, track: int, pcm: Samples) -> None:
@@ -128,15 +199,34 @@ class _Recording:
 
     def close(self) -> Finished:
         try:
-            self.writer.close()
+            try:
+                self.writer.close()
+            finally:
+                wavs = self._close_wavs(rename=True)
+            final = self.final
+            if final.exists():  # someone took the name meanwhile: never overwrite
+                final = final.with_name(f"{self.base}-{time.time_ns()}.mp4")
+            os.replace(self.part, final)
         finally:
-            wavs = self._close_wavs(rename=True)
-        final = self.final
-        if final.exists():  # someone took the name meanwhile: never overwrite
-            final = final.with_name(f"{self.base}-{time.time_ns()}.mp4")
-        os.replace(self.part, final)
+            self._lock.close()
         log.info("recording closed: %s (%d frames)", final, self.writer.frames)
         return Finished(final, self.writer.frames, self.writer.audio_chunks, wavs)
+
+    def abandon(self) -> Path | None:
+        """Stop writing after a failed write (a full disk): keep what plays, without writing anything more."""
+        try:
+            self.writer.abort()
+            for handle, part, final in self._wavs.values():
+                try:
+                    handle.close()
+                except (OSError, RuntimeError):
+                    pass  # the header could not be updated: the samples are there all the same
+                os.replace(part, final)
+            self._wavs.clear()
+            kept = salvage(self.part)
+        finally:
+            self._lock.close()
+        return kept.path
 
 
 class Recorder(Worker):
@@ -145,12 +235,17 @@ class Recorder(Worker):
     name = "overdrive-recorder"
     error_type = MediaError
 
-    def __init__(self, config: RecordConfig) -> None:
+    def __init__(self, config: RecordConfig, on_event: Callable[[RecordEvent], None] | None = None) -> None:
         super().__init__()
         self.config = config
+        self.on_event = on_event
+        """Called in the worker thread for every closed recording, stop for lack of space and resumption."""
         self.finished: list[Finished] = []
         self.dropped = 0
         self.errors = 0
+        self.no_space = 0
+        """Times recording stopped because the disk was full."""
+        self._retry_at: float | None = None  # while the disk is full: when to look at the free space again
         self._lock = threading.Condition()
         self._queue: deque[tuple[StreamMessage, bytes, bool]] = deque()
         self._gap = False
@@ -197,7 +292,10 @@ class Recorder(Worker):
                 message, payload, after_gap = self._queue.popleft()
             try:
                 self._handle(message, payload, after_gap)
-            except Exception:  # a broken recording must not stop the stream: keep what was written
+            except Exception as exc:  # a broken recording must not stop the stream: keep what was written
+                if no_space(exc, self.config.backup_dir):
+                    self._out_of_space()
+                    continue
                 self.errors += 1
                 log.exception("recording failed")
                 self._finish()
@@ -218,14 +316,22 @@ class Recorder(Worker):
         info = self._info
         if info is None or message.stream_id != info.stream_id or info.stream_id == self._failed:
             return
+        if isinstance(message, StreamEnd):
+            self._finish()
+            self._info = None  # the same stream coming back (after a silence) starts a new file
+            return
         if isinstance(message, VideoFrame):
             if self._wait_key and not message.keyframe:
                 return
             self._wait_key = False
             if self._recording is None:
-                if not message.keyframe or message.codec != info.video.codec:
+                if not message.keyframe or message.codec != info.video.codec or not self._space_again():
                     return
+                resumed = self._retry_at is not None
+                self._retry_at = None
                 self._recording = _Recording(self.config, info, message.pts_ns)
+                if resumed:
+                    self._emit(Resumed(self._recording.final))
             self._recording.writer.video(message, payload)
         elif isinstance(message, AudioChunk) and self._recording is not None:
             self._recording.writer.audio(message.track, message.pts_ns, payload)
@@ -235,15 +341,65 @@ class Recorder(Worker):
         if rec is None:
             return
         try:
-            self.finished.append(rec.close())
-        except Exception:
+            done = rec.close()
+        except Exception as exc:
+            if no_space(exc, self.config.backup_dir):
+                self._recording = rec
+                self._out_of_space()
+                return
             self.errors += 1
             log.exception("cannot finish %s (partial file kept)", rec.part)
+            return
+        self.finished.append(done)
+        self._emit(done)
+
+    def _out_of_space(self) -> None:
+        """A write failed for want of space: keep what plays, wait for space (no retry per message)."""
+        rec, self._recording = self._recording, None
+        kept = None
+        if rec is not None:
+            try:
+                kept = rec.abandon()
+            except OSError as exc:
+                log.warning("cannot finish %s: %s", rec.part, exc)
+        self.no_space += 1
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        self._emit(NoSpace(self.config.backup_dir, kept))
+
+    def _space_again(self) -> bool:
+        """False while the disk is full; looks at the free space at most every RETRY_SECONDS."""
+        if self._retry_at is None:
+            return True
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + RETRY_SECONDS
+        try:
+            free = shutil.disk_usage(self.config.backup_dir).free
+        except OSError:
+            return False
+        return free >= MIN_FREE
+
+    def _emit(self, event: RecordEvent) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("recording event handler failed")
 
 
-def attach_recorder(target: Listenable, backup_dir: Path, *, wav: bool = False) -> Recorder:
-    """Record everything a Streamer publishes or a Viewer accepts; call ``close()`` when it stops."""
-    recorder = Recorder(RecordConfig(backup_dir=backup_dir, wav=wav))
+def attach_recorder(
+    target: Listenable,
+    backup_dir: Path,
+    *,
+    wav: bool = False,
+    on_event: Callable[[RecordEvent], None] | None = None,
+) -> Recorder:
+    """Record everything a Streamer publishes or a Viewer accepts; call ``close()`` when it stops.
+
+    ``backup_dir`` is checked first (ConfigError if recordings cannot be written there)."""
+    check_backup(backup_dir)
+    recorder = Recorder(RecordConfig(backup_dir=backup_dir, wav=wav), on_event)
     recorder.start()
     target.add_listener(recorder)
     return recorder

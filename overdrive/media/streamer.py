@@ -48,6 +48,7 @@ from overdrive.media.protocol import (
     MAX_VIDEO_FRAME,
     TOPICS,
     AudioTrackInfo,
+    StreamEnd,
     StreamInfo,
     StreamMessage,
     VideoFrame,
@@ -70,6 +71,8 @@ MAX_SUBSCRIPTION = 4096
 is disconnected by libzmq."""
 SUBSCRIPTION_HWM = 100
 """Subscription messages libzmq queues for the streamer to vet."""
+END_LINGER_MS = 500
+"""How long closing waits for the :class:`StreamEnd` to reach connected viewers."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,12 +286,16 @@ class Streamer(Worker):
             self._capture.stop()
         if self._encoder is not None:
             self._encoder.close()
-        self._close_socket_here()
+        linger = 0
+        if self._sock is not None and self.stats.frames_sent:
+            self._publish(StreamEnd(stream_id=self.stream_id, sent_ns=time.time_ns()), b"")
+            linger = END_LINGER_MS
+        self._close_socket_here(linger)
 
-    def _close_socket_here(self) -> None:
+    def _close_socket_here(self, linger: int = 0) -> None:
         """The loop's thread owns the socket once it runs; it closes it on the way out."""
         if self._sock is not None:
-            self._sock.close(linger=0)
+            self._sock.close(linger=linger)
             self._sock = None
 
     def _loop(

@@ -1,7 +1,14 @@
 """The viewer: subscribe to a stream, join it cleanly, decode, and measure; :mod:`~overdrive.media.display` shows.
 
 :class:`Viewer` connects a CURVE SUB (the first connect is verified, so a wrong password fails within seconds
-with "authentication failed for HOST"; afterwards ZeroMQ reconnects by itself when a streamer restarts). Each
+with "authentication failed for HOST"; afterwards ZeroMQ reconnects by itself when a streamer restarts). With
+``ViewerConfig.wait`` it first waits for a streamer that is not listening yet (students arrive early); a refused
+connection is retried, a failed handshake is still an error at once.
+
+A stream ends when its streamer says so (:class:`~overdrive.media.protocol.StreamEnd`) or, for a streamer that
+died, after ``end_after`` seconds of silence (StreamInfo comes every second). Either way listeners get a
+``StreamEnd`` (a recording finishes), ``on_end`` is called, the window says so, and the viewer waits for the
+stream to start again (a new StreamInfo) unless ``once`` is set. Each
 loop it **drains everything queued** (ZMQ_CONFLATE cannot be used with multipart messages), feeds headers to
 the sans-IO :class:`~overdrive.media.join.JoinState`, and decodes only from the newest keyframe of the batch,
 or after falling more than a keyframe interval behind, from the next live keyframe
@@ -39,11 +46,12 @@ from typing import IO, Any
 
 import zmq
 
+from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint, parse_endpoint
 from overdrive.bus.service import START_TIMEOUT, STOP_TIMEOUT, ZmqService
 from overdrive.bus.signing import normalise_fingerprint
 from overdrive.bus.sockets import Bus
-from overdrive.errors import ConfigError, MediaError, ProtocolError
+from overdrive.errors import ConfigError, MediaError, ProtocolError, UnreachableError
 from overdrive.media.codecs import make_decoder
 from overdrive.media.codecs.base import Decoder
 from overdrive.media.display import Display, check_display
@@ -52,9 +60,11 @@ from overdrive.media.join import Accept, CatchUp, JoinState, Reset
 from overdrive.media.protocol import (
     CODEC,
     TOPIC_AUDIO,
+    TOPIC_END,
     TOPIC_INFO,
     TOPIC_VIDEO,
     AudioChunk,
+    StreamEnd,
     StreamInfo,
     StreamMessage,
     VideoFrame,
@@ -67,7 +77,14 @@ log = logging.getLogger(__name__)
 
 STREAM_RCVHWM = 60
 MAX_BATCH = 5000
-_TOPIC_TYPES: dict[bytes, type] = {TOPIC_INFO: StreamInfo, TOPIC_VIDEO: VideoFrame, TOPIC_AUDIO: AudioChunk}
+_TOPIC_TYPES: dict[bytes, type] = {
+    TOPIC_INFO: StreamInfo,
+    TOPIC_VIDEO: VideoFrame,
+    TOPIC_AUDIO: AudioChunk,
+    TOPIC_END: StreamEnd,
+}
+RETRY_SECONDS = 0.5
+"""Between two connection attempts while waiting for a streamer to start."""
 
 PictureListener = Callable[[Image, VideoFrame], None]
 
@@ -87,6 +104,12 @@ class ViewerConfig:
     trace: Path | None = None
     title: str = "overdrive"
     pin: str | None = None
+    wait: float | None = 0.0
+    """Seconds to wait for a streamer that is not listening yet; None: as long as it takes; 0: fail at once."""
+    end_after: float = 5.0
+    """Seconds of silence after which a stream counts as ended (its streamer died or the network went)."""
+    once: bool = False
+    """Stop when the stream ends instead of waiting for it to start again."""
     endpoint: Endpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +119,10 @@ class ViewerConfig:
             raise ConfigError("connect timeout must be 0.1..60 s")
         if self.rcvhwm < 1:
             raise ConfigError("receive high-water mark must be >= 1")
+        if self.wait is not None and self.wait < 0:
+            raise ConfigError("--wait must be >= 0")
+        if not 1.5 <= self.end_after <= 3600:
+            raise ConfigError("end-of-stream silence must be 1.5..3600 s")
         object.__setattr__(self, "endpoint", parse_endpoint(self.host, DEFAULT_STREAM_PORT))
         if self.pin is not None:
             object.__setattr__(self, "pin", normalise_fingerprint(self.pin))
@@ -125,6 +152,13 @@ class Viewer(ZmqService):
         self._display = None if config.headless else Display(config.title, config.overlay, self.stats_dict)
         self._trace: IO[str] | None = None
         self.started = 0.0
+        self.on_join: Callable[[StreamInfo], None] | None = None
+        """Called (in the receiving thread) when a stream starts, also again after it ended."""
+        self.on_end: Callable[[StreamInfo, str], None] | None = None
+        """Called (in the receiving thread) with the stream and why it ended."""
+        self.ended = 0
+        self._heard = 0.0  # monotonic time of the last message
+        self._done = False  # `once` and the stream ended
 
     # -- hooks -----------------------------------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
@@ -134,21 +168,40 @@ class Viewer(ZmqService):
         self._picture_listeners.append(listener)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    def connect(self) -> None:
-        """Connect and verify the handshake; AuthError (wrong password) or UnreachableError within the timeout."""
+    def connect(self, check: interrupts.Check = interrupts.never, waiting: Callable[[], None] | None = None) -> None:
+        """Connect and verify the handshake; AuthError (wrong password) at once, UnreachableError when nothing
+        listens within the timeout, or with ``config.wait`` once that is over (``waiting`` is called when the
+        waiting starts; ``check`` between attempts, so a stop signal ends it by raising KeyboardInterrupt)."""
         if self._sock is not None:
             return
-        sock = self.bus.client(zmq.SUB, hwm=self.config.rcvhwm)
-        sock.setsockopt(zmq.RCVBUF, 1 << 20)
-        for topic in (TOPIC_INFO, TOPIC_VIDEO, TOPIC_AUDIO):
-            sock.setsockopt(zmq.SUBSCRIBE, topic)
-        try:
-            self.bus.connect(sock, self.config.endpoint, verify=True, timeout=self.config.connect_timeout)
-        except BaseException:
-            sock.close(linger=0)
-            raise
+        cfg = self.config
+        deadline = None if cfg.wait is None else time.monotonic() + cfg.wait
+        while True:
+            sock = self.bus.client(zmq.SUB, hwm=cfg.rcvhwm)
+            sock.setsockopt(zmq.RCVBUF, 1 << 20)
+            for topic in _TOPIC_TYPES:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+            try:
+                self.bus.connect(sock, cfg.endpoint, verify=True, timeout=cfg.connect_timeout, patient=not cfg.wait)
+                break
+            except UnreachableError:
+                sock.close(linger=0)
+                if not cfg.wait and cfg.wait is not None:
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise UnreachableError(
+                        f"no stream at {cfg.endpoint.display} after waiting {cfg.wait:g} s"
+                    ) from None
+            except BaseException:
+                sock.close(linger=0)
+                raise
+            if waiting is not None:
+                waiting()
+                waiting = None
+            pause = RETRY_SECONDS if deadline is None else min(RETRY_SECONDS, deadline - time.monotonic())
+            interrupts.sleep(max(0.0, pause), check)
         self._sock = sock
-        self.started = time.monotonic()
+        self.started = self._heard = time.monotonic()
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Connect, then receive in a background thread (headless use: tests, recording-only viewers)."""
@@ -189,7 +242,7 @@ class Viewer(ZmqService):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
-        while not self._stop_requested.is_set():
+        while not self._stop_requested.is_set() and not self._done:
             wait_ms = 10 if display is not None and display.open else 100
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -203,6 +256,8 @@ class Viewer(ZmqService):
                 picture = self.process(self._drain(sock))
                 if picture is not None and display is not None:
                     display.show(picture)
+            elif self.join.stream_id is not None and time.monotonic() - self._heard > cfg.end_after:
+                self.end(self.join.stream_id, f"nothing received for {cfg.end_after:g} s")
             if display is not None and display.open and not display.keys():
                 break
 
@@ -238,6 +293,8 @@ class Viewer(ZmqService):
         """
         pending: list[tuple[VideoFrame, bytes]] = []
         now_ns = time.time_ns()
+        if batch:
+            self._heard = time.monotonic()
         for frames in batch:
             self.stats.messages += 1
             parsed = self._parse(frames, now_ns)
@@ -251,6 +308,10 @@ class Viewer(ZmqService):
                     pending.clear()
                     self._reset(action.info)
                 self._notify(message, b"")
+            elif isinstance(message, StreamEnd):
+                if message.stream_id == self.join.stream_id:
+                    pending.clear()  # nothing of it is shown after it ended
+                    self.end(message.stream_id, "the streamer stopped")
             elif isinstance(message, AudioChunk):
                 if message.stream_id == self.join.stream_id and self._fresh_audio(message):
                     self.stats.audio_chunks += 1
@@ -311,6 +372,24 @@ class Viewer(ZmqService):
         self._audio_seq[chunk.track] = chunk.seq
         return True
 
+    def end(self, stream_id: str, reason: str) -> None:
+        """The stream ``stream_id`` ended: tell listeners (recordings finish), the window and ``on_end``."""
+        info = self.join.info
+        if info is None or not self.join.on_end(stream_id):
+            return
+        self.ended += 1
+        log.info("stream %s ended: %s", stream_id, reason)
+        self._notify(StreamEnd(stream_id=stream_id, sent_ns=time.time_ns()), b"")
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        if self._display is not None:
+            self._display.ended("stream ended" if self.config.once else "stream ended - waiting for it to restart")
+        if self.on_end is not None:
+            self.on_end(info, reason)
+        if self.config.once:
+            self._done = True
+
     def _reset(self, info: StreamInfo) -> None:
         self._audio_seq.clear()
         self.catchup = CatchUp(stale_ns=max(1_000_000_000, int(info.keyframe_interval * 1e9)))
@@ -330,6 +409,8 @@ class Viewer(ZmqService):
                 self._decoder = make_decoder(info.video.codec, info.video.extradata)
             except MediaError as exc:
                 log.warning("cannot decode this stream: %s", exc)
+        if self.on_join is not None:
+            self.on_join(info)
 
     def _decode(self, pending: list[tuple[VideoFrame, bytes]]) -> Image | None:
         if not pending:

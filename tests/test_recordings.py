@@ -1,0 +1,252 @@
+"""Recordings and the stream's lifetime through the real CLI on loopback: every way a stream or a viewer stops
+leaves a visible, playable MP4 (checked with PyAV), and a viewer waits for a stream that has not started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+from tests.services import free_port
+from tests.test_stream_cli import _Lines, finish, wait_listening
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """A stream or view that records (unlike test_stream_cli's), video only."""
+    extra = ["--audio", "none"] if args[0] == "stream" else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "overdrive", *args, *extra],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def streamer(port: int, backup: Path, env: dict[str, str], cwd: Path, *more: str) -> subprocess.Popen[str]:
+    args = ["stream", "--source", "testpattern", "--bind", f"tcp://127.0.0.1:{port}", "--backup", str(backup)]
+    return spawn([*args, *more], env, cwd)
+
+
+def viewer(port: int, backup: Path, env: dict[str, str], cwd: Path, *more: str) -> subprocess.Popen[str]:
+    return spawn(["view", f"127.0.0.1:{port}", "--headless", "--backup", str(backup), *more], env, cwd)
+
+
+def seconds(path: Path) -> float:
+    """Video seconds in an MP4, by its packets (what a player can show)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        end = max(p.pts + p.duration for p in container.demux(stream) if p.pts is not None)
+        return float(end * stream.time_base)
+
+
+def recordings(folder: Path) -> list[Path]:
+    """The visible MP4s in ``folder``; fails if any partial file is left."""
+    names = sorted(os.listdir(folder)) if folder.exists() else []
+    assert not [n for n in names if n.endswith(".part")], names
+    return [folder / n for n in names if n.endswith(".mp4")]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def env(network, tmp_path: Path) -> dict[str, str]:
+    return network.env(tmp_path / "home")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["hangup", "term"])
+def test_closing_the_terminal_finishes_both_recordings(env: dict[str, str], tmp_path: Path, sig) -> None:
+    port = free_port()
+    stream = streamer(port, tmp_path / "s", env, tmp_path)
+    try:
+        wait_listening(port, stream)
+        view = viewer(port, tmp_path / "v", env, tmp_path)
+        said = _Lines(view)
+        assert view.stdout is not None and view.stdout.readline().startswith("overdrive: view ready")
+        wait_for(lambda: any("started" in line for line in said.lines), 30, "the viewer to join")
+        time.sleep(3)
+        view.send_signal(sig)
+        code, err = said.finish(timeout=20)
+        assert code == 0, err
+    finally:
+        stream.send_signal(sig)
+        scode, serr = finish(stream)
+    assert scode == 0, serr
+    for folder, err_text in ((tmp_path / "s", serr), (tmp_path / "v", err)):
+        (mp4,) = recordings(folder)
+        assert seconds(mp4) > 1.5, mp4
+        assert "recorded " in err_text
+
+
+def test_a_killed_recording_is_recovered_at_the_next_start(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    backup = tmp_path / "b"
+    stream = streamer(port, backup, env, tmp_path)
+    wait_listening(port, stream)
+    time.sleep(4)
+    stream.kill()
+    finish(stream)
+    (part,) = backup.iterdir()
+    assert part.name.startswith(".") and part.name.endswith(".mp4.part")
+    base = part.name[1:].removesuffix(".mp4.part")
+    # a view (nothing to watch: it gives up at once) finds it when it starts
+    code, err = finish(viewer(free_port(), backup, env, tmp_path, "--wait", "0.5"))
+    assert code == 1 and "no stream at" in err, err
+    recovered = backup / f"{base} (recovered).mp4"
+    assert recovered.exists(), err
+    assert "recovered an interrupted recording" in err
+    assert recordings(backup) == [recovered]
+    assert seconds(recovered) >= 2.0  # about 4 s were captured; the fragment being written when killed is lost
+
+
+def test_a_viewer_waits_for_the_stream_and_records_each_run(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    backup = tmp_path / "v"
+    view = viewer(port, backup, env, tmp_path)  # the student arrives before the lecturer
+    said = _Lines(view)
+    try:
+        wait_for(lambda: any("waiting for the stream at" in line for line in said.lines), 30, "the waiting line")
+        time.sleep(4)  # longer than a connect timeout: it must still be waiting
+        assert view.poll() is None, said.lines
+        for run in (1, 2):
+            stream = streamer(port, tmp_path / "s", env, tmp_path, "--duration", "3", "--no-record")
+            code, serr = finish(stream)
+            assert code == 0, serr
+            wait_for(lambda: sum("ended: the streamer stopped" in line for line in said.lines) == run, 15, "the end")
+            # the recording is finished while the viewer goes on waiting
+            wait_for(lambda: len(recordings(backup)) == run, 15, f"recording {run}")
+            assert seconds(recordings(backup)[-1]) > 1.0
+            assert view.poll() is None
+    finally:
+        view.send_signal(signal.SIGTERM)
+        code, err = said.finish(timeout=20)
+    assert code == 0, err
+    assert err.count("waiting for the stream at") == 1
+    assert len(recordings(backup)) == 2
+
+
+def test_a_viewer_infers_the_end_of_a_streamer_that_died(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    stream = streamer(port, tmp_path / "s", env, tmp_path, "--no-record")
+    backup = tmp_path / "v"
+    try:
+        wait_listening(port, stream)
+        view = viewer(port, backup, env, tmp_path, "--once")
+        said = _Lines(view)
+        wait_for(lambda: any("started" in line for line in said.lines), 30, "the viewer to join")
+        time.sleep(2)
+    finally:
+        stream.kill()
+        finish(stream)
+    code, err = said.finish(timeout=30)  # --once: it exits by itself once the silence says the stream ended
+    assert code == 0, err
+    assert "ended: nothing received for" in err
+    (mp4,) = recordings(backup)
+    assert seconds(mp4) > 1.0
+
+
+def test_waiting_is_bounded_stoppable_and_not_for_a_wrong_password(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    code, err = finish(viewer(port, tmp_path / "v", env, tmp_path, "--wait", "1.5"), timeout=30)
+    assert code == 1 and f"no stream at 127.0.0.1:{port} after waiting 1.5 s" in err, err
+    assert "Traceback" not in err
+
+    view = viewer(port, tmp_path / "v", env, tmp_path)
+    said = _Lines(view)
+    wait_for(lambda: any("waiting for the stream" in line for line in said.lines), 30, "the waiting line")
+    view.send_signal(signal.SIGINT)
+    code, err = said.finish(timeout=15)
+    assert code == 0 and "stopped before the stream started" in err, err
+
+    stream = streamer(port, tmp_path / "s", env, tmp_path, "--no-record")
+    try:
+        wait_listening(port, stream)
+        code, err = finish(viewer(port, tmp_path / "v", {**env, "OVERDRIVE_PASSWORD": "wrong"}, tmp_path), 30)
+        assert code == 1 and "authentication failed" in err, err
+    finally:
+        stream.terminate()
+        finish(stream)
+
+
+@pytest.mark.parametrize("command", ["stream", "view"])
+def test_an_unusable_backup_folder_is_one_line_before_streaming(env: dict[str, str], tmp_path: Path, command) -> None:
+    if command == "stream":
+        proc = streamer(free_port(), Path("/proc/nope"), env, tmp_path, "--duration", "5")
+    else:
+        proc = viewer(free_port(), Path("/proc/nope"), env, tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines() == [
+        "overdrive: error: cannot record into /proc/nope: No such file or directory "
+        "(choose a folder with --backup, or --no-record)"
+    ]
+    assert out == ""  # nothing was streamed or watched
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 40 MB file system, so a recording can fill it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=False, capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_what_plays_and_recording_resumes(
+    env: dict[str, str], tmp_path: Path, small_disk: Path
+) -> None:
+    fill = small_disk / "fill"
+    with fill.open("wb") as f:  # leave about half a megabyte: a few seconds of the test pattern
+        f.truncate(0)
+        free = os.statvfs(small_disk)
+        f.write(b"\0" * (free.f_bavail * free.f_frsize - (512 << 10)))
+    port = free_port()
+    stream = streamer(port, tmp_path / "s", env, tmp_path, "--no-record")
+    try:
+        wait_listening(port, stream)
+        view = viewer(port, small_disk, env, tmp_path)
+        said = _Lines(view)
+        wait_for(lambda: any("recording stopped: no space left" in line for line in said.lines), 60, "a full disk")
+        fill.unlink()
+        wait_for(lambda: any("space is free again" in line for line in said.lines), 30, "recording to resume")
+        time.sleep(2)
+        view.send_signal(signal.SIGTERM)
+        code, err = said.finish(timeout=30)
+    finally:
+        stream.terminate()
+        finish(stream)
+    assert code == 1, err  # it recorded less than it was asked to
+    assert "Traceback" not in err
+    assert err.count("no space left") == 1
+    assert "recording stopped 1 time(s) for lack of space" in err
+    mp4s = recordings(small_disk)
+    assert len(mp4s) == 2, (mp4s, err)
+    first, second = mp4s
+    assert seconds(first) > 1.0 and seconds(second) > 1.0
+    for mp4 in (first, second):
+        with av.open(str(mp4)) as container:  # every packet decodes: nothing was cut mid-NAL
+            for frame in container.decode(video=0):
+                assert frame.width == 1280
