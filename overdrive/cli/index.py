@@ -107,7 +107,13 @@ def master_command(
         replication=ReplicationConfig(tombstone_retention=retention * 3600),
     )
     advertised(config.bind, advertise)  # a mistake there is one line before the store is opened
-    store = open_store(db)
+    try:
+        with _interruptible():  # Ctrl-C or SIGTERM while a database is slow to answer: a tidy stop, exit 0
+            log.debug("opening store %s", redact(db) if db else "(default)")
+            store = open_store(db)
+    except KeyboardInterrupt:
+        console.print(f"master stopped while opening its store {redact(db) if db else '(the default SQLite)'}")
+        return
     try:
         with opts.bus() as bus:
             master = Master(bus, store, config)

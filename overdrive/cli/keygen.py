@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from overdrive.cli.options import console, options
+from overdrive.cli.options import console, expand_home, options
 from overdrive.errors import ConfigError
 
 
@@ -24,8 +24,14 @@ def keygen(
     from overdrive.bus.security import NetworkKey
 
     opts = options(ctx)
+    out = expand_home(out, "FILE")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; give the key file's name, e.g. {out / 'network.key'}")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     key = NetworkKey.generate(opts.network)
-    key.write(out)
+    try:
+        key.write(out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the key file {out}: {exc.strerror}") from None
     console.print(f"wrote network key for [bold]{opts.network}[/] to {out} (fingerprint {key.fingerprint})")

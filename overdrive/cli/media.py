@@ -10,7 +10,7 @@ import typer
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cli import audio as audio_cli
 from overdrive.cli.audio import stream_extras, view_extras
-from overdrive.cli.options import console, options, warn_insecure
+from overdrive.cli.options import console, options, warn_insecure, writable_file
 from overdrive.cli.run import ready, run
 
 # Recording options shared by `stream` and `view`.
@@ -140,6 +140,8 @@ def view(
     from overdrive.media.viewer import Viewer, ViewerConfig
 
     opts = options(ctx)
+    if stats_json is not None:
+        stats_json = writable_file(stats_json, "--stats-json")
     config = ViewerConfig(
         host=host, headless=headless, duration=duration, stats_json=stats_json, overlay=overlay, trace=trace
     )

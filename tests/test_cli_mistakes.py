@@ -1,0 +1,160 @@
+"""Mistakes a new user makes, through the real CLI in a subprocess: each is one line on stderr (no traceback) and
+a documented exit code, found before any work starts; reports go to stdout."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import pytest
+
+from tests.conftest import TestNetwork
+
+Run = Callable[..., CompletedProcess[str]]
+
+
+def one_error(result: CompletedProcess[str], code: int, *needles: str) -> str:
+    """The single stderr line of a failed run, checked: exit ``code``, no traceback, every needle in it."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _user_config(home: Path, text: str) -> Path:
+    path = home / "config" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "where"), [("[stream]\nfsp = 30\n", "'fsp' in [stream]"), ("fps = \n", "line 1")])
+def test_a_broken_user_config_names_its_file_and_never_blocks_help_or_doctor(
+    overdrive_home: Path, run_cli: Run, text: str, where: str
+) -> None:
+    path = _user_config(overdrive_home, text)
+    for command in ("stream", "view", "master", "fetch"):
+        helped = run_cli(command, "--help")
+        assert helped.returncode == 0 and "Usage" in helped.stdout, helped.stderr
+    one_error(run_cli("stream", "--source", "testpattern"), 2, f"config file {path}", where)
+    doctor = run_cli("--password", "pw", "doctor")
+    assert doctor.returncode == 1, doctor.stderr
+    finding = [line for line in doctor.stdout.splitlines() if "config file" in line]
+    assert finding and finding[0].startswith("MISSING") and str(path) in finding[0] and where in finding[0]
+
+
+def test_doctor_reports_on_stdout_exits_1_when_something_is_missing_and_creates_nothing(
+    overdrive_home: Path, run_cli: Run
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}  # no display: at least one check is MISSING
+    result = run_cli("--password", "pw", "doctor", env=env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("MISSING display") for line in lines), result.stdout
+    assert all(line.startswith(("OK ", "MISSING ")) for line in lines), result.stdout
+    assert "Error:" not in result.stdout and "Error(" not in result.stdout  # reasons, not exception reprs
+    assert not overdrive_home.exists() or not any(overdrive_home.rglob("*")), list(overdrive_home.rglob("*"))
+
+
+def test_devices_reports_on_stdout(run_cli: Run) -> None:
+    result = run_cli("devices")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() and result.stderr == "", (result.stdout, result.stderr)
+
+
+def test_keygen_onto_a_folder_or_into_an_unwritable_place_is_one_line(tmp_path: Path, run_cli: Run) -> None:
+    one_error(run_cli("keygen", str(tmp_path)), 2, "is a folder")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    one_error(run_cli("keygen", str(blocker / "net.key")), 2, "cannot write the key file", str(blocker))
+
+
+def test_stats_json_into_an_unwritable_place_is_refused_before_viewing(
+    tmp_path: Path, run_cli: Run, network: TestNetwork
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = network.env(tmp_path / "home")
+    # nothing listens on the address: the mistake must be found before the viewer tries it
+    for target, reason in ((blocker / "stats.json", "cannot write there"), (tmp_path, "is a folder")):
+        result = run_cli("view", "127.0.0.1:9", "--headless", "--stats-json", str(target), env=env, timeout=30)
+        one_error(result, 2, "--stats-json", reason)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, "No such file"), ('{"a": 1}', "not a service account key"), ("nojson", "not a service account key")],
+)
+def test_a_bad_firestore_credentials_file_is_one_line(
+    tmp_path: Path, run_cli: Run, network: TestNetwork, content: str | None, reason: str
+) -> None:
+    creds = tmp_path / "creds.json"
+    if content is not None:
+        creds.write_text(content)
+    env = {k: v for k, v in network.env(tmp_path / "home").items() if k != "FIRESTORE_EMULATOR_HOST"}
+    result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", f"firestore://p?credentials={creds}", env=env)
+    one_error(result, 2, f"Firestore credentials file {creds}", reason)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A TCP port that accepts connections (the kernel completes them from the backlog) and never says a word."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def test_a_mysql_port_that_never_answers_is_one_line_not_a_hang(
+    tmp_path: Path, run_cli: Run, network: TestNetwork, silent_port: int
+) -> None:
+    url = f"mysql://u:p@127.0.0.1:{silent_port}/db"
+    result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", url, env=network.env(tmp_path / "m"), timeout=60)
+    one_error(result, 1, f"MySQL at 127.0.0.1:{silent_port} did not answer")
+
+
+def test_sigterm_while_the_database_does_not_answer_stops_the_master_cleanly(
+    tmp_path: Path, network: TestNetwork, silent_port: int
+) -> None:
+    url = f"mysql://u:p@127.0.0.1:{silent_port}/db"
+    argv = [sys.executable, "-m", "overdrive", "--log-level", "debug", "master", "--bind", "tcp://127.0.0.1:0"]
+    with subprocess.Popen(
+        [*argv, "--db", url], env=network.env(tmp_path / "m"), stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the debug log says when the store is being opened
+            if "opening store" in line:
+                break
+        proc.terminate()
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "master stopped while opening its store" in stderr, stderr
+
+
+@pytest.mark.parametrize("command", ["master", "doctor"])
+def test_an_unreachable_firestore_emulator_is_one_line_not_a_hang(
+    tmp_path: Path, run_cli: Run, network: TestNetwork, silent_port: int, command: str
+) -> None:
+    env = network.env(tmp_path / "home", FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{silent_port}")
+    if command == "master":
+        result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", "firestore://p", env=env, timeout=60)
+        one_error(result, 1, "Firestore project p", "did not answer")
+        return
+    result = run_cli("doctor", "--db", "firestore://p", env=env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    database = [line for line in result.stdout.splitlines() if " database " in line]
+    assert database and database[0].startswith("MISSING") and "did not answer" in database[0], result.stdout
