@@ -158,3 +158,46 @@ def test_an_unreachable_firestore_emulator_is_one_line_not_a_hang(
     assert "Traceback" not in result.stderr
     database = [line for line in result.stdout.splitlines() if " database " in line]
     assert database and database[0].startswith("MISSING") and "did not answer" in database[0], result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["--region", "10,10"], 2, "--region must be X,Y,W,H"),
+        (["--region", "0,0,0,0"], 2, "--region 0,0,0,0: need"),
+        (["--source", "testpatern"], 2, "--source must be"),
+        (["--source", "testpattern", "--pip", "webcam:/no/such/video.mp4"], 2, "no such device or file"),
+        (["--source", "webcam:/dev/no-such-camera-overdrive"], 2, "no such device or file"),
+        ([], 1, "cannot open the screen"),  # no DISPLAY
+    ],
+)
+def test_stream_option_mistakes_are_one_line_before_it_starts(
+    tmp_path: Path, run_cli: Run, network: TestNetwork, args: list[str], code: int, needle: str
+) -> None:
+    env = {k: v for k, v in network.env(tmp_path / "home").items() if k != "DISPLAY"}
+    result = run_cli("stream", "--bind", "tcp://127.0.0.1:0", "--audio", "none", *args, env=env, timeout=60)
+    assert result.stdout == "", result.stdout  # no ready line: nothing started
+    one_error(result, code, needle)
+
+
+def test_a_missing_camera_is_one_line_without_opencv_warnings(
+    tmp_path: Path, run_cli: Run, network: TestNetwork
+) -> None:
+    if Path("/dev/video0").exists():
+        pytest.skip("this machine has a camera")
+    env = network.env(tmp_path / "home")
+    result = run_cli("stream", "--bind", "tcp://127.0.0.1:0", "--audio", "none", "--source", "webcam", env=env)
+    assert result.stdout == "", result.stdout
+    one_error(result, 1, "cannot open webcam 0")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"), [(["--monitor", "3"], "--monitor 3 does not exist"), (["--region", "0,0,5000,10"], "outside")]
+)
+def test_stream_screen_mistakes_are_one_line_before_it_starts(
+    xvfb: object, tmp_path: Path, run_cli: Run, network: TestNetwork, args: list[str], needle: str
+) -> None:
+    env = network.env(tmp_path / "home")
+    result = run_cli("stream", "--bind", "tcp://127.0.0.1:0", "--audio", "none", *args, env=env, timeout=60)
+    assert result.stdout == "", result.stdout
+    one_error(result, 2, needle)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from overdrive.cli import audio as audio_cli
 from overdrive.cli.audio import stream_extras, view_extras
 from overdrive.cli.options import console, options, warn_insecure, writable_file
 from overdrive.cli.run import ready, run
+
+if TYPE_CHECKING:
+    from overdrive.media.streamer import StreamerConfig
 
 # Recording options shared by `stream` and `view`.
 NoRecord = Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")]
@@ -79,6 +82,7 @@ def stream(
         duration=duration,
         name=name,
     )
+    _check_source(config)
     warn_insecure(opts)
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
@@ -109,6 +113,22 @@ def stream(
             f"sent {stats.frames_sent} frames ({stats.keyframes_sent} keyframes), "
             f"{stats.bytes_sent / 1e6:.1f} MB at {stats.width}x{stats.height}"
         )
+
+
+def _check_source(config: StreamerConfig) -> None:
+    """Build the picture source and open it once, so that a wrong ``--source``, ``--monitor``, ``--region`` or
+    ``--pip``, a missing display or camera is one line before anything starts; the streamer then opens it again."""
+    from overdrive.media.sources import Region, make_source
+
+    source = make_source(
+        config.source,
+        monitor=config.monitor,
+        region=Region.parse(config.region) if config.region else None,
+        pip=config.pip,
+        pattern_size=config.pattern_size,
+    )
+    source.open()
+    source.close()
 
 
 def view(

@@ -8,6 +8,7 @@ live in ``overdrive/cli/FEATURE.py`` and register themselves here.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,8 @@ from overdrive.config import LOG_LEVELS, PASSWORD_ENV, GlobalOptions, check_keys
 from overdrive.errors import ConfigError, OverdriveError
 
 log = logging.getLogger(__name__)
+
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # before cv2 loads: its own warnings are not one clear line
 
 
 class _Group(TyperGroup):
