@@ -7,13 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import CompletedProcess
 
 import pytest
 
-from tests.conftest import TestNetwork
+from overdrive.index.client import IndexClient
+from tests.conftest import Children, TestNetwork
 
 Run = Callable[..., CompletedProcess[str]]
 
@@ -201,3 +203,20 @@ def test_stream_screen_mistakes_are_one_line_before_it_starts(
     result = run_cli("stream", "--bind", "tcp://127.0.0.1:0", "--audio", "none", *args, env=env, timeout=60)
     assert result.stdout == "", result.stdout
     one_error(result, 2, needle)
+
+
+def test_fetching_a_file_only_this_node_holds_says_so_and_where_it_is(
+    network: TestNetwork, children: Children, tmp_path: Path, run_cli: Run
+) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "own.txt").write_text("mine")
+    master = children.master()
+    children.spawn("node", "share", str(folder), "--master", master.display, "--bind", "tcp://127.0.0.1:0")
+    with IndexClient(network.bus(), [master]) as client:
+        for _ in range(200):  # registered within seconds; the bound only ends a broken run
+            if any(e.name == "own.txt" for e in client.lookup("own.txt")):
+                break
+            time.sleep(0.05)
+    result = run_cli("fetch", "own.txt", "--master", master.display, env=network.env(tmp_path / "node"))
+    one_error(result, 1, "this node's own file", str(folder.resolve() / "own.txt"))

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from overdrive import paths
 from overdrive.bus.address import Endpoint, parse_endpoints
 from overdrive.config import GlobalOptions
 from overdrive.errors import ConfigError
@@ -89,6 +90,19 @@ def writable_file(path: Path, what: str) -> Path:
     if not existed:
         path.unlink(missing_ok=True)
     return path
+
+
+SHARE_LOCK = "share.lock"
+"""In the data folder: held by the running 'share', and naming the folder it shares (for 'fetch' to point at)."""
+
+
+def shared_folder() -> Path | None:
+    """The folder this node shares (or last shared), from its share lock; None if it never shared one."""
+    try:
+        text = (paths.data_dir() / SHARE_LOCK).read_text(encoding="utf-8", errors="surrogateescape").strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
 
 
 def print_json(value: Any) -> None:
