@@ -220,3 +220,33 @@ def test_fetching_a_file_only_this_node_holds_says_so_and_where_it_is(
             time.sleep(0.05)
     result = run_cli("fetch", "own.txt", "--master", master.display, env=network.env(tmp_path / "node"))
     one_error(result, 1, "this node's own file", str(folder.resolve() / "own.txt"))
+
+
+def test_a_client_pointed_at_the_wrong_kind_of_service_says_which_kind_it_found(
+    network: TestNetwork, children: Children, tmp_path: Path, run_cli: Run
+) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    master = children.master().display
+    share = children.start("node", "share", str(folder), "--master", master, "--bind", "tcp://127.0.0.1:0").display
+    stream = children.start(
+        "streamer", "stream", "--source", "testpattern", "--audio", "none", "--no-record", "--bind", "tcp://127.0.0.1:0"
+    ).display
+    env = network.env(tmp_path / "client")
+    for args, needle in (
+        (["view", master, "--headless"], f"{master} is an overdrive master or share, not a stream"),
+        (["view", share, "--headless"], f"{share} is an overdrive master or share, not a stream"),
+        (["ls", "--master", stream], f"{stream} is an overdrive stream, not a master or share"),
+        (["fetch", "x.txt", "--from", stream], f"{stream} is an overdrive stream, not a master or share"),
+        (["fetch", "x.txt", "--master", stream], f"{stream} is an overdrive stream, not a master or share"),
+    ):
+        one_error(run_cli(*args, env=env, timeout=30), 1, needle)
+    wrong = {**env, "OVERDRIVE_PASSWORD": "not-the-password"}  # a wrong password is still said as such
+    one_error(run_cli("view", stream, "--headless", env=wrong, timeout=30), 1, "authentication failed")
+    one_error(run_cli("ls", "--master", master, env=wrong, timeout=30), 1, "authentication failed")
+
+
+def test_a_host_name_that_does_not_resolve_is_a_dns_error(network: TestNetwork, tmp_path: Path, run_cli: Run) -> None:
+    env = network.env(tmp_path / "client")
+    for args in (["view", "nosuchhost.invalid", "--headless"], ["ls", "--master", "nosuchhost.invalid"]):
+        one_error(run_cli(*args, env=env, timeout=30), 1, "cannot find 'nosuchhost.invalid': DNS lookup failed")
