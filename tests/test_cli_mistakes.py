@@ -53,6 +53,13 @@ def test_a_broken_user_config_names_its_file_and_never_blocks_help_or_doctor(
     assert finding and finding[0].startswith("MISSING") and str(path) in finding[0] and where in finding[0]
 
 
+def test_a_wrong_value_in_the_user_config_names_the_file(overdrive_home: Path, run_cli: Run) -> None:
+    path = _user_config(overdrive_home, '[stream]\nfps = "fast"\n')
+    one_error(run_cli("--password", "pw", "stream"), 2, "'--fps'", f"set in config file {path}")
+    typed = run_cli("--password", "pw", "stream", "--fps", "slow")  # the command line's own mistake: no file named
+    assert "config file" not in one_error(typed, 2, "'--fps'")
+
+
 def test_doctor_reports_on_stdout_exits_1_when_something_is_missing_and_creates_nothing(
     overdrive_home: Path, run_cli: Run
 ) -> None:

@@ -47,7 +47,8 @@ class _Group(TyperGroup):
                 sys.exit(code)
             ctx = getattr(exc, "ctx", None)
             path = ctx.command_path if ctx is not None else "overdrive"
-            typer.echo(f"overdrive: error: {' '.join(message.split())} (see '{path} --help')", err=True)
+            source = _config_source(ctx, getattr(exc, "param", None))
+            typer.echo(f"overdrive: error: {' '.join(message.split())} ({source}see '{path} --help')", err=True)
             sys.exit(code)
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -66,6 +67,16 @@ class _Group(TyperGroup):
 
 _COMMAND_ARGS = "overdrive.command_args"
 """``ctx.meta`` key: the arguments after the command's name, for the root callback to see a ``--help``."""
+
+
+def _config_source(ctx: Any, param: Any) -> str:
+    """``"set in config file PATH; "`` when the value ``param`` failed on came from the config file, else ``""``."""
+    if ctx is None or param is None or not getattr(param, "name", None):
+        return ""
+    if getattr(ctx.get_parameter_source(param.name), "name", "") != "DEFAULT_MAP":
+        return ""
+    opts = ctx.find_root().obj
+    return f"set in config file {shown(str(opts.config_file))}; " if isinstance(opts, GlobalOptions) else ""
 
 
 def _is_usage_error(exc: BaseException) -> bool:
