@@ -43,6 +43,8 @@ class GlobalOptions:
     insecure: bool = False
     log_level: str = "warning"
     config_file: Path | None = None
+    config_problem: str | None = None
+    """Why the config file was not used (set only for commands that run without it: ``doctor``, ``--help``)."""
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -50,8 +52,9 @@ class GlobalOptions:
         if not self.network or len(self.network) > 64:
             raise ConfigError("--network must be 1 to 64 characters")
 
-    def network_key(self) -> NetworkKey | None:
-        """The network key from ``--key-file`` or the password; None when ``--insecure``."""
+    def network_key(self, *, cached: bool = True) -> NetworkKey | None:
+        """The network key from ``--key-file`` or the password; None when ``--insecure``. ``cached=False``
+        stretches the password without reading or writing the per-user key cache (``doctor`` writes nothing)."""
         if self.insecure:
             return None
         if self.key_file is not None:
@@ -60,6 +63,8 @@ class GlobalOptions:
                 raise ConfigError(f"key file is for network {key.network!r}, not {self.network!r}")
             return key
         if self.password:
+            if not cached:
+                return NetworkKey.from_password(self.password, self.network)
             return _derivation(self.password, self.network).result()
         raise ConfigError(
             f"no network password: set {PASSWORD_ENV}, pass --password or --key-file "
@@ -138,7 +143,7 @@ def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
             raise ConfigError(f"config file {path} does not exist") from None
         return {}
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     return _normalise(data)
@@ -148,12 +153,15 @@ def _normalise(data: dict[str, Any]) -> dict[str, Any]:
     return {k.replace("-", "_"): (_normalise(v) if isinstance(v, dict) else v) for k, v in data.items()}
 
 
-def check_keys(section: str, given: dict[str, Any], allowed: set[str]) -> None:
-    """Raise ConfigError naming the first key in ``given`` that is not in ``allowed``."""
+def check_keys(path: Path, section: str, given: dict[str, Any], allowed: set[str]) -> None:
+    """Raise ConfigError naming the config file ``path`` and the first key in ``given`` that is not in
+    ``allowed``."""
     for key in given:
         if key not in allowed:
             valid = ", ".join(sorted(k.replace("_", "-") for k in allowed)) or "none"
-            raise ConfigError(f"unknown option {key.replace('_', '-')!r} in config [{section}]; valid: {valid}")
+            raise ConfigError(
+                f"config file {path}: unknown option {key.replace('_', '-')!r} in [{section}]; valid: {valid}"
+            )
 
 
 def configure_logging(level: str) -> None:

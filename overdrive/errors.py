@@ -5,6 +5,7 @@
     ├── BusError                   ZeroMQ transport trouble
     │   ├── AuthError              the peer refused our credentials, or we refused theirs
     │   ├── UnreachableError        nothing answered in time
+    │   ├── WrongServiceError      the address is another kind of overdrive service (a stream, not a master)
     │   └── ProtocolError          peer input (a message, record rows, a snapshot page) that is not valid
     ├── MediaError                 capture, codec, playback or recording trouble
     ├── StoreError                 an index backend failed (database down, bad URL, ...)
@@ -38,6 +39,10 @@ class AuthError(BusError):
 
 class UnreachableError(BusError):
     """A peer did not answer within the allowed time."""
+
+
+class WrongServiceError(BusError):
+    """The peer is an overdrive service, but not the kind asked for (a stream where a master was expected)."""
 
 
 class ProtocolError(BusError):

@@ -53,8 +53,8 @@ def test_keygen_writes_private_file_and_refuses_overwrite(tmp_path: Path) -> Non
 
 def test_doctor_json_reports_every_feature() -> None:
     result = runner.invoke(app, ["--password", "pw", "doctor", "--json"])
-    assert result.exit_code == 0, result.output
     checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert result.exit_code == (0 if all(c["ok"] for c in checks.values()) else 1), result.output
     assert {"zeromq", "network key", "display", "audio", "codecs", "database", "backup folder"} <= set(checks)
     assert checks["zeromq"]["ok"] is True
     assert checks["network key"]["ok"] is True
@@ -63,7 +63,7 @@ def test_doctor_json_reports_every_feature() -> None:
 
 def test_doctor_reports_missing_password_as_a_line() -> None:
     result = runner.invoke(app, ["doctor"])
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     assert "no network password" in result.output
 
 
@@ -80,7 +80,7 @@ def test_config_file_supplies_defaults(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("netwrk = 'x'\n", "unknown option 'netwrk'"),
-        ("[keygen]\nforse = true\n", "unknown option 'forse' in config [keygen]"),
+        ("[keygen]\nforse = true\n", "unknown option 'forse' in [keygen]"),
         ("[nosuch]\nx = 1\n", "no 'nosuch' command"),
         ("network = \n", "not valid TOML"),
     ],
@@ -98,7 +98,7 @@ def test_config_file_mistakes_are_one_line_errors(tmp_path: Path, text: str, mes
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path, run_cli: Any) -> None:
-    result = run_cli("--config", str(tmp_path / "nope.toml"), "doctor")
+    result = run_cli("--config", str(tmp_path / "nope.toml"), "keygen", str(tmp_path / "k"))
     assert result.returncode == 2
     assert "does not exist" in result.stderr
 
@@ -138,9 +138,13 @@ def test_help_and_no_arguments_keep_their_exit_codes(run_cli: Any) -> None:
 
 def test_error_lines_escape_what_they_quote(tmp_path: Path, run_cli: Any) -> None:
     # error text can quote a peer's words or a file name; it must not drive the terminal
-    result = run_cli("--config", str(tmp_path / "a\x1b]0;pwned\x07b.toml"), "doctor")
+    config = str(tmp_path / "a\x1b]0;pwned\x07b.toml")
+    result = run_cli("--config", config, "keygen", str(tmp_path / "k"))
     assert result.returncode == 2
     assert "\x1b" not in result.stderr and "\\x1b]0;pwned\\x07b.toml" in result.stderr, result.stderr
+    doctor = run_cli("--config", config, "doctor")  # doctor reports the same mistake on stdout
+    assert doctor.returncode == 1
+    assert "\x1b" not in doctor.stdout and "\\x1b]0;pwned\\x07b.toml" in doctor.stdout, doctor.stdout
 
 
 def _end_of_input(value: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from overdrive.bus.ready import parse_ready
+from overdrive.index.stores import open_store
 from tests.conftest import TestNetwork
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -80,6 +81,11 @@ def test_help_and_doctor_database_check(run_cli: Run, network: TestNetwork, tmp_
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "--master" in result.stdout + ("--master" if command == "master" else "")
     db = tmp_path / "doctor.db"
+    result = run_cli("doctor", "--json", "--db", f"sqlite://{db}", env=network.env(tmp_path / "home"))
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["database"]["ok"], checks["database"]
+    assert "not made yet" in checks["database"]["detail"] and not db.exists()  # doctor only looks
+    open_store(f"sqlite://{db}").close()
     result = run_cli("doctor", "--json", "--db", f"sqlite://{db}", env=network.env(tmp_path / "home"))
     checks = {c["name"]: c for c in json.loads(result.stdout)}
     assert checks["database"]["ok"], checks["database"]

@@ -68,12 +68,15 @@ class Holders:
     """The node ids the index names at each source: only those may serve there (see :class:`FetchRequest`)."""
 
 
-def find_holders(bus: Bus, masters: list[Endpoint], name: str, wanted: str = "") -> Holders:
+def find_holders(
+    bus: Bus, masters: list[Endpoint], name: str, wanted: str = "", own_folder: Path | None = None
+) -> Holders:
     """Online holders of ``name`` (one version) from the index; ``wanted``: a content hash or its start.
 
     The name matches whatever its Unicode normalisation (a file saved as NFD is found by the NFC name a user
     types); an exact match wins, and the holders are asked for the name as they hold it. Without ``wanted`` the
-    newest version is chosen; of its spellings, the one most holders use.
+    newest version is chosen; of its spellings, the one most holders use. ``own_folder``: the folder this node
+    shares, named when the only holder is this node itself.
     """
     # '[1080p] movie.mkv' is a name, not a pattern: looked up as a glob that matches only itself
     literal = glob.escape(name) if is_glob(name) else name
@@ -95,6 +98,12 @@ def find_holders(bus: Bus, masters: list[Endpoint], name: str, wanted: str = "")
         raise TransferError(f"{name!r}{version} not found in the index{hint}")
     online = [e for e in entries if e.online and e.holder != bus.node_id]
     if not online:
+        own = [e for e in entries if e.holder == bus.node_id]
+        if own:
+            where = f" as {own_folder / own[0].name}" if own_folder is not None else ""
+            others = len(entries) - len(own)
+            rest = f"; the {others} other holder(s) are offline" if others else ""
+            raise TransferError(f"{name!r} is this node's own file: it already has it{where}{rest}")
         raise TransferError(f"no holder of {name!r} is online ({len(entries)} known, all offline)")
     versions = sorted(
         {e.content_hash for e in online}, key=lambda h: max(e.mtime_ns for e in online if e.content_hash == h)

@@ -10,11 +10,12 @@ may be starting up).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from overdrive.errors import AuthError, UnreachableError
+from overdrive.errors import AuthError, UnreachableError, WrongServiceError
 
 HANDSHAKE_TIMEOUT = 3.0
 BUSY = 400
@@ -43,12 +44,15 @@ def await_handshake(
     timeout: float = HANDSHAKE_TIMEOUT,
     *,
     patient: bool = True,
+    probe: Callable[[int], zmq.Socket] | None = None,  # type: ignore[type-arg]
 ) -> None:
     """Connect ``sock`` to ``endpoint`` and wait until the handshake succeeds, or raise.
 
     A refused connection is retried until the deadline when ``patient`` (the peer may be starting: a viewer run
     just before its streamer); otherwise it raises at once, for a caller with other peers to try.
     On failure the connection is dropped (``disconnect``) so libzmq stops retrying with bad keys.
+    ``probe`` makes a client socket of a given type with ``sock``'s keys: given, a failed handshake is told apart
+    from a wrong kind of service (:class:`WrongServiceError`).
     """
     monitor = sock.get_monitor_socket(_WATCHED)
     try:
@@ -75,6 +79,9 @@ def await_handshake(
                     raise UnreachableError(
                         f"{peer} is full: too many connections from this machine or in all (try again later)"
                     )
+                kind = _service_kind(sock, endpoint, probe) if probe is not None else None
+                if kind is not None:
+                    raise WrongServiceError(_wrong_service(peer, kind))
                 raise AuthError(
                     f"authentication failed for {peer}: wrong password or key file, a different network name, "
                     "or not an overdrive service at that port"
@@ -93,6 +100,56 @@ def await_handshake(
     finally:
         sock.disable_monitor()
         monitor.close(linger=0)
+
+
+PROBE_TIMEOUT = 1.0
+"""Seconds a probe with another socket type may take to finish its handshake (a LAN round trip or two)."""
+
+_PROBE_TYPES = {zmq.SUB: zmq.DEALER, zmq.DEALER: zmq.SUB}
+"""For a failed handshake, the socket type that tells what the peer is instead: a viewer's SUB refused by a
+ROUTER (a master or a share) is accepted by a DEALER; a DEALER refused by a PUB (a stream) is accepted by a SUB."""
+
+_KINDS = {zmq.DEALER: "master or share", zmq.SUB: "stream"}
+
+
+def _service_kind(
+    sock: zmq.Socket,  # type: ignore[type-arg]
+    endpoint: str,
+    make: Callable[[int], zmq.Socket],  # type: ignore[type-arg]
+) -> str | None:
+    """What kind of overdrive service ``endpoint`` is when a handshake with ``sock`` failed: a mismatch of socket
+    types and a wrong key look the same to the connecting side (the peer closes the connection), so connect once
+    more, with the same keys, as the other kind of client. None when that fails too (then the keys are wrong)."""
+    probe_type = _PROBE_TYPES.get(zmq.SocketType(sock.socket_type))
+    if probe_type is None:
+        return None
+    probe = make(probe_type)
+    try:
+        monitor = probe.get_monitor_socket(_WATCHED)
+        try:
+            probe.connect(endpoint)
+            deadline = time.monotonic() + PROBE_TIMEOUT
+            while (left := deadline - time.monotonic()) > 0 and monitor.poll(int(left * 1000) + 1):
+                event = recv_monitor_message(monitor)["event"]
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    return _KINDS[probe_type]
+                if event in _FAILED:
+                    return None
+            return None
+        finally:
+            probe.disable_monitor()
+            monitor.close(linger=0)
+    finally:
+        probe.close(linger=0)
+
+
+def _wrong_service(peer: str, kind: str) -> str:
+    if kind == "stream":
+        return f"{peer} is an overdrive stream, not a master or share (watch it with 'overdrive view {peer}')"
+    return (
+        f"{peer} is an overdrive master or share, not a stream (give 'overdrive view' the address that "
+        "'overdrive stream' printed in its ready line)"
+    )
 
 
 def _drop(sock: zmq.Socket, endpoint: str) -> None:  # type: ignore[type-arg]

@@ -8,6 +8,7 @@ bounded queues and a message-size cap, so a hostile peer cannot make us buffer w
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from overdrive.bus.admission import Admission, AdmissionMonitor, Limits
 from overdrive.bus.auth import CurveOnlyAuthenticator
 from overdrive.bus.monitor import HANDSHAKE_TIMEOUT, await_handshake
 from overdrive.bus.security import NetworkKey, NodeIdentity
-from overdrive.errors import BusError, ConfigError
+from overdrive.errors import BusError, ConfigError, UnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,8 @@ class Bus:
             raise ConfigError(f"cannot bind {endpoint.display}: {exc.strerror}") from exc
         return endpoint
 
-    @staticmethod
     def connect(
+        self,
         sock: zmq.Socket,  # type: ignore[type-arg]
         endpoint: Endpoint,
         *,
@@ -165,7 +166,8 @@ class Bus:
         if not verify:
             sock.connect(str(endpoint))
             return
-        await_handshake(sock, str(endpoint), endpoint.display, timeout, patient=patient)
+        _check_resolves(endpoint)
+        await_handshake(sock, str(endpoint), endpoint.display, timeout, patient=patient, probe=self.client)
 
     def peer_id(self, frame: zmq.Frame) -> str:
         """Node id of the connection a received frame came from (authenticated unless insecure)."""
@@ -188,3 +190,13 @@ class Bus:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _check_resolves(endpoint: Endpoint) -> None:
+    """A host name that does not resolve is said at once, as such: libzmq only retries it like a refused port."""
+    try:
+        socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UnreachableError(f"cannot find {endpoint.host!r}: DNS lookup failed ({exc.strerror})") from None
+    except UnicodeError:  # the IDNA codec's: an empty or over-long label ('a..b')
+        raise UnreachableError(f"cannot find {endpoint.host!r}: not a valid host name") from None

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from overdrive.cli.options import console, print_json, shown
+from overdrive.cli.options import console, print_json, report, shown
 from overdrive.errors import MediaError
 
 
@@ -61,21 +61,21 @@ def devices(
         print_json(info)
         return
     if not info["devices"]:
-        console.print("no PortAudio devices")
+        report.print("no PortAudio devices")
     for d in info["devices"]:
         marks = ("  [bold]default input[/]" if d["default_input"] else "") + (
             "  [bold]default output[/]" if d["default_output"] else ""
         )
-        console.print(f"{d['index']:3d}  {d['name']}  ({d['hostapi']}, {d['inputs']} in, {d['outputs']} out){marks}")
+        report.print(f"{d['index']:3d}  {d['name']}  ({d['hostapi']}, {d['inputs']} in, {d['outputs']} out){marks}")
     pulse = info["pulse"]
     if pulse is None:
-        console.print("no PulseAudio/PipeWire server: --audio system is not available (use --audio mic or none)")
+        report.print("no PulseAudio/PipeWire server: --audio system is not available (use --audio mic or none)")
         return
-    console.print(f"PulseAudio/PipeWire: system audio = {pulse['system_audio']}")
+    report.print(f"PulseAudio/PipeWire: system audio = {pulse['system_audio']}")
     for name in pulse["sources"]:
-        console.print(f"  source  {name}   (--mic pulse:{name})")
+        report.print(f"  source  {name}   (--mic pulse:{name})")
     for name in pulse["sinks"]:
-        console.print(f"  sink    {name}   (PULSE_SINK={name} for playback)")
+        report.print(f"  sink    {name}   (PULSE_SINK={name} for playback)")
 
 
 class MediaExtras:

@@ -29,6 +29,7 @@ from overdrive import interrupts, paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
 from overdrive.bus.sockets import Bus
 from overdrive.cli.options import (
+    SHARE_LOCK,
     console,
     endpoints,
     expand_home,
@@ -119,7 +120,13 @@ def master_command(
         replication=ReplicationConfig(tombstone_retention=retention * 3600),
     )
     advertised(config.bind, advertise)  # a mistake there is one line before the store is opened
-    store = open_store(db)
+    try:
+        with _interruptible():  # Ctrl-C or SIGTERM while a database is slow to answer: a tidy stop, exit 0
+            log.debug("opening store %s", redact(db) if db else "(default)")
+            store = open_store(db)
+    except KeyboardInterrupt:
+        console.print(f"master stopped while opening its store {redact(db) if db else '(the default SQLite)'}")
+        return
     try:
         with opts.bus() as bus:
             master = Master(bus, store, config)
@@ -215,7 +222,7 @@ def share_command(
     endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
     advertised(endpoint, advertise)  # a mistake there is one line now, not after the scan
     _check_port_free(endpoint)  # so is a port another program holds: the server binds only after the scan
-    lock = _lock_node()
+    lock = _lock_node(root)
     try:
         with opts.bus() as bus:
             masters, scanner = _prepare_share(bus, root, masters)
@@ -307,15 +314,16 @@ def _serve(
     run(announce, watching("node", share.node), stop=[share.stop])
 
 
-def _lock_node() -> IO[bytes]:
-    """Hold this node identity's share lock for the life of the process (released when it ends, even by kill -9).
+def _lock_node(root: Path) -> IO[bytes]:
+    """Hold this node identity's share lock for the life of the process (released when it ends, even by kill -9),
+    and write ``root`` (the shared folder) into it.
 
     One node id is one set of index entries: a second 'share' under the same identity would register its folder
     as everything the node holds and so delete the first one's entries while it still serves them.
     """
     folder = paths.data_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = (folder / "share.lock").open("ab")
+    lock = (folder / SHARE_LOCK).open("ab")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -324,6 +332,9 @@ def _lock_node() -> IO[bytes]:
             f"this node (identity in {folder}) is already sharing a folder from another 'overdrive share'; "
             "stop it, or give a second node its own OVERDRIVE_HOME"
         ) from None
+    lock.truncate(0)
+    lock.write(str(root.resolve()).encode("utf-8", "surrogateescape") + b"\n")
+    lock.flush()
     return lock
 
 

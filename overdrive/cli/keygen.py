@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from overdrive.cli.options import console, options
+from overdrive.cli.options import console, expand_home, options
 from overdrive.errors import ConfigError
 
 
@@ -28,6 +28,9 @@ def keygen(
     from overdrive.bus.signing import MeshKey
 
     opts = options(ctx)
+    out = expand_home(out, "FILE")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; give the key file's name, e.g. {out / 'network.key'}")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     if mesh:
@@ -39,5 +42,8 @@ def keygen(
         )
         return
     key = NetworkKey.generate(opts.network)
-    key.write(out)
+    try:
+        key.write(out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the key file {out}: {exc.strerror}") from None
     console.print(f"wrote network key for [bold]{opts.network}[/] to {out} (fingerprint {key.fingerprint})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,8 +11,11 @@ from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cli import audio as audio_cli
 from overdrive.cli.audio import stream_extras, view_extras
-from overdrive.cli.options import console, options, shown, warn_insecure
+from overdrive.cli.options import console, options, shown, warn_insecure, writable_file
 from overdrive.cli.run import ready, run
+
+if TYPE_CHECKING:
+    from overdrive.media.streamer import StreamerConfig
 
 # Recording options shared by `stream` and `view`.
 NoRecord = Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")]
@@ -80,6 +83,7 @@ def stream(
         duration=duration,
         name=name,
     )
+    _check_source(config)
     warn_insecure(opts)
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
@@ -118,6 +122,22 @@ def stream(
             f"{stats.bytes_sent / 1e6:.1f} MB at {stats.width}x{stats.height}"
         )
         extras.check()
+
+
+def _check_source(config: StreamerConfig) -> None:
+    """Build the picture source and open it once, so that a wrong ``--source``, ``--monitor``, ``--region`` or
+    ``--pip``, a missing display or camera is one line before anything starts; the streamer then opens it again."""
+    from overdrive.media.sources import Region, make_source
+
+    source = make_source(
+        config.source,
+        monitor=config.monitor,
+        region=Region.parse(config.region) if config.region else None,
+        pip=config.pip,
+        pattern_size=config.pattern_size,
+    )
+    source.open()
+    source.close()
 
 
 def view(
@@ -171,6 +191,8 @@ def view(
     from overdrive.media.viewer import Viewer, ViewerConfig
 
     opts = options(ctx)
+    if stats_json is not None:
+        stats_json = writable_file(stats_json, "--stats-json")
     config = ViewerConfig(
         host=host,
         headless=headless,

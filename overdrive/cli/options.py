@@ -12,12 +12,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from overdrive import paths
 from overdrive.bus.address import Endpoint, parse_endpoints
 from overdrive.config import GlobalOptions
 from overdrive.errors import ConfigError
 
 console = Console(stderr=True, highlight=False)
 """Human-facing output (status lines, progress, warnings) goes to stderr; stdout is for results and --json."""
+
+report = Console(highlight=False, soft_wrap=True)
+"""A command's result meant to be read or saved (``doctor``, ``devices``): stdout, so ``> report.txt`` keeps it."""
 
 
 def options(ctx: typer.Context) -> GlobalOptions:
@@ -68,6 +72,37 @@ def expand_home(path: Path, what: str) -> Path:
         return path.expanduser()
     except RuntimeError:  # '~nobody/x': no such user
         raise ConfigError(f"{what} {path}: no home folder for its '~' (no such user?)") from None
+
+
+def writable_file(path: Path, what: str) -> Path:
+    """``path`` (``~`` expanded) once it is known a file can be written there, checked before any work starts by
+    writing to it (an existing file is only opened for appending; a new one is made and removed again), so a
+    mistake is one line now rather than a lost result at the end: a usage error naming ``what`` (the option)."""
+    path = expand_home(path, what)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot write there: {exc.strerror}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return path
+
+
+SHARE_LOCK = "share.lock"
+"""In the data folder: held by the running 'share', and naming the folder it shares (for 'fetch' to point at)."""
+
+
+def shared_folder() -> Path | None:
+    """The folder this node shares (or last shared), from its share lock; None if it never shared one."""
+    try:
+        text = (paths.data_dir() / SHARE_LOCK).read_text(encoding="utf-8", errors="surrogateescape").strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
 
 
 def print_json(value: Any) -> None:

@@ -8,6 +8,7 @@ live in ``overdrive/cli/FEATURE.py`` and register themselves here.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,8 @@ from overdrive.config import LOG_LEVELS, PASSWORD_ENV, GlobalOptions, check_keys
 from overdrive.errors import ConfigError, OverdriveError
 
 log = logging.getLogger(__name__)
+
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # before cv2 loads: its own warnings are not one clear line
 
 
 class _Group(TyperGroup):
@@ -44,11 +47,13 @@ class _Group(TyperGroup):
                 sys.exit(code)
             ctx = getattr(exc, "ctx", None)
             path = ctx.command_path if ctx is not None else "overdrive"
-            typer.echo(f"overdrive: error: {' '.join(message.split())} (see '{path} --help')", err=True)
+            source = _config_source(ctx, getattr(exc, "param", None))
+            typer.echo(f"overdrive: error: {' '.join(message.split())} ({source}see '{path} --help')", err=True)
             sys.exit(code)
         sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
+        ctx.meta[_COMMAND_ARGS] = list(ctx.args)  # click empties ctx.args before the root callback runs
         try:
             return super().invoke(ctx)
         except OverdriveError as exc:
@@ -58,6 +63,20 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("overdrive: interrupted", err=True)
             raise typer.Exit(130) from None
+
+
+_COMMAND_ARGS = "overdrive.command_args"
+"""``ctx.meta`` key: the arguments after the command's name, for the root callback to see a ``--help``."""
+
+
+def _config_source(ctx: Any, param: Any) -> str:
+    """``"set in config file PATH; "`` when the value ``param`` failed on came from the config file, else ``""``."""
+    if ctx is None or param is None or not getattr(param, "name", None):
+        return ""
+    if getattr(ctx.get_parameter_source(param.name), "name", "") != "DEFAULT_MAP":
+        return ""
+    opts = ctx.find_root().obj
+    return f"set in config file {shown(str(opts.config_file))}; " if isinstance(opts, GlobalOptions) else ""
 
 
 def _is_usage_error(exc: BaseException) -> bool:
@@ -111,19 +130,15 @@ def root(
 ) -> None:
     """Global options; the config file fills in whatever the command line and environment leave unset."""
     config_path = config or paths.default_config_file()
-    file_values = read_config_file(config_path, required=config is not None)
     commands: dict[str, Any] = getattr(ctx.command, "commands", {})
-    sections = {name: value for name, value in file_values.items() if isinstance(value, dict)}
-    top = {name: value for name, value in file_values.items() if not isinstance(value, dict)}
-    check_keys("top level", top, {"password", "key_file", "network", "log_level", "insecure"})
-    for name, section in sections.items():
-        command = commands.get(name)
-        if command is None:
-            raise ConfigError(f"config file has a [{name}] table but there is no '{name}' command")
-        params = _config_keys(command)
-        check_keys(name, section, set(params))
-        sections[name] = {params[key]: value for key, value in section.items()}
-    ctx.default_map = sections
+    config_problem: str | None = None
+    try:
+        top = _read_config(ctx, config_path, required=config is not None, commands=commands)
+    except ConfigError as exc:
+        # a broken config file must not block reading the help, nor doctor, which reports it as a finding
+        if ctx.invoked_subcommand != "doctor" and not _asks_help(ctx.meta.get(_COMMAND_ARGS, [])):
+            raise
+        top, config_problem = {}, str(exc)
 
     def pick(name: str, value: Any) -> Any:
         source = ctx.get_parameter_source(name)
@@ -137,11 +152,40 @@ def root(
         insecure=bool(pick("insecure", insecure)),
         log_level=str(pick("log_level", log_level)).lower(),
         config_file=config_path,
+        config_problem=config_problem,
     )
     configure_logging(opts.log_level)
-    if ctx.invoked_subcommand != "keygen":
+    if ctx.invoked_subcommand not in ("keygen", "doctor"):  # doctor derives its own, leaving no cache behind
         opts.prefetch_key()
     ctx.obj = opts
+
+
+def _read_config(ctx: typer.Context, path: Path, *, required: bool, commands: dict[str, Any]) -> dict[str, Any]:
+    """The config file's top-level values; its command tables become ``ctx.default_map``. A mistake raises one
+    ConfigError naming the file."""
+    file_values = read_config_file(path, required=required)
+    sections = {name: value for name, value in file_values.items() if isinstance(value, dict)}
+    top = {name: value for name, value in file_values.items() if not isinstance(value, dict)}
+    check_keys(path, "top level", top, {"password", "key_file", "network", "log_level", "insecure"})
+    for name, section in sections.items():
+        command = commands.get(name)
+        if command is None:
+            raise ConfigError(f"config file {path}: a [{name}] table, but there is no '{name}' command")
+        params = _config_keys(command)
+        check_keys(path, name, section, set(params))
+        sections[name] = {params[key]: value for key, value in section.items()}
+    ctx.default_map = sections
+    return top
+
+
+def _asks_help(args: list[str]) -> bool:
+    """Whether the command line after the command's name asks for its help (options end at ``--``)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg in ("--help", "-h"):
+            return True
+    return False
 
 
 def _config_keys(command: Any) -> dict[str, str]:

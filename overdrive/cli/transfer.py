@@ -16,7 +16,16 @@ from overdrive import interrupts, paths
 from overdrive.app.fetch import HASH_RE, Holders, find_holders, register_copy
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.cli.options import console, endpoints, expand_home, markup_safe, options, print_json, warn_insecure
+from overdrive.cli.options import (
+    console,
+    endpoints,
+    expand_home,
+    markup_safe,
+    options,
+    print_json,
+    shared_folder,
+    warn_insecure,
+)
 from overdrive.errors import ConfigError, OverdriveError
 from overdrive.files import names
 from overdrive.transfer.fetcher import CONNECTIONS, Connecting, FetchRequest, FetchResult, fetch
@@ -197,7 +206,7 @@ def _check_resolves(source: Endpoint) -> None:
 
 def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> Holders:
     """Online holders of ``name`` (one version) from the index; says so when several versions are online."""
-    holders = find_holders(bus, masters, name, wanted)
+    holders = find_holders(bus, masters, name, wanted, own_folder=shared_folder())
     if holders.versions > 1:
         console.print(
             f"{markup_safe(repr(name))} exists in {holders.versions} versions online; "

@@ -32,7 +32,7 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
-from overdrive.errors import AuthError, ProtocolError, StoreError, UnreachableError
+from overdrive.errors import AuthError, ProtocolError, StoreError, UnreachableError, WrongServiceError
 from overdrive.files.model import FileInfo
 from overdrive.index.patterns import glob_match
 from overdrive.index.protocol import CODEC, Ack, Announce, Entry, Found, Lookup, Status, StatusQuery, size_batches
@@ -246,7 +246,9 @@ class IndexClient:
                 failures.append(str(exc))
                 self._next_master()
                 continue
-            except UnreachableError as exc:
+            except (UnreachableError, WrongServiceError) as exc:  # another master may answer
+                if isinstance(exc, WrongServiceError) and len(self.masters) == 1:
+                    raise  # said as it is: "that is a stream, not a master"
                 failures.append(str(exc))
                 self._next_master()
                 continue

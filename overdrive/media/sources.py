@@ -76,7 +76,7 @@ class Region:
 
     def __post_init__(self) -> None:
         if self.width < 2 or self.height < 2 or self.left < 0 or self.top < 0:
-            raise ConfigError(f"bad region {self}: need X,Y >= 0 and W,H >= 2")
+            raise ConfigError(f"--region {self.left},{self.top},{self.width},{self.height}: need X,Y >= 0 and W,H >= 2")
 
     @classmethod
     def parse(cls, text: str) -> Region:

@@ -21,7 +21,7 @@ from overdrive import paths
 from overdrive.errors import ConfigError
 from overdrive.index.stores.base import BUCKETS, Store
 
-__all__ = ["BUCKETS", "Store", "default_url", "open_store", "redact"]
+__all__ = ["BUCKETS", "Store", "default_url", "open_store", "redact", "sqlite_path"]
 
 
 def default_url() -> str:
@@ -36,6 +36,20 @@ def redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return parts._replace(netloc=netloc).geturl()
     return url
+
+
+def sqlite_path(url: str | None) -> Path | None:
+    """The database file a ``sqlite://`` URL (or None, the default store) names; None for other schemes."""
+    text = url or default_url()
+    scheme, sep, rest = text.partition("://")
+    if scheme != "sqlite" or not sep:
+        return None
+    path = rest.split("?", 1)[0]
+    if path.startswith("//"):
+        path = path[1:]
+    if not path or path == "/":
+        raise ConfigError(f"database URL {text!r} names no file")
+    return Path(unquote(path))
 
 
 def open_store(url: str | None = None) -> Store:
@@ -53,12 +67,9 @@ def open_store(url: str | None = None) -> Store:
     if scheme == "sqlite":
         from overdrive.index.stores.sqlite import SqliteStore
 
-        path = rest.split("?", 1)[0]
-        if path.startswith("//"):
-            path = path[1:]
-        if not path or path == "/":
-            raise ConfigError(f"database URL {text!r} names no file")
-        return SqliteStore(Path(unquote(path)), prefix=prefix)
+        path = sqlite_path(text)
+        assert path is not None
+        return SqliteStore(path, prefix=prefix)
     if scheme == "mysql":
         from overdrive.index.stores.mysql import MySqlStore
 

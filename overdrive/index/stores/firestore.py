@@ -21,7 +21,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from overdrive.errors import StoreError
+from overdrive.errors import ConfigError, StoreError
 from overdrive.index.records import CONTENT_HASH, DELETED, HLC, HOLDER, NAME, ORIGIN, SEQ, Record, RecordRow
 from overdrive.index.stores.base import (
     BATCH,
@@ -36,6 +36,9 @@ from overdrive.index.stores.base import (
 )
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds the first read may take before the store is reported unreachable."""
 
 WRITE_BATCH = 400
 """Firestore commits at most 500 writes; stay below."""
@@ -60,6 +63,22 @@ def _doc(row: RecordRow) -> dict[str, Any]:
     return doc
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _certificate(path: str) -> Any:
+    """The service account credentials in the JSON file ``path``; a missing or unusable file is a ConfigError."""
+    try:
+        return fb_credentials.Certificate(path)
+    except OSError as exc:
+        raise ConfigError(f"Firestore credentials file {path}: {exc.strerror}") from None
+    except ValueError as exc:  # not JSON, or not a service account key
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"Firestore credentials file {path} is not a service account key: {reason}") from None
+
+
 class FirestoreStore(Store):
     """Records in Cloud Firestore (or its emulator when FIRESTORE_EMULATOR_HOST is set)."""
 
@@ -70,7 +89,7 @@ class FirestoreStore(Store):
         self.prefix = prefix
         self._errors: tuple[type[BaseException], ...] = (gexc.GoogleAPIError, ValueError, OSError)
         if credentials:
-            cred: Any = fb_credentials.Certificate(credentials)
+            cred: Any = _certificate(credentials)
         elif self.emulator:
             cred = _AnonymousCredential()
         else:
@@ -84,7 +103,22 @@ class FirestoreStore(Store):
         self.records = self.client.collection(f"{prefix}records")
         self.meta = self.client.collection(f"{prefix}meta")
         self._closed = False
-        self._call(lambda: self.meta.document("probe").get(timeout=10))
+        self._probe()
+
+    def _probe(self) -> None:
+        """One read, bounded and not retried, so a server that is down or never answers is one clear error within
+        :data:`CONNECT_TIMEOUT` seconds instead of minutes of silent retries."""
+        try:
+            self.meta.document("probe").get(timeout=CONNECT_TIMEOUT, retry=None)
+        except gexc.DeadlineExceeded:
+            self.close()
+            raise StoreError(f"{self.describe()} did not answer within {CONNECT_TIMEOUT:g} s") from None
+        except gexc.ServiceUnavailable as exc:
+            self.close()
+            raise StoreError(f"cannot reach {self.describe()}: {_first_line(exc)}") from None
+        except self._errors as exc:
+            self.close()
+            raise StoreError(f"{self.describe()}: {_first_line(exc)}") from exc
 
     def _call(self, fn: Any) -> Any:
         try:

@@ -3,6 +3,7 @@
 # ruff: noqa: S608 - table names come from a prefix checked against PREFIX_RE; values are always parameters
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import pymysql
@@ -13,6 +14,31 @@ from overdrive.index.stores.sql import COLS, SqlStore, peewee
 
 if peewee.mysql is None:  # peewee was imported without its MySQL driver (see sql.py): hand it over
     peewee.mysql = pymysql
+
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a MySQL server to accept a connection and send its greeting."""
+
+IO_TIMEOUT = 60.0
+"""Seconds one read or write on an open connection may take before the store fails instead of hanging."""
+
+
+def expect_greeting(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Check that ``host:port`` is a server that speaks first, as MySQL does, within ``timeout``: pymysql's own
+    ``connect_timeout`` bounds only the TCP connect, so a port that accepts and never answers would hang it."""
+    where = f"MySQL at {host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if not sock.recv(4):
+                raise StoreError(f"{where} closed the connection without a greeting: is that a MySQL server?")
+    except TimeoutError:
+        raise StoreError(
+            f"{where} did not answer within {timeout:g} s (is that port a MySQL server, and is it running?)"
+        ) from None
+    except socket.gaierror as exc:
+        raise StoreError(f"cannot find the MySQL host {host!r}: DNS lookup failed ({exc.strerror})") from None
+    except OSError as exc:
+        raise StoreError(f"cannot reach {where}: {exc.strerror or exc}") from None
 
 
 def key_hex(holder: str, name: str) -> str:
@@ -38,8 +64,11 @@ class MySqlStore(SqlStore):
             host=host,
             port=port,
             charset="utf8mb4",
-            connect_timeout=5,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=IO_TIMEOUT,
+            write_timeout=IO_TIMEOUT,
         )
+        expect_greeting(host, port)
         super().__init__(db, prefix)
         try:
             self._setup()
