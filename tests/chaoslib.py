@@ -387,7 +387,7 @@ class MeshChaos:
                 events.pop(0)
             while next_op <= now:
                 self.churn.step()
-                next_op += self.rng.expovariate(self.p.churn_rate)
+                next_op += self.churn.rng.expovariate(self.p.churn_rate)
             self._tend(now)
             time.sleep(0.02)
 
