@@ -87,9 +87,9 @@ class StreamChaos:
         up = 0.0
         try:
             streamer.start()
-            began = time.monotonic()
             for viewer in viewers:
                 viewer.start()
+            began = time.monotonic()  # the viewers are connected from here on
             for n in range(self.p.restarts + 1):
                 time.sleep(self.p.up_seconds)
                 if n == self.p.restarts:
@@ -132,8 +132,9 @@ class StreamChaos:
                 self.report.recordings.append(f"viewer{i} {mp4.name}: {seconds:.1f} s of video")
                 if not 0 < seconds <= up + self.p.down_seconds * self.p.restarts + 2:
                     self.report.problems.append(f"viewer{i} {mp4.name}: {seconds:.1f} s for {up:.1f} s streamed")
-            # keyframes come every second or so: each run may lose about one second at its start
-            least = up - 1.5 * (self.p.restarts + 1)
+            # each run loses its start (reconnecting, then waiting for a keyframe), more on a loaded machine; a run
+            # lost whole leaves less than 60% of what was streamed
+            least = 0.6 * up
             if self.p.break_check:
                 least = up * 2
             if total < least:
