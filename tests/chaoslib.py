@@ -31,6 +31,7 @@ from pathlib import Path
 from overdrive.bus.address import Endpoint
 from overdrive.bus.ready import parse_ready
 from overdrive.bus.security import NetworkKey, NodeIdentity
+from overdrive.bus.signing import MeshKey
 from overdrive.bus.sockets import Bus, Security
 from overdrive.errors import OverdriveError
 from overdrive.files.model import hash_file
@@ -155,9 +156,9 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def master_args(port: int, peers: Sequence[Endpoint]) -> list[str]:
-    """The one place a chaos master's command line is made (mesh credentials go here)."""
-    args = ["master", "--bind", f"tcp://127.0.0.1:{port}", *MASTER_TIMING]
+def master_args(port: int, peers: Sequence[Endpoint], mesh_key: Path) -> list[str]:
+    """The one place a chaos master's command line is made: every master holds the run's mesh key."""
+    args = ["master", "--bind", f"tcp://127.0.0.1:{port}", "--mesh-key", str(mesh_key), *MASTER_TIMING]
     if peers:
         args += ["--peers", ",".join(p.display for p in peers)]
     return args
@@ -309,12 +310,15 @@ class MeshChaos:
         self.bus = self.net.bus(workdir / "client-keys")
         self.stopped: dict[int, float] = {}  # master index -> when to SIGCONT
         self.restarting: set[int] = set()
+        self.mesh_key = workdir / "mesh.key"
+        MeshKey.generate(self.net.name).write(self.mesh_key)
 
     # -- processes
 
     def start(self) -> None:
         for i in range(self.p.masters):
-            child = Child(self.net, self.dir / f"master{i}", master_args(0, [m.endpoint for m in self.masters]))  # type: ignore[misc]
+            peers = [m.endpoint for m in self.masters]
+            child = Child(self.net, self.dir / f"master{i}", master_args(0, peers, self.mesh_key))  # type: ignore[arg-type]
             endpoint = child.start()
             self.masters.append(child)
             self.ports.append(endpoint.port)
@@ -329,7 +333,7 @@ class MeshChaos:
 
     def _restart_args(self, i: int) -> list[str]:
         others = [Endpoint("127.0.0.1", port) for j, port in enumerate(self.ports) if j != i]
-        return master_args(self.ports[i], others)
+        return master_args(self.ports[i], others, self.mesh_key)
 
     def close(self) -> None:
         for child in [*self.nodes, *self.masters]:
