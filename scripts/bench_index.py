@@ -212,7 +212,15 @@ def bench_sync(masters: Masters, root: Path, n: int, sync_runs: int) -> dict[str
         "rss_a": rss_mb(a_proc),
         "rss_b": rss_mb(b_proc),
     }
-    # sustained: several nodes register new files at A as fast as they can; B applies what A stamps
+    # sustained: several nodes register new files at A as fast as they can; B applies what A stamps. Measured once
+    # A holds a proven link to B (masters prove the mesh key first): before that, B could only catch up later.
+    with masters.client(b) as b_view, masters.client(a) as a_view:
+        b_origin = b_view.status(digest=False).origin
+        deadline = time.perf_counter() + 60
+        while b_origin not in a_view.status(digest=False).masters_online:
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the first master never counted the second online")
+            time.sleep(0.05)
     clients = 3
     per_client = n // 20
     batch = min(2000, per_client)
