@@ -5,6 +5,7 @@
     ├── BusError                   ZeroMQ transport trouble
     │   ├── AuthError              the peer refused our credentials, or we refused theirs
     │   ├── UnreachableError        nothing answered in time
+    │   │   └── HostNotFoundError   the host name does not resolve (waiting will not help)
     │   ├── WrongServiceError      the address is another kind of overdrive service (a stream, not a master)
     │   └── ProtocolError          peer input (a message, record rows, a snapshot page) that is not valid
     ├── MediaError                 capture, codec, playback or recording trouble
@@ -39,6 +40,10 @@ class AuthError(BusError):
 
 class UnreachableError(BusError):
     """A peer did not answer within the allowed time."""
+
+
+class HostNotFoundError(UnreachableError):
+    """A host name that does not resolve: unlike a peer that is not up yet, waiting for it will not help."""
 
 
 class WrongServiceError(BusError):

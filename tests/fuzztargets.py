@@ -242,7 +242,7 @@ class StreamTarget(Server):
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 if sock.poll(500):
-                    _, *frames = sock.recv_multipart()
+                    _, *frames, _signature = sock.recv_multipart()  # the streamer signs every message
                     message, _ = mp.CODEC.decode(frames)
                     assert isinstance(message, mp.VideoFrame)
                     return

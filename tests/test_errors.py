@@ -23,6 +23,7 @@ from overdrive.media.streamer import StreamerConfig
 from overdrive.media.viewer import ViewerConfig
 from overdrive.transfer.serving import ServerConfig
 from overdrive.transfer.session import FetchConfig
+from tests import mesh_proofs
 
 PACKAGE = Path(__file__).resolve().parent.parent / "overdrive"
 MASTER = (Endpoint("127.0.0.1", 1),)
@@ -121,13 +122,15 @@ def test_a_master_drops_and_counts_bad_peer_input() -> None:
 def test_a_bug_in_a_master_handler_propagates_and_is_not_counted_as_a_dropped_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    mesh = Mesh(MemoryStore(), now=0.0)
+    mesh = Mesh(MemoryStore(), MasterConfig(mesh_key=mesh_proofs.KEY), now=0.0, node_id="m" * 16)
 
     def broken(rows: object) -> list[object]:
         raise ValueError("a bug of ours")
 
+    peer = Peer.routed(b"\0b", "d" * 16)
+    mesh_proofs.prove_to(mesh, peer, "b" * 16, 0.5)  # only proven masters' updates reach the handler
     mesh.masters["b" * 16] = "127.0.0.1:7771"  # only known masters originate live rows
     monkeypatch.setattr(mesh.replica, "accept", broken)
     with pytest.raises(ValueError, match="a bug of ours"):
-        mesh.step(PEER, Updates(origin="b" * 16), [memoryview(encode_rows([GOOD_ROW]))], 1.0)  # type: ignore[list-item]
+        mesh.step(peer, Updates(origin="b" * 16), [memoryview(encode_rows([GOOD_ROW]))], 1.0)  # type: ignore[list-item]
     assert mesh.stats.dropped == 0

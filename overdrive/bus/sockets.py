@@ -19,7 +19,7 @@ from overdrive.bus.admission import Admission, AdmissionMonitor, Limits
 from overdrive.bus.auth import CurveOnlyAuthenticator
 from overdrive.bus.monitor import HANDSHAKE_TIMEOUT, await_handshake
 from overdrive.bus.security import NetworkKey, NodeIdentity
-from overdrive.errors import BusError, ConfigError, UnreachableError
+from overdrive.errors import BusError, ConfigError, HostNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,6 @@ def _check_resolves(endpoint: Endpoint) -> None:
     try:
         socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UnreachableError(f"cannot find {endpoint.host!r}: DNS lookup failed ({exc.strerror})") from None
+        raise HostNotFoundError(f"cannot find {endpoint.host!r}: DNS lookup failed ({exc.strerror})") from None
     except UnicodeError:  # the IDNA codec's: an empty or over-long label ('a..b')
-        raise UnreachableError(f"cannot find {endpoint.host!r}: not a valid host name") from None
+        raise HostNotFoundError(f"cannot find {endpoint.host!r}: not a valid host name") from None

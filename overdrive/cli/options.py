@@ -17,7 +17,7 @@ from overdrive.bus.address import Endpoint, parse_endpoints
 from overdrive.config import GlobalOptions
 from overdrive.errors import ConfigError
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # a line stays one line (the terminal wraps it)
 """Human-facing output (status lines, progress, warnings) goes to stderr; stdout is for results and --json."""
 
 report = Console(highlight=False, soft_wrap=True)

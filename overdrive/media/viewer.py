@@ -51,7 +51,7 @@ from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint, parse_endpoint
 from overdrive.bus.service import START_TIMEOUT, STOP_TIMEOUT, ZmqService
 from overdrive.bus.signing import normalise_fingerprint
 from overdrive.bus.sockets import Bus
-from overdrive.errors import ConfigError, MediaError, ProtocolError, UnreachableError
+from overdrive.errors import ConfigError, HostNotFoundError, MediaError, ProtocolError, UnreachableError
 from overdrive.media.codecs import make_decoder
 from overdrive.media.codecs.base import Decoder
 from overdrive.media.display import Display, check_display
@@ -184,6 +184,9 @@ class Viewer(ZmqService):
             try:
                 self.bus.connect(sock, cfg.endpoint, verify=True, timeout=cfg.connect_timeout, patient=not cfg.wait)
                 break
+            except HostNotFoundError:
+                sock.close(linger=0)
+                raise
             except UnreachableError:
                 sock.close(linger=0)
                 if not cfg.wait and cfg.wait is not None:
