@@ -4,9 +4,9 @@
 connecting, then changes, heartbeats when idle), and when the current master has gone quiet for ``failover``
 seconds, to move to the next one and register everything again. Every report carries the node's clock, which
 follows the masters' (each Ack carries the master's clock; a new connection starts with a heartbeat to learn it), so
-a report a stalled master handles late loses to what the node reported since through another. :class:`Node` is the thread around it: one
-DEALER to the current master, a folder watch feeding changed paths, and the folder scanner (both from
-:mod:`overdrive.files`).
+a report a stalled master handles late loses to what the node reported since through another. :class:`Node` is the
+thread around it: one DEALER to the current master, a folder watch feeding changed paths, and the folder scanner
+(both from :mod:`overdrive.files`).
 """
 
 from __future__ import annotations
