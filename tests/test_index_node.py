@@ -191,7 +191,11 @@ def test_a_refused_registration_is_sent_again_later_in_full() -> None:
     again after ``retry`` seconds instead of leaving its files out of the index until it restarts."""
     session = NodeSession("nodeaaaaaaaaaaaa", NodeConfig(masters=(Endpoint("127.0.0.1", 1),), address="x:1", retry=10))
     files = [FileInfo(name=f"f{i}", size=i, content_hash=f"{i:064x}", mtime_ns=i) for i in range(3)]
+    hello = session.next_message(-1.0, files)  # the master's clock first
+    assert isinstance(hello, NodeBeat)
+    session.on_reply(Ack(ref=hello.ref, clock=1 << 40), -1.0)
     first = session.next_message(0.0, files)
+    assert isinstance(first, Announce) and first.clock > 1 << 40
     assert isinstance(first, Announce) and first.full and len(first.files) == 3
     session.on_reply(Ack(ref=first.ref, ok=False, error="database or disk is full"), 0.1)
     assert not session.idle

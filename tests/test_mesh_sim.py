@@ -17,8 +17,10 @@ from overdrive.bus.codec import Message
 from overdrive.bus.credit import Window
 from overdrive.bus.signing import MeshKey
 from overdrive.files.model import FileInfo
+from overdrive.index.hlc import wall_ms
 from overdrive.index.membership import MAX_CANDIDATES, MAX_MASTERS
 from overdrive.index.mesh import Action, Dial, Hangup, MasterConfig, Mesh, Peer, Send
+from overdrive.index.node import NodeConfig, NodeSession
 from overdrive.index.protocol import CODEC, Announce, MasterBeat, SyncAck, SyncBatch, SyncDone, SyncRequest, Updates
 from overdrive.index.records import RecordRow, encode_rows
 from overdrive.index.replication import MAX_ORIGINS, ReplicationConfig
@@ -77,6 +79,10 @@ class MeshSim:
     pool: list[tuple[int, Peer, Message, tuple[bytes | memoryview, ...]]] = field(default_factory=list)
     files: dict[str, dict[str, int]] = field(default_factory=dict)
     """What each node shares now: name -> version."""
+    frozen: set[int] = field(default_factory=set)
+    """Stopped masters (SIGSTOP): they neither run nor handle messages; what is sent to them waits."""
+    to_nodes: list[Message] = field(default_factory=list)
+    """Replies the masters sent to nodes."""
 
     def __post_init__(self) -> None:
         batch = ReplicationConfig(batch=3)  # many small batches: credit matters
@@ -141,7 +147,7 @@ class MeshSim:
     def collect(self) -> None:
         """Perform every master's outbox: dials and hang-ups at once, messages into the pool."""
         for master in self.masters:
-            if master.mesh is None:
+            if master.mesh is None or master.index in self.frozen:
                 continue
             actions = master.mesh.outbox(self.now)
             if master.index >= self.n:  # hostile masters and students alike
@@ -169,7 +175,8 @@ class MeshSim:
             )
             return
         if send.peer.identity.startswith(b"node-"):
-            return  # a reply to a node
+            self.to_nodes.append(send.message)
+            return
         src, dst = send.peer.identity.decode().split(">")
         index, incarnation = (int(x) for x in src.split("#"))
         asker = self.masters[index]
@@ -208,6 +215,9 @@ class MeshSim:
         if faults and self.reorder:
             self.rng.shuffle(pool)
         for target, peer, message, payload in pool:
+            if target in self.frozen:
+                self.pool.append((target, peer, message, payload))
+                continue
             mesh = self.masters[target].mesh
             if mesh is None or (faults and self.rng.random() < self.loss):
                 continue
@@ -218,7 +228,7 @@ class MeshSim:
     def turn(self, faults: bool, dt: float = 0.1) -> None:
         self.now += dt
         for master in self.masters:
-            if master.mesh is not None:
+            if master.mesh is not None and master.index not in self.frozen:
                 master.mesh.tick(self.now)
         self.collect()
         self.deliver(faults)
@@ -295,6 +305,80 @@ def test_masters_converge_through_loss_reordering_duplication_and_crashes(
         snapshot = master.mesh.snapshot(sim.now)
         assert len(snapshot.masters) == 4, "gossip: every master knows every other"
         assert len(snapshot.masters_online) == 3
+
+
+def _exchange(sim: MeshSim, session: NodeSession, files: list[FileInfo], held: list[Message]) -> None:
+    """Run the node against its current master until it is idle; what it sends a frozen master is ``held``."""
+    for _ in range(100):
+        message = session.next_message(sim.now, files)
+        if message is None:
+            return
+        target = session.master_index
+        mesh = sim.masters[target].mesh
+        assert mesh is not None
+        if target in sim.frozen:
+            held.append(message)
+            return
+        mesh.step(Peer.routed(b"node-" + session.node_id.encode(), session.node_id), message, [], sim.now)
+        sim.collect()
+        for reply in sim.to_nodes:
+            session.on_reply(reply, sim.now)
+        sim.to_nodes.clear()
+        if session.idle:
+            return
+    pytest.fail("the node did not settle")
+
+
+@pytest.mark.parametrize("deleted_before_failover", [True, False])
+def test_a_listing_a_stopped_master_handles_late_loses_to_the_removal_sent_meanwhile(
+    deleted_before_failover: bool,
+) -> None:
+    """A node lists a file at master A, which is stopped before it handles that; the node fails over to B, where
+    the file is removed (in its full registration, or by a removal after it). When A runs again and handles the
+    old listing, it must lose everywhere: the index must not keep listing a file the node no longer has."""
+    sim = MeshSim(2, random.Random(7))
+    base = wall_ms()
+    for master in sim.masters:  # the masters' clocks follow simulated time (near real time: tombstones stay young)
+        assert master.mesh is not None
+        master.mesh.replica.clock.wall = lambda: base + int(sim.now * 1000)
+    for _ in range(30):
+        sim.turn(faults=False)
+    node = NODES[0]
+    masters = (Endpoint("10.0.0.1", 7771), Endpoint("10.0.0.2", 7771))
+    session = NodeSession(node, NodeConfig(masters=masters, address="10.9.9.9:7772"))
+    keep, ghost = _info("keep.txt", 1), _info("ghost.txt", 2)
+    held: list[Message] = []
+    session.connected(sim.now)
+    _exchange(sim, session, [keep], held)
+    session.files_changed([ghost], [])
+    sim.frozen.add(0)
+    _exchange(sim, session, [keep, ghost], held)
+    assert held, "the listing waits in the stopped master"
+    shared = [keep, ghost]
+    for _ in range(20):
+        sim.turn(faults=False)
+        if deleted_before_failover and shared == [keep, ghost]:
+            session.files_changed([], ["ghost.txt"])
+            shared = [keep]
+        if session.failed(sim.now):
+            break
+    assert session.master_index == 1
+    _exchange(sim, session, shared, held)
+    if not deleted_before_failover:
+        session.files_changed([], ["ghost.txt"])
+        shared = [keep]
+        _exchange(sim, session, shared, held)
+    for _ in range(30):  # A stays stopped a while (its peers give up on it)
+        sim.turn(faults=False)
+    sim.frozen.clear()
+    a = sim.masters[0].mesh
+    assert a is not None
+    for message in held:  # A handles what waited for it before anything else
+        a.step(Peer.routed(b"node-" + node.encode(), node), message, [], sim.now)
+    sim.to_nodes.clear()
+    sim.heal()
+    for master in sim.masters:
+        assert sim.live_files(master)[node] == {"keep.txt": 1}
 
 
 def _serving_mesh(rows: int) -> tuple[Mesh, Peer]:

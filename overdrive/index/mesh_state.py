@@ -99,6 +99,12 @@ def _announce(mesh: Mesh, peer: Peer, message: Announce, payload: list[memoryvie
         mesh.send(peer, Ack(ref=message.ref, ok=False, error="holder is not your node id"))
         return
     mesh.node_live.seen(sender, now)
+    hlc = mesh.replica.node_stamp(message.clock) if message.clock else 0
+    if hlc is None:  # held up in this master while the node moved on, or a node behind our clock: it tries again
+        mesh.stats.refused += 1
+        error = "report stamped over a minute behind the master's clock"
+        mesh.send(peer, Ack(ref=message.ref, ok=False, error=error, clock=mesh.replica.clock.now()))
+        return
     keep: set[str] | None = None
     if message.full:  # a full round lists every file of the node: after its final batch, the rest is tombstoned
         pending = mesh.full_syncs.setdefault(sender, (message.sync, set()))
@@ -108,16 +114,16 @@ def _announce(mesh: Mesh, peer: Peer, message: Announce, payload: list[memoryvie
         if message.final:
             keep = pending[1]
             del mesh.full_syncs[sender]
-    rows = mesh.replica.stamp(sender, message.address, message.files, message.removed, keep)
+    rows = mesh.replica.stamp(sender, message.address, message.files, message.removed, keep, hlc)
     if rows:
         mesh.replica.commit(rows)
         forward(mesh, rows, own=True)
-    mesh.send(peer, Ack(ref=message.ref, applied=len(rows)))
+    mesh.send(peer, Ack(ref=message.ref, applied=len(rows), clock=mesh.replica.clock.now()))
 
 
 def _node_beat(mesh: Mesh, peer: Peer, message: NodeBeat, payload: list[memoryview], now: float) -> None:
     mesh.node_live.seen(peer.node, now)
-    mesh.send(peer, Ack(ref=message.ref))
+    mesh.send(peer, Ack(ref=message.ref, clock=mesh.replica.clock.now()))
 
 
 def _master_beat(mesh: Mesh, peer: Peer, beat: MasterBeat, payload: list[memoryview], now: float) -> None:

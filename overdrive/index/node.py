@@ -2,9 +2,11 @@
 
 :class:`NodeSession` is the protocol logic without sockets: what to send next (a full registration after
 connecting, then changes, heartbeats when idle), and when the current master has gone quiet for ``failover``
-seconds, to move to the next one and register everything again. :class:`Node` is the thread around it: one
-DEALER to the current master, a folder watch feeding changed paths, and the folder scanner (both from
-:mod:`overdrive.files`).
+seconds, to move to the next one and register everything again. Every report carries the node's clock, which
+follows the masters' (each Ack carries the master's clock; a new connection starts with a heartbeat to learn it), so
+a report a stalled master handles late loses to what the node reported since through another. :class:`Node` is the
+thread around it: one DEALER to the current master, a folder watch feeding changed paths, and the folder scanner
+(both from :mod:`overdrive.files`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import zmq
 
 from overdrive.bus.address import Endpoint
@@ -88,6 +91,14 @@ class NodeSession:
     _last_beat: float = float("-inf")
     _heard: float = 0.0
     _retry_at: float | None = None
+    clock: int = 0
+    """The stamp of our last report, or the newest master clock heard if larger: a counter following the masters'
+    clocks, not our wall clock, so a node with a wrong clock still stamps close to the masters'."""
+    _synced: bool = False
+    """Heard the current master's clock since connecting (reports wait for it)."""
+    _listed: set[str] = field(default_factory=set)
+    """Names we reported present whose removal no master has acknowledged: some master may still hold (or be
+    about to handle) such a listing, so a full registration also removes those no longer shared by name."""
 
     @property
     def master(self) -> Endpoint:
@@ -114,11 +125,14 @@ class NodeSession:
         self._in_flight = None
         self._retry_at = None
         self._heard = now
+        self._synced = False
 
     def next_message(self, now: float, files: Sequence[FileInfo]) -> Message | None:
         """The message to send now, if any (one request in flight at a time)."""
         if self._in_flight is not None:
             return None
+        if not self._synced:  # the master's clock first: a report stamped behind it would be refused
+            return self._send(NodeBeat(ref=next(self._refs)), now)
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
             self.full_needed = True
@@ -140,8 +154,15 @@ class NodeSession:
                 )
                 for i, chunk in enumerate(chunks)
             ]
+            self._listed.update(f.name for f in files)
+            stale = self._listed.difference(f.name for f in files)
+            for chunk in size_batches(sorted(stale), str):
+                self._queue.append(
+                    Announce(ref=next(self._refs), holder=self.node_id, address=self.config.address, removed=chunk)
+                )
         elif not self._queue and (self.changed or self.removed):
             infos = size_batches(list(self.changed.values()), _name)
+            self._listed.update(self.changed)
             gone = size_batches(sorted(self.removed), str)
             self.changed.clear()
             self.removed.clear()
@@ -155,15 +176,18 @@ class NodeSession:
                         removed=gone[i] if i < len(gone) else [],
                     )
                 )
-        message: Message | None = None
         if self._queue:
-            message = self._queue.pop(0)
-        elif now - self._last_beat >= self.config.heartbeat:
-            message = NodeBeat(ref=next(self._refs))
+            self.clock += 1  # stamped when sent, so a long registration stays close to the master's clock
+            return self._send(msgspec.structs.replace(self._queue.pop(0), clock=self.clock), now)
+        if now - self._last_beat >= self.config.heartbeat:
+            return self._send(NodeBeat(ref=next(self._refs)), now)
+        return None
+
+    def _send(self, message: Message, now: float) -> Message:
+        if isinstance(message, NodeBeat):
             self._last_beat = now
-        if message is not None:
-            self._in_flight = message
-            self._sent_at = now
+        self._in_flight = message
+        self._sent_at = now
         return message
 
     def on_reply(self, reply: Message, now: float) -> None:
@@ -171,6 +195,10 @@ class NodeSession:
             return
         self._heard = now
         self.answers += 1
+        self.clock = max(self.clock, reply.clock)
+        self._synced = True
+        if reply.ok and isinstance(self._in_flight, Announce):
+            self._listed.difference_update(self._in_flight.removed)
         if not reply.ok:
             log.error(
                 "master %s refused our registration: %s; registering again in %g s",

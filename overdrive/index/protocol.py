@@ -87,6 +87,10 @@ class Announce(Message, tag="announce", frozen=True):
     full: bool = False
     sync: Ref = 0
     final: bool = True
+    clock: NonNegative = 0
+    """The node's stamp for this report (its clock follows the masters' from their Acks): a holder's rows are
+    ordered by the holder's own clock, so a report a stalled master handles late loses to newer ones sent through
+    another master. 0: the master stamps with its own clock."""
 
 
 class NodeBeat(Message, tag="nbeat", frozen=True):
@@ -102,6 +106,8 @@ class Ack(Message, tag="ack", frozen=True):
     ok: bool = True
     applied: NonNegative = 0
     error: Text = ""
+    clock: NonNegative = 0
+    """The master's clock, which the node's clock follows (0: not given)."""
 
 
 class Lookup(Message, tag="lookup", frozen=True):

@@ -4,7 +4,9 @@ Every change to the index is *stamped* by the master a node talked to (its origi
 per-origin sequence number and an HLC timestamp. Masters exchange stamped rows; each keeps a version vector
 ``origin -> highest seq up to which it has seen every update`` (out-of-order arrivals wait in ``pending``).
 
-* :meth:`Replica.stamp` turns a node's report into new rows (only what actually changed).
+* :meth:`Replica.stamp` turns a node's report into new rows (only what actually changed). Only a holder writes
+  its own rows, so a node's rows carry the node's clock (:meth:`Replica.node_stamp`, bounded by ours): a report
+  that a stalled master handles late then loses to what the node reported meanwhile through another master.
 * :meth:`Replica.accept` filters rows from a peer down to the ones not seen before (idempotence: a duplicate
   is dropped by its ``(origin, seq)``), which are then :meth:`commit`-ted and forwarded.
 * Applying is last-writer-wins per (holder, name) by ``(hlc, origin)`` in the store, so any delivery order gives
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 
 from overdrive.errors import ConfigError
 from overdrive.files.model import FileInfo
-from overdrive.index.hlc import HybridClock, from_ms, wall_ms
+from overdrive.index.hlc import MAX_DRIFT_MS, HybridClock, from_ms, wall_ms
 from overdrive.index.protocol import VECTOR_LIMIT
 from overdrive.index.records import RecordRow, check_node_id
 from overdrive.index.stores.base import BATCH, Store, encode_vector
@@ -41,6 +43,8 @@ the master we caught up from). Known masters always get in; past this, other ori
 master cannot push the vector towards the wire's VECTOR_LIMIT."""
 MAX_PENDING = 1_000_000
 """Out-of-order seqs remembered per origin; beyond that, anti-entropy fills the gap instead."""
+NO_HASH = "0" * 64
+"""Content hash of a tombstone for a name this master never saw listed (the listing may still be on its way)."""
 
 
 def new_origin_id() -> str:
@@ -144,6 +148,18 @@ class Replica:
 
     # -- local writes ------------------------------------------------------------------------------------------
 
+    def node_stamp(self, stamp: int) -> int | None:
+        """The timestamp for rows of a report a node stamped ``stamp`` (its clock follows ours, from our Acks), or
+        None to refuse the report: more than MAX_DRIFT_MS behind our clock, it is one a stalled master held (the
+        node has moved on) or from a node that skipped the clock handshake, and its tombstones could count as
+        expired. Stamps ahead of ours are capped at MAX_DRIFT_MS ahead, so a node cannot push clocks forward
+        (peers do not follow a row that far ahead) and its capped stamps still grow."""
+        mine = self.clock.now()
+        drift = from_ms(MAX_DRIFT_MS)
+        if stamp < mine - drift:
+            return None
+        return min(stamp, mine + drift)
+
     def stamp(
         self,
         holder: str,
@@ -151,10 +167,15 @@ class Replica:
         files: Sequence[FileInfo],
         removed: Iterable[str] = (),
         keep_only: set[str] | None = None,
+        hlc: int = 0,
     ) -> list[RecordRow]:
-        """New rows for what a node reports: changed files, removed names, and (``keep_only``) everything else.
+        """New rows for what a node reports: changed files, removed names, and (``keep_only``) everything else,
+        stamped ``hlc`` (from :meth:`node_stamp`; 0: our clock).
 
-        Unchanged files produce nothing, so a node re-registering after a failover costs no replication.
+        Unchanged files produce nothing, so a node re-registering after a failover costs no replication. A name
+        removed explicitly is tombstoned even if we never saw it listed: the listing may be held up in a stalled
+        master and arrive later, and must then lose. A report reusing the stamp of the row we hold for a name is
+        ignored for that name: two versions with one ``(hlc, origin)`` would leave masters disagreeing.
         """
         removed = list(removed)
         if keep_only is None:
@@ -172,26 +193,30 @@ class Replica:
                 and old[2] == info.content_hash
                 and old[5] == info.mtime_ns
                 and old[4] == address
-            ):
+            ) or self._reused(old, hlc):
                 continue
             row = (info.name, info.size, info.content_hash, holder, address, info.mtime_ns)
-            out.append(self._stamp_row(row, deleted=False))
+            out.append(self._stamp_row(row, deleted=False, hlc=hlc))
             current[info.name] = out[-1]
         gone = set(removed)
         if keep_only is not None:
             gone |= {name for name in current if name not in keep_only}
         for name in sorted(gone):
             old = current.get(name)
-            if old is None or old[9]:
+            if (old is not None and old[9]) or self._reused(old, hlc):
                 continue
-            out.append(self._stamp_row(old[:6], deleted=True))
+            base = old[:6] if old is not None else (name, 0, NO_HASH, holder, address, 0)
+            out.append(self._stamp_row(base, deleted=True, hlc=hlc))
         self.stats.stamped += len(out)
         return out
 
-    def _stamp_row(self, base: Sequence[object], *, deleted: bool) -> RecordRow:
+    def _reused(self, old: RecordRow | None, hlc: int) -> bool:
+        return hlc != 0 and old is not None and old[8] == hlc and old[6] == self.origin
+
+    def _stamp_row(self, base: Sequence[object], *, deleted: bool, hlc: int = 0) -> RecordRow:
         seq = self.vector[self.origin] + 1
         self.vector[self.origin] = seq
-        return (*base, self.origin, seq, self.clock.now(), deleted)  # type: ignore[return-value]
+        return (*base, self.origin, seq, hlc or self.clock.now(), deleted)  # type: ignore[return-value]
 
     # -- replicated writes -------------------------------------------------------------------------------------
 
