@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.services import free_port
+from tests.services import free_port, require
 from tests.test_stream_cli import _Lines, finish, wait_listening
 
 
@@ -201,18 +201,23 @@ def test_an_unusable_backup_folder_is_one_line_before_streaming(env: dict[str, s
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 40 MB file system, so a recording can fill it."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
+        require("root", "mounting a small file system needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=False, capture_output=True
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+        require("tmpfs", f"cannot mount one: {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _growing_part(folder: Path) -> bool:
+    """Whether a recording in progress (a hidden ``.part``) holds more than its first fragment."""
+    return any(part.stat().st_size > (256 << 10) for part in folder.glob(".*.part"))
 
 
 def test_a_full_disk_keeps_what_plays_and_recording_resumes(
@@ -232,7 +237,7 @@ def test_a_full_disk_keeps_what_plays_and_recording_resumes(
         wait_for(lambda: any("recording stopped: no space left" in line for line in said.lines), 60, "a full disk")
         fill.unlink()
         wait_for(lambda: any("space is free again" in line for line in said.lines), 30, "recording to resume")
-        time.sleep(2)
+        wait_for(lambda: _growing_part(small_disk), 30, "the new recording to hold a second of video")
         view.send_signal(signal.SIGTERM)
         code, err = said.finish(timeout=30)
     finally:
