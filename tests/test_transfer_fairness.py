@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from overdrive.bus.sockets import Bus, Security
 from overdrive.files.scanner import FolderScanner
 from overdrive.transfer.fetcher import FetchRequest, fetch
 from overdrive.transfer.protocol import CODEC, MIN_CHUNK, Chunk, Failed, Open, Opened, Read, Refused
+from overdrive.transfer.server import FileServer
 from overdrive.transfer.serving import Reply, ServeCore, ServerConfig
 from overdrive.transfer.session import FetchConfig
 from tests.conftest import TestNetwork
@@ -318,6 +320,49 @@ def test_identities_that_never_read_do_not_grow_a_share(
         assert growth < 200 << 20, f"the share grew by {growth >> 20} MiB"
     finally:
         context.destroy(linger=0)
+
+
+@pytest.mark.parametrize(("identities", "addresses", "reads"), [(6, 1, 40), (4, 4, 600)], ids=["few", "many"])
+def test_identities_that_leave_with_reads_waiting_hold_only_what_is_in_flight(
+    network: TestNetwork, tmp_path: Path, identities: int, addresses: int, reads: int
+) -> None:
+    """Attack 7 (six identities of one address, or four of four addresses sending 600 Reads each, all asking for
+    4 MiB chunks and never reading), then the hostile leaves: its Reads that waited for room are answered into
+    replies the socket cannot route, each one read from the file. The chunks held at once (every allocation
+    traced, in this process) stay within the in-flight limits, not one chunk per waiting Read."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "big.bin").write_bytes(os.urandom(4 * BIG_CHUNK))
+    server = FileServer(network.bus(), folder, Endpoint("127.0.0.1", 0), FolderScanner(folder).scan())
+    context: zmq.Context = zmq.Context()  # type: ignore[type-arg]
+    tracemalloc.start()
+    try:
+        server.start()
+        core = server.core
+        hostile = [
+            Hostile(network, context, f"127.0.0.{2 + i % addresses}", server.endpoint) for i in range(identities)
+        ]
+        for client in hostile:
+            client.send(Open(rid=1, name="big.bin", content_hash="", chunk_size=BIG_CHUNK))
+        for client in hostile:
+            _until(lambda c=client: bool(c.take() or c.answers))  # type: ignore[misc]
+            (opened,) = client.answers
+            assert isinstance(opened, Opened)
+            for n in range(reads):
+                client.send(Read(tid=opened.tid, index=n % 4))
+        _until(lambda: core.stats.chunks_sent + core.deferred_reads + core.stats.reads_dropped >= identities * reads)
+        assert core.deferred_reads > 100
+        context.destroy(linger=0)
+        _until(lambda: core.deferred_reads == 0 and core.inflight_bytes == 0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.stop()
+        context.destroy(linger=0)
+    config = ServerConfig()
+    per_address = config.max_inflight_per_address if addresses == 1 else config.max_inflight_per_peer
+    bound = min(addresses * per_address, config.max_inflight) + addresses * BIG_CHUNK  # each may pass by a chunk
+    assert peak < 2 * bound, f"{peak >> 20} MiB held at once; {bound >> 20} MiB may be in flight"
 
 
 def test_an_oversized_request_drops_its_connection(network: TestNetwork, share: tuple[Share, Path]) -> None:
