@@ -4,6 +4,7 @@
     ├── ConfigError                a bad option, config file, address or *Config value (a user mistake)
     ├── BusError                   ZeroMQ transport trouble
     │   ├── AuthError              the peer refused our credentials, or we refused theirs
+    │   │   └── SilentPeerError     it took the connection and never answered (stopped, overloaded, or not overdrive)
     │   ├── UnreachableError        nothing answered in time
     │   │   └── HostNotFoundError   the host name does not resolve (waiting will not help)
     │   ├── WrongServiceError      the address is another kind of overdrive service (a stream, not a master)
@@ -36,6 +37,11 @@ class BusError(OverdriveError):
 
 class AuthError(BusError):
     """A CURVE handshake failed: wrong password or key, or a peer without encryption."""
+
+
+class SilentPeerError(AuthError):
+    """A peer took the connection but never completed the handshake: a stopped or overloaded process, or a service
+    that is not overdrive's. Unlike a refusal, it may answer later."""
 
 
 class UnreachableError(BusError):

@@ -41,6 +41,7 @@ import benchlib  # noqa: E402
 from overdrive.bus.address import Endpoint  # noqa: E402
 from overdrive.bus.ready import parse_ready  # noqa: E402
 from overdrive.bus.security import NetworkKey  # noqa: E402
+from overdrive.bus.signing import MeshKey  # noqa: E402
 from overdrive.errors import OverdriveError  # noqa: E402
 from overdrive.files.model import FileInfo  # noqa: E402
 from overdrive.index.client import IndexClient  # noqa: E402
@@ -460,7 +461,7 @@ def prepare(kind: str, tree: Path, work: Path, net: TestNetwork, scale: Scale) -
 
 def one(case: Case, tree: Path, scale: Scale, key: NetworkKey) -> Run:
     work = Path(tempfile.mkdtemp(prefix="od-flood-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    net = TestNetwork(PASSWORD, NETWORK, key)
+    net = TestNetwork(PASSWORD, NETWORK, key, MeshKey.generate(NETWORK))
     target = prepare(case.target, tree, work, net, scale)
     ctx = Ctx(target, net, scale, work)
     ask = ask_master if case.target == "master" else ask_share

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from overdrive.errors import AuthError, UnreachableError, WrongServiceError
+from overdrive.errors import AuthError, SilentPeerError, UnreachableError, WrongServiceError
 
 HANDSHAKE_TIMEOUT = 3.0
 BUSY = 400
@@ -88,7 +88,7 @@ def await_handshake(
                 )
         _drop(sock, endpoint)
         if connected:
-            raise AuthError(
+            raise SilentPeerError(
                 f"no secure handshake with {peer} within {timeout:g} s: it took the connection but did not answer "
                 "(a stopped or overloaded process, or not an overdrive service at that port)"
             )

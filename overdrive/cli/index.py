@@ -40,7 +40,7 @@ from overdrive.cli.options import (
     warn_insecure,
 )
 from overdrive.cli.run import Check, ready, run, watching
-from overdrive.errors import AuthError, ConfigError, UnreachableError
+from overdrive.errors import AuthError, ConfigError, SilentPeerError, UnreachableError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import MAX_PATTERN, Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
@@ -171,6 +171,9 @@ def _probe_peer(
     try:
         with IndexClient(bus, [peer], timeout=1.0, check=check) as client:
             client.status(digest=False)
+    except SilentPeerError as exc:  # stopped or overloaded: the mesh keeps dialling it
+        console.print(f"[yellow]warning: {escape(str(exc))}; will keep trying[/]")
+        return peers[1:]
     except AuthError as exc:
         refused.append(exc)
         if len(refused) == total:
