@@ -174,7 +174,7 @@ def test_audio_system_and_mic_are_recorded_as_aac_tracks(
     path = one(tmp_path / "s")
     with av.open(str(path)) as c:
         assert [s.codec_context.name for s in c.streams.audio] == ["aac"] * len(tracks)
-        assert [s.metadata.get("title") for s in c.streams.audio] == [title for title, _ in tracks]
+        assert [s.metadata.get("handler_name") for s in c.streams.audio] == [title for title, _ in tracks]
         defaults = [bool(s.disposition & av.stream.Disposition.default) for s in c.streams.audio]
         assert defaults == [True] + [False] * (len(tracks) - 1)
     for index, (title, tones) in enumerate(tracks):

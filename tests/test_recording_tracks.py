@@ -88,7 +88,8 @@ def _tracks(path: Path) -> list[tuple[str | None, bool, np.ndarray]]:
     out = []
     with av.open(str(path)) as c:
         for stream in c.streams.audio:
-            title = stream.metadata.get("title")
+            title = stream.metadata.get("handler_name")  # what players show
+            assert stream.metadata.get("name") == title  # the udta name, from the "title" tag
             default = bool(stream.disposition & av.stream.Disposition.default)
             out.append((title, default))
         pcms = []

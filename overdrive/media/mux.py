@@ -109,7 +109,8 @@ class _AacOut:
         self.stream = container.add_stream("aac", rate=SAMPLE_RATE, layout=self._layout)
         self.stream.codec_context.bit_rate = 96_000 * channels
         self.stream.time_base = Fraction(1, SAMPLE_RATE)
-        self.stream.metadata["title"] = title
+        # the MP4 muxer stores "title" as the track's udta name; players show the handler name
+        self.stream.metadata["title"] = self.stream.metadata["handler_name"] = title
         # players pick the default track; only one is
         self.stream.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
         self._fifo = np.zeros((0, channels), dtype=np.int16)
