@@ -14,6 +14,7 @@ import pytest
 from overdrive.files.names import check_name
 from overdrive.media.codecs.base import CHUNK_NS, CHUNK_SAMPLES, SAMPLE_RATE
 from overdrive.media.codecs.h264 import H264Encoder
+from overdrive.media.mux import MIX_LAG, _AacOut, _Mix
 from overdrive.media.protocol import AudioChunk, AudioTrackInfo, StreamInfo, VideoFrame, VideoTrackInfo
 from overdrive.media.recorder import MAX_NAME_BYTES, RecordConfig, Recorder, safe_name
 from overdrive.media.sources import TestPattern
@@ -149,3 +150,17 @@ def test_a_stalled_track_does_not_stop_the_mix(tmp_path: Path) -> None:
 def test_a_single_track_is_default_and_titled(tmp_path: Path) -> None:
     tracks = _tracks(_record(tmp_path, _info("lecture", (("system", 2),)), 1.0))
     assert [(t, d) for t, d, _ in tracks] == [("system audio", True)]
+
+
+def test_the_mix_holds_at_most_a_second_for_a_silent_track(tmp_path: Path) -> None:
+    """A track that sends nothing (a mic that stalled) delays the mix by at most MIX_LAG: the rest is written on,
+    nothing piles up in memory."""
+    with av.open(str(tmp_path / "mix.mp4"), "w", format="mp4") as container:
+        mix = _Mix(_AacOut(container, 2, "mix", default=True), [0, 1])
+        for k in range(150):  # 3 s of track 0 only
+            for packet in mix.add(0, k * CHUNK_SAMPLES, _sine(SYSTEM_HZ, k * CHUNK_SAMPLES, 2)):
+                container.mux(packet)
+        written = mix.out.written
+        assert 150 * CHUNK_SAMPLES - MIX_LAG - 1024 <= written <= 150 * CHUNK_SAMPLES - MIX_LAG
+        for packet in mix.finish(None):
+            container.mux(packet)
