@@ -5,6 +5,8 @@ default track is their mix (what a viewer hears live) and the titled separate tr
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import av
@@ -18,6 +20,9 @@ from overdrive.media.mux import MIX_LAG, _AacOut, _Mix
 from overdrive.media.protocol import AudioChunk, AudioTrackInfo, StreamInfo, VideoFrame, VideoTrackInfo
 from overdrive.media.recorder import MAX_NAME_BYTES, RecordConfig, Recorder, safe_name
 from overdrive.media.sources import TestPattern
+from tests.conftest import TestNetwork
+from tests.services import PulseAudio, free_port
+from tests.test_audio_live import finish, one, spawn
 
 T0 = 1_700_000_000_000_000_000
 SYSTEM_HZ, MIC_HZ = 440, 660
@@ -164,3 +169,26 @@ def test_the_mix_holds_at_most_a_second_for_a_silent_track(tmp_path: Path) -> No
         assert 150 * CHUNK_SAMPLES - MIX_LAG - 1024 <= written <= 150 * CHUNK_SAMPLES - MIX_LAG
         for packet in mix.finish(None):
             container.mux(packet)
+
+
+def test_a_sound_already_playing_is_recorded_from_the_first_frame(
+    pulse: PulseAudio, network: TestNetwork, tmp_path: Path, overdrive_home: Path
+) -> None:
+    """A tone plays on the default sink before the stream starts: the streamer's recording has it from its very
+    start (the audio device is running before the first video frame is taken)."""
+    raw = tmp_path / "tone.raw"
+    t = np.arange(SAMPLE_RATE * 30) / SAMPLE_RATE
+    raw.write_bytes((0.5 * 32767 * np.sin(2 * np.pi * SYSTEM_HZ * t)).astype(np.int16).tobytes())
+    fmt = ["--format=s16le", f"--rate={SAMPLE_RATE}", "--channels=1", "--raw", "--latency-msec=40"]
+    player = subprocess.Popen(["pacat", "--playback", "--device=virt", *fmt, str(raw)])
+    try:
+        time.sleep(1.0)  # playing well before the stream starts
+        args = ["--source", "testpattern", "--scale", "320x180", "--duration", "3", "--audio", "system"]
+        where = ["--bind", f"tcp://127.0.0.1:{free_port()}", "--backup", str(tmp_path / "s")]
+        finish(spawn(["stream", *args, *where], network.env(overdrive_home), tmp_path), 60)
+    finally:
+        player.kill()
+        player.wait(10)
+    (_, _, pcm), *_ = _tracks(one(tmp_path / "s"))
+    loud = np.flatnonzero(np.abs(pcm) > 0.2)
+    assert len(loud) and loud[0] / SAMPLE_RATE < 0.1, f"silent for the first {loud[0] / SAMPLE_RATE:.2f} s"
