@@ -164,7 +164,7 @@ def test_recorder_writes_a_timestamped_mp4_with_gaps_held(tmp_path: Path, codec:
     done = recorder.close()
     assert len(done) == 1 and recorder.errors == 0
     path = done[0].path
-    assert path.name.startswith("lecture_1-") and path.suffix == ".mp4" and path.parent == tmp_path
+    assert path.name.startswith("lecture 1-") and path.suffix == ".mp4" and path.parent == tmp_path
     assert not list(tmp_path.glob(".*.part"))
     times, flashes = _video_times(path)
     # the lost second is a held frame: nothing after it moved; the flashes stay on the 2 s grid

@@ -114,12 +114,35 @@ def track_pcm(path: Path, index: int) -> np.ndarray:
         return np.concatenate([f.to_ndarray().mean(axis=0) for f in c.decode(c.streams.audio[index])])
 
 
-@pytest.mark.parametrize(("mode", "tracks"), [("both", [440, 660]), ("mic", [660])])
+def share_at(samples: np.ndarray, hz: float, rate: int = RATE) -> float:
+    """The part of the signal's spectral energy within 5 Hz of ``hz``."""
+    x = samples.astype(np.float64).ravel()
+    power = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / rate)
+    return float(power[np.abs(freqs - hz) <= 5].sum() / power.sum())
+
+
+MIX = "lecture (system audio + microphone)"
+
+
+@pytest.mark.parametrize(
+    ("mode", "tracks"),
+    [
+        ("both", [(MIX, (440, 660)), ("system audio", (440,)), ("microphone", (660,))]),
+        ("mic", [("microphone", (660,))]),
+    ],
+)
 def test_audio_system_and_mic_are_recorded_as_aac_tracks(
-    pulse: PulseAudio, network: TestNetwork, tmp_path: Path, overdrive_home: Path, mode: str, tracks: list[int]
+    pulse: PulseAudio,
+    network: TestNetwork,
+    tmp_path: Path,
+    overdrive_home: Path,
+    mode: str,
+    tracks: list[tuple[str, tuple[int, ...]]],
 ) -> None:
     """System audio is 440 Hz on the default sink, the mic 660 Hz on another sink's monitor: --audio both records
-    two tracks (system, mic); --audio mic only the mic."""
+    first their mix (the default track: what a viewer hears live), then the system and mic tracks, all titled;
+    --audio mic only the mic."""
     mic_sink = f"mic{uuid.uuid4().hex[:6]}"
     pulse.add_null_sink(mic_sink)
     fmt = ["--format=s16le", f"--rate={RATE}", "--channels=1", "--raw", "--latency-msec=40"]
@@ -151,7 +174,13 @@ def test_audio_system_and_mic_are_recorded_as_aac_tracks(
     path = one(tmp_path / "s")
     with av.open(str(path)) as c:
         assert [s.codec_context.name for s in c.streams.audio] == ["aac"] * len(tracks)
-    for index, hz in enumerate(tracks):
+        assert [s.metadata.get("handler_name") for s in c.streams.audio] == [title for title, _ in tracks]
+        defaults = [bool(s.disposition & av.stream.Disposition.default) for s in c.streams.audio]
+        assert defaults == [True] + [False] * (len(tracks) - 1)
+    for index, (title, tones) in enumerate(tracks):
         pcm = track_pcm(path, index)[-3 * RATE :]  # the last 3 s (a fresh null sink may stall at first)
-        assert len(pcm) == 3 * RATE and float(np.sqrt(np.mean(pcm**2))) > 0.05, f"track {index} is silent"
-        assert abs(dominant_hz(pcm) - hz) <= 2, (index, dominant_hz(pcm))
+        assert len(pcm) == 3 * RATE and float(np.sqrt(np.mean(pcm**2))) > 0.05, f"{title} is silent"
+        if len(tones) == 1:
+            assert abs(dominant_hz(pcm) - tones[0]) <= 2, (title, dominant_hz(pcm))
+        else:  # the mix: each tone a large part of it
+            assert min(share_at(pcm, hz) for hz in tones) > 0.2, [share_at(pcm, hz) for hz in tones]

@@ -8,7 +8,9 @@ wall clock: a lost or late-joined stretch shows as the previous frame held and s
   and builds ``avcC`` from the stream's SPS/PPS); each packet is held until the next one so its duration is exact.
 * JPEG streams are decoded and encoded to H.264 on the fly (ultrafast), with the same timestamps.
 * Audio is decoded from the wire codec and re-encoded to AAC; :class:`AudioTimeline` (sans-IO) decides where each
-  chunk goes: silence for gaps, trimming for overlaps, tiny jitter absorbed.
+  chunk goes: silence for gaps, trimming for overlaps, tiny jitter absorbed. Each track is titled by its source
+  (:data:`TRACK_TITLES`); with several tracks (``--audio both``) the first audio track, the only default one, is
+  their mix (:class:`_Mix`), what a viewer hears live, and the separate tracks follow.
 * ``movflags=frag_keyframe+empty_moov+default_base_moof``: a fragment per keyframe, so a process killed with -9
   leaves a file that plays up to the last complete fragment (about a second before the kill).
 """
@@ -84,23 +86,123 @@ class AudioTimeline:
         return max(0, self.position(end_ns) - self.cursor)
 
 
-class _AudioTrack:
-    def __init__(self, container: Any, info: AudioTrackInfo, t0_ns: int, on_pcm: Callable[[int, Samples], None]):
+TRACK_TITLES = {"system": "system audio", "mic": "microphone", "testtone": "test tone"}
+"""Titles of the audio tracks in a recording, by the capture source that made them."""
+MIX_LAG = SAMPLE_RATE
+"""Samples the mix waits for a track that is behind the others (1 s); what such a track misses is silent in the
+mix (it stays in its own track), so the mix never holds more than this."""
+
+
+def track_title(source: str) -> str:
+    return TRACK_TITLES.get(source, source)
+
+
+class _AacOut:
+    """One AAC track of the container, fed PCM in timeline order (sample 0 is ``T0``)."""
+
+    def __init__(self, container: Any, channels: int, title: str, default: bool) -> None:
         import av
 
         self._av = av
+        self.channels = channels
+        self._layout = "mono" if channels == 1 else "stereo"
+        self.stream = container.add_stream("aac", rate=SAMPLE_RATE, layout=self._layout)
+        self.stream.codec_context.bit_rate = 96_000 * channels
+        self.stream.time_base = Fraction(1, SAMPLE_RATE)
+        # the MP4 muxer stores "title" as the track's udta name; players show the handler name
+        self.stream.metadata["title"] = self.stream.metadata["handler_name"] = title
+        # players pick the default track; only one is
+        self.stream.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
+        self._fifo = np.zeros((0, channels), dtype=np.int16)
+        self.written = 0
+
+    def write(self, parts: list[Samples]) -> list[Any]:
+        if not parts:
+            return []
+        self._fifo = np.concatenate([self._fifo, *parts])
+        packets: list[Any] = []
+        while len(self._fifo) >= AAC_FRAME:
+            block, self._fifo = self._fifo[:AAC_FRAME], self._fifo[AAC_FRAME:]
+            packets += self._encode(block)
+        return packets
+
+    def flush(self, total: int | None) -> list[Any]:
+        """Encode what is left, cut so the track holds at most ``total`` samples (None: all)."""
+        if total is not None:
+            self._fifo = self._fifo[: max(0, total - self.written)]
+        packets = self._encode(self._fifo) if len(self._fifo) else []
+        self._fifo = self._fifo[:0]
+        return packets + list(self.stream.encode(None))
+
+    def _encode(self, block: Samples) -> list[Any]:
+        frame = self._av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(block).reshape(1, -1), format="s16", layout=self._layout
+        )
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self.written
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self.written += len(block)
+        return list(self.stream.encode(frame))
+
+
+class _Mix:
+    """The sum of all audio tracks on the shared timeline, as a viewer hears them live (sans-IO but for ``out``).
+
+    Each track reports the samples it placed; the mix is written up to where every track has reached, or up to
+    :data:`MIX_LAG` behind the furthest one, so a stalled track delays it boundedly."""
+
+    def __init__(self, out: _AacOut, tracks: list[int]) -> None:
+        self.out = out
+        self._acc = np.zeros((0, out.channels), dtype=np.int32)
+        self._base = 0  # timeline position of _acc[0]
+        self._reached = dict.fromkeys(tracks, 0)
+
+    def add(self, track: int, start: int, pcm: Samples) -> list[Any]:
+        end = start + len(pcm)
+        low = max(start, self._base)
+        if end > low:
+            if end - self._base > len(self._acc):
+                grow = np.zeros((end - self._base - len(self._acc), self.out.channels), dtype=np.int32)
+                self._acc = np.concatenate([self._acc, grow])
+            self._acc[low - self._base : end - self._base] += pcm[low - start :]
+        self._reached[track] = max(self._reached[track], end)
+        furthest = max(self._reached.values())
+        return self._emit(max(min(self._reached.values()), furthest - MIX_LAG))
+
+    def finish(self, total: int | None) -> list[Any]:
+        upto = total if total is not None else max(self._reached.values())
+        return self._emit(upto) + self.out.flush(total)
+
+    def _emit(self, upto: int) -> list[Any]:
+        count = upto - self._base
+        if count <= 0:
+            return []
+        if count > len(self._acc):
+            grow = np.zeros((count - len(self._acc), self.out.channels), dtype=np.int32)
+            self._acc = np.concatenate([self._acc, grow])
+        block = np.clip(self._acc[:count], -32768, 32767).astype(np.int16)
+        self._acc = self._acc[count:]
+        self._base = upto
+        return self.out.write([block])
+
+
+class _AudioTrack:
+    def __init__(
+        self,
+        out: _AacOut,
+        info: AudioTrackInfo,
+        t0_ns: int,
+        on_pcm: Callable[[int, Samples], None],
+        mix: _Mix | None,
+    ) -> None:
         self.info = info
         self.decoder: AudioDecoder = make_audio_decoder(info.codec, info.channels)
-        layout = "mono" if info.channels == 1 else "stereo"
-        self.channels = 1 if info.channels == 1 else 2
-        self.stream = container.add_stream("aac", rate=SAMPLE_RATE, layout=layout)
-        self.stream.codec_context.bit_rate = 96_000 * self.channels
-        self.stream.time_base = Fraction(1, SAMPLE_RATE)
+        self.out = out
+        self.channels = out.channels
         self.timeline = AudioTimeline(t0_ns)
-        self._fifo = np.zeros((0, self.channels), dtype=np.int16)
-        self._written = 0
-        self._layout = layout
+        self._placed = 0  # samples handed to the track (and the mix) so far
         self._on_pcm = on_pcm
+        self._mix = mix
         self.decode_errors = 0
 
     def add(self, pts_ns: int, payload: bytes) -> list[Any]:
@@ -122,39 +224,22 @@ class _AudioTrack:
 
     def finish(self, end_ns: int | None) -> list[Any]:
         packets = []
+        total = None
         if end_ns is not None:
             pad = self.timeline.pad_to(end_ns)
             if pad:
                 packets += self._write([np.zeros((pad, self.channels), dtype=np.int16)])
-            keep = self.timeline.position(end_ns) - self._written
-            self._fifo = self._fifo[: max(0, keep)]
-        if len(self._fifo):
-            packets += self._encode(self._fifo)
-            self._fifo = self._fifo[:0]
-        packets += self.stream.encode(None)
-        return list(packets)
+            total = self.timeline.position(end_ns)
+        return packets + self.out.flush(total)
 
     def _write(self, parts: list[Samples]) -> list[Any]:
-        if not parts:
-            return []
+        packets: list[Any] = []
         for part in parts:
             self._on_pcm(self.info.track, part)
-        self._fifo = np.concatenate([self._fifo, *parts])
-        packets: list[Any] = []
-        while len(self._fifo) >= AAC_FRAME:
-            block, self._fifo = self._fifo[:AAC_FRAME], self._fifo[AAC_FRAME:]
-            packets += self._encode(block)
-        return packets
-
-    def _encode(self, block: Samples) -> list[Any]:
-        frame = self._av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(block).reshape(1, -1), format="s16", layout=self._layout
-        )
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._written
-        frame.time_base = Fraction(1, SAMPLE_RATE)
-        self._written += len(block)
-        return list(self.stream.encode(frame))
+            if self._mix is not None:
+                packets += self._mix.add(self.info.track, self._placed, part)
+            self._placed += len(part)
+        return packets + self.out.write(parts)
 
 
 class Mp4Writer:
@@ -197,7 +282,22 @@ class Mp4Writer:
             vs = self._out.add_mux_stream("h264", width=video.width, height=video.height)
         vs.time_base = Fraction(1, VIDEO_RATE)
         self._video: Any = vs
-        self._audio = {t.track: _AudioTrack(self._out, t, t0_ns, on_pcm) for t in info.audio}
+        self._mix: _Mix | None = None
+        channels = {t.track: 1 if t.channels == 1 else 2 for t in info.audio}
+        if len(info.audio) > 1:  # first and default: what a viewer hears live, every track mixed
+            titles = " + ".join(track_title(t.source) for t in info.audio)
+            out = _AacOut(self._out, max(channels.values()), f"lecture ({titles})", default=True)
+            self._mix = _Mix(out, list(channels))
+        self._audio = {
+            t.track: _AudioTrack(
+                _AacOut(self._out, channels[t.track], track_title(t.source), default=self._mix is None),
+                t,
+                t0_ns,
+                on_pcm,
+                self._mix,
+            )
+            for t in info.audio
+        }
         self._held: tuple[int, bytes, bool] | None = None  # (ticks, data, keyframe) of the last H.264 packet
         self._last_ticks = -1
         self.last_video_ns: int | None = None
@@ -241,6 +341,9 @@ class Mp4Writer:
                 self._mux(self._video.encode(None))
             for writer in self._audio.values():
                 self._mux(writer.finish(end_ns))
+            if self._mix is not None:
+                end = None if end_ns is None else AudioTimeline(self.t0_ns).position(end_ns)
+                self._mux(self._mix.finish(end))
         finally:
             self._out.close()
 

@@ -17,7 +17,8 @@ encoder. One recording per stream:
 * ``wav=True`` also writes each audio track as ``<stream-name>-<UTC start>-<source>.wav`` through soundfile, with
   exactly the samples (silence included) that went into the MP4.
 
-The stream name comes from the wire, so it is reduced to safe characters before it becomes a file name.
+The stream name comes from the wire, so :func:`safe_name` makes it one safe file-name component (Unicode letters
+kept) before it becomes a file name.
 If the worker falls behind by more than :data:`MAX_QUEUE` messages, messages are dropped and video resumes at
 the next keyframe (the gap is held/silent in the file, like a network gap).
 """
@@ -33,6 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +42,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from overdrive.bus.service import Worker
-from overdrive.errors import ConfigError, MediaError
+from overdrive.errors import ConfigError, MediaError, UnsafePathError
+from overdrive.files.names import check_name, fit_name
 from overdrive.media.codecs.base import SAMPLE_RATE, Samples
 from overdrive.media.hooks import Listenable
 from overdrive.media.mux import Mp4Writer
@@ -57,10 +60,38 @@ MIN_FREE = 16 << 20
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def safe_name(name: str) -> str:
-    """A stream or track name from the wire, as a harmless file-name part."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:64]
-    return cleaned or "stream"
+MAX_NAME_BYTES = 120
+"""UTF-8 bytes kept of a stream or track name in a file name (the rest of the name and ``.part`` fit in 255)."""
+_REFUSED = re.compile(r'[/\\<>:"|?*]')  # path separators and what Windows file systems refuse
+_KEPT_FORMAT = {"\u200d"}  # zero-width joiner: part of emoji sequences, harmless in a name
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10))}
+_EDGES = " ._"  # never at either end: no hidden or relative name, no trailing dot or space (Windows drops them)
+
+
+def _unsafe(char: str) -> bool:
+    """Control, format (bidi overrides), surrogate, private, unassigned or line-separator characters."""
+    category = unicodedata.category(char)
+    return (category[0] == "C" and char not in _KEPT_FORMAT) or category in ("Zl", "Zp")
+
+
+def safe_name(name: str, room: int = MAX_NAME_BYTES) -> str:
+    """A stream or track name from the wire as one harmless file-name component.
+
+    Letters and digits of every script are kept (NFC, as typed on most systems); path separators, characters
+    Windows refuses, control and format characters become ``_``; whitespace runs become one space; leading and
+    trailing dots, spaces and ``_`` go; the result is cut to ``room`` bytes of UTF-8 on a character boundary, a
+    Windows device name gets a ``_``, and nothing empty or unsafe is ever returned (``stream`` instead)."""
+    text = unicodedata.normalize("NFC", name)
+    text = "".join("_" if _unsafe(c) or _REFUSED.match(c) else (" " if c.isspace() else c) for c in text)
+    text = re.sub(r" {2,}", " ", re.sub(r"_{2,}", "_", text)).strip(_EDGES)
+    text = fit_name(text, room).rstrip(_EDGES)
+    if text.split(".")[0].rstrip(" ").upper() in _RESERVED:
+        text += "_"
+    try:
+        parts = check_name(text)
+    except UnsafePathError:
+        return "stream"
+    return text if len(parts) == 1 and text[0] != "." else "stream"
 
 
 def utc_stamp(ns: int) -> str:

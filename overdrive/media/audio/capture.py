@@ -35,6 +35,8 @@ AudioMode = Literal["system", "mic", "both", "none", "testtone"]
 AUDIO_MODES: tuple[str, ...] = ("auto", "system", "mic", "both", "none", "testtone")
 TONE_HZ = 1000.0
 TONE_AMPLITUDE = 0.5
+START_WAIT = 2.0
+"""Seconds `AudioCapture.start` waits at most for every device to deliver its first samples."""
 
 
 def tone_block(start_sample: int, frames: int, channels: int = 1) -> Samples:
@@ -120,6 +122,8 @@ class _Track(Worker):
         self.failure: BaseException | None = None
         self._stream_id = stream_id
         self._emit: Emit | None = None
+        self.delivering = threading.Event()
+        """Set once the device gave its first block (or the track ended without one)."""
 
     def start_emitting(self, emit: Emit) -> None:
         self._emit = emit
@@ -135,6 +139,7 @@ class _Track(Worker):
                 if got is None:
                     break
                 block, pts_ns = got
+                self.delivering.set()
                 t0 = time.perf_counter()
                 chunks = self.encoder.encode(block, pts_ns)
                 self.stats.encode_seconds += time.perf_counter() - t0
@@ -153,6 +158,8 @@ class _Track(Worker):
             self.stats.errors += 1
             self.failure = exc
             log.exception("audio track %s stopped", self.source.label)
+        finally:
+            self.delivering.set()
 
 
 class AudioCapture:
@@ -185,6 +192,12 @@ class AudioCapture:
             raise
         for track in self._tracks:
             track.start_emitting(emit)
+        # a device delivers its first samples a while (0.2-1.5 s) after it starts; returning only then lets the
+        # streamer take its first video frame, where recordings begin, with the sound already flowing
+        deadline = time.monotonic() + START_WAIT
+        for track in self._tracks:
+            if not track.delivering.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("audio %s gave nothing for %.0f s; streaming on", track.source.label, START_WAIT)
 
     def stop(self) -> None:
         for track in self._tracks:
