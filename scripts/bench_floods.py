@@ -537,7 +537,11 @@ def check(results: dict[tuple[str, str, str], list[Run]]) -> list[str]:
             if not runs:
                 problems.append(f"{case.label} on the {tree} {case.target}: no result")
             for run in runs:
-                if run.base <= 0 or run.peak < run.base or run.sent <= 0:
+                # The holder proof changed the transfer wire format (open.v2) after the "before" commit: today's hostile
+                # clients' opens are refused there, so a flood against the before share may send nothing. The share
+                # rows of docs/benchmarks.md were measured before that change, with the same clients on both trees.
+                silent_ok = tree == "before" and case.target == "share"
+                if run.base <= 0 or run.peak < run.base or (run.sent <= 0 and not silent_ok):
                     problems.append(f"{case.label} on the {tree} {case.target}: not sane: {run}")
                 if tree == "after" and not (run.alive and run.during and run.served and not run.capped):
                     problems.append(f"{case.label} on the {tree} {case.target}: not alive and serving: {run}")
