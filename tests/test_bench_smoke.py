@@ -78,6 +78,7 @@ def test_bench_stream_signing_smoke() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_bench_floods_smoke() -> None:
     """Every flood against the tree before the hardening and this one; the script checks this tree survives each."""
     before = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", "370ad0f^{commit}"], check=False)
