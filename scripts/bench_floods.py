@@ -42,6 +42,7 @@ from overdrive.bus.address import Endpoint  # noqa: E402
 from overdrive.bus.ready import parse_ready  # noqa: E402
 from overdrive.bus.security import NetworkKey  # noqa: E402
 from overdrive.bus.signing import MeshKey  # noqa: E402
+from overdrive.demo.context import stop  # noqa: E402
 from overdrive.errors import OverdriveError  # noqa: E402
 from overdrive.files.model import FileInfo  # noqa: E402
 from overdrive.index.client import IndexClient  # noqa: E402
@@ -123,13 +124,7 @@ class Target:
     def stop(self) -> None:
         self._stop.set()
         self._sampler.join(5)
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, timeout=10)
 
 
 def start(tree: Path, home: Path, args: list[str], cap: int) -> Target:

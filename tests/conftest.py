@@ -27,6 +27,7 @@ from overdrive.bus.ready import Ready, parse_ready
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.signing import MeshKey
 from overdrive.bus.sockets import Bus, Security
+from overdrive.demo.context import stop
 
 pytest_plugins = ["tests.plugin_services"]
 
@@ -202,15 +203,7 @@ class Children:
         return self.start("master", "master", "--bind", "tcp://127.0.0.1:0", "--stats", "0", "--mesh-key", key, *args)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        stop(*self.procs, timeout=10)
 
 
 @pytest.fixture

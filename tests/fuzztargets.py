@@ -33,6 +33,7 @@ from overdrive.bus.codec import Codec
 from overdrive.bus.ready import parse_ready
 from overdrive.bus.security import NetworkKey, NodeIdentity
 from overdrive.bus.sockets import DEFAULT_MAX_MESSAGE, Bus, Security
+from overdrive.demo.context import stop
 from overdrive.files.model import FileInfo
 from overdrive.index import protocol as ip
 from overdrive.index.client import IndexClient
@@ -106,15 +107,7 @@ class Network:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        stop(*self.procs, timeout=10)
         for bus in self.buses:
             bus.close()
 

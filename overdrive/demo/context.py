@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -24,18 +25,19 @@ STOP_TIMEOUT = 5.0
 """Seconds a child gets to end after SIGTERM before it is killed."""
 
 
-def stop(*procs: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+def stop(*procs: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
     """End child processes: SIGTERM to every one still running, then wait for each, killing one that takes
-    longer than ``timeout`` seconds (all are signalled first, so they wind down together)."""
+    longer than ``timeout`` seconds (all are signalled first, so they wind down together). Their pipes are
+    drained while waiting, so a child blocked writing to a full pipe still ends."""
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
     for proc in procs:
         try:
-            proc.wait(timeout)
+            proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 @dataclass
