@@ -22,6 +22,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import zmq
@@ -37,10 +38,40 @@ SCRYPT_P = 1
 _SALT_PREFIX = b"overdrive/v1/network:"
 
 
-class _KeyFile(msgspec.Struct, forbid_unknown_fields=True):
+class KeyFile(msgspec.Struct, forbid_unknown_fields=True):
+    """What every key file holds first: its kind, so one kind of key is never read as another."""
+
     kind: str
     network: str
+
+
+KeyRecord = TypeVar("KeyRecord", bound=KeyFile)
+
+
+def read_key_file(path: Path, record: type[KeyRecord], kind: str, what: str) -> KeyRecord:
+    """The ``record`` in the key file at ``path`` if it holds a key of ``kind``, else a ConfigError naming the
+    file (``what`` names the key for the user: "key", "mesh key")."""
+    try:
+        data = msgspec.json.decode(path.read_bytes(), type=record)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path} is not an overdrive {what} file: {exc}") from exc
+    if data.kind != kind:
+        raise ConfigError(f"{path} is not an overdrive {what} file (kind {data.kind!r})")
+    return data
+
+
+def write_key_file(path: Path, record: KeyFile) -> None:
+    """Save ``record`` as JSON with mode 0600."""
+    paths.write_private(path, msgspec.json.format(msgspec.json.encode(record)) + b"\n")
+
+
+class _KeyFile(KeyFile):
     secret: str  # Z85, 40 chars
+
+
+_NETWORK_KIND = "overdrive-network-key"
 
 
 def _check_z85_secret(secret: bytes) -> None:
@@ -107,20 +138,12 @@ class NetworkKey:
     @classmethod
     def from_file(cls, path: Path) -> NetworkKey:
         """Read a key file written by :meth:`write`."""
-        try:
-            data = msgspec.json.decode(path.read_bytes(), type=_KeyFile)
-        except OSError as exc:
-            raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from exc
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"{path} is not an overdrive key file: {exc}") from exc
-        if data.kind != "overdrive-network-key":
-            raise ConfigError(f"{path} is not an overdrive network key file")
+        data = read_key_file(path, _KeyFile, _NETWORK_KIND, "key")
         return cls.from_secret(data.network, data.secret.encode())
 
     def write(self, path: Path) -> None:
         """Save as a key file with mode 0600."""
-        record = _KeyFile(kind="overdrive-network-key", network=self.network, secret=self.server_secret.decode())
-        paths.write_private(path, msgspec.json.format(msgspec.json.encode(record)) + b"\n")
+        write_key_file(path, _KeyFile(kind=_NETWORK_KIND, network=self.network, secret=self.server_secret.decode()))
 
     @property
     def fingerprint(self) -> str:

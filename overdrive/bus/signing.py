@@ -18,14 +18,12 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from zmq.utils import z85
 
-from overdrive import paths
-from overdrive.bus.security import NodeIdentity
+from overdrive.bus.security import KeyFile, NodeIdentity, read_key_file, write_key_file
 from overdrive.errors import ConfigError
 
 PUBLIC_SIZE = 32
@@ -113,9 +111,7 @@ class Signer:
         return fingerprint(self.public)
 
 
-class _MeshKeyFile(msgspec.Struct, forbid_unknown_fields=True):
-    kind: str
-    network: str
+class _MeshKeyFile(KeyFile):
     seed: str  # hex, 64 chars
 
 
@@ -132,14 +128,7 @@ class MeshKey:
 
     @classmethod
     def from_file(cls, path: Path) -> MeshKey:
-        try:
-            data = msgspec.json.decode(path.read_bytes(), type=_MeshKeyFile)
-        except OSError as exc:
-            raise ConfigError(f"cannot read mesh key file {path}: {exc.strerror}") from exc
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"{path} is not an overdrive mesh key file: {exc}") from exc
-        if data.kind != _MESH_KIND:
-            raise ConfigError(f"{path} is not an overdrive mesh key file (kind {data.kind!r})")
+        data = read_key_file(path, _MeshKeyFile, _MESH_KIND, "mesh key")
         try:
             seed = bytes.fromhex(data.seed)
             return cls(data.network, Signer.from_seed(seed))
@@ -148,8 +137,7 @@ class MeshKey:
 
     def write(self, path: Path) -> None:
         """Save with mode 0600."""
-        record = _MeshKeyFile(kind=_MESH_KIND, network=self.network, seed=self.signer.seed.hex())
-        paths.write_private(path, msgspec.json.format(msgspec.json.encode(record)) + b"\n")
+        write_key_file(path, _MeshKeyFile(kind=_MESH_KIND, network=self.network, seed=self.signer.seed.hex()))
 
     @property
     def fingerprint(self) -> str:
