@@ -166,7 +166,7 @@ class Bus:
         if not verify:
             sock.connect(str(endpoint))
             return
-        _check_resolves(endpoint)
+        check_resolves(endpoint)
         await_handshake(sock, str(endpoint), endpoint.display, timeout, patient=patient, probe=self.client)
 
     def peer_id(self, frame: zmq.Frame) -> str:
@@ -192,7 +192,7 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _check_resolves(endpoint: Endpoint) -> None:
+def check_resolves(endpoint: Endpoint) -> None:
     """A host name that does not resolve is said at once, as such: libzmq only retries it like a refused port."""
     try:
         socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ import typer
 from overdrive import interrupts, paths
 from overdrive.app.fetch import HASH_RE, Holders, find_holders, register_copy
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint
-from overdrive.bus.sockets import Bus
+from overdrive.bus.sockets import Bus, check_resolves
 from overdrive.cli.options import (
     console,
     endpoints,
@@ -26,7 +25,7 @@ from overdrive.cli.options import (
     shared_folder,
     warn_insecure,
 )
-from overdrive.errors import ConfigError, OverdriveError
+from overdrive.errors import ConfigError, HostNotFoundError, OverdriveError
 from overdrive.files import names
 from overdrive.transfer.fetcher import CONNECTIONS, Connecting, FetchRequest, FetchResult, fetch
 from overdrive.transfer.protocol import valid_chunk_size
@@ -114,7 +113,10 @@ def fetch_command(
         if from_ is not None:
             sources = tuple(endpoints(from_, DEFAULT_SHARE_PORT, "--from"))
             for source in sources:
-                _check_resolves(source)
+                try:
+                    check_resolves(source)
+                except HostNotFoundError as exc:  # checked before any work: an argument's mistake (exit 2)
+                    raise ConfigError(f"--from {source.display}: {exc}") from None
             size_hint, holder_ids = 0, {}
         else:
             holders = _resolve(bus, masters, name, wanted)
@@ -192,16 +194,6 @@ def _say_kept(request: FetchRequest) -> None:
         f"stopped: {markup_safe(str(part))} keeps {kept / 1e6:,.1f} MB; run the same command again to resume",
         soft_wrap=True,
     )
-
-
-def _check_resolves(source: Endpoint) -> None:
-    """A --from host name that does not resolve is said at once (libzmq would only time out on it)."""
-    try:
-        socket.getaddrinfo(source.host, source.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConfigError(f"--from {source.display}: cannot resolve {source.host!r} ({exc.strerror})") from None
-    except UnicodeError:  # the IDNA codec's: an empty or over-long label ('a..b')
-        raise ConfigError(f"--from {source.display}: cannot resolve {source.host!r} (not a host name)") from None
 
 
 def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> Holders:
