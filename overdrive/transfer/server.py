@@ -53,9 +53,10 @@ from overdrive.transfer.tables import TableBuild
 log = logging.getLogger(__name__)
 
 SEND_QUEUE = 4 * MAX_WINDOW
-"""High-water mark per connection (message parts, each way): a peer that does not read gets at most 64 replies
-queued (then they are dropped and counted in ``stats.unroutable``; the bytes they may hold are bounded apart, by the
-core's in-flight limits); a fetcher that keeps to its window (at most 32 requests) never comes near it."""
+"""High-water mark per connection, each way, in whole messages (libzmq counts a multipart message once, however
+many parts it has): a peer that does not read gets at most 128 replies queued (then they are dropped and counted in
+``stats.unroutable``; the bytes they may hold are bounded apart, by the core's in-flight limits); a fetcher that
+keeps to its window (at most 32 requests) never comes near it."""
 MAX_REQUEST = 64 << 10
 """Largest message part a fetcher may send (an Open with the longest name is about 4 KiB): a bigger one drops its
 connection before it is buffered."""
