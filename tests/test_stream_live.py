@@ -20,9 +20,9 @@ from overdrive.bus.signing import Signer
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, ConfigError
 from overdrive.media.codecs.h264 import H264Encoder
-from overdrive.media.protocol import CODEC, MAX_VIDEO_FRAME, StreamInfo, VideoFrame, VideoTrackInfo
+from overdrive.media.protocol import CODEC, MAX_VIDEO_FRAME, AudioChunk, StreamInfo, VideoFrame, VideoTrackInfo
 from overdrive.media.sources import TestPattern
-from overdrive.media.streamer import Streamer, StreamerConfig
+from overdrive.media.streamer import OUTBOX_LIMIT, Streamer, StreamerConfig
 from overdrive.media.trust import seal, sealed
 from overdrive.media.viewer import Viewer, ViewerConfig
 
@@ -317,3 +317,21 @@ def test_webcam_picture_in_picture_reaches_the_viewer(network, viewers, tmp_path
     assert inset[2] > 200 and inset[0] < 60 and inset[1] < 60, f"no red inset at the bottom right: BGR {inset}"
     corner = image[: h // 3, : w // 3].reshape(-1, 3).mean(axis=0)
     assert not (corner[2] > 200 and corner[0] < 60 and corner[1] < 60), "the inset covers the whole picture"
+
+
+def test_a_stalled_loop_keeps_only_the_newest_producer_messages(network) -> None:
+    # messages emitted while the loop does not run (here: before it starts) stand for a loop stalled by a slow encode
+    streamer = Streamer(pattern_config(), network.bus())
+    seen: list[int] = []
+    streamer.add_listener(lambda m, _: seen.append(m.seq) if isinstance(m, AudioChunk) else None)
+    extra = 25
+    for seq in range(1, OUTBOX_LIMIT + extra + 1):
+        chunk = AudioChunk(stream_id=streamer.stream_id, track=0, seq=seq, pts_ns=seq * 20_000_000, samples=960)
+        streamer.emit(chunk, b"\0" * 8)
+    with streamer:
+        streamer.start()
+        deadline = time.monotonic() + 10
+        while len(seen) < OUTBOX_LIMIT and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert seen == list(range(extra + 1, OUTBOX_LIMIT + extra + 1))  # the oldest went, in order
+    assert streamer.stats.other_dropped == extra

@@ -26,7 +26,6 @@ Hooks for audio and recording (:mod:`overdrive.media.hooks`; no change to this m
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -73,6 +72,11 @@ SUBSCRIPTION_HWM = 100
 """Subscription messages libzmq queues for the streamer to vet."""
 END_LINGER_MS = 500
 """How long closing waits for the :class:`StreamEnd` to reach connected viewers."""
+OUTBOX_LIMIT = 200
+"""Producers' messages (audio chunks, 20 ms each) waiting for the streaming loop: about 2 s of two tracks. The
+loop drains them every frame; they pile up only while it stalls (a slow encode), and by then the oldest are too
+late to be played live, so a full outbox drops its oldest. Video, stream info and the stream's end never pass
+through it: the loop publishes those itself."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +131,8 @@ class StreamerStats:
     keyframes_sent: int = 0
     bytes_sent: int = 0
     other_sent: int = 0
+    other_dropped: int = 0
+    """Producers' messages dropped, oldest first, because the loop fell :data:`OUTBOX_LIMIT` behind."""
     encode_seconds: float = 0.0
     fps: float = 0.0
     bitrate: float = 0.0
@@ -167,7 +173,8 @@ class Streamer(Worker):
         self._producers: list[Producer] = []
         self._listeners: list[Listener] = []
         self._audio = list(config.audio)
-        self._outbox: queue.SimpleQueue[tuple[StreamMessage, bytes]] = queue.SimpleQueue()
+        self._outbox: deque[tuple[StreamMessage, bytes]] = deque()
+        self._outbox_lock = threading.Lock()  # producers' threads append, the loop takes
         self._wake = threading.Event()
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
         self._status: Callable[[StreamerStats], None] | None = None
@@ -187,8 +194,13 @@ class Streamer(Worker):
         self._audio.append(track)
 
     def emit(self, message: StreamMessage, payload: bytes = b"") -> None:
-        """Queue a message for publishing (thread-safe); used by producers."""
-        self._outbox.put((message, payload))
+        """Queue a message for publishing (thread-safe); used by producers. Past :data:`OUTBOX_LIMIT` waiting,
+        the oldest is dropped."""
+        with self._outbox_lock:
+            if len(self._outbox) >= OUTBOX_LIMIT:
+                self._outbox.popleft()
+                self.stats.other_dropped += 1
+            self._outbox.append((message, payload))
         self._wake.set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -396,10 +408,10 @@ class Streamer(Worker):
 
     def _drain_outbox(self) -> None:
         while True:
-            try:
-                message, payload = self._outbox.get_nowait()
-            except queue.Empty:
-                return
+            with self._outbox_lock:
+                if not self._outbox:
+                    return
+                message, payload = self._outbox.popleft()
             try:
                 self._publish(message, payload)
                 self.stats.other_sent += 1
