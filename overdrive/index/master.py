@@ -54,6 +54,11 @@ REPLY_HWM = 16
 """Messages queued per connection to the ROUTER (ZMQ_SNDHWM, per peer): at most 16 replies or batches of at most
 ``BATCH_BYTES`` (512 KiB) each wait for a peer that does not read; a send beyond is refused (EAGAIN) and the mesh
 keeps a lookup answer's or sync's next batch for later, or drops a one-off reply and counts it (``stats.unsent``)."""
+REQUEST_HWM = 1_000
+"""Messages queued per connection from the ROUTER's peers (ZMQ_RCVHWM, per peer): as many as a node queues on its
+own side (index/node.py). A full queue is not a loss: libzmq stops reading that connection until the loop has taken
+some (TCP backpressure on that peer alone). It bounds messages, not bytes: each may be as big as the bus allows
+(64 MiB, as rows from a node's announce need)."""
 _DRAIN_SECONDS = 0.05
 _DIGEST_WAIT = 10.0
 
@@ -155,7 +160,7 @@ class Master(ZmqService):
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        router = self.bus.server(zmq.ROUTER, hwm=100_000)
+        router = self.bus.server(zmq.ROUTER, hwm=REQUEST_HWM)
         router.sndhwm = REPLY_HWM  # before bind: every peer's pipe gets it
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router = router
