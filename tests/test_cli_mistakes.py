@@ -16,6 +16,7 @@ import pytest
 
 from overdrive.index.client import IndexClient
 from tests.conftest import Children, TestNetwork
+from tests.test_stream_cli import _Lines
 
 Run = Callable[..., CompletedProcess[str]]
 
@@ -139,17 +140,13 @@ def test_sigterm_while_the_database_does_not_answer_stops_the_master_cleanly(
     with subprocess.Popen(
         [*argv, "--db", url], env=network.env(tmp_path / "m"), stderr=subprocess.PIPE, text=True
     ) as proc:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # the debug log says when the store is being opened
-            if "opening store" in line:
-                break
-        proc.terminate()
-        try:
-            _, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, stderr
+        said = _Lines(proc)
+        deadline = time.monotonic() + 30  # the debug log says when the store is being opened
+        while not any("opening store" in line for line in said.lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.terminate()  # without that line too: a master that hangs silently must still stop cleanly
+        code, stderr = said.finish(timeout=30)
+    assert code == 0, stderr
     assert "Traceback" not in stderr and "master stopped while opening its store" in stderr, stderr
 
 

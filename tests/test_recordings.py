@@ -63,6 +63,17 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def wait_recording(view: subprocess.Popen[str], said: _Lines, folder: Path) -> None:
+    """Wait until the viewer records (a partial file with data in ``folder``); fails at once if it exits."""
+
+    def recording() -> bool:
+        if view.poll() is not None:
+            pytest.fail(f"the viewer exited ({view.returncode}): {''.join(said.lines)[-2000:]}")
+        return folder.exists() and any(part.stat().st_size > 0 for part in folder.glob(".*.part"))
+
+    wait_for(recording, 30, "the viewer to record")
+
+
 @pytest.fixture
 def env(network, tmp_path: Path) -> dict[str, str]:
     return network.env(tmp_path / "home")
@@ -72,17 +83,21 @@ def env(network, tmp_path: Path) -> dict[str, str]:
 def test_closing_the_terminal_finishes_both_recordings(env: dict[str, str], tmp_path: Path, sig) -> None:
     port = free_port()
     stream = streamer(port, tmp_path / "s", env, tmp_path)
+    view: subprocess.Popen[str] | None = None
     try:
         wait_listening(port, stream)
         view = viewer(port, tmp_path / "v", env, tmp_path)
         said = _Lines(view)
         assert view.stdout is not None and view.stdout.readline().startswith("overdrive: view ready")
-        wait_for(lambda: any("started" in line for line in said.lines), 30, "the viewer to join")
+        wait_recording(view, said, tmp_path / "v")
         time.sleep(3)
         view.send_signal(sig)
         code, err = said.finish(timeout=20)
         assert code == 0, err
     finally:
+        if view is not None and view.poll() is None:
+            view.kill()
+            said.finish(timeout=10)
         stream.send_signal(sig)
         scode, serr = finish(stream)
     assert scode == 0, serr
@@ -103,13 +118,13 @@ def test_a_killed_recording_is_recovered_at_the_next_start(env: dict[str, str], 
     (part,) = backup.iterdir()
     assert part.name.startswith(".") and part.name.endswith(".mp4.part")
     base = part.name[1:].removesuffix(".mp4.part")
-    # a view (nothing to watch: it gives up at once) finds it when it starts
-    code, err = finish(viewer(free_port(), backup, env, tmp_path, "--wait", "0.5"))
-    assert code == 1 and "no stream at" in err, err
+    # the next run that records into the folder (a one-second stream; a view does the same) finds it at its start
+    code, err = finish(streamer(free_port(), backup, env, tmp_path, "--duration", "1"))
+    assert code == 0, err
     recovered = backup / f"{base} (recovered).mp4"
     assert recovered.exists(), err
     assert "recovered an interrupted recording" in err
-    assert recordings(backup) == [recovered]
+    assert recovered in recordings(backup)  # beside that stream's own recording, and no partial file is left
     assert seconds(recovered) >= 2.0  # about 4 s were captured; the fragment being written when killed is lost
 
 
@@ -143,19 +158,41 @@ def test_a_viewer_infers_the_end_of_a_streamer_that_died(env: dict[str, str], tm
     port = free_port()
     stream = streamer(port, tmp_path / "s", env, tmp_path, "--no-record")
     backup = tmp_path / "v"
+    view: subprocess.Popen[str] | None = None
     try:
         wait_listening(port, stream)
-        view = viewer(port, backup, env, tmp_path, "--once")
+        view = viewer(port, backup, env, tmp_path)
         said = _Lines(view)
-        wait_for(lambda: any("started" in line for line in said.lines), 30, "the viewer to join")
+        wait_recording(view, said, backup)
         time.sleep(2)
-    finally:
         stream.kill()
         finish(stream)
-    code, err = said.finish(timeout=30)  # --once: it exits by itself once the silence says the stream ended
+        # the silence says the stream ended: the file is finished, visibly, while the viewer waits for a restart
+        wait_for(lambda: any("ended: nothing received for" in line for line in said.lines), 30, "the end")
+        wait_for(lambda: len(recordings(backup)) == 1, 15, "the finished recording")
+        assert view.poll() is None, said.lines
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+            finish(stream)
+        if view is not None:
+            view.send_signal(signal.SIGTERM)
+            code, err = said.finish(timeout=30)
     assert code == 0, err
-    assert "ended: nothing received for" in err
     (mp4,) = recordings(backup)
+    assert seconds(mp4) > 1.0
+
+
+def test_once_a_viewer_exits_when_the_stream_ends(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    stream = streamer(port, tmp_path / "s", env, tmp_path, "--no-record", "--duration", "3")
+    try:
+        wait_listening(port, stream)
+        code, err = finish(viewer(port, tmp_path / "v", env, tmp_path, "--once"), timeout=60)
+    finally:
+        finish(stream)
+    assert code == 0 and "ended: the streamer stopped" in err, err
+    (mp4,) = recordings(tmp_path / "v")
     assert seconds(mp4) > 1.0
 
 
@@ -230,6 +267,7 @@ def test_a_full_disk_keeps_what_plays_and_recording_resumes(
         f.write(b"\0" * (free.f_bavail * free.f_frsize - (512 << 10)))
     port = free_port()
     stream = streamer(port, tmp_path / "s", env, tmp_path, "--no-record")
+    view: subprocess.Popen[str] | None = None
     try:
         wait_listening(port, stream)
         view = viewer(port, small_disk, env, tmp_path)
@@ -241,6 +279,9 @@ def test_a_full_disk_keeps_what_plays_and_recording_resumes(
         view.send_signal(signal.SIGTERM)
         code, err = said.finish(timeout=30)
     finally:
+        if view is not None and view.poll() is None:
+            view.kill()
+            said.finish(timeout=10)
         stream.terminate()
         finish(stream)
     assert code == 1, err  # it recorded less than it was asked to
