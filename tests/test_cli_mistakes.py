@@ -31,6 +31,18 @@ def one_error(result: CompletedProcess[str], code: int, *needles: str) -> str:
     return lines[0]
 
 
+def waiting_then_error(result: CompletedProcess[str], *needles: str) -> str:
+    """The line a run said while a database kept it waiting, checked to be followed by exactly one error line
+    (exit 1, no traceback, every needle in it)."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    for needle in needles:
+        assert needle in lines[1], lines[1]
+    return lines[0]
+
+
 def _user_config(home: Path, text: str) -> Path:
     path = home / "config" / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +140,8 @@ def test_a_mysql_port_that_never_answers_is_one_line_not_a_hang(
 ) -> None:
     url = f"mysql://u:p@127.0.0.1:{silent_port}/db"
     result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", url, env=network.env(tmp_path / "m"), timeout=60)
-    one_error(result, 1, f"MySQL at 127.0.0.1:{silent_port} did not answer")
+    waited = waiting_then_error(result, f"MySQL at 127.0.0.1:{silent_port} did not answer")
+    assert f"waiting for the MySQL server at 127.0.0.1:{silent_port} (up to 5 s)" in waited, waited
 
 
 def test_sigterm_while_the_database_does_not_answer_stops_the_master_cleanly(
@@ -160,9 +173,11 @@ def test_an_unreachable_firestore_emulator_is_one_line_not_a_hang(
     env = network.env(tmp_path / "home", FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{silent_port}")
     if command == "master":
         result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", "firestore://p", env=env, timeout=60)
-        one_error(result, 1, "Firestore project p", "did not answer")
+        waited = waiting_then_error(result, "Firestore project p", "did not answer")
+        assert f"waiting for Firestore project p (emulator 127.0.0.1:{silent_port}) (up to 5 s)" in waited, waited
         return
     result = run_cli("doctor", "--db", "firestore://p", env=env, timeout=60)
+    assert "waiting for Firestore project p" in result.stderr, result.stderr
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     database = [line for line in result.stdout.splitlines() if " database " in line]
@@ -246,6 +261,11 @@ def test_a_client_pointed_at_the_wrong_kind_of_service_says_which_kind_it_found(
         (["ls", "--master", stream], f"{stream} is an overdrive stream, not a master or share"),
         (["fetch", "x.txt", "--from", stream], f"{stream} is an overdrive stream, not a master or share"),
         (["fetch", "x.txt", "--master", stream], f"{stream} is an overdrive stream, not a master or share"),
+        # a master and a share are both ROUTERs: they say which they are when asked in the other's protocol
+        (["ls", "--master", share], f"{share} is an overdrive share, not a master (fetch from it with"),
+        (["fetch", "x.txt", "--master", share], f"{share} is an overdrive share, not a master"),
+        (["fetch", "x.txt", "--from", master], f"{master} is an overdrive master, not a share (use it with"),
+        (["share", str(folder), "--master", share, "--bind", "tcp://127.0.0.1:0"], f"{share} is an overdrive share"),
     ):
         one_error(run_cli(*args, env=env, timeout=30), 1, needle)
     wrong = {**env, "OVERDRIVE_PASSWORD": "not-the-password"}  # a wrong password is still said as such

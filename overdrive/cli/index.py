@@ -123,7 +123,7 @@ def master_command(
     try:
         with _interruptible():  # Ctrl-C or SIGTERM while a database is slow to answer: a tidy stop, exit 0
             log.debug("opening store %s", redact(db) if db else "(default)")
-            store = open_store(db)
+            store = open_store(db, waiting=_say)
     except KeyboardInterrupt:
         console.print(f"master stopped while opening its store {redact(db) if db else '(the default SQLite)'}")
         return
@@ -232,6 +232,10 @@ def share_command(
             _serve(bus, root, scanner, masters, endpoint, advertise, watch)
     finally:
         lock.close()
+
+
+def _say(line: str) -> None:
+    console.print(markup_safe(line), soft_wrap=True)
 
 
 def _check_port_free(endpoint: Endpoint) -> None:

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overdrive.bus.codec import Frame
+from overdrive.bus.kind import SHARE, WrongService
 from overdrive.bus.security import NodeIdentity
-from overdrive.errors import ProtocolError, TransferError, UnsafePathError
+from overdrive.errors import ForeignMessageError, ProtocolError, TransferError, UnsafePathError
 from overdrive.files import names
 from overdrive.files.model import Catalogue
 from overdrive.transfer import proof
@@ -180,6 +181,10 @@ class ServeCore:
         who = Peer(peer, address or f"identity:{peer}")
         try:
             message, _ = CODEC.decode(frames)
+        except ForeignMessageError as exc:  # an index client (ls) pointed here: say what this is, once per message
+            self.stats.malformed += 1
+            log.debug("request of another protocol from %s: %s", peer, exc)
+            return [self._reply(who, origin, CODEC.encode(WrongService(kind=SHARE)))]
         except ProtocolError as exc:
             self.stats.malformed += 1
             log.debug("malformed request from %s: %s", peer, exc)
