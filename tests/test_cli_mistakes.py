@@ -20,27 +20,21 @@ from tests.conftest import Children, TestNetwork
 Run = Callable[..., CompletedProcess[str]]
 
 
-def one_error(result: CompletedProcess[str], code: int, *needles: str) -> str:
-    """The single stderr line of a failed run, checked: exit ``code``, no traceback, every needle in it."""
+def error_lines(result: CompletedProcess[str], code: int, count: int, *needles: str) -> list[str]:
+    """The ``count`` stderr lines of a failed run, checked: exit ``code``, no traceback, every needle in the last
+    (the error; those before it say what the run was doing, such as waiting for a database)."""
     assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    assert len(lines) == count, result.stderr
     for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+        assert needle in lines[-1], lines[-1]
+    return lines
 
 
-def waiting_then_error(result: CompletedProcess[str], *needles: str) -> str:
-    """The line a run said while a database kept it waiting, checked to be followed by exactly one error line
-    (exit 1, no traceback, every needle in it)."""
-    assert result.returncode == 1, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2, result.stderr
-    for needle in needles:
-        assert needle in lines[1], lines[1]
-    return lines[0]
+def one_error(result: CompletedProcess[str], code: int, *needles: str) -> str:
+    """The single stderr line of a failed run, checked: exit ``code``, no traceback, every needle in it."""
+    return error_lines(result, code, 1, *needles)[0]
 
 
 def _user_config(home: Path, text: str) -> Path:
@@ -140,7 +134,7 @@ def test_a_mysql_port_that_never_answers_is_one_line_not_a_hang(
 ) -> None:
     url = f"mysql://u:p@127.0.0.1:{silent_port}/db"
     result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", url, env=network.env(tmp_path / "m"), timeout=60)
-    waited = waiting_then_error(result, f"MySQL at 127.0.0.1:{silent_port} did not answer")
+    waited, _ = error_lines(result, 1, 2, f"MySQL at 127.0.0.1:{silent_port} did not answer")
     assert f"waiting for the MySQL server at 127.0.0.1:{silent_port} (up to 5 s)" in waited, waited
 
 
@@ -173,7 +167,7 @@ def test_an_unreachable_firestore_emulator_is_one_line_not_a_hang(
     env = network.env(tmp_path / "home", FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{silent_port}")
     if command == "master":
         result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", "firestore://p", env=env, timeout=60)
-        waited = waiting_then_error(result, "Firestore project p", "did not answer")
+        waited, _ = error_lines(result, 1, 2, "Firestore project p", "did not answer")
         assert f"waiting for Firestore project p (emulator 127.0.0.1:{silent_port}) (up to 5 s)" in waited, waited
         return
     result = run_cli("doctor", "--db", "firestore://p", env=env, timeout=60)
