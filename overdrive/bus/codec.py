@@ -126,7 +126,7 @@ class Codec(Generic[M]):
         except DECODE_ERRORS as exc:
             tag = self._foreign_tag(envelope.body)
             if tag is not None:
-                raise ForeignMessageError(f"a {tag!r} message, of another overdrive protocol", tag) from exc
+                raise ForeignMessageError(f"invalid message: {tag!r} is of another overdrive protocol", tag) from exc
             raise ProtocolError(f"invalid message: {_reason(exc)}") from exc
         payload = [_as_buffer(f) for f in frames[1:]]
         if len(payload) != message.payload_frames:
