@@ -204,7 +204,7 @@ def share_command(
     folders: Annotated[
         list[Path] | None,
         typer.Argument(
-            metavar="FOLDER...",
+            metavar="FOLDER",
             help="Folders to share, as one node (default: the backup folder). Several folders' files are listed "
             "under each folder's name: 'lectures/week1.mp4'.",
             show_default=False,
