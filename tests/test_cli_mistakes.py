@@ -249,6 +249,7 @@ def test_a_client_pointed_at_the_wrong_kind_of_service_says_which_kind_it_found(
         "streamer", "stream", "--source", "testpattern", "--audio", "none", "--no-record", "--bind", "tcp://127.0.0.1:0"
     ).display
     env = network.env(tmp_path / "client")
+    mesh_key = network.mesh_key_file(tmp_path)
     for args, needle in (
         (["view", master, "--headless"], f"{master} is an overdrive master or share, not a stream"),
         (["view", share, "--headless"], f"{share} is an overdrive master or share, not a stream"),
@@ -260,6 +261,10 @@ def test_a_client_pointed_at_the_wrong_kind_of_service_says_which_kind_it_found(
         (["fetch", "x.txt", "--master", share], f"{share} is an overdrive share, not a master"),
         (["fetch", "x.txt", "--from", master], f"{master} is an overdrive master, not a share (use it with"),
         (["share", str(folder), "--master", share, "--bind", "tcp://127.0.0.1:0"], f"{share} is an overdrive share"),
+        (
+            ["master", "--bind", "tcp://127.0.0.1:0", "--peers", share, "--mesh-key", str(mesh_key)],
+            f"{share} is an overdrive share, not a master",
+        ),
     ):
         one_error(run_cli(*args, env=env, timeout=30), 1, needle)
     wrong = {**env, "OVERDRIVE_PASSWORD": "not-the-password"}  # a wrong password is still said as such

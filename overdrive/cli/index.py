@@ -40,7 +40,7 @@ from overdrive.cli.options import (
     warn_insecure,
 )
 from overdrive.cli.run import Check, ready, run, watching
-from overdrive.errors import AuthError, ConfigError, SilentPeerError, UnreachableError
+from overdrive.errors import AuthError, ConfigError, SilentPeerError, UnreachableError, WrongServiceError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import MAX_PATTERN, Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
@@ -182,6 +182,11 @@ def _probe_peer(
                 raise
             raise AuthError(f"every peer refused us: {'; '.join(str(e) for e in refused)}") from exc
         console.print(f"[yellow]warning: {escape(str(exc))}; will keep trying[/]")
+        return peers[1:]
+    except WrongServiceError as exc:  # a share or a stream given as a peer: never a master, but others may be
+        if total == 1:
+            raise
+        console.print(f"[yellow]warning: {escape(str(exc))}[/]")
         return peers[1:]
     except UnreachableError:
         if len(peers) == 1:
