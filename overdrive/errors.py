@@ -9,6 +9,7 @@
     │   │   └── HostNotFoundError   the host name does not resolve (waiting will not help)
     │   ├── WrongServiceError      the address is another kind of overdrive service (a stream, not a master)
     │   └── ProtocolError          peer input (a message, record rows, a snapshot page) that is not valid
+    │       └── ForeignMessageError a well-formed message of another overdrive protocol (a fetch sent to a master)
     ├── MediaError                 capture, codec, playback or recording trouble
     ├── StoreError                 an index backend failed (database down, bad URL, ...)
     └── TransferError              a fetch or serve failed
@@ -62,6 +63,15 @@ class ProtocolError(BusError):
 
     Raised only for what came from a peer; local misuse raises ``ValueError``/``TypeError``.
     """
+
+
+class ForeignMessageError(ProtocolError):
+    """A valid envelope whose message is of another overdrive protocol (its tag is not one of this codec's): the
+    peer is a client of another kind of service, which may be told what this one is (:mod:`overdrive.bus.kind`)."""
+
+    def __init__(self, message: str, tag: str) -> None:
+        super().__init__(message)
+        self.tag = tag
 
 
 class MediaError(OverdriveError):

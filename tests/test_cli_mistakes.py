@@ -21,15 +21,21 @@ from tests.test_stream_cli import _Lines
 Run = Callable[..., CompletedProcess[str]]
 
 
-def one_error(result: CompletedProcess[str], code: int, *needles: str) -> str:
-    """The single stderr line of a failed run, checked: exit ``code``, no traceback, every needle in it."""
+def error_lines(result: CompletedProcess[str], code: int, count: int, *needles: str) -> list[str]:
+    """The ``count`` stderr lines of a failed run, checked: exit ``code``, no traceback, every needle in the last
+    (the error; those before it say what the run was doing, such as waiting for a database)."""
     assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    assert len(lines) == count, result.stderr
     for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+        assert needle in lines[-1], lines[-1]
+    return lines
+
+
+def one_error(result: CompletedProcess[str], code: int, *needles: str) -> str:
+    """The single stderr line of a failed run, checked: exit ``code``, no traceback, every needle in it."""
+    return error_lines(result, code, 1, *needles)[0]
 
 
 def _user_config(home: Path, text: str) -> Path:
@@ -129,7 +135,8 @@ def test_a_mysql_port_that_never_answers_is_one_line_not_a_hang(
 ) -> None:
     url = f"mysql://u:p@127.0.0.1:{silent_port}/db"
     result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", url, env=network.env(tmp_path / "m"), timeout=60)
-    one_error(result, 1, f"MySQL at 127.0.0.1:{silent_port} did not answer")
+    waited, _ = error_lines(result, 1, 2, f"MySQL at 127.0.0.1:{silent_port} did not answer")
+    assert f"waiting for the MySQL server at 127.0.0.1:{silent_port} (up to 5 s)" in waited, waited
 
 
 def test_sigterm_while_the_database_does_not_answer_stops_the_master_cleanly(
@@ -157,9 +164,11 @@ def test_an_unreachable_firestore_emulator_is_one_line_not_a_hang(
     env = network.env(tmp_path / "home", FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{silent_port}")
     if command == "master":
         result = run_cli("master", "--bind", "tcp://127.0.0.1:0", "--db", "firestore://p", env=env, timeout=60)
-        one_error(result, 1, "Firestore project p", "did not answer")
+        waited, _ = error_lines(result, 1, 2, "Firestore project p", "did not answer")
+        assert f"waiting for Firestore project p (emulator 127.0.0.1:{silent_port}) (up to 5 s)" in waited, waited
         return
     result = run_cli("doctor", "--db", "firestore://p", env=env, timeout=60)
+    assert "waiting for Firestore project p" in result.stderr, result.stderr
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     database = [line for line in result.stdout.splitlines() if " database " in line]
@@ -237,12 +246,22 @@ def test_a_client_pointed_at_the_wrong_kind_of_service_says_which_kind_it_found(
         "streamer", "stream", "--source", "testpattern", "--audio", "none", "--no-record", "--bind", "tcp://127.0.0.1:0"
     ).display
     env = network.env(tmp_path / "client")
+    mesh_key = network.mesh_key_file(tmp_path)
     for args, needle in (
         (["view", master, "--headless"], f"{master} is an overdrive master or share, not a stream"),
         (["view", share, "--headless"], f"{share} is an overdrive master or share, not a stream"),
         (["ls", "--master", stream], f"{stream} is an overdrive stream, not a master or share"),
         (["fetch", "x.txt", "--from", stream], f"{stream} is an overdrive stream, not a master or share"),
         (["fetch", "x.txt", "--master", stream], f"{stream} is an overdrive stream, not a master or share"),
+        # a master and a share are both ROUTERs: they say which they are when asked in the other's protocol
+        (["ls", "--master", share], f"{share} is an overdrive share, not a master (fetch from it with"),
+        (["fetch", "x.txt", "--master", share], f"{share} is an overdrive share, not a master"),
+        (["fetch", "x.txt", "--from", master], f"{master} is an overdrive master, not a share (use it with"),
+        (["share", str(folder), "--master", share, "--bind", "tcp://127.0.0.1:0"], f"{share} is an overdrive share"),
+        (
+            ["master", "--bind", "tcp://127.0.0.1:0", "--peers", share, "--mesh-key", str(mesh_key)],
+            f"{share} is an overdrive share, not a master",
+        ),
     ):
         one_error(run_cli(*args, env=env, timeout=30), 1, needle)
     wrong = {**env, "OVERDRIVE_PASSWORD": "not-the-password"}  # a wrong password is still said as such

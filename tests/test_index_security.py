@@ -11,6 +11,7 @@ import zmq
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.codec import PROTOCOL_VERSION
+from overdrive.bus.kind import WrongService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError
 from overdrive.files.model import FileInfo
@@ -78,6 +79,9 @@ def test_malformed_and_forged_messages_are_dropped_counted_and_change_nothing(
     ]
     for frames in junk:
         sock.send_multipart(frames)  # type: ignore[arg-type]
+    assert sock.poll(10_000), "no answer to the message of another protocol"
+    told, _ = CODEC.decode(sock.recv_multipart())  # the one message of another protocol is answered, once
+    assert told == WrongService(kind="master")
     forged = Announce(ref=99, holder=other, address="127.0.0.1:7772", files=[GOOD])
     reply = ask(sock, CODEC.encode(forged))  # type: ignore[arg-type]
     assert reply is not None and not reply.ok and "holder" in reply.error

@@ -12,6 +12,7 @@ import blake3
 import pytest
 
 from overdrive.bus.codec import Codec, Message
+from overdrive.bus.kind import WrongService
 from overdrive.errors import TransferError
 from overdrive.files import names
 from overdrive.files.model import FileInfo
@@ -283,7 +284,6 @@ class Junk(Message, tag="junk", frozen=True):
         [b""],
         [b"\xff\xff\xff"],
         [b"\x92\x01\x81\xa1t\xa4read"],  # read without fields
-        Codec(Junk).encode(Junk(x=1)),
         [CODEC.encode(Read(tid=1, index=0))[0], b"extra payload"],
         CODEC.encode(Chunk(tid=1, index=0), b"server does not take chunks"),
         [b"\x92\x02\xc0"],  # wrong protocol version
@@ -292,6 +292,13 @@ class Junk(Message, tag="junk", frozen=True):
 def test_malformed_requests_are_dropped_and_counted(folder: Path, frames: list[bytes]) -> None:
     core, _ = _core(folder)
     assert core.handle("p", frames, 0.0) == []
+    assert core.stats.malformed == 1
+
+
+def test_a_message_of_another_protocol_is_counted_and_answered_once_with_what_this_is(folder: Path) -> None:
+    core, _ = _core(folder)
+    replies = core.handle("p", Codec(Junk).encode(Junk(x=1)), 0.0)
+    assert [CODEC.decode(r)[0] for r in replies] == [WrongService(kind="share")]
     assert core.stats.malformed == 1
 
 

@@ -18,7 +18,7 @@ import glob
 import logging
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +29,7 @@ from overdrive.bus.address import DEFAULT_SHARE_PORT, Endpoint, parse_endpoint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import BusError, ConfigError, OverdriveError, TransferError
 from overdrive.files import names
+from overdrive.files.folders import locate
 from overdrive.files.model import FileInfo, never
 from overdrive.index.client import IndexClient, is_glob
 from overdrive.transfer.fetcher import Connecting, FetchRequest, FetchResult, fetch
@@ -69,14 +70,15 @@ class Holders:
 
 
 def find_holders(
-    bus: Bus, masters: list[Endpoint], name: str, wanted: str = "", own_folder: Path | None = None
+    bus: Bus, masters: list[Endpoint], name: str, wanted: str = "", own_folders: Mapping[str, Path] | None = None
 ) -> Holders:
     """Online holders of ``name`` (one version) from the index; ``wanted``: a content hash or its start.
 
     The name matches whatever its Unicode normalisation (a file saved as NFD is found by the NFC name a user
     types); an exact match wins, and the holders are asked for the name as they hold it. Without ``wanted`` the
-    newest version is chosen; of its spellings, the one most holders use. ``own_folder``: the folder this node
-    shares, named when the only holder is this node itself.
+    newest version is chosen; of its spellings, the one most holders use. ``own_folders``: the folders this node
+    shares, by name prefix (:func:`~overdrive.files.folders.locate`), to say where it is when the only holder is
+    this node itself.
     """
     # '[1080p] movie.mkv' is a name, not a pattern: looked up as a glob that matches only itself
     literal = glob.escape(name) if is_glob(name) else name
@@ -100,7 +102,8 @@ def find_holders(
     if not online:
         own = [e for e in entries if e.holder == bus.node_id]
         if own:
-            where = f" as {own_folder / own[0].name}" if own_folder is not None else ""
+            found = locate(own_folders, own[0].name) if own_folders else None
+            where = f" as {found[0] / found[1]}" if found is not None else ""
             others = len(entries) - len(own)
             rest = f"; the {others} other holder(s) are offline" if others else ""
             raise TransferError(f"{name!r} is this node's own file: it already has it{where}{rest}")

@@ -1,4 +1,5 @@
-"""A sharing node: a folder's files served to fetchers and kept current in the index.
+"""A sharing node: a folder's files (or several folders', as one node) served to fetchers and kept current in the
+index.
 
 ::
 
@@ -9,14 +10,16 @@
     ...
     share.stop()
 
-The scanner (:mod:`overdrive.files.scanner`) is the catalogue the file server answers from and what the index
-node registers; the node watches the folder and re-registers what changed.
+The scanner (:mod:`overdrive.files.scanner`, or a :class:`~overdrive.files.folders.FolderSet` of several) is the
+catalogue the file server answers from and what the index node registers; the node watches every folder and
+re-registers what changed.
 """
 
 from __future__ import annotations
 
 from overdrive.bus.address import Endpoint
 from overdrive.bus.sockets import Bus
+from overdrive.files.folders import FolderSet
 from overdrive.files.scanner import FolderScanner
 from overdrive.index.addresses import advertised
 from overdrive.index.node import Node, NodeConfig
@@ -24,12 +27,12 @@ from overdrive.transfer.server import FileServer
 
 
 class SharingNode:
-    """Serves ``scanner``'s folder at ``endpoint`` and registers it with the index ``masters``."""
+    """Serves ``scanner``'s folders at ``endpoint`` and registers them with the index ``masters``."""
 
     def __init__(
         self,
         bus: Bus,
-        scanner: FolderScanner,
+        scanner: FolderScanner | FolderSet,
         masters: tuple[Endpoint, ...],
         endpoint: Endpoint,
         *,
@@ -41,7 +44,7 @@ class SharingNode:
         self.masters = masters
         self.advertise = advertise
         self.watch = watch
-        self.server = FileServer(bus, scanner.folder, endpoint, scanner)
+        self.server = FileServer(bus, scanner.roots, endpoint, scanner)
         self.node: Node | None = None
         self.bound: Endpoint | None = None
         """Where the file server listens, once started."""

@@ -7,6 +7,8 @@ stripped before :meth:`Codec.decode` sees the frames.
 
 Anything a peer sends that is not a valid message for this codec raises :class:`~overdrive.errors.ProtocolError`
 and nothing else: wrong version, unknown tag, bad field, too large, nested too deeply, wrong number of payload frames.
+A valid envelope whose body is tagged with a tag not of this codec raises its subclass
+:class:`~overdrive.errors.ForeignMessageError`: a message of another overdrive protocol (see :mod:`overdrive.bus.kind`).
 
 Bounds: the header is at most ``max_header`` bytes; every field has a bounded type (``msgspec.Meta(max_length=...)``
 on strings and containers, no ``Any``), and msgspec checks a declared array, map or string length against the bytes
@@ -18,11 +20,11 @@ is at risk (at the interpreter's recursion limit, 1,000 by default); valid messa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Generic, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, Union
 
 import msgspec
 
-from overdrive.errors import ProtocolError
+from overdrive.errors import ForeignMessageError, ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
@@ -54,6 +56,12 @@ class _Envelope(msgspec.Struct, array_like=True):
     body: msgspec.Raw
 
 
+class _Tagged(msgspec.Struct):
+    """Only the tag of a message body (every other field skipped unread)."""
+
+    t: Annotated[str, msgspec.Meta(max_length=64)]
+
+
 def _as_buffer(frame: Frame) -> memoryview:
     """Return a read-only view of a frame, whether bytes, memoryview or zmq.Frame, without copying."""
     if isinstance(frame, (bytes, bytearray, memoryview)):
@@ -79,11 +87,13 @@ class Codec(Generic[M]):
         if len(set(tags)) != len(tags):
             raise ValueError(f"duplicate message tags in {tags}")
         self.types = types
+        self.tags = frozenset(tags)
         self.max_header = max_header
         union: Any = Union[types] if len(types) > 1 else types[0]  # noqa: UP007
         self._encoder = msgspec.msgpack.Encoder()
         self._envelope = msgspec.msgpack.Decoder(_Envelope)
         self._body = msgspec.msgpack.Decoder(union)
+        self._tag = msgspec.msgpack.Decoder(_Tagged)
 
     def encode(self, message: M, *payload: Frame) -> list[Frame]:
         """Frames for ``message`` followed by its raw payload frames (not copied)."""
@@ -114,6 +124,9 @@ class Codec(Generic[M]):
         try:
             message: M = self._body.decode(envelope.body)
         except DECODE_ERRORS as exc:
+            tag = self._foreign_tag(envelope.body)
+            if tag is not None:
+                raise ForeignMessageError(f"invalid message: {tag!r} is of another overdrive protocol", tag) from exc
             raise ProtocolError(f"invalid message: {_reason(exc)}") from exc
         payload = [_as_buffer(f) for f in frames[1:]]
         if len(payload) != message.payload_frames:
@@ -124,3 +137,11 @@ class Codec(Generic[M]):
             if part.nbytes > message.max_payload:
                 raise ProtocolError(f"payload of {part.nbytes} bytes exceeds {message.max_payload}")
         return message, payload
+
+    def _foreign_tag(self, body: msgspec.Raw) -> str | None:
+        """The tag of a body that is a tagged message of another protocol, or None (ours, or not a message)."""
+        try:
+            tag = self._tag.decode(body).t
+        except DECODE_ERRORS:
+            return None
+        return None if tag in self.tags else tag

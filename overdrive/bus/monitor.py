@@ -15,6 +15,7 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from overdrive.bus.kind import wrong_kind
 from overdrive.errors import AuthError, SilentPeerError, UnreachableError, WrongServiceError
 
 HANDSHAKE_TIMEOUT = 3.0
@@ -144,12 +145,7 @@ def _service_kind(
 
 
 def _wrong_service(peer: str, kind: str) -> str:
-    if kind == "stream":
-        return f"{peer} is an overdrive stream, not a master or share (watch it with 'overdrive view {peer}')"
-    return (
-        f"{peer} is an overdrive master or share, not a stream (give 'overdrive view' the address that "
-        "'overdrive stream' printed in its ready line)"
-    )
+    return wrong_kind(peer, kind, "stream" if kind != "stream" else "master or share")
 
 
 def _drop(sock: zmq.Socket, endpoint: str) -> None:  # type: ignore[type-arg]

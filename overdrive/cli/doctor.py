@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from overdrive import paths
-from overdrive.cli.options import options, print_json, report, shown
+from overdrive.cli.options import console, markup_safe, options, print_json, report, shown
 from overdrive.config import GlobalOptions
 from overdrive.errors import OverdriveError
 
@@ -116,7 +116,7 @@ def _database(url: str | None) -> Callable[[], tuple[bool, str]]:
         path = sqlite_path(url)
         if path is not None and not path.exists():  # opening it would create it: say where it will be instead
             return _creatable(path, f"SQLite {path}: not made yet (the first 'master' makes it)")
-        store = open_store(url)
+        store = open_store(url, waiting=lambda line: console.print(markup_safe(line), soft_wrap=True))
         try:
             return True, f"{store.describe()} reachable, {store.count()} record(s)"
         finally:

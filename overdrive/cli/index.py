@@ -40,7 +40,7 @@ from overdrive.cli.options import (
     warn_insecure,
 )
 from overdrive.cli.run import Check, ready, run, watching
-from overdrive.errors import AuthError, ConfigError, SilentPeerError, UnreachableError
+from overdrive.errors import AuthError, ConfigError, SilentPeerError, UnreachableError, WrongServiceError
 from overdrive.index.addresses import advertised
 from overdrive.index.client import MAX_PATTERN, Entry, IndexClient, is_glob
 from overdrive.index.master import Master, MasterConfig
@@ -48,6 +48,7 @@ from overdrive.index.replication import ReplicationConfig
 from overdrive.index.stores import open_store, redact
 
 if TYPE_CHECKING:  # for annotations; share's own modules (watchdog among them) load only when share runs
+    from overdrive.files.folders import FolderSet
     from overdrive.files.scanner import FolderScanner
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def master_command(
     try:
         with _interruptible():  # Ctrl-C or SIGTERM while a database is slow to answer: a tidy stop, exit 0
             log.debug("opening store %s", redact(db) if db else "(default)")
-            store = open_store(db)
+            store = open_store(db, waiting=_say)
     except KeyboardInterrupt:
         console.print(f"master stopped while opening its store {redact(db) if db else '(the default SQLite)'}")
         return
@@ -182,6 +183,11 @@ def _probe_peer(
             raise AuthError(f"every peer refused us: {'; '.join(str(e) for e in refused)}") from exc
         console.print(f"[yellow]warning: {escape(str(exc))}; will keep trying[/]")
         return peers[1:]
+    except WrongServiceError as exc:  # a share or a stream given as a peer: never a master, but others may be
+        if total == 1:
+            raise
+        console.print(f"[yellow]warning: {escape(str(exc))}[/]")
+        return peers[1:]
     except UnreachableError:
         if len(peers) == 1:
             console.print("[yellow]warning: no peer master answers yet; will keep trying[/]")
@@ -200,9 +206,14 @@ def _status_line(master: Master) -> None:
 
 def share_command(
     ctx: typer.Context,
-    folder: Annotated[
-        Path | None,
-        typer.Argument(metavar="FOLDER", help="Folder to share (default: the backup folder).", show_default=False),
+    folders: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="FOLDER",
+            help="Folders to share, as one node (default: the backup folder). Several folders' files are listed "
+            "under each folder's name: 'lectures/week1.mp4'.",
+            show_default=False,
+        ),
     ] = None,
     master: Annotated[
         str, typer.Option(envvar="OVERDRIVE_MASTERS", help="Masters to register with: HOST[:PORT],...")
@@ -213,25 +224,33 @@ def share_command(
     ] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow changes in the folder.")] = True,
 ) -> None:
-    """Share a folder: serve its files to peers and keep its entries in the index current."""
+    """Share folders: serve their files to peers and keep their entries in the index current."""
+    from overdrive.files.folders import check_folders
+
     opts = options(ctx)
     warn_insecure(opts)
-    root = expand_home(folder or paths.backup_dir(), "FOLDER")
-    if folder is None:
-        root.mkdir(parents=True, exist_ok=True)
-    if not root.is_dir():
-        raise ConfigError(f"{root} is not a folder")
+    roots = [expand_home(folder, "FOLDER") for folder in folders or [paths.backup_dir()]]
+    if not folders:
+        roots[0].mkdir(parents=True, exist_ok=True)
+    for root in roots:
+        if not root.is_dir():
+            raise ConfigError(f"{root} is not a folder")
+    check_folders(roots)
     masters = tuple(endpoints(master, DEFAULT_MASTER_PORT, "--master"))
     endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
     advertised(endpoint, advertise)  # a mistake there is one line now, not after the scan
     _check_port_free(endpoint)  # so is a port another program holds: the server binds only after the scan
-    lock = _lock_node(root)
+    lock = _lock_node(roots)
     try:
         with opts.bus() as bus:
-            masters, scanner = _prepare_share(bus, root, masters)
-            _serve(bus, root, scanner, masters, endpoint, advertise, watch)
+            masters, scanner = _prepare_share(bus, roots, masters)
+            _serve(bus, scanner, masters, endpoint, advertise, watch)
     finally:
         lock.close()
+
+
+def _say(line: str) -> None:
+    console.print(markup_safe(line), soft_wrap=True)
 
 
 def _check_port_free(endpoint: Endpoint) -> None:
@@ -256,12 +275,14 @@ def _check_port_free(endpoint: Endpoint) -> None:
                 raise ConfigError(f"{endpoint.display} is already in use (is another overdrive running?)") from None
 
 
-def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> tuple[tuple[Endpoint, ...], FolderScanner]:
+def _prepare_share(
+    bus: Bus, roots: list[Path], masters: tuple[Endpoint, ...]
+) -> tuple[tuple[Endpoint, ...], FolderSet]:
     """Before any thread starts: check the masters take our password (one clear line now, not a failover loop
-    later, and not after hashing a large folder), then scan the folder. Returns the masters starting with the one
+    later, and not after hashing a large folder), then scan the folders. Returns the masters starting with the one
     that answered (the node began with the first given, and a dead first one cost a failover and a warning at
     every start), and the scanner."""
-    from overdrive.files.scanner import FolderScanner
+    from overdrive.files.folders import FolderSet
 
     with _interruptible() as check:
         try:
@@ -271,13 +292,12 @@ def _prepare_share(bus: Bus, root: Path, masters: tuple[Endpoint, ...]) -> tuple
                 masters = masters[first:] + masters[:first]
         except UnreachableError as exc:
             console.print(f"[yellow]warning: {escape(str(exc))}; sharing anyway, will keep trying[/]")
-        scanner = FolderScanner(root)
+        scanner = FolderSet(roots)
         started = time.monotonic()
-        scanner.progress = _scan_progress
-        scanner.scan()
-        scanner.progress = None
+        scanner.scan(_scan_progress)
+    shown_roots = ", ".join(map(str, scanner.folders))
     console.print(
-        f"scanned {markup_safe(str(root))}: {len(scanner)} file(s), {scanner.hashed} hashed, "
+        f"scanned {markup_safe(shown_roots)}: {len(scanner)} file(s), {scanner.hashed} hashed, "
         f"{time.monotonic() - started:.2f} s" + (f", {scanner.skipped} skipped" if scanner.skipped else ""),
         soft_wrap=True,
     )
@@ -294,14 +314,13 @@ def _scan_progress(scanner: FolderScanner) -> None:
 
 def _serve(
     bus: Bus,
-    root: Path,
-    scanner: FolderScanner,
+    scanner: FolderSet,
     masters: tuple[Endpoint, ...],
     endpoint: Endpoint,
     advertise: str | None,
     watch: bool,
 ) -> None:
-    """Serve the folder's files and keep its index entries current until SIGINT or SIGTERM."""
+    """Serve the folders' files and keep their index entries current until SIGINT or SIGTERM."""
     from overdrive.app.share import SharingNode
 
     share = SharingNode(bus, scanner, masters, endpoint, advertise=advertise, watch=watch)
@@ -317,9 +336,9 @@ def _serve(
     run(announce, watching("node", share.node), stop=[share.stop])
 
 
-def _lock_node(root: Path) -> IO[bytes]:
+def _lock_node(roots: list[Path]) -> IO[bytes]:
     """Hold this node identity's share lock for the life of the process (released when it ends, even by kill -9),
-    and write ``root`` (the shared folder) into it.
+    and write ``roots`` (the shared folders, one a line) into it.
 
     One node id is one set of index entries: a second 'share' under the same identity would register its folder
     as everything the node holds and so delete the first one's entries while it still serves them.
@@ -333,10 +352,12 @@ def _lock_node(root: Path) -> IO[bytes]:
         lock.close()
         raise ConfigError(
             f"this node (identity in {folder}) is already sharing a folder from another 'overdrive share'; "
-            "stop it, or give a second node its own OVERDRIVE_HOME"
+            "stop it and share every folder from one ('overdrive share F1 F2'), or give a second node its own "
+            "OVERDRIVE_HOME"
         ) from None
     lock.truncate(0)
-    lock.write(str(root.resolve()).encode("utf-8", "surrogateescape") + b"\n")
+    for root in roots:
+        lock.write(str(root.resolve()).encode("utf-8", "surrogateescape") + b"\n")
     lock.flush()
     return lock
 

@@ -93,16 +93,19 @@ def writable_file(path: Path, what: str) -> Path:
 
 
 SHARE_LOCK = "share.lock"
-"""In the data folder: held by the running 'share', and naming the folder it shares (for 'fetch' to point at)."""
+"""In the data folder: held by the running 'share', and naming the folders it shares, one a line (for 'fetch' to
+point at)."""
 
 
-def shared_folder() -> Path | None:
-    """The folder this node shares (or last shared), from its share lock; None if it never shared one."""
+def shared_folders() -> dict[str, Path]:
+    """The folders this node shares (or last shared), from its share lock, by name prefix
+    (:mod:`overdrive.files.folders`); empty if it never shared one."""
     try:
-        text = (paths.data_dir() / SHARE_LOCK).read_text(encoding="utf-8", errors="surrogateescape").strip()
+        text = (paths.data_dir() / SHARE_LOCK).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
-        return None
-    return Path(text) if text else None
+        return {}
+    folders = [Path(line) for line in text.splitlines() if line.strip()]
+    return {"": folders[0]} if len(folders) == 1 else {f.name: f for f in folders}
 
 
 def print_json(value: Any) -> None:

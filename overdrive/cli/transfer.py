@@ -22,7 +22,7 @@ from overdrive.cli.options import (
     markup_safe,
     options,
     print_json,
-    shared_folder,
+    shared_folders,
     warn_insecure,
 )
 from overdrive.errors import ConfigError, HostNotFoundError, OverdriveError
@@ -198,7 +198,7 @@ def _say_kept(request: FetchRequest) -> None:
 
 def _resolve(bus: Bus, masters: list[Endpoint], name: str, wanted: str) -> Holders:
     """Online holders of ``name`` (one version) from the index; says so when several versions are online."""
-    holders = find_holders(bus, masters, name, wanted, own_folder=shared_folder())
+    holders = find_holders(bus, masters, name, wanted, own_folders=shared_folders())
     if holders.versions > 1:
         console.print(
             f"{markup_safe(repr(name))} exists in {holders.versions} versions online; "

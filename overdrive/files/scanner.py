@@ -61,10 +61,16 @@ def cache_file_for(folder: Path) -> Path:
 
 
 class FolderScanner:
-    """The files under one folder, kept current by :meth:`scan` and :meth:`refresh` (thread-safe reads)."""
+    """The files under one folder, kept current by :meth:`scan` and :meth:`refresh` (thread-safe reads).
 
-    def __init__(self, folder: Path, cache_file: Path | None = None) -> None:
+    With a ``prefix`` (one of several folders shared together, :mod:`.folders`) every name is ``PREFIX/relative``;
+    :meth:`refresh` still takes paths relative to the folder (as its watch reports them), and the hash cache is
+    keyed by them, so a folder shared alone or with others hashes nothing again."""
+
+    def __init__(self, folder: Path, cache_file: Path | None = None, *, prefix: str = "") -> None:
         self.folder = Path(folder).resolve()
+        self.prefix = prefix
+        self._lead = f"{prefix}/" if prefix else ""
         self.cache_file = cache_file or cache_file_for(self.folder)
         self._files: dict[str, FileInfo] = {}
         self._lock = threading.Lock()
@@ -95,6 +101,11 @@ class FolderScanner:
         with self._lock:
             return len(self._files)
 
+    @property
+    def roots(self) -> dict[str, Path]:
+        """Where names are served from: the folder, under its prefix (see :func:`.folders.locate`)."""
+        return {self.prefix: self.folder}
+
     # -- scanning --------------------------------------------------------------------------------------------
 
     def scan(self) -> dict[str, FileInfo]:
@@ -107,7 +118,7 @@ class FolderScanner:
             raise
         with self._lock:
             self._files = found
-        self._cache = {n: c for n, c in self._cache.items() if n in found}
+        self._cache = {n: c for n, c in self._cache.items() if self._lead + n in found}
         self.save_cache()
         return dict(found)
 
@@ -137,7 +148,7 @@ class FolderScanner:
             if st is not None and stat.S_ISDIR(st.st_mode):
                 found: dict[str, FileInfo] = {}
                 self._walk(path, found)
-                prefix = name + "/"
+                prefix = f"{self._lead}{name}/"
                 with self._lock:
                     old = {n for n in self._files if n.startswith(prefix)}
                     for gone in old - found.keys():
@@ -149,14 +160,15 @@ class FolderScanner:
                             changed.append(entry)
                 continue
             current = self._describe(name, path, st) if st is not None and stat.S_ISREG(st.st_mode) else None
+            full = self._lead + name
             with self._lock:
                 if current is None:
-                    prefix = name + "/"
-                    for gone in [n for n in self._files if n == name or n.startswith(prefix)]:
+                    prefix = full + "/"
+                    for gone in [n for n in self._files if n == full or n.startswith(prefix)]:
                         del self._files[gone]
                         removed.append(gone)
-                elif self._files.get(name) != current:
-                    self._files[name] = current
+                elif self._files.get(full) != current:
+                    self._files[full] = current
                     changed.append(current)
         self.save_cache()
         return changed, removed
@@ -189,7 +201,7 @@ class FolderScanner:
                 name = path.relative_to(self.folder).as_posix()
                 described = self._describe(name, path, st)
                 if described is not None:
-                    found[name] = described
+                    found[described.name] = described
 
     def _describe(self, name: str, path: Path, st: os.stat_result) -> FileInfo | None:
         if name.endswith(SKIP_SUFFIXES):
@@ -197,7 +209,7 @@ class FolderScanner:
         if self._private and any(p == path or p in path.parents for p in self._private):
             return None  # reached by a watch event (a walk skips them)
         try:  # the rules every fetcher applies, which include those of the index records
-            check_name(name)
+            check_name(self._lead + name)
         except UnsafePathError as exc:
             self.skipped += 1
             self._warn_once(f"not sharing {name!r}: {exc}")
@@ -221,7 +233,7 @@ class FolderScanner:
             if self.progress is not None and now - self._progress_at >= PROGRESS_EVERY:
                 self._progress_at = now
                 self.progress(self)
-        return FileInfo(name=name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
+        return FileInfo(name=self._lead + name, size=st.st_size, content_hash=digest, mtime_ns=st.st_mtime_ns)
 
     def _warn_once(self, message: str) -> None:
         """A problem with one path is a warning the first time only: a folder that is rescanned (polled, or back

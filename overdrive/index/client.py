@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 import zmq
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.kind import MASTER, WrongService, wrong_kind
 from overdrive.bus.sockets import Bus
 from overdrive.errors import AuthError, ProtocolError, StoreError, UnreachableError, WrongServiceError
 from overdrive.files.model import FileInfo
@@ -272,6 +273,12 @@ class IndexClient:
                     log.debug("dropping malformed reply from %s: %s", self.master.display, exc)
                     malformed = f" (it sent a malformed reply: {str(exc)[:SHOWN_REASON]})"
                     continue
+                if isinstance(reply, WrongService):  # a share (or another overdrive service) answered
+                    wrong = WrongServiceError(wrong_kind(self.master.display, reply.kind, MASTER))
+                    if len(self.masters) == 1:
+                        raise wrong
+                    failures.append(str(wrong))
+                    break
                 if getattr(reply, "ref", None) != ref:
                     continue
                 deadline = time.monotonic() + self.timeout

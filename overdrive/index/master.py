@@ -25,9 +25,10 @@ import time
 import zmq
 
 from overdrive.bus.address import DEFAULT_MASTER_PORT, Endpoint, parse_endpoint
+from overdrive.bus.kind import MASTER, WrongService
 from overdrive.bus.service import ZmqService
 from overdrive.bus.sockets import Bus
-from overdrive.errors import BusError, ConfigError, ProtocolError, StoreError
+from overdrive.errors import BusError, ConfigError, ForeignMessageError, ProtocolError, StoreError
 from overdrive.index.addresses import advertised
 from overdrive.index.mesh import (
     MAX_SERVING,
@@ -77,6 +78,16 @@ def transmit(sock: zmq.Socket, send: Send, mesh: Mesh) -> None:  # type: ignore[
         elif exc.errno == zmq.EHOSTUNREACH:
             mesh.report_unreachable(send)
         else:
+            raise
+
+
+def _say_kind(sock: zmq.Socket, identity: bytes) -> None:  # type: ignore[type-arg]
+    """Tell the client behind ROUTER ``identity`` that this is a master; dropped when its queue is full or it is
+    gone (its queue, :data:`REPLY_HWM`, bounds what a peer sending such messages can make us hold)."""
+    try:
+        sock.send_multipart([identity, *CODEC.encode(WrongService(kind=MASTER))], zmq.NOBLOCK)
+    except zmq.ZMQError as exc:
+        if exc.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
             raise
 
 
@@ -231,6 +242,11 @@ class Master(ZmqService):
                     peer = Peer.routed(frames[0].bytes, self.bus.peer_id(frames[1]))
                     frames = frames[1:]
                 message, payload = CODEC.decode(frames)
+            except ForeignMessageError as exc:  # a fetcher pointed here: say what this is, once per message
+                self.mesh.reject(exc)
+                if peer.identity is not None:
+                    _say_kind(sock, peer.identity)
+                continue
             except (ProtocolError, BusError) as exc:
                 self.mesh.reject(exc)
                 continue

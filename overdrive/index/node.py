@@ -26,6 +26,7 @@ from overdrive.bus.codec import Message
 from overdrive.bus.service import ZmqService
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, ProtocolError
+from overdrive.files.folders import FolderSet
 from overdrive.files.model import FileInfo
 from overdrive.files.scanner import FolderScanner
 from overdrive.files.watch import FolderWatch, folder_identity
@@ -220,21 +221,31 @@ class NodeSession:
         return True
 
 
+@dataclass(slots=True)
+class _Followed:
+    """One shared folder as the node follows it: its scanner, its watch, and which folder is at its path."""
+
+    scanner: FolderScanner
+    watch: FolderWatch
+    folder_id: tuple[int, int] | None
+    next_check: float = 0.0
+
+
 class Node(ZmqService):
-    """Registers a folder with the index and keeps it current (a background thread)."""
+    """Registers a folder (or several, as one :class:`~overdrive.files.folders.FolderSet`) with the index and keeps
+    it current (a background thread); every folder has its own watch."""
 
     name = "overdrive-node"
 
-    def __init__(self, bus: Bus, scanner: FolderScanner, config: NodeConfig, *, watch: bool = True) -> None:
+    def __init__(self, bus: Bus, scanner: FolderScanner | FolderSet, config: NodeConfig, *, watch: bool = True) -> None:
         super().__init__(bus)
         self.scanner = scanner
         self.config = config
         self.session = NodeSession(bus.node_id, config)
         self.watch = watch
         self._sock: zmq.Socket | None = None  # type: ignore[type-arg]
-        self._watch = FolderWatch(scanner.folder, config.poll)
-        self._folder_id = folder_identity(scanner.folder)
-        self._next_check = 0.0
+        scanners = scanner.scanners if isinstance(scanner, FolderSet) else [scanner]
+        self._followed = [_Followed(s, FolderWatch(s.folder, config.poll), folder_identity(s.folder)) for s in scanners]
         self._catch_up = False
         """Set once the watch is armed at start: what changed between the first scan and the watch has no event."""
         self._outage: tuple[float, int] | None = None
@@ -248,31 +259,37 @@ class Node(ZmqService):
 
     def setup(self) -> None:
         if self.watch:
-            self._watched_or_poll(self._watch.start())
+            for followed in self._followed:
+                self._watched_or_poll(followed, followed.watch.start())
             self._catch_up = True  # in the loop, not here: a rescan of a large folder can outlast the start timeout
         self._open(time.monotonic())
 
-    def _watched_or_poll(self, armed: bool) -> None:
+    def _watched_or_poll(self, followed: _Followed, armed: bool) -> None:
         if not armed:
-            self._next_check = time.monotonic() + self.config.poll
+            followed.next_check = time.monotonic() + self.config.poll
 
     def check_folder(self, now: float) -> None:
-        """Notice the shared folder deleted, moved away, replaced, or back, and follow it: files of a folder that is
+        """Notice a shared folder deleted, moved away, replaced, or back, and follow it: files of a folder that is
         gone are withdrawn from the index (nothing can serve them), and a folder at the path again is watched and
         registered afresh. Without this the watch died with the first folder and the index froze until a restart."""
-        if now < self._next_check and not self._watch.changes.root_changed.is_set():
+        for followed in self._followed:
+            self._check(followed, now)
+
+    def _check(self, followed: _Followed, now: float) -> None:
+        watch, scanner = followed.watch, followed.scanner
+        if now < followed.next_check and not watch.changes.root_changed.is_set():
             return
-        self._next_check = now + self.config.recheck  # or poll, when rearming fails below
-        current = folder_identity(self.scanner.folder)
-        lost = self._watch.lost()
-        if current == self._folder_id and not lost and (current is None or self._watch.armed):
+        followed.next_check = now + self.config.recheck  # or poll, when rearming fails below
+        current = folder_identity(scanner.folder)
+        lost = watch.lost()
+        if current == followed.folder_id and not lost and (current is None or watch.armed):
             return
-        folder = self.scanner.folder
-        self._watch.disarm()
+        folder = scanner.folder
+        watch.disarm()
         if current is not None:
-            self._watched_or_poll(self._watch.rearm())
-        previous, self._folder_id = self._folder_id, current
-        changed, removed = self.scanner.resync()
+            self._watched_or_poll(followed, watch.rearm())
+        previous, followed.folder_id = followed.folder_id, current
+        changed, removed = scanner.resync()
         self.session.files_changed(changed, removed)
         if current is None:
             if previous is not None:
@@ -283,9 +300,9 @@ class Node(ZmqService):
                     len(removed),
                 )
         elif previous is None:
-            log.warning("shared folder %s is back: sharing its %d file(s) again", folder, len(self.scanner))
+            log.warning("shared folder %s is back: sharing its %d file(s) again", folder, len(scanner))
         elif previous != current or lost:
-            log.warning("shared folder %s was replaced: watching the new one, %d file(s)", folder, len(self.scanner))
+            log.warning("shared folder %s was replaced: watching the new one, %d file(s)", folder, len(scanner))
 
     def _failed_over(self) -> None:
         """Say once that the master stopped answering, and once that no master does, not at every failover: with
@@ -308,7 +325,8 @@ class Node(ZmqService):
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-        self._watch.stop()
+        for followed in self._followed:
+            followed.watch.stop()
         self.scanner.save_cache()
 
     def _open(self, now: float) -> None:
@@ -349,16 +367,16 @@ class Node(ZmqService):
                     self.registered.set()
             if self.watch:
                 self.check_folder(now)
-            if self._catch_up:  # a long first scan: files added, changed or deleted after it passed them
-                self._catch_up = False
-                changed, removed = self.scanner.resync()
-                self.session.files_changed(changed, removed)
-            settled = self._watch.take_settled(self.config.settle)
-            if settled:
-                changed, removed = self.scanner.refresh(settled)
-                if changed or removed:
-                    log.info("node: %d changed, %d removed", len(changed), len(removed))
-                    self.session.files_changed(changed, removed)
+            catch_up, self._catch_up = self._catch_up, False  # a long first scan: what changed after it passed
+            for followed in self._followed:
+                if catch_up:
+                    self.session.files_changed(*followed.scanner.resync())
+                settled = followed.watch.take_settled(self.config.settle)
+                if settled:
+                    changed, removed = followed.scanner.refresh(settled)
+                    if changed or removed:
+                        log.info("node: %d changed, %d removed", len(changed), len(removed))
+                        self.session.files_changed(changed, removed)
             if self.session.failed(now):
                 self._failed_over()
                 self._open(now)

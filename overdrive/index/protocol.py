@@ -22,6 +22,8 @@ Master <-> master (each master connects a DEALER to every other master's ROUTER)
   receiver never has a whole snapshot queued in memory.
 * :class:`Digest` / :class:`BucketRequest` / :class:`SyncBatch` -- anti-entropy over hash buckets: a peer whose
   bucket digests differ sends its records of those buckets and asks for ours.
+* :class:`~overdrive.bus.kind.WrongService` -- a master's answer to a message of another overdrive protocol (a
+  fetcher's Open): "I am a master".
 * :class:`MeshHello` / :class:`MeshProof` -- before any of the above, both ends of a link prove they hold the mesh
   key (:mod:`overdrive.index.mesh_trust`); a master that gets master traffic from an unproven connection answers
   ``MeshHello`` ("prove it again").
@@ -35,6 +37,7 @@ from typing import Annotated, ClassVar, TypeVar
 import msgspec
 
 from overdrive.bus.codec import Codec, Message
+from overdrive.bus.kind import WrongService
 from overdrive.files.model import ContentHash, FileInfo, Mtime, Name, NonNegative
 from overdrive.index.records import Address, NodeId, wire_size
 
@@ -274,6 +277,7 @@ IndexMessage = (
     | BucketRequest
     | MeshHello
     | MeshProof
+    | WrongService
 )
 
 CODEC: Codec[Message] = Codec(
@@ -294,4 +298,5 @@ CODEC: Codec[Message] = Codec(
     BucketRequest,
     MeshHello,
     MeshProof,
+    WrongService,
 )

@@ -20,9 +20,18 @@ from dataclasses import dataclass
 import zmq
 
 from overdrive.bus.address import Endpoint
+from overdrive.bus.kind import SHARE, WrongService, wrong_kind
 from overdrive.bus.security import NodeIdentity
 from overdrive.bus.sockets import Bus
-from overdrive.errors import AuthError, BusError, OverdriveError, ProtocolError, TransferError, UnsafePathError
+from overdrive.errors import (
+    AuthError,
+    BusError,
+    OverdriveError,
+    ProtocolError,
+    TransferError,
+    UnsafePathError,
+    WrongServiceError,
+)
 from overdrive.transfer import proof
 from overdrive.transfer.protocol import CODEC, MAX_CHUNK, Cancel, Close, Failed, Opened, Refused, Working
 from overdrive.transfer.session import MAX_WINDOW, FetchSession, Plan
@@ -198,6 +207,12 @@ def open_all(conns: Sequence[Conn], want: Wanted, check: Callable[[], None], ide
                     conn.refused = f"sent a malformed reply ({from_holder(str(exc))})"
                     cancel(conn)
                 continue
+            if isinstance(msg, WrongService):  # a master (or another overdrive service), not a share
+                for rid in [r for r, c in pending.items() if c is conn]:
+                    del pending[rid]
+                    conn.refused = f"{WRONG_SERVICE}{wrong_kind(conn.endpoint.display, msg.kind, SHARE)}"
+                    conn.rid = -1
+                continue
             if not isinstance(msg, (Opened, Refused, Working)) or pending.get(msg.rid) is not conn:
                 continue
             if isinstance(msg, Working):
@@ -246,9 +261,15 @@ def open_all(conns: Sequence[Conn], want: Wanted, check: Callable[[], None], ide
     return plans
 
 
-def _open_error(name: str, conns: Sequence[Conn]) -> TransferError:
+WRONG_SERVICE = "wrong-service: "
+"""How a connection's refusal starts when the service there is not a share (:mod:`overdrive.bus.kind`)."""
+
+
+def _open_error(name: str, conns: Sequence[Conn]) -> OverdriveError:
     reasons = [c.refused for c in conns]
     where = ", ".join(dict.fromkeys(c.endpoint.display for c in conns))
+    if all(r.startswith(WRONG_SERVICE) for r in reasons):
+        return WrongServiceError("; ".join(dict.fromkeys(r.removeprefix(WRONG_SERVICE) for r in reasons)))
     if all(r.startswith("not-found") for r in reasons):
         return TransferError(f"{name!r} not found on {where}")
     if any(r.startswith("unsafe") for r in reasons):

@@ -8,7 +8,8 @@ arrives, so the number of requests in flight is its credit (zguide chapter 7, "f
 server never queues more than the fetcher asked for. Before building a big file's checksum table (a read of the
 whole file, the first time it is opened) the server says ``Working``, so the fetcher knows the answer is coming.
 The server may answer any request with ``Refused`` (could not open) or ``Failed`` (this transfer is over: changed
-file, expired, read error); a fetcher treats those as the end of that source.
+file, expired, read error); a fetcher treats those as the end of that source. A message of another overdrive
+protocol (an index client's Lookup) is answered with :class:`~overdrive.bus.kind.WrongService` ("I am a share").
 
 Holder proofs: the fetcher's ``Open`` carries a fresh random ``challenge`` and its own CURVE public key, which the
 holder accepts only if it hashes to the node id of the connection it came on; ``Opened`` carries the holder's CURVE
@@ -42,6 +43,7 @@ import xxhash
 from msgspec import Meta
 
 from overdrive.bus.codec import Codec, Message
+from overdrive.bus.kind import WrongService
 from overdrive.files.names import MAX_NAME_BYTES
 
 DIGEST_SIZE = 16
@@ -203,5 +205,5 @@ class Cancel(Message, tag="cancel", frozen=True):
     rid: RequestId
 
 
-TransferMessage = Open | Opened | Refused | Working | Read | Chunk | Failed | Close | Cancel
-CODEC: Codec[TransferMessage] = Codec(Open, Opened, Refused, Working, Read, Chunk, Failed, Close, Cancel)
+TransferMessage = Open | Opened | Refused | Working | Read | Chunk | Failed | Close | Cancel | WrongService
+CODEC: Codec[TransferMessage] = Codec(Open, Opened, Refused, Working, Read, Chunk, Failed, Close, Cancel, WrongService)

@@ -34,6 +34,7 @@ import logging
 import os
 import queue
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,14 +70,15 @@ IO_THREADS = 2
 
 
 class FileServer(ZmqService):
-    """Serve ``folder`` (only names ``catalogue`` holds) on ``endpoint`` until :meth:`stop`."""
+    """Serve ``folder`` (or several: a mapping of name prefixes to folders, see :mod:`overdrive.files.folders`; only
+    names ``catalogue`` holds) on ``endpoint`` until :meth:`stop`."""
 
     name = "overdrive-fileserver"
 
     def __init__(
         self,
         bus: Bus,
-        folder: Path,
+        folder: Path | Mapping[str, Path],
         endpoint: Endpoint,
         catalogue: Catalogue,
         config: ServerConfig | None = None,
@@ -84,9 +86,9 @@ class FileServer(ZmqService):
         super().__init__(bus)
         self._shared_bus = bus
         self._context: zmq.Context | None = None  # type: ignore[type-arg]
-        self.folder = Path(folder)
+        self.folders = [Path(folder)] if isinstance(folder, (str, Path)) else list(folder.values())
         self.requested = endpoint
-        self.core = ServeCore(self.folder, catalogue, config, bus.security.identity)
+        self.core = ServeCore(folder, catalogue, config, bus.security.identity)
         self._endpoint: Endpoint | None = None
         self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         self._workers: ThreadPoolExecutor | None = None
@@ -110,8 +112,9 @@ class FileServer(ZmqService):
 
     def start(self, timeout: float = START_TIMEOUT) -> Endpoint:  # type: ignore[override]
         """Start the server thread; return the bound endpoint once it is serving, or raise its start error."""
-        if not self.folder.is_dir():
-            raise TransferError(f"shared folder {self.folder} does not exist")
+        for folder in self.folders:
+            if not folder.is_dir():
+                raise TransferError(f"shared folder {folder} does not exist")
         if self._context is None:
             self._context = zmq.Context(io_threads=IO_THREADS)
             self.bus = Bus(self._shared_bus.security, self._context)
@@ -140,7 +143,7 @@ class FileServer(ZmqService):
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
         self._workers = ThreadPoolExecutor(self.core.config.table_workers, thread_name_prefix="overdrive-table")
-        log.info("serving %s on %s", self.folder, self._endpoint.display)
+        log.info("serving %s on %s", ", ".join(map(str, self.folders)), self._endpoint.display)
 
     def loop(self, control: zmq.Socket) -> None:  # type: ignore[type-arg]
         assert self._router is not None

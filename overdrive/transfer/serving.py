@@ -19,14 +19,16 @@ import errno
 import logging
 import os
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from overdrive.bus.codec import Frame
+from overdrive.bus.kind import SHARE, WrongService
 from overdrive.bus.security import NodeIdentity
-from overdrive.errors import ProtocolError, TransferError, UnsafePathError
+from overdrive.errors import ForeignMessageError, ProtocolError, TransferError, UnsafePathError
 from overdrive.files import names
+from overdrive.files.folders import locate
 from overdrive.files.model import Catalogue
 from overdrive.transfer import proof
 from overdrive.transfer.budget import Peer, Tally
@@ -88,7 +90,8 @@ class _Deferred:
 
 
 class ServeCore:
-    """Sans-IO request handling for one shared folder. Not thread-safe: one server thread owns it (only
+    """Sans-IO request handling for one shared folder, or several (``folder`` maps each name prefix to its folder:
+    :func:`~overdrive.files.folders.locate`). Not thread-safe: one server thread owns it (only
     :meth:`TableBuild.run` may run elsewhere).
 
     Fair sharing (see :class:`ServerConfig`): transfer slots and bytes in flight are counted per identity, per
@@ -100,12 +103,13 @@ class ServeCore:
 
     def __init__(
         self,
-        folder: Path,
+        folder: Path | Mapping[str, Path],
         catalogue: Catalogue,
         config: ServerConfig | None = None,
         identity: NodeIdentity | None = None,
     ) -> None:
-        self.folder = Path(folder)
+        self.roots = {"": Path(folder)} if isinstance(folder, (str, Path)) else dict(folder)
+        """The folders served, by name prefix ("": one folder, names relative to it)."""
         self.identity = identity or NodeIdentity.generate()
         """Whose holder proofs it gives (:mod:`~overdrive.transfer.proof`): the share's node identity."""
         self.catalogue = catalogue
@@ -180,6 +184,10 @@ class ServeCore:
         who = Peer(peer, address or f"identity:{peer}")
         try:
             message, _ = CODEC.decode(frames)
+        except ForeignMessageError as exc:  # an index client (ls) pointed here: say what this is, once per message
+            self.stats.malformed += 1
+            log.debug("request of another protocol from %s: %s", peer, exc)
+            return [self._reply(who, origin, CODEC.encode(WrongService(kind=SHARE)))]
         except ProtocolError as exc:
             self.stats.malformed += 1
             log.debug("malformed request from %s: %s", peer, exc)
@@ -323,7 +331,10 @@ class ServeCore:
             yield self._refuse(msg.rid, "busy", "too many open transfers")
             return
         try:
-            fd, st = names.open_shared(self.folder, msg.name)
+            found = locate(self.roots, msg.name)
+            if found is None:  # the catalogue named it, but no folder has its prefix: a bug, refused all the same
+                raise TransferError(f"{msg.name!r} is in no shared folder")
+            fd, st = names.open_shared(*found)
         except UnsafePathError as exc:
             yield self._refuse(msg.rid, "unsafe", str(exc))
             return

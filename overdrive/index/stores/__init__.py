@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from overdrive import paths
 from overdrive.errors import ConfigError
-from overdrive.index.stores.base import BUCKETS, Store
+from overdrive.index.stores.base import BUCKETS, Store, Waiting
 
 __all__ = ["BUCKETS", "Store", "default_url", "open_store", "redact", "sqlite_path"]
 
@@ -52,8 +52,9 @@ def sqlite_path(url: str | None) -> Path | None:
     return Path(unquote(path))
 
 
-def open_store(url: str | None = None) -> Store:
-    """Open (and create if needed) the store ``url`` names; raise ConfigError/StoreError with one clear line."""
+def open_store(url: str | None = None, *, waiting: Waiting | None = None) -> Store:
+    """Open (and create if needed) the store ``url`` names; raise ConfigError/StoreError with one clear line.
+    ``waiting`` hears one line when a database server (MySQL, Firestore) is slow to answer at start."""
     text = url or default_url()
     scheme, sep, rest = text.partition("://")
     if not sep:
@@ -88,6 +89,7 @@ def open_store(url: str | None = None) -> Store:
             host=parts.hostname,
             port=port,
             prefix=prefix,
+            waiting=waiting,
         )
     if scheme == "firestore":
         from overdrive.index.stores.firestore import FirestoreStore
@@ -96,5 +98,5 @@ def open_store(url: str | None = None) -> Store:
         if not parts.netloc:
             raise ConfigError(f"Firestore URL {text!r} must look like firestore://PROJECT?credentials=PATH")
         creds = query.get("credentials", [None])[0]
-        return FirestoreStore(parts.netloc, credentials=creds, prefix=prefix)
+        return FirestoreStore(parts.netloc, credentials=creds, prefix=prefix, waiting=waiting)
     raise ConfigError(f"unknown database scheme {scheme!r} in {redact(text)!r}: use sqlite, mysql or firestore")

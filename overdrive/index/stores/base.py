@@ -14,13 +14,17 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from overdrive.errors import StoreError
 from overdrive.index.patterns import matcher
 from overdrive.index.records import CONTENT_HASH, DELETED, HLC, NAME, ORIGIN, SEQ, Record, RecordRow
 
 BUCKETS = 256
+NOTICE_AFTER = 1.0
+"""Seconds a database may take to answer at start before the user is told what is being waited for."""
+Waiting = Callable[[str], None]
+"""Hears one line (``waiting for ... (up to N s)...``) when a database has not answered within NOTICE_AFTER."""
 BATCH = 20_000
 _MASK = (1 << 62) - 1
 COLUMNS = ("name", "size", "content_hash", "holder", "address", "mtime_ns", "origin", "seq", "hlc", "deleted")

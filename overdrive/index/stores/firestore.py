@@ -27,7 +27,9 @@ from overdrive.index.stores.base import (
     BATCH,
     BUCKETS,
     COLUMNS,
+    NOTICE_AFTER,
     Store,
+    Waiting,
     check_prefix,
     encode_vector,
     row_checksums,
@@ -82,7 +84,9 @@ def _certificate(path: str) -> Any:
 class FirestoreStore(Store):
     """Records in Cloud Firestore (or its emulator when FIRESTORE_EMULATOR_HOST is set)."""
 
-    def __init__(self, project: str, *, credentials: str | None = None, prefix: str = "") -> None:
+    def __init__(
+        self, project: str, *, credentials: str | None = None, prefix: str = "", waiting: Waiting | None = None
+    ) -> None:
         check_prefix(prefix, "collection")
         self.project = project
         self.emulator = os.environ.get("FIRESTORE_EMULATOR_HOST", "")
@@ -103,13 +107,21 @@ class FirestoreStore(Store):
         self.records = self.client.collection(f"{prefix}records")
         self.meta = self.client.collection(f"{prefix}meta")
         self._closed = False
-        self._probe()
+        self._probe(waiting)
 
-    def _probe(self) -> None:
+    def _probe(self, waiting: Waiting | None) -> None:
         """One read, bounded and not retried, so a server that is down or never answers is one clear error within
-        :data:`CONNECT_TIMEOUT` seconds instead of minutes of silent retries."""
+        :data:`CONNECT_TIMEOUT` seconds instead of minutes of silent retries. ``waiting`` hears one line when it
+        has not answered within :data:`NOTICE_AFTER` seconds (the read is then made again, for the rest)."""
+        first = NOTICE_AFTER if waiting is not None else CONNECT_TIMEOUT
         try:
-            self.meta.document("probe").get(timeout=CONNECT_TIMEOUT, retry=None)
+            try:
+                self.meta.document("probe").get(timeout=first, retry=None)
+            except gexc.DeadlineExceeded:
+                if waiting is None:
+                    raise
+                waiting(f"waiting for {self.describe()} (up to {CONNECT_TIMEOUT:g} s)...")
+                self.meta.document("probe").get(timeout=CONNECT_TIMEOUT - first, retry=None)
         except gexc.DeadlineExceeded:
             self.close()
             raise StoreError(f"{self.describe()} did not answer within {CONNECT_TIMEOUT:g} s") from None

@@ -10,6 +10,7 @@ import pymysql
 
 from overdrive.errors import StoreError
 from overdrive.index.records import HOLDER, NAME, RecordRow, key_id
+from overdrive.index.stores.base import NOTICE_AFTER, Waiting
 from overdrive.index.stores.sql import COLS, SqlStore, peewee
 
 if peewee.mysql is None:  # peewee was imported without its MySQL driver (see sql.py): hand it over
@@ -23,14 +24,20 @@ IO_TIMEOUT = 60.0
 """Seconds one read or write on an open connection may take before the store fails instead of hanging."""
 
 
-def expect_greeting(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> None:
+def expect_greeting(host: str, port: int, timeout: float = CONNECT_TIMEOUT, waiting: Waiting | None = None) -> None:
     """Check that ``host:port`` is a server that speaks first, as MySQL does, within ``timeout``: pymysql's own
-    ``connect_timeout`` bounds only the TCP connect, so a port that accepts and never answers would hang it."""
+    ``connect_timeout`` bounds only the TCP connect, so a port that accepts and never answers would hang it.
+    ``waiting`` hears one line when the server has not answered within :data:`NOTICE_AFTER` seconds."""
     where = f"MySQL at {host}:{port}"
+    first = min(timeout, NOTICE_AFTER) if waiting is not None else timeout
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            if not sock.recv(4):
-                raise StoreError(f"{where} closed the connection without a greeting: is that a MySQL server?")
+        try:
+            _greeting(host, port, first)
+        except TimeoutError:
+            if waiting is None or first >= timeout:
+                raise
+            waiting(f"waiting for the MySQL server at {host}:{port} (up to {timeout:g} s)...")
+            _greeting(host, port, timeout - first)
     except TimeoutError:
         raise StoreError(
             f"{where} did not answer within {timeout:g} s (is that port a MySQL server, and is it running?)"
@@ -39,6 +46,14 @@ def expect_greeting(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> N
         raise StoreError(f"cannot find the MySQL host {host!r}: DNS lookup failed ({exc.strerror})") from None
     except OSError as exc:
         raise StoreError(f"cannot reach {where}: {exc.strerror or exc}") from None
+
+
+def _greeting(host: str, port: int, timeout: float) -> None:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        if not sock.recv(4):
+            raise StoreError(
+                f"MySQL at {host}:{port} closed the connection without a greeting: is that a MySQL server?"
+            )
 
 
 def key_hex(holder: str, name: str) -> str:
@@ -55,7 +70,17 @@ class MySqlStore(SqlStore):
     def mod(self, expr: str, n: int) -> str:
         return f"MOD({expr}, {n})"
 
-    def __init__(self, database: str, *, user: str, password: str, host: str, port: int, prefix: str = "") -> None:
+    def __init__(
+        self,
+        database: str,
+        *,
+        user: str,
+        password: str,
+        host: str,
+        port: int,
+        prefix: str = "",
+        waiting: Waiting | None = None,
+    ) -> None:
         self.where = f"{user}@{host}:{port}/{database}"
         db = peewee.MySQLDatabase(
             database,
@@ -68,7 +93,7 @@ class MySqlStore(SqlStore):
             read_timeout=IO_TIMEOUT,
             write_timeout=IO_TIMEOUT,
         )
-        expect_greeting(host, port)
+        expect_greeting(host, port, waiting=waiting)
         super().__init__(db, prefix)
         try:
             self._setup()
