@@ -183,7 +183,7 @@ def view(
     backup: Backup = None,
     wav: Wav = False,
 ) -> None:
-    """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' toggles the overlay, 'f' fullscreen).
+    """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' overlay, 'f' fullscreen).
 
     A viewer started before the stream waits for it; when the stream ends its recording is finished and the
     viewer waits for it to start again (into a new recording), or exits with --once."""
