@@ -69,6 +69,7 @@ def stream(
     from overdrive.media.streamer import Streamer, StreamerConfig, StreamerStats
 
     opts = options(ctx)
+    codec, audio, audio_codec = codec.lower(), audio.lower(), audio_codec.lower()  # choices: any case
     config = StreamerConfig(
         source=source,
         monitor=monitor,
