@@ -87,7 +87,7 @@ def test_window_and_connections_errors_name_the_option(run_cli: RunCli, env: dic
 def test_choices_take_any_case(run_cli: RunCli, env: dict[str, str]) -> None:
     result = run_cli(
         "stream",
-        *("--source", "testpattern", "--codec", "H264", "--audio", "NONE", "--audio-codec", "PCM"),
+        *("--source", "TestPattern", "--codec", "H264", "--audio", "NONE", "--audio-codec", "PCM"),
         *("--duration", "1", "--no-record", "--bind", f"tcp://127.0.0.1:{free_port()}"),
         env=env,
         timeout=60,
