@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from overdrive.cli.options import options
+from overdrive.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -15,11 +16,16 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     ctx: typer.Context,
-    seconds: Annotated[float, typer.Option(help="How long the streaming part runs.")] = 5.0,
+    seconds: Annotated[float, typer.Option(help="How long the streaming part runs (1..3600).")] = 5.0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the demo's home folder (recordings, index, logs) and print its path.")
+    ] = False,
 ) -> None:
     """Run the whole system on loopback and print what happened (needs no display, sound card or network)."""
     from overdrive.demo import run_demo
 
-    ok = run_demo(options(ctx), seconds=seconds)
+    if not 1 <= seconds <= 3600:
+        raise ConfigError(f"--seconds must be 1..3600, not {seconds:g}")
+    ok = run_demo(options(ctx), seconds=seconds, keep=keep)
     if not ok:
         raise typer.Exit(1)

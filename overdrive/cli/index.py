@@ -99,7 +99,11 @@ def master_command(
         ),
     ] = None,
 ) -> None:
-    """Run an index master: hold a full replica of the index and replicate with the other masters."""
+    """Run an index master: hold a full replica of the index and replicate with the other masters.
+
+    Every --stats seconds it prints a status line: entries (files the index holds), peers online N of M (other
+    masters answering, of those known), nodes online, updates/s (index changes applied lately), and dropped
+    messages (malformed, or from a sender that has not proven the mesh key; each is ignored, never applied)."""
     from overdrive.bus.signing import MeshKey
 
     opts = options(ctx)
@@ -198,9 +202,9 @@ def _probe_peer(
 def _status_line(master: Master) -> None:
     snap = master.snapshot
     console.print(
-        f"entries {snap.entries}  masters online {len(snap.masters_online)}/{len(snap.masters) - 1}  "
+        f"entries {snap.entries}  peers online {len(snap.masters_online)} of {len(snap.masters) - 1}  "
         f"nodes online {len(snap.nodes_online)}  updates/s {snap.stats.rate:.0f}  "
-        f"dropped {snap.stats.dropped}"
+        f"dropped messages {snap.stats.dropped} (malformed or unproven)"
     )
 
 

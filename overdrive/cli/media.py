@@ -69,6 +69,7 @@ def stream(
     from overdrive.media.streamer import Streamer, StreamerConfig, StreamerStats
 
     opts = options(ctx)
+    codec, audio, audio_codec = codec.lower(), audio.lower(), audio_codec.lower()  # choices: any case
     config = StreamerConfig(
         source=source,
         monitor=monitor,
@@ -183,7 +184,7 @@ def view(
     backup: Backup = None,
     wav: Wav = False,
 ) -> None:
-    """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' toggles the overlay).
+    """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' overlay, 'f' fullscreen).
 
     A viewer started before the stream waits for it; when the stream ends its recording is finished and the
     viewer waits for it to start again (into a new recording), or exits with --once."""

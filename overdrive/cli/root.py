@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from overdrive import __version__, paths
+from overdrive.cli.helpstyle import App, TidyHelp
 from overdrive.cli.options import shown
 from overdrive.config import LOG_LEVELS, PASSWORD_ENV, GlobalOptions, check_keys, configure_logging, read_config_file
 from overdrive.errors import ConfigError, OverdriveError
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # before cv2 loads: its own warnings are not one clear line
 
 
-class _Group(TyperGroup):
+class _Group(TidyHelp, TyperGroup):
     """Root group: domain errors and usage mistakes become one line on stderr, never a traceback or a panel."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
@@ -84,7 +85,7 @@ def _is_usage_error(exc: BaseException) -> bool:
     return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "format_message", None))
 
 
-app = typer.Typer(
+app = App(
     cls=_Group,
     name="overdrive",
     help="LAN screen streaming, recording and peer file sharing on ZeroMQ, encrypted by default.",

@@ -9,6 +9,7 @@ folder.
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,9 +29,11 @@ def all_steps() -> list[Step]:
     return [step_secure_echo, *media_demo.STEPS, *index_demo.STEPS, *transfer_demo.STEPS]
 
 
-def run_demo(opts: GlobalOptions, seconds: float = 5.0) -> bool:
-    """Run every step; print a summary; return True when all succeeded."""
-    with tempfile.TemporaryDirectory(prefix="overdrive-demo-") as home:
+def run_demo(opts: GlobalOptions, seconds: float = 5.0, keep: bool = False) -> bool:
+    """Run every step; print a summary; return True when all succeeded. The scratch home is removed at the end
+    unless ``keep``."""
+    home = tempfile.mkdtemp(prefix="overdrive-demo-")
+    try:
         ctx = DemoContext(Path(home), secrets.token_urlsafe(12), "demo", seconds)
         console.print(f"demo home {home}, network 'demo', random password")
         results: list[tuple[str, bool]] = []
@@ -44,7 +47,12 @@ def run_demo(opts: GlobalOptions, seconds: float = 5.0) -> bool:
                 results.append((step.__name__.removeprefix("step_"), ok))
         finally:
             ctx.stop_all()
+    finally:
+        if not keep:
+            shutil.rmtree(home, ignore_errors=True)
     console.rule("[bold]summary")
     for name, ok in results:
         console.print(f"{'[green]OK  ' if ok else '[red]FAIL'}[/] {name}")
+    if keep:
+        console.print(f"kept the demo home: {home}")
     return all(ok for _, ok in results)

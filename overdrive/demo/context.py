@@ -18,8 +18,9 @@ from overdrive.bus.address import Endpoint
 from overdrive.bus.ready import parse_ready
 from overdrive.config import PASSWORD_ENV
 
-console = Console(stderr=True, highlight=False)
-"""Where the demo reports, as the CLI does (the demo sits below the CLI, so it has its own)."""
+console = Console(highlight=False, soft_wrap=True)
+"""Where the demo reports: stdout, since its progress and results are what the user ran it for; a line stays one
+line in a pipe or file (the demo sits below the CLI, so it has its own console)."""
 
 STOP_TIMEOUT = 5.0
 """Seconds a child gets to end after SIGTERM before it is killed."""

@@ -250,6 +250,8 @@ class Node(ZmqService):
         """Set once the watch is armed at start: what changed between the first scan and the watch has no event."""
         self._outage: tuple[float, int] | None = None
         """(answers, failovers) when the masters stopped answering; None while one answers."""
+        self._silent: set[Endpoint] = set()
+        """Masters said to have stopped answering in this outage: only they 'answer again'."""
         self.registered = threading.Event()
         """Set once the first full registration has been acknowledged."""
 
@@ -311,12 +313,15 @@ class Node(ZmqService):
         if self._outage is None:
             self._outage = (self.session.answers, self.session.failovers)
             previous = masters[(self.session.master_index - 1) % len(masters)]
+            self._silent = {previous}
             log.warning(
-                "node: master %s stopped answering; trying %s",
+                "node: master %s %s; trying %s",
                 previous.display,
+                "stopped answering" if self.session.answers else "does not answer",
                 "it again" if len(masters) == 1 else self.session.master.display,
             )
         elif self.session.failovers - self._outage[1] == len(masters):
+            self._silent = set(masters)
             log.warning("node: no master answers (%s); will keep trying", ", ".join(m.display for m in masters))
         else:
             log.debug("node: failing over to %s", self.session.master.display)
@@ -361,7 +366,8 @@ class Node(ZmqService):
                         continue
                     self.session.on_reply(reply, time.monotonic())
                 if self._outage is not None and self.session.answers > self._outage[0]:
-                    log.warning("node: master %s answers again", self.session.master.display)
+                    master = self.session.master
+                    log.warning("node: master %s answers%s", master.display, " again" if master in self._silent else "")
                     self._outage = None
                 if self.session.idle and not self.registered.is_set():
                     self.registered.set()

@@ -308,7 +308,7 @@ class PictureInPicture:
         self.main.close()
 
 
-_SOURCE = re.compile(r"^(screen|testpattern|webcam)(?::(.+))?$")
+_SOURCE = re.compile(r"^(screen|testpattern|webcam)(?::(.+))?$", re.IGNORECASE)  # the kind in any case; a PATH as is
 
 
 def make_source(
@@ -324,7 +324,7 @@ def make_source(
     match = _SOURCE.match(spec.strip())
     if match is None:
         raise ConfigError(f"--source must be screen, testpattern or webcam[:N|:PATH], not {spec!r}")
-    kind, number = match.group(1), match.group(2)
+    kind, number = match.group(1).lower(), match.group(2)
     if number is not None and kind != "webcam":
         raise ConfigError(f"--source {kind} takes no :N")
     source: PictureSource

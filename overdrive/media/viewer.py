@@ -407,6 +407,8 @@ class Viewer(ZmqService):
             info.video.height,
             info.video.codec,
         )
+        if self._display is not None:
+            self._display.set_title(info.name)
         if self.config.decode:
             try:
                 self._decoder = make_decoder(info.video.codec, info.video.extradata)

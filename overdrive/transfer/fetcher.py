@@ -89,7 +89,7 @@ class FetchRequest:
         if not self.sources:
             raise ConfigError("no holder to fetch from")
         if not 1 <= self.connections <= MAX_CONNECTIONS:
-            raise ConfigError(f"connections must be 1..{MAX_CONNECTIONS}, not {self.connections}")
+            raise ConfigError(f"--connections must be 1..{MAX_CONNECTIONS}, not {self.connections}")
         if self.content_hash and not _HASH_RE.match(self.content_hash):
             raise ConfigError(f"--hash must be 64 lowercase hex characters (BLAKE3), not {self.content_hash!r}")
 

@@ -53,7 +53,7 @@ class FetchConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= MAX_WINDOW:
-            raise ConfigError(f"window must be 1..{MAX_WINDOW}, not {self.window}")
+            raise ConfigError(f"--window must be 1..{MAX_WINDOW}, not {self.window}")
         if not 1 <= self.max_inflight <= MAX_WINDOW:
             raise ConfigError(f"max_inflight must be 1..{MAX_WINDOW}, not {self.max_inflight}")
         if self.max_inflight_bytes <= 0:

@@ -17,6 +17,8 @@ import numpy as np
 
 from overdrive.bus.service import Worker
 from overdrive.errors import MediaError
+from overdrive.media.audio import alsa
+from overdrive.media.audio.alsa import quiet_alsa
 from overdrive.media.audio.jitter import TARGET_NS, JitterBuffer
 from overdrive.media.codecs import make_audio_decoder
 from overdrive.media.codecs.base import SAMPLE_RATE, AudioDecoder, Samples
@@ -68,6 +70,7 @@ class AudioPlayer(Worker):
     def setup(self) -> None:
         import sounddevice as sd
 
+        quiet_alsa()  # underruns under load: counted and logged at debug level, not printed over the window
         try:
             out = sd.OutputStream(
                 device=self.device,
@@ -156,6 +159,7 @@ class AudioPlayer(Worker):
             "chunks": sum(b.stats.pushed for b in buffers),
             "late_dropped": sum(b.stats.late for b in buffers),
             "underruns": sum(b.stats.underruns for b in buffers),
+            "alsa_messages": dict(alsa.messages),  # underruns the sound card reported: snd_pcm_recover
             "decode_errors": self.decode_errors,
             "output_latency_ms": self.latency_ns / 1e6,
             "latency_ms": {
