@@ -84,6 +84,14 @@ def test_window_and_connections_errors_name_the_option(run_cli: RunCli, env: dic
         )
 
 
+def test_connections_are_checked_before_any_master_is_asked(run_cli: RunCli, env: dict[str, str]) -> None:
+    # Nothing listens on port 1: a check made after asking the master would report the master instead.
+    from overdrive.transfer.fetcher import MAX_CONNECTIONS
+
+    result = run_cli("fetch", "x", "--connections", "0", "--master", "127.0.0.1:1", env=env)
+    one_error(result, 2, f"--connections must be 1..{MAX_CONNECTIONS}, not 0")
+
+
 def test_choices_take_any_case(run_cli: RunCli, env: dict[str, str]) -> None:
     result = run_cli(
         "stream",

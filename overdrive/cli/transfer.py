@@ -27,7 +27,7 @@ from overdrive.cli.options import (
 )
 from overdrive.errors import ConfigError, HostNotFoundError, OverdriveError
 from overdrive.files import names
-from overdrive.transfer.fetcher import CONNECTIONS, Connecting, FetchRequest, FetchResult, fetch
+from overdrive.transfer.fetcher import CONNECTIONS, Connecting, FetchRequest, FetchResult, check_connections, fetch
 from overdrive.transfer.protocol import valid_chunk_size
 from overdrive.transfer.session import DEFAULT_WINDOW, FetchConfig
 
@@ -106,6 +106,7 @@ def fetch_command(
         raise ConfigError(f"--timeout must be a positive number of seconds, not {timeout:g}")
     if not 0 <= limit_rate < float("inf"):  # nan: no chunk would ever be asked for
         raise ConfigError(f"--limit-rate must be 0 (no limit) or a number of MB/s, not {limit_rate:g}")
+    check_connections(connections)
     config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     dest_dir = expand_home(out, "--out") if out is not None else paths.backup_dir()
     masters = endpoints(master, DEFAULT_MASTER_PORT, "--master") if from_ is None else []

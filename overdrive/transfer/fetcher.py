@@ -88,10 +88,15 @@ class FetchRequest:
     def __post_init__(self) -> None:
         if not self.sources:
             raise ConfigError("no holder to fetch from")
-        if not 1 <= self.connections <= MAX_CONNECTIONS:
-            raise ConfigError(f"--connections must be 1..{MAX_CONNECTIONS}, not {self.connections}")
+        check_connections(self.connections)
         if self.content_hash and not _HASH_RE.match(self.content_hash):
             raise ConfigError(f"--hash must be 64 lowercase hex characters (BLAKE3), not {self.content_hash!r}")
+
+
+def check_connections(connections: int) -> None:
+    """Refuse a connection count out of range (the CLI calls it before asking any master)."""
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise ConfigError(f"--connections must be 1..{MAX_CONNECTIONS}, not {connections}")
 
 
 @dataclass
