@@ -94,7 +94,7 @@ Upstream = Hello | Say | Hand | Bye
 CHAT_CODEC: Codec[Upstream | Reply] = Codec(Hello, Say, Hand, Bye, Reply, max_header=MAX_HEADER)
 
 
-class ChatRefused(MediaError):
+class ChatRefusedError(MediaError):
     """The streamer refused a chat message (``error`` says why in one word, the message in one line)."""
 
     def __init__(self, error: str, detail: str) -> None:
