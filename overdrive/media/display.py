@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from overdrive.errors import MediaError
 from overdrive.media.sources import Image
+
+CHAT_LINES = 5
+"""Newest chat lines drawn at the bottom of the window."""
 
 
 def check_display() -> None:
@@ -40,6 +44,12 @@ class Display:
         self.banner: str | None = None
         """Shown instead of the overlay while set (the stream ended); a new picture clears it."""
         self._last: Image | None = None
+        self.chat: deque[str] = deque(maxlen=CHAT_LINES)
+        """Chat lines to draw (plain text, cut to fit); the newest last."""
+
+    def chat_line(self, text: str) -> None:
+        """Draw ``text`` (one chat line, shown as the characters it is) from the next picture on."""
+        self.chat.append(text[:120])
 
     def ended(self, text: str) -> None:
         """Keep the last picture up, saying ``text`` over it."""
@@ -60,6 +70,8 @@ class Display:
             text = self.banner or overlay_text(self._stats())
             cv2.rectangle(image, (0, 0), (min(image.shape[1], 620), 34), (0, 0, 0), -1)
             cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+        if self.chat:
+            image = _draw_chat(image if (self.overlay or self.banner) else image.copy(), list(self.chat))
         try:
             cv2.imshow(self.title, image)
         except cv2.error as exc:
@@ -86,3 +98,17 @@ class Display:
 
             cv2.destroyAllWindows()
             self.open = False
+
+
+def _draw_chat(image: Image, lines: list[str]) -> Image:
+    """``lines`` at the bottom left of ``image``, white on black (OpenCV's font draws ASCII; others show as ?)."""
+    import cv2
+
+    height = image.shape[0]
+    top = max(0, height - 8 - 24 * len(lines))
+    cv2.rectangle(image, (0, top), (min(image.shape[1], 900), height), (0, 0, 0), -1)
+    for n, text in enumerate(lines):
+        shown = "".join(c if " " <= c <= "~" else "?" for c in text)
+        y = top + 20 + 24 * n
+        cv2.putText(image, shown, (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
