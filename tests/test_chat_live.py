@@ -193,7 +193,7 @@ def test_the_streamer_recording_keeps_the_chat(network, tmp_path: Path) -> None:
     try:
         client = room.client()
         client.join("Ada").result(5)
-        time.sleep(0.5)  # noqa: the lines are spread over the recording, not at its first frame
+        time.sleep(0.5)  # the lines spread over the recording, not all at its first frame
         client.say(HOSTILE).result(5)
         time.sleep(0.5)
         client.say("second").result(5)
