@@ -57,7 +57,8 @@ def chat(
 ) -> None:
     """Send a line to a stream's chat (--say), raise a hand (--hand), or follow the chat (--follow [--json]).
 
-    --say exits 0 once the streamer accepted the line, and non-zero with the reason (too long, rate limited, no
+    --hand and --follow stay in the chat (the streamer counts you) until Ctrl-C, which lowers the hand. --say
+    alone exits 0 once the streamer accepted the line, and non-zero with the reason (too long, rate limited, no
     chat at that address) otherwise."""
     from overdrive.media.chat import check_text
 
@@ -85,14 +86,16 @@ def _chat(
     feed = ChatFeed(bus, endpoint, pin)
     printer = _Printer(json)
     feed.on_line = printer.line
-    feed.on_presence = printer.presence
+    if follow:
+        feed.on_presence = printer.presence
     feed.start()
     try:
         info = _wait_info(feed, endpoint)
         client = ChatClient(bus, chat_endpoint(endpoint, info))
         client.start()
         try:
-            reply = client.join(name, kind="cli").result()
+            staying = follow or hand  # a participant (presence, join and leave lines), not a one-off line
+            reply = client.join(name, kind="native" if staying else "cli").result()
             if follow:
                 printer.go_live(reply.history)
             if say is not None:
@@ -100,20 +103,26 @@ def _chat(
                 console.print(f"sent as {shown(sent.name)!r} (line {sent.seq})")
             if hand:
                 client.hand(True).result()
-                console.print(f"hand raised as {shown(reply.name)!r}")
-            if follow:
-                console.print(f"following the chat of {shown(info.name)!r} as {shown(reply.name)!r} (Ctrl-C stops)")
-                with interrupts.deferred() as check:
-                    try:
-                        while feed.running:
-                            interrupts.sleep(0.5, check)
-                    except KeyboardInterrupt:
-                        pass
+                console.print(f"hand raised as {shown(reply.name)!r} (Ctrl-C lowers it)")
+            if staying:
+                if follow:
+                    console.print(f"following the chat of {shown(info.name)!r} as {shown(reply.name)!r}")
+                _wait(feed)
             client.leave().result()
         finally:
             client.stop()
     finally:
         feed.stop()
+
+
+def _wait(feed: ChatFeed) -> None:
+    """Until Ctrl-C (or SIGTERM), or the feed stops."""
+    with interrupts.deferred() as check:
+        try:
+            while feed.running:
+                interrupts.sleep(0.5, check)
+        except KeyboardInterrupt:
+            pass
 
 
 def _wait_info(feed: ChatFeed, endpoint: Endpoint) -> StreamInfo:

@@ -7,10 +7,14 @@ A recording of a stream that has a chat (``StreamInfo.chat_port``) gets, next to
 * ``NAME.vtt``: WebVTT, one cue per line (``name: text``, shown :data:`CUE_SECONDS` or until the next line), text
   escaped so a player shows it as the characters it is;
 
-and a ``mov_text`` subtitle track titled "chat" in the MP4 (each sample shows the last :data:`SAMPLE_LINES`
-lines). PyAV 18 cannot *encode* mov_text (its encoder refuses to open without an ASS header:
-``avcodec_open2("mov_text") -> InvalidDataError``), but muxing ready-made 3GPP timed-text samples (a 2-byte
-big-endian length and UTF-8 text) into an ``add_mux_stream("mov_text")`` works, and ffmpeg/players read them back.
+and a ``mov_text`` subtitle track titled "chat" in the MP4 (each sample shows the last :data:`SAMPLE_LINES` lines
+until the next one or for :data:`CUE_SECONDS`). The track is muxed when the recording closes, all at once: muxing
+samples as lines came hung libavformat inside ``mux`` (PyAV 18, fragmented MP4; seen with a sample a few hundred ms
+behind the video and with one overlapping the next), while the same cues muxed at the end play back right. So a
+recording cut short by a kill keeps its chat in the sidecars only. PyAV 18 cannot *encode* mov_text (its
+encoder refuses to open without an ASS header: ``avcodec_open2("mov_text") -> InvalidDataError``), but muxing
+ready-made 3GPP timed-text samples (a 2-byte big-endian length and UTF-8 text) into an
+``add_mux_stream("mov_text")`` works, and ffmpeg and players read them back.
 
 Both sidecars are written while recording as hidden ``.NAME.chat.jsonl.part`` / ``.NAME.vtt.part`` (each event
 flushed whole, so a killed process leaves them readable) and renamed with the MP4 when it closes, or by
@@ -34,6 +38,9 @@ CUE_SECONDS = 5.0
 SAMPLE_LINES = 3
 """Lines shown at once in the subtitle track."""
 SIDECARS = (".chat.jsonl", ".vtt")
+MAX_TRACK_CUES = 20_000
+"""Cues kept for the subtitle track (about 4 MB; the room publishes at most 10 lines a second). Past that the
+track stops; the sidecars go on."""
 MAX_SAMPLE_BYTES = 0xFFFF
 """A timed-text sample's text length is 16 bits."""
 
@@ -69,6 +76,11 @@ class CueTimeline:
         done = self._close(start)
         self._held = (start, "\n".join(self._recent))
         return start, done
+
+    @property
+    def text(self) -> str:
+        """The last lines, as a subtitle sample shows them."""
+        return "\n".join(self._recent)
 
     def finish(self, end_ms: int | None) -> list[Cue]:
         """The last cue, cut at ``end_ms`` (the recording's end) if given."""
@@ -115,9 +127,11 @@ class ChatSidecars:
         self._vtt.write("WEBVTT\n\n")
         self._vtt.flush()
         self._cue_no = 0
+        self.cues: list[Cue] = []
+        """Every cue so far, for the subtitle track written when the recording closes."""
 
-    def add(self, line: ChatLine) -> list[Cue]:
-        """Write one line; returns the cues it finished (for the subtitle track)."""
+    def add(self, line: ChatLine) -> None:
+        """Write one line (its cue is final once the next line comes)."""
         start, cues = self.timeline.add(line)
         record = {
             "t": start / 1000,
@@ -131,16 +145,15 @@ class ChatSidecars:
         self._jsonl.flush()
         self._write_cues(cues)
         self.lines += 1
-        return cues
 
     def finish(self, end_ms: int | None) -> list[Cue]:
-        """Write the last cue (cut at ``end_ms``) and close the parts; :func:`move_sidecars` then renames them."""
+        """Write the last cue (cut at ``end_ms``) and close the parts (:func:`move_sidecars` then renames them);
+        returns the cues for the subtitle track (at most :data:`MAX_TRACK_CUES`)."""
         try:
-            cues = self.timeline.finish(end_ms)
-            self._write_cues(cues)
+            self._write_cues(self.timeline.finish(end_ms))
         finally:
             self.abort()
-        return cues
+        return self.cues
 
     def abort(self) -> None:
         """Close the parts as they are (idempotent)."""
@@ -149,6 +162,8 @@ class ChatSidecars:
 
     def _write_cues(self, cues: list[Cue]) -> None:
         for cue in cues:
+            if len(self.cues) < MAX_TRACK_CUES:
+                self.cues.append(cue)
             self._cue_no += 1
             end = cue.start_ms + cue.duration_ms
             self._vtt.write(f"{self._cue_no}\n{vtt_time(cue.start_ms)} --> {vtt_time(end)}\n{vtt_escape(cue.text)}\n\n")

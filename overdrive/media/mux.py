@@ -300,6 +300,7 @@ class Mp4Writer:
             for t in info.audio
         }
         self._chat: Any = None
+        self._chat_ms = -1
         if info.chat_port:  # a stream with a chat: its lines as a subtitle track (see media.chat_record)
             self._chat = self._out.add_mux_stream("mov_text")
             self._chat.time_base = Fraction(1, 1000)
@@ -335,12 +336,15 @@ class Mp4Writer:
         self._mux(writer.add(pts_ns, data))
 
     def subtitles(self, cues: list[Cue]) -> None:
-        """Chat cues into the subtitle track (a stream without chat has none: they are dropped)."""
+        """Chat cues into the subtitle track (a stream without chat has none: they are dropped), in order and not
+        overlapping; call once, just before :meth:`close` (see :mod:`~overdrive.media.chat_record` for why)."""
         for cue in cues if self._chat is not None else ():
+            start = max(cue.start_ms, self._chat_ms + 1)
+            self._chat_ms = start
             packet = self._av.Packet(tx3g_sample(cue.text))
             packet.stream = self._chat
             packet.time_base = Fraction(1, 1000)
-            packet.pts = packet.dts = cue.start_ms
+            packet.pts = packet.dts = start
             packet.duration = cue.duration_ms
             self._out.mux(packet)
 

@@ -237,7 +237,7 @@ class _Recording:
 
     def chat_line(self, line: ChatLine) -> None:
         if self.chat is not None:
-            self.writer.subtitles(self.chat.add(line))
+            self.chat.add(line)
 
     def _finish_chat(self) -> None:
         if self.chat is not None:
