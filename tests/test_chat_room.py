@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overdrive.media import salvage
 from overdrive.media.chat import MAX_CHAT_TEXT, Bye, Hand, Hello, Say, clean_name, line_text
 from overdrive.media.chat_record import CUE_SECONDS, CueTimeline, vtt_escape
 from overdrive.media.chat_room import ChatLimits, ChatRoom, Peer, Rate
@@ -175,3 +178,23 @@ def test_cues_follow_each_other_and_end_with_the_recording() -> None:
 def test_vtt_text_is_inert() -> None:
     assert vtt_escape("<b>x</b> & -->\n\nnext") == "&lt;b&gt;x&lt;/b&gt; &amp; --&gt;\nnext"
     assert clean_name("") == ""
+
+
+def test_a_salvaged_recording_keeps_its_chat_beside_it(tmp_path: Path) -> None:
+    """A killed recorder's chat parts follow its MP4 when it is recovered (an unfinished last line dropped), and
+    go with it when nothing of it plays."""
+    from tests.test_salvage import FRAGMENT, HEAD
+
+    (tmp_path / ".talk.mp4.part").write_bytes(HEAD + FRAGMENT)
+    (tmp_path / ".talk.chat.jsonl.part").write_text('{"t": 0.5, "text": "hi"}\n{"t": 0.9, "te')
+    (tmp_path / ".talk.vtt.part").write_text("WEBVTT\n\n")
+    (tmp_path / ".empty.mp4.part").write_bytes(HEAD)
+    (tmp_path / ".empty.vtt.part").write_text("WEBVTT\n\n")
+    salvage.recover(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "talk (recovered).chat.jsonl",
+        "talk (recovered).mp4",
+        "talk (recovered).vtt",
+    ]
+    lines = (tmp_path / "talk (recovered).chat.jsonl").read_text().splitlines()
+    assert [json.loads(x)["text"] for x in lines] == ["hi"]
