@@ -1,6 +1,7 @@
 """The chat of a recording: beside the MP4 as JSON lines and WebVTT, and inside it as a subtitle track.
 
-A recording of a stream that has a chat (``StreamInfo.chat_port``) gets, next to ``NAME.mp4``:
+A recording of a stream that has a chat (``StreamInfo.chat_port``) in which something was said gets, next to
+``NAME.mp4``:
 
 * ``NAME.chat.jsonl``: one JSON object per chat event, ``{"t": seconds, "seq", "name", "text", "kind", "host"}``,
   ``t`` on the recording's timeline (the stream clock minus the recording's first frame, like its video);

@@ -175,11 +175,8 @@ class _Recording:
         except BaseException:
             self._lock.close()
             raise
-        if info.chat_port:
-            try:
-                self.chat = ChatSidecars(config.backup_dir, self.base, t0_ns)
-            except OSError as exc:  # the video goes on without its chat beside it
-                log.warning("cannot record the chat beside %s: %s", self.final, exc)
+        self._t0_ns = t0_ns
+        self._chat_failed = not info.chat_port
         log.info("recording to %s", self.final)
 
     def _open(self, config: RecordConfig, info: StreamInfo, t0_ns: int) -> None:
@@ -236,6 +233,13 @@ class _Recording:
         return done
 
     def chat_line(self, line: ChatLine) -> None:
+        """Record one chat line (the sidecars are made at the first: a recording nobody chatted in has none)."""
+        if self.chat is None and not self._chat_failed:
+            try:
+                self.chat = ChatSidecars(self.final.parent, self.base, self._t0_ns)
+            except OSError as exc:  # the video goes on without its chat beside it
+                self._chat_failed = True
+                log.warning("cannot record the chat beside %s: %s", self.final, exc)
         if self.chat is not None:
             self.chat.add(line)
 
