@@ -216,7 +216,7 @@ def stream_chat(streamer: Streamer, bus: Bus) -> ChatServer:
 
     def presence(snapshot: Presence) -> None:
         seen = (snapshot.count, snapshot.names, snapshot.hands)
-        if not last or last[0] != seen:
+        if last != [seen] and (last or snapshot.count):  # nothing to say before the first viewer
             last[:] = [seen]
             print_presence(snapshot)
 
