@@ -10,6 +10,7 @@ import typer
 from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cli import audio as audio_cli
+from overdrive.cli import chat as chat_cli
 from overdrive.cli.audio import stream_extras, view_extras
 from overdrive.cli.options import console, options, shown, warn_insecure, writable_file
 from overdrive.cli.run import ready, run
@@ -61,6 +62,7 @@ def stream(
         str | None, typer.Option(help="Microphone: index, name or pulse:SOURCE (see `overdrive devices`).")
     ] = None,
     audio_codec: Annotated[str, typer.Option(help="Audio codec on the wire: opus or pcm.")] = "opus",
+    no_chat: Annotated[bool, typer.Option("--no-chat", help="Offer viewers no chat.")] = False,
     no_record: NoRecord = False,
     backup: Backup = None,
     wav: Wav = False,
@@ -88,6 +90,7 @@ def stream(
     warn_insecure(opts)
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
+        chat = None if no_chat else chat_cli.stream_chat(streamer, bus)  # before stream_extras: it is recorded
         extras = stream_extras(
             streamer, audio=audio, mic=mic, audio_codec=audio_codec, record=not no_record, backup=backup, wav=wav
         )
@@ -108,6 +111,7 @@ def stream(
             f"source {source}",
             f"codec {codec}",
             f"key {streamer.signer.fingerprint}",
+            f"chat port {chat.port}" if chat is not None else "",
         )
         run(
             announce,
@@ -180,6 +184,9 @@ def view(
     once: Annotated[
         bool, typer.Option("--once", help="Exit when the stream ends instead of waiting for it to start again.")
     ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="Your name in the chat (default: your user name).", show_default=False)
+    ] = None,
     no_record: NoRecord = False,
     backup: Backup = None,
     wav: Wav = False,
@@ -209,6 +216,7 @@ def view(
     with opts.bus() as bus:
         viewer = Viewer(config, bus)
         extras = view_extras(viewer, play=not (mute or headless), record=not no_record, backup=backup, wav=wav)
+        chat = chat_cli.view_chat(viewer, bus, config.endpoint.host, name)
 
         def waiting() -> None:
             console.print(f"waiting for the stream at {config.endpoint.display}...")
@@ -217,10 +225,12 @@ def view(
             with interrupts.deferred() as check:
                 viewer.connect(check, waiting)
         except KeyboardInterrupt:
+            chat.close()
             extras.close()
             console.print("stopped before the stream started")
             return
         except BaseException:
+            chat.close()
             extras.close()
             raise
 
@@ -235,7 +245,12 @@ def view(
         waiting_for = f"a stream signed by {config.pin}" if config.pin else "stream info"
         announce = ready("view", config.endpoint, f"connected, waiting for {waiting_for} and a keyframe")
         # viewer.run writes --stats-json on the way out, also on Ctrl-C / SIGTERM / SIGHUP
-        run(announce, lambda _: viewer.run(), stop=[viewer.stop, extras.close], request_stop=viewer.request_stop)
+        run(
+            announce,
+            lambda _: viewer.run(),
+            stop=[viewer.stop, chat.close, extras.close],
+            request_stop=viewer.request_stop,
+        )
         s = viewer.stats_dict()
         p50 = s["latency_ms"]["p50"]
         console.print(

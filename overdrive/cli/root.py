@@ -205,6 +205,7 @@ def _config_keys(command: Any) -> dict[str, str]:
 
 def _register_features() -> None:
     """Add every module's commands, in the order ``--help`` lists them (imported here, after ``app`` exists)."""
+    from overdrive.cli import chat as chat_cli
     from overdrive.cli import demo as demo_cli
     from overdrive.cli import doctor as doctor_cli
     from overdrive.cli import index as index_cli
@@ -212,7 +213,7 @@ def _register_features() -> None:
     from overdrive.cli import media as media_cli
     from overdrive.cli import transfer as transfer_cli
 
-    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, index_cli, transfer_cli):
+    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, chat_cli, index_cli, transfer_cli):
         feature.register(app)
 
 

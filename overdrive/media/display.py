@@ -29,6 +29,8 @@ FPS_WINDOW_S = 2.0
 MAX_TITLE = 128
 
 log = logging.getLogger(__name__)
+CHAT_LINES = 5
+"""Newest chat lines drawn at the bottom of the window."""
 
 
 def check_display() -> None:
@@ -106,6 +108,8 @@ class Display:
         self._last: Image | None = None
         self._size: tuple[int, int] | None = None  # the picture size the window was fitted to
         self._shown: deque[float] = deque(maxlen=256)  # monotonic times of recent pictures, for the overlay's fps
+        self.chat: deque[str] = deque(maxlen=CHAT_LINES)
+        """Chat lines to draw (plain text, cut to fit); the newest last."""
 
     def set_title(self, stream_name: str) -> None:
         """Title the window with the stream's name (a new stream may bring a new one)."""
@@ -114,6 +118,10 @@ class Display:
             import cv2
 
             cv2.setWindowTitle(self.name, self.title)
+
+    def chat_line(self, text: str) -> None:
+        """Draw ``text`` (one chat line, shown as the characters it is) from the next picture on."""
+        self.chat.append(text[:120])
 
     def ended(self, text: str) -> None:
         """Keep the last picture up, saying ``text`` over it instead of the overlay."""
@@ -152,6 +160,8 @@ class Display:
             image = image.copy()
             cv2.rectangle(image, (0, 0), (min(image.shape[1], 620), 34), (0, 0, 0), -1)
             cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+        if self.chat:
+            image = _draw_chat(image if text is not None else image.copy(), list(self.chat))
         try:
             self._fit(image.shape[1], image.shape[0])
             cv2.imshow(self.name, image)
@@ -217,3 +227,17 @@ class Display:
 
             cv2.destroyAllWindows()
             self.open = False
+
+
+def _draw_chat(image: Image, lines: list[str]) -> Image:
+    """``lines`` at the bottom left of ``image``, white on black (OpenCV's font draws ASCII; others show as ?)."""
+    import cv2
+
+    height = image.shape[0]
+    top = max(0, height - 8 - 24 * len(lines))
+    cv2.rectangle(image, (0, top), (min(image.shape[1], 900), height), (0, 0, 0), -1)
+    for n, text in enumerate(lines):
+        shown = "".join(c if " " <= c <= "~" else "?" for c in text)
+        y = top + 20 + 24 * n
+        cv2.putText(image, shown, (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    return image

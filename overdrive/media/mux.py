@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from overdrive.errors import MediaError
+from overdrive.media.chat_record import Cue, tx3g_sample
 from overdrive.media.codecs import make_audio_decoder
 from overdrive.media.codecs.base import SAMPLE_RATE, AudioDecoder, Samples
 from overdrive.media.codecs.h264 import parameter_sets
@@ -298,6 +299,12 @@ class Mp4Writer:
             )
             for t in info.audio
         }
+        self._chat: Any = None
+        self._chat_ms = -1
+        if info.chat_port:  # a stream with a chat: its lines as a subtitle track (see media.chat_record)
+            self._chat = self._out.add_mux_stream("mov_text")
+            self._chat.time_base = Fraction(1, 1000)
+            self._chat.metadata["title"] = self._chat.metadata["handler_name"] = "chat"
         self._held: tuple[int, bytes, bool] | None = None  # (ticks, data, keyframe) of the last H.264 packet
         self._last_ticks = -1
         self.last_video_ns: int | None = None
@@ -328,11 +335,29 @@ class Mp4Writer:
         self.audio_chunks += 1
         self._mux(writer.add(pts_ns, data))
 
+    def subtitles(self, cues: list[Cue]) -> None:
+        """Chat cues into the subtitle track (a stream without chat has none: they are dropped), in order and not
+        overlapping; call once, just before :meth:`close` (see :mod:`~overdrive.media.chat_record` for why)."""
+        for cue in cues if self._chat is not None else ():
+            start = max(cue.start_ms, self._chat_ms + 1)
+            self._chat_ms = start
+            packet = self._av.Packet(tx3g_sample(cue.text))
+            packet.stream = self._chat
+            packet.time_base = Fraction(1, 1000)
+            packet.pts = packet.dts = start
+            packet.duration = cue.duration_ms
+            self._out.mux(packet)
+
+    @property
+    def end_ns(self) -> int | None:
+        """Where the recording ends: the last video frame's time plus one frame."""
+        if self.last_video_ns is None:
+            return None
+        return self.last_video_ns + self.frame_ticks * 1_000_000_000 // VIDEO_RATE
+
     def close(self) -> None:
         """Flush everything; audio is padded or cut to end with the last video frame."""
-        end_ns = None
-        if self.last_video_ns is not None:
-            end_ns = self.last_video_ns + self.frame_ticks * 1_000_000_000 // VIDEO_RATE
+        end_ns = self.end_ns
         try:
             if self._held is not None:
                 self._mux_h264(*self._held, self.frame_ticks)

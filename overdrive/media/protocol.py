@@ -9,6 +9,9 @@ relay can forward without understanding anything else; the publisher keeps no pe
 * ``TOPIC_AUDIO``: :class:`AudioChunk` + one payload frame (an Opus packet or interleaved s16le PCM).
 * ``TOPIC_END``: :class:`StreamEnd`, sent once when a streamer stops cleanly (a viewer of a streamer that dies
   infers the end from silence instead).
+* ``TOPIC_CHAT``: :class:`ChatLine`, one accepted chat line (or a join, leave, raised hand), republished by the
+  streamer from its chat back channel (:mod:`overdrive.media.chat`); ``TOPIC_PRESENCE``: :class:`Presence`, who
+  is watching. Viewers that predate chat never subscribe to them.
 
 All timestamps are capture times in nanoseconds on the streamer's wall clock (``time.time_ns()``), shared by
 video and audio, so recordings and playback line tracks up by timestamp, never by an assumed rate.
@@ -30,6 +33,8 @@ TOPIC_INFO = b"i"
 TOPIC_VIDEO = b"v"
 TOPIC_AUDIO = b"a"
 TOPIC_END = b"e"
+TOPIC_CHAT = b"c"
+TOPIC_PRESENCE = b"p"
 
 MAX_VIDEO_FRAME = 16 << 20
 MAX_AUDIO_CHUNK = 64 << 10
@@ -77,6 +82,8 @@ class StreamInfo(Message, tag="info", frozen=True):
     signer: Annotated[bytes, Meta(max_length=32)] = b""
     """The streamer's Ed25519 public key, which signs every message of the stream (viewers refuse an info without
     one; empty only in local use that never goes on the wire)."""
+    chat_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    """TCP port of the streamer's chat back channel on the stream's host (0: this stream has no chat)."""
 
 
 class VideoFrame(Message, tag="vf", frozen=True):
@@ -112,12 +119,52 @@ class StreamEnd(Message, tag="end", frozen=True):
     sent_ns: NonNegative
 
 
-StreamMessage = StreamInfo | VideoFrame | AudioChunk | StreamEnd
-CODEC: Codec[StreamMessage] = Codec(StreamInfo, VideoFrame, AudioChunk, StreamEnd)
+MAX_CHAT_NAME = 32
+"""Characters of a shown chat name."""
+MAX_CHAT_TEXT = 500
+"""Characters of one chat line; a longer one is refused (not cut: the sender sees why and can split it)."""
+MAX_PRESENCE_NAMES = 200
+"""Names listed in one Presence (the count is always exact)."""
+ChatKind = Literal["say", "hand", "join", "leave"]
+ChatName = Annotated[str, Meta(min_length=1, max_length=MAX_CHAT_NAME)]
+
+
+class ChatLine(Message, tag="chat", frozen=True):
+    """One chat event the streamer accepted, in the order it accepted them (``seq`` grows by one per line).
+
+    ``name`` is the name the streamer gave the sender, never one the sender chose for itself unchecked; ``host``
+    is set only for lines sent from the streamer's own identity (the lecturer). ``text`` is plain text: whatever it
+    holds (markup, scripts) is shown as the characters it is. ``sent_ns`` is on the stream clock."""
+
+    stream_id: StreamId
+    seq: NonNegative
+    sent_ns: NonNegative
+    name: ChatName
+    text: Annotated[str, Meta(max_length=MAX_CHAT_TEXT)] = ""
+    kind: ChatKind = "say"
+    host: bool = False
+    member: Annotated[str, Meta(max_length=16)] = ""
+    """A short id of the sending connection and label, stable while it stays (tells two equal names apart)."""
+
+
+class Presence(Message, tag="pres", frozen=True):
+    """Who is in the chat: sent when it changes (at most about once a second) and every few seconds."""
+
+    stream_id: StreamId
+    sent_ns: NonNegative
+    count: NonNegative
+    names: Annotated[tuple[ChatName, ...], Meta(max_length=MAX_PRESENCE_NAMES)] = ()
+    hands: Annotated[tuple[ChatName, ...], Meta(max_length=MAX_PRESENCE_NAMES)] = ()
+
+
+StreamMessage = StreamInfo | VideoFrame | AudioChunk | StreamEnd | ChatLine | Presence
+CODEC: Codec[StreamMessage] = Codec(StreamInfo, VideoFrame, AudioChunk, StreamEnd, ChatLine, Presence)
 
 TOPICS: dict[type[Message], bytes] = {
     StreamInfo: TOPIC_INFO,
     VideoFrame: TOPIC_VIDEO,
     AudioChunk: TOPIC_AUDIO,
     StreamEnd: TOPIC_END,
+    ChatLine: TOPIC_CHAT,
+    Presence: TOPIC_PRESENCE,
 }

@@ -44,10 +44,11 @@ from typing import Any, BinaryIO
 from overdrive.bus.service import Worker
 from overdrive.errors import ConfigError, MediaError, UnsafePathError
 from overdrive.files.names import check_name, fit_name
+from overdrive.media.chat_record import ChatSidecars, move_sidecars
 from overdrive.media.codecs.base import SAMPLE_RATE, Samples
 from overdrive.media.hooks import Listenable
 from overdrive.media.mux import Mp4Writer
-from overdrive.media.protocol import AudioChunk, StreamEnd, StreamInfo, StreamMessage, VideoFrame
+from overdrive.media.protocol import AudioChunk, ChatLine, StreamEnd, StreamInfo, StreamMessage, VideoFrame
 from overdrive.media.salvage import salvage
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,14 @@ class _Recording:
         self.final = config.backup_dir / f"{self.base}.mp4"
         self.part = config.backup_dir / f".{self.base}.mp4.part"
         self._wavs: dict[int, tuple[Any, Path, Path]] = {}
+        self.chat: ChatSidecars | None = None
         try:
             self._open(config, info, t0_ns)
         except BaseException:
             self._lock.close()
             raise
+        self._t0_ns = t0_ns
+        self._chat_failed = not info.chat_port
         log.info("recording to %s", self.final)
 
     def _open(self, config: RecordConfig, info: StreamInfo, t0_ns: int) -> None:
@@ -228,16 +232,36 @@ class _Recording:
         self._wavs.clear()
         return done
 
+    def chat_line(self, line: ChatLine) -> None:
+        """Record one chat line (the sidecars are made at the first: a recording nobody chatted in has none)."""
+        if self.chat is None and not self._chat_failed:
+            try:
+                self.chat = ChatSidecars(self.final.parent, self.base, self._t0_ns)
+            except OSError as exc:  # the video goes on without its chat beside it
+                self._chat_failed = True
+                log.warning("cannot record the chat beside %s: %s", self.final, exc)
+        if self.chat is not None:
+            self.chat.add(line)
+
+    def _finish_chat(self) -> None:
+        if self.chat is not None:
+            end = self.writer.end_ns
+            self.writer.subtitles(self.chat.finish(None if end is None else (end - self.writer.t0_ns) // 1_000_000))
+
     def close(self) -> Finished:
         try:
             try:
+                self._finish_chat()
                 self.writer.close()
             finally:
                 wavs = self._close_wavs(rename=True)
+                if self.chat is not None:
+                    self.chat.abort()
             final = self.final
             if final.exists():  # someone took the name meanwhile: never overwrite
                 final = final.with_name(f"{self.base}-{time.time_ns()}.mp4")
             os.replace(self.part, final)
+            move_sidecars(self.final.parent, self.base, final)
         finally:
             self._lock.close()
         log.info("recording closed: %s (%d frames)", final, self.writer.frames)
@@ -254,6 +278,8 @@ class _Recording:
                     pass  # the header could not be updated: the samples are there all the same
                 os.replace(part, final)
             self._wavs.clear()
+            if self.chat is not None:
+                self.chat.abort()
             kept = salvage(self.part)
         finally:
             self._lock.close()
@@ -366,6 +392,8 @@ class Recorder(Worker):
             self._recording.writer.video(message, payload)
         elif isinstance(message, AudioChunk) and self._recording is not None:
             self._recording.writer.audio(message.track, message.pts_ns, payload)
+        elif isinstance(message, ChatLine) and self._recording is not None:
+            self._recording.chat_line(message)
 
     def _finish(self) -> None:
         rec, self._recording = self._recording, None

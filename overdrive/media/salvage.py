@@ -93,14 +93,18 @@ def visible_name(part: Path, suffix: str = "") -> Path:
 
 def salvage(part: Path, suffix: str = "") -> Salvaged:
     """Cut ``part`` after its last complete fragment and rename it visibly; remove it if nothing in it plays."""
+    from overdrive.media.chat_record import salvage_sidecars
+
     end = playable_end(part)
     if end == 0:
         part.unlink(missing_ok=True)
+        salvage_sidecars(part, None)
         return Salvaged(part, None, 0.0)
     if end < part.stat().st_size:
         os.truncate(part, end)
     final = visible_name(part, suffix)
     os.replace(part, final)
+    salvage_sidecars(part, final)  # the chat beside it keeps its name
     return Salvaged(part, final, duration(final))
 
 

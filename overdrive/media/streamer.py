@@ -169,6 +169,8 @@ class Streamer(Worker):
         self.started_ns = time.time_ns()
         self.stats = StreamerStats()
         self.endpoint: Endpoint | None = None
+        self.chat_port = 0
+        """Announced in StreamInfo (set by :func:`~overdrive.media.chat_server.attach_chat` before start)."""
         self._source = source
         self._producers: list[Producer] = []
         self._listeners: list[Listener] = []
@@ -391,6 +393,7 @@ class Streamer(Worker):
             audio=tuple(self._audio),
             keyframe_interval=self.config.keyframe_interval,
             signer=self.signer.public,
+            chat_port=self.chat_port,
         )
         self._publish(info, b"")
 

@@ -30,6 +30,7 @@ Hooks for audio playback and recording (no change to this module needed):
   every ``AudioChunk`` of the current stream, and every ``VideoFrame`` that continues a clean chain from a
   keyframe (with its encoded bytes, before any catch-up skipping, so a recording gets them all). ``payload`` is
   ``b""`` for StreamInfo. Keep callbacks fast.
+  Chat lines and presence of the current stream (``ChatLine``, ``Presence``) go to listeners too.
 * ``Viewer.add_picture_listener(callback)`` — ``callback(image, frame)`` for every decoded BGR picture.
 """
 
@@ -52,6 +53,7 @@ from overdrive.bus.service import START_TIMEOUT, STOP_TIMEOUT, ZmqService
 from overdrive.bus.signing import normalise_fingerprint
 from overdrive.bus.sockets import Bus
 from overdrive.errors import ConfigError, HostNotFoundError, MediaError, ProtocolError, UnreachableError
+from overdrive.media.chat import line_text
 from overdrive.media.codecs import make_decoder
 from overdrive.media.codecs.base import Decoder
 from overdrive.media.display import Display, check_display
@@ -60,10 +62,14 @@ from overdrive.media.join import Accept, CatchUp, JoinState, Reset
 from overdrive.media.protocol import (
     CODEC,
     TOPIC_AUDIO,
+    TOPIC_CHAT,
     TOPIC_END,
     TOPIC_INFO,
+    TOPIC_PRESENCE,
     TOPIC_VIDEO,
     AudioChunk,
+    ChatLine,
+    Presence,
     StreamEnd,
     StreamInfo,
     StreamMessage,
@@ -82,6 +88,8 @@ _TOPIC_TYPES: dict[bytes, type] = {
     TOPIC_VIDEO: VideoFrame,
     TOPIC_AUDIO: AudioChunk,
     TOPIC_END: StreamEnd,
+    TOPIC_CHAT: ChatLine,
+    TOPIC_PRESENCE: Presence,
 }
 RETRY_SECONDS = 0.5
 """Between two connection attempts while waiting for a streamer to start."""
@@ -319,6 +327,11 @@ class Viewer(ZmqService):
                 if message.stream_id == self.join.stream_id and self._fresh_audio(message):
                     self.stats.audio_chunks += 1
                     self._notify(message, payload)
+            elif isinstance(message, (ChatLine, Presence)):  # chat: to listeners (media.chat_view), in order
+                if message.stream_id == self.join.stream_id:
+                    if isinstance(message, ChatLine) and self._display is not None:
+                        self._display.chat_line(line_text(message))
+                    self._notify(message, b"")
             else:
                 self.stats.frames_received += 1
                 if isinstance(self.join.on_frame(message), Accept):
