@@ -12,16 +12,23 @@ import typer
 from typer.core import TyperCommand, TyperOption
 
 _BRACED = re.compile(r"^\{(.+)\}(\.\.\.)?$")
+_LIST_TYPE = re.compile(r"^<list\[(\w+)\]>$")
 
 
 class TidyHelp:
-    """Mixin for a typer command or group class: flags show no value placeholder, required arguments no braces."""
+    """Mixin for a typer command or group class: flags show no value placeholder, required arguments no braces,
+    repeated values the element type (``<path>...``)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
             if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
                 param.metavar = ""  # the rich help shows the metavar instead of the type; a flag has no value
+            display_type = getattr(param, "display_type", None)  # typer's parameters have it, click's do not
+            listed = _LIST_TYPE.match((display_type(ctx) if display_type else None) or "")
+            if listed:  # typer shows a list as <list[Path]>: the element's type, repeated, as click writes it
+                shown = f"<{listed.group(1).lower()}>..."
+                param.display_type_rich = lambda ctx, shown=shown: shown
         return params
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
