@@ -31,7 +31,7 @@ FRAME = 33_333_333
 def _gateway(**limits: object) -> Gateway:
     gateway = Gateway(Limits(**limits), name="lecture")  # type: ignore[arg-type]
     video = VideoConfig(width=1280, height=720, sps=SPS, pps=PPS, fps=30.0, epoch_ns=EPOCH)
-    gateway.configure(video, AudioConfig(channels=2, epoch_ns=EPOCH), EPOCH)
+    gateway.configure(video, AudioConfig(channels=2, epoch_ns=EPOCH))
     return gateway
 
 
@@ -57,17 +57,17 @@ def test_late_joiner_starts_from_the_last_keyframe() -> None:
     for i in range(40):
         gateway.video(_frame(i))
     gateway.audio(AudioSample(EPOCH + 39 * FRAME, 960, b"opus"))
-    items = _drain(gateway.join())
+    items = _drain(gateway.join(EPOCH))
     start = json.loads(items[0])  # type: ignore[arg-type]
     assert start["video"]["codec"] == "avc1.42C01F" and start["audio"]["codec"] == "opus"
-    assert _kinds(items) == ["start", KIND_VIDEO_INIT, KIND_AUDIO_INIT] + [KIND_VIDEO] * 10 + [KIND_AUDIO]
+    assert _kinds(items) == ["start", KIND_VIDEO_INIT, KIND_AUDIO_INIT] + [KIND_VIDEO] * 10 + [KIND_AUDIO, "clock"]
     # the first fragment is the keyframe of frame 30: its mdat holds the IDR slice
     assert b"\x65" + b"\x01" * 100 in items[3]  # type: ignore[operator]
 
 
 def test_one_copy_of_each_fragment_serves_every_browser() -> None:
     gateway = _gateway()
-    sessions = [gateway.join() for _ in range(3)]
+    sessions = [gateway.join(EPOCH) for _ in range(3)]
     for s in sessions:
         _drain(s)
     gateway.video(_frame(0))
@@ -77,7 +77,7 @@ def test_one_copy_of_each_fragment_serves_every_browser() -> None:
 
 def test_slow_browser_drops_to_the_next_keyframe() -> None:
     gateway = _gateway(max_lag=1.0)
-    slow, fast = gateway.join(), gateway.join()
+    slow, fast = gateway.join(EPOCH), gateway.join(EPOCH)
     _drain(slow)
     for i in range(45):  # 1.5 s: the slow browser never reads
         gateway.video(_frame(i))
@@ -95,7 +95,7 @@ def test_slow_browser_drops_to_the_next_keyframe() -> None:
 
 def test_queue_count_bound_holds_without_lag() -> None:
     gateway = _gateway(queue_items=8, max_lag=10.0)
-    session = gateway.join()
+    session = gateway.join(EPOCH)
     _drain(session)
     for i in range(100):
         gateway.video(VideoSample(EPOCH + i, i % 30 == 0, b"\x00\x00\x01\x41"))
@@ -106,8 +106,8 @@ def test_group_longer_than_the_cache_is_not_cached() -> None:
     gateway = _gateway(cache_items=8)
     for i in range(20):
         gateway.video(_frame(i, gop=100))
-    session = gateway.join()
-    assert _kinds(_drain(session)) == ["start", KIND_VIDEO_INIT, KIND_AUDIO_INIT]
+    session = gateway.join(EPOCH)
+    assert _kinds(_drain(session)) == ["start", KIND_VIDEO_INIT, KIND_AUDIO_INIT, "clock"]
     assert session.waiting_key
     gateway.video(_frame(20, gop=100))
     assert session.pop() is None  # a delta frame: still waiting for a keyframe
@@ -115,10 +115,10 @@ def test_group_longer_than_the_cache_is_not_cached() -> None:
 
 def test_restart_resets_every_browser_and_end_tells_them() -> None:
     gateway = _gateway()
-    session = gateway.join()
+    session = gateway.join(EPOCH)
     gateway.video(_frame(0))
     video = VideoConfig(width=640, height=480, sps=SPS, pps=PPS, fps=30.0, epoch_ns=EPOCH + 10)
-    gateway.configure(video, None, EPOCH)
+    gateway.configure(video, None)
     assert _kinds(_drain(session)) == ["start", KIND_VIDEO_INIT]
     gateway.end()
     gateway.video(_frame(1))
@@ -127,10 +127,10 @@ def test_restart_resets_every_browser_and_end_tells_them() -> None:
 
 def test_session_limit() -> None:
     gateway = _gateway(max_sessions=2)
-    gateway.join()
-    gateway.join()
+    gateway.join(EPOCH)
+    gateway.join(EPOCH)
     with pytest.raises(FullError):
-        gateway.join()
+        gateway.join(EPOCH)
 
 
 def test_limits_are_checked() -> None:

@@ -169,13 +169,15 @@ class Gateway:
         self._cache_valid = False
 
     # -- browsers --------------------------------------------------------------------------------------------
-    def join(self, wake: Callable[[], None] = lambda: None) -> Session:
-        """A new browser: its session, already holding what it needs to start (if a stream is on)."""
+    def join(self, now_ns: int, wake: Callable[[], None] = lambda: None) -> Session:
+        """A new browser: its session, already holding what it needs to start (if a stream is on) and the
+        gateway's clock."""
         if len(self.sessions) >= self.limits.max_sessions:
             raise FullError(f"already {len(self.sessions)} browsers")
         session = Session(next(self._ids), self.limits, wake)
         self.sessions[session.id] = session
         self._prime(session)
+        session.push(_clock(now_ns))
         return session
 
     def leave(self, session: Session) -> None:
@@ -194,7 +196,7 @@ class Gateway:
             session.offer(item, pts, keyframe)
 
     # -- the stream ------------------------------------------------------------------------------------------
-    def configure(self, video: VideoConfig, audio: AudioConfig | None, now_ns: int) -> None:
+    def configure(self, video: VideoConfig, audio: AudioConfig | None) -> None:
         """A stream (re)started with these tracks: every browser restarts its player from the next keyframe."""
         self.video_config, self.audio_config = video, audio
         start: dict[str, object] = {
@@ -203,7 +205,6 @@ class Gateway:
             "video": {"codec": video.codec, "width": video.width, "height": video.height},
             "audio": None if audio is None else {"codec": audio.codec, "channels": audio.channels},
             "epoch_ms": video.epoch_ns // 1_000_000,
-            "server_ms": now_ns // 1_000_000,
             "chat": self.chat,
         }
         self._start = json.dumps(start)
@@ -245,8 +246,9 @@ class Gateway:
 
     def clock(self, now_ns: int) -> None:
         """Tell pages the gateway's wall clock (they correct their own by it when measuring latency)."""
-        if self._start is not None:
-            self.broadcast({"type": "clock", "server_ms": now_ns // 1_000_000})
+        text = _clock(now_ns)
+        for session in self.sessions.values():
+            session.push(text)
 
     def _publish(self, item: bytes, pts_ns: int, keyframe: bool) -> None:
         if keyframe:
@@ -265,6 +267,10 @@ class Gateway:
         self._cache.clear()
         self._cache_bytes = 0
         self._cache_valid = False
+
+
+def _clock(now_ns: int) -> str:
+    return json.dumps({"type": "clock", "server_ms": now_ns // 1_000_000})
 
 
 __all__ = ["AudioSample", "FullError", "Gateway", "Item", "Limits", "Session", "VideoSample"]
