@@ -167,6 +167,7 @@ class WebServer:
         self._stopping = asyncio.Event()
         app = web.Application(middlewares=[self._guard], client_max_size=self.config.max_message)
         app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/favicon.ico", self._no_icon)
         for path in self._assets:
             app.router.add_get(path, self._asset)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -265,6 +266,9 @@ class WebServer:
         if not isinstance(response, web.WebSocketResponse):
             response.headers.update(_HEADERS)
         return response
+
+    async def _no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
 
     async def _asset(self, request: web.Request) -> web.Response:
         body, kind = self._assets[request.path]

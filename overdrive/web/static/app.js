@@ -95,6 +95,7 @@ function start(msg) {
   ms.addEventListener("sourceopen", () => {
     if (player !== mine) return;
     URL.revokeObjectURL(video.src);
+    ms.duration = Infinity;  // a live stream: Chromium then renders video with low delay
     mine.buffers[0] = ms.addSourceBuffer(videoType);
     if (withAudio) mine.buffers[1] = ms.addSourceBuffer(audioType);
     for (const [track, buffer] of mine.buffers.entries()) {
