@@ -58,11 +58,15 @@ def test_late_joiner_starts_from_the_last_keyframe() -> None:
         gateway.video(_frame(i))
     gateway.audio(AudioSample(EPOCH + 39 * FRAME, 960, b"opus"))
     items = _drain(gateway.join(EPOCH))
-    start = json.loads(items[0])  # type: ignore[arg-type]
+    assert json.loads(items[0]) == {"type": "hello", "name": "lecture", "chat": False}  # type: ignore[arg-type]
+    start = json.loads(items[1])  # type: ignore[arg-type]
     assert start["video"]["codec"] == "avc1.42C01F" and start["audio"]["codec"] == "opus"
-    assert _kinds(items) == ["start", KIND_VIDEO_INIT, KIND_AUDIO_INIT] + [KIND_VIDEO] * 10 + [KIND_AUDIO, "clock"]
+    assert _kinds(items) == ["hello", "start", KIND_VIDEO_INIT, KIND_AUDIO_INIT] + [KIND_VIDEO] * 10 + [
+        KIND_AUDIO,
+        "clock",
+    ]
     # the first fragment is the keyframe of frame 30: its mdat holds the IDR slice
-    assert b"\x65" + b"\x01" * 100 in items[3]  # type: ignore[operator]
+    assert b"\x65" + b"\x01" * 100 in items[4]  # type: ignore[operator]
 
 
 def test_one_copy_of_each_fragment_serves_every_browser() -> None:
@@ -107,7 +111,7 @@ def test_group_longer_than_the_cache_is_not_cached() -> None:
     for i in range(20):
         gateway.video(_frame(i, gop=100))
     session = gateway.join(EPOCH)
-    assert _kinds(_drain(session)) == ["start", KIND_VIDEO_INIT, KIND_AUDIO_INIT, "clock"]
+    assert _kinds(_drain(session)) == ["hello", "start", KIND_VIDEO_INIT, KIND_AUDIO_INIT, "clock"]
     assert session.waiting_key
     gateway.video(_frame(20, gop=100))
     assert session.pop() is None  # a delta frame: still waiting for a keyframe

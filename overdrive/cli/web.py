@@ -17,6 +17,7 @@ from overdrive.cli.options import console, options, warn_insecure
 from overdrive.cli.run import Check, ready, run, watching
 
 if TYPE_CHECKING:
+    from overdrive.web.ports import ChatPort
     from overdrive.web.server import WebServer
 
 Token = Annotated[
@@ -97,9 +98,10 @@ def start_gateway(
     max_browsers: int = 100,
     name: str = "overdrive",
     option: str = "--bind",
+    chat: ChatPort | None = None,
 ) -> WebServer:
     """Start the web server on ``bind`` ([HOST:]PORT), print its link (stdout; QR on a terminal's stderr), and
-    rotate its token on SIGUSR1 (the new link is printed the same way)."""
+    rotate its token on SIGUSR1 (the new link is printed the same way). With ``chat`` the page has a chat box."""
     from overdrive.app.web import announce_url, invite_token, parse_bind, viewer_url
     from overdrive.web.access import Access
     from overdrive.web.gateway import Limits
@@ -107,7 +109,7 @@ def start_gateway(
 
     host, port = parse_bind(bind, option)
     config = ServerConfig(host=host, port=port, limits=Limits(max_sessions=max_browsers), name=name)
-    server = WebServer(config, Access(invite_token(token, rotate=rotate)))
+    server = WebServer(config, Access(invite_token(token, rotate=rotate)), chat)
     bound = server.start()
 
     def rotated(new: str) -> None:

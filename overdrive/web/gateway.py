@@ -5,12 +5,12 @@ The composition feeds it :meth:`Gateway.configure` (a stream started), :meth:`Ga
 browser and sends what its :class:`Session` queue holds. Each fragment is built once, as one ``bytes`` object that
 every queue shares (nothing is re-encoded or copied per browser).
 
-Binary messages are ``kind byte + payload`` (see ``KIND_*``); text messages are JSON control lines (``start``,
-``end``, ``clock``, ``skip``, ``chat``). A late joiner gets ``start``, the init segments and every fragment since
-the last keyframe (cached, bounded), so its first picture is at most one keyframe interval old and the page jumps
-to the live edge. A browser that cannot keep up (its queue holds more than ``Limits.max_lag`` of media, or more
-than the count/byte bounds) has its queued media dropped and resumes at the next keyframe: it is never more than
-about a second behind, and a slow browser never slows the others or grows memory.
+Binary messages are ``kind byte + payload`` (see ``KIND_*``); text messages are JSON control lines (``hello``,
+``start``, ``end``, ``clock``, ``skip``, ``chat``, ``notice``). A late joiner gets ``start``, the init segments and
+every fragment since the last keyframe (cached, bounded), so its first picture is at most one keyframe interval old
+and the page jumps to the live edge. A browser that cannot keep up (its queue holds more than ``Limits.max_lag`` of
+media, or more than the count/byte bounds) has its queued media dropped and resumes at the next keyframe: it is
+never more than about a second behind, and a slow browser never slows the others or grows memory.
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ class Gateway:
             raise FullError(f"already {len(self.sessions)} browsers")
         session = Session(next(self._ids), self.limits, wake)
         self.sessions[session.id] = session
+        session.push(json.dumps({"type": "hello", "name": self.name, "chat": self.chat}))
         self._prime(session)
         session.push(_clock(now_ns))
         return session
@@ -205,7 +206,6 @@ class Gateway:
             "video": {"codec": video.codec, "width": video.width, "height": video.height},
             "audio": None if audio is None else {"codec": audio.codec, "channels": audio.channels},
             "epoch_ms": video.epoch_ns // 1_000_000,
-            "chat": self.chat,
         }
         self._start = json.dumps(start)
         self._inits = [bytes((KIND_VIDEO_INIT,)) + video_init(video)]

@@ -39,6 +39,9 @@ function connect() {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
   ws.binaryType = "arraybuffer";
   window.overdriveSocket = ws;
+  ws.onopen = () => {
+    if (player === null) { stats.state = "waiting"; setStatus("waiting for the stream…"); }
+  };
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") control(JSON.parse(ev.data));
     else media(ev.data);
@@ -57,6 +60,11 @@ function connect() {
 
 function control(msg) {
   switch (msg.type) {
+    case "hello":
+      chatEnabled = Boolean(msg.chat);
+      $("chat").hidden = !chatEnabled;
+      $("title").textContent = msg.name;
+      break;
     case "start": start(msg); break;
     case "clock":
       clockOffsets.push(msg.server_ms - Date.now());
@@ -76,8 +84,6 @@ function start(msg) {
   stats.codec = msg.video.codec;
   $("title").textContent = msg.name;
   document.title = msg.name + " · overdrive";
-  chatEnabled = Boolean(msg.chat);
-  $("chat").hidden = !chatEnabled;
   const videoType = `video/mp4; codecs="${msg.video.codec}"`;
   if (!window.MediaSource || !MediaSource.isTypeSupported(videoType)) {
     stats.state = "unsupported";
