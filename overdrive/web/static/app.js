@@ -213,7 +213,7 @@ function percentile(sorted, p) {
 
 function onFrame(now, meta) {
   video.requestVideoFrameCallback(onFrame);
-  if (player === null) return;
+  if (player === null || stats.state !== "playing") return;  // pictures before play() are not live yet
   const presented = meta.presentedFrames;
   stats.frames += presented > lastPresented ? presented - lastPresented : 1;
   lastPresented = presented;
