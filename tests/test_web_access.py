@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,15 @@ def test_bind_and_url() -> None:
     assert viewer_url("127.0.0.1", 8080, "T" * 16) == "http://127.0.0.1:8080/?t=" + "T" * 16
     lan = viewer_url("0.0.0.0", 8080, "T" * 16)
     assert "0.0.0.0" not in lan and lan.startswith("http://")
+
+
+def test_cli_mistakes_are_one_line(run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    env = dict(os.environ, OVERDRIVE_PASSWORD="pw")
+    for args, message in (
+        (["web", "127.0.0.1:9", "--bind", "nonsense"], "--bind must be [HOST:]PORT"),
+        (["web", "127.0.0.1:9", "--bind", "127.0.0.1:0", "--token", "short"], "--token must be 16..128"),
+        (["stream", "--source", "testpattern", "--web", "x:y"], "--web must be [HOST:]PORT"),
+    ):
+        result = run_cli(*args, env=env, timeout=60)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""

@@ -99,11 +99,11 @@ def stream(
     warn_insecure(opts)
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
+        gateway = _web(streamer, web, token=token, rotate=rotate, name=name) if web is not None else None
         extras = stream_extras(
             streamer, audio=audio, mic=mic, audio_codec=audio_codec, record=not no_record, backup=backup, wav=wav
         )
         endpoint = streamer.bind()
-        gateway = _web(streamer, web, token=token, rotate=rotate, name=name) if web is not None else None
 
         def status(stats: StreamerStats) -> None:
             if console.is_terminal:

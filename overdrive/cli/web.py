@@ -56,10 +56,11 @@ def web(
 ) -> None:
     """Serve a stream to web browsers. The first line printed is the link to give viewers, with its invite token
     (on a terminal also a QR code). The network password stays here: browsers only get the picture and sound."""
-    from overdrive.app.web import StreamToWeb, gateway_viewer_config
+    from overdrive.app.web import StreamToWeb, gateway_viewer_config, parse_bind
     from overdrive.media.viewer import Viewer
 
     opts = options(ctx)
+    parse_bind(bind, "--bind")  # a mistake is one line before anything starts
     config = gateway_viewer_config(stream, pin=pin)
     warn_insecure(opts)
     with opts.bus() as bus:
