@@ -87,3 +87,12 @@ def test_bench_floods_smoke() -> None:
     out = smoke("bench_floods.py", "git", "tar", timeout=400)
     assert "| 6 40 identities holding the slots | share | after |" in out
     assert "| 3 rows from 10,001 made-up origins | master | before |" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_web_smoke() -> None:
+    if not Path("/usr/bin/chromium").exists():
+        require("chromium", "Debian's chromium is not installed (scripts/provision)")
+    out = smoke("bench_web.py", timeout=280)
+    assert "native view p50 ms (baseline)" in out and "| video + Opus | 2 |" in out

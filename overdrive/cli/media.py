@@ -11,12 +11,14 @@ from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cli import audio as audio_cli
 from overdrive.cli import chat as chat_cli
+from overdrive.cli import web as web_cli
 from overdrive.cli.audio import stream_extras, view_extras
 from overdrive.cli.options import console, options, shown, warn_insecure, writable_file
 from overdrive.cli.run import ready, run
 
 if TYPE_CHECKING:
-    from overdrive.media.streamer import StreamerConfig
+    from overdrive.media.streamer import Streamer, StreamerConfig
+    from overdrive.web.server import WebServer
 
 # Recording options shared by `stream` and `view`.
 NoRecord = Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")]
@@ -66,6 +68,16 @@ def stream(
     no_record: NoRecord = False,
     backup: Backup = None,
     wav: Wav = False,
+    web: Annotated[
+        str | None,
+        typer.Option(
+            metavar="[HOST:]PORT",
+            help="Also serve the stream to web browsers here (see `overdrive web`).",
+            show_default=False,
+        ),
+    ] = None,
+    token: web_cli.Token = None,
+    rotate: web_cli.Rotate = False,
 ) -> None:
     """Capture the screen (or a test pattern or webcam), encode it and publish it to viewers on the LAN."""
     from overdrive.media.streamer import Streamer, StreamerConfig, StreamerStats
@@ -91,6 +103,7 @@ def stream(
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
         chat = None if no_chat else chat_cli.stream_chat(streamer, bus)  # before stream_extras: it is recorded
+        gateway = _web(streamer, web, token=token, rotate=rotate, name=name) if web is not None else None
         extras = stream_extras(
             streamer, audio=audio, mic=mic, audio_codec=audio_codec, record=not no_record, backup=backup, wav=wav
         )
@@ -116,7 +129,7 @@ def stream(
         run(
             announce,
             lambda _: streamer.run(status),
-            stop=[streamer.stop, extras.close],
+            stop=[streamer.stop, extras.close, *([gateway.stop] if gateway else [])],
             request_stop=streamer.request_stop,
         )
         stats = streamer.stats
@@ -127,6 +140,15 @@ def stream(
             f"{stats.bytes_sent / 1e6:.1f} MB at {stats.width}x{stats.height}"
         )
         extras.check()
+
+
+def _web(streamer: Streamer, bind: str, *, token: str | None, rotate: bool, name: str) -> WebServer:
+    """The browser gateway inside the streamer (``--web``): its link is the first line printed."""
+    from overdrive.app.web import StreamToWeb
+
+    server = web_cli.start_gateway(bind, token=token, rotate=rotate, name=name, option="--web")
+    streamer.add_listener(StreamToWeb(server))
+    return server
 
 
 def _check_source(config: StreamerConfig) -> None:

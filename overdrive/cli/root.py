@@ -212,8 +212,9 @@ def _register_features() -> None:
     from overdrive.cli import keygen as keygen_cli
     from overdrive.cli import media as media_cli
     from overdrive.cli import transfer as transfer_cli
+    from overdrive.cli import web as web_cli
 
-    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, chat_cli, index_cli, transfer_cli):
+    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, chat_cli, index_cli, transfer_cli, web_cli):
         feature.register(app)
 
 
