@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from overdrive.errors import ProtocolError
+from overdrive.errors import OverdriveError, ProtocolError
 
 Role = Literal["stream", "master", "share", "web"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -47,11 +47,24 @@ MAX_ENTRIES = 64
 MAX_CANDIDATES = 4
 """Discovered peers (masters) a command tries before it gives up: each stale or fake one costs a short timeout."""
 MAX_FPS = 1000.0
+INTERFACES_ENV = "OVERDRIVE_DISCOVERY_INTERFACES"
 
 _NODE_ID = re.compile(r"[a-z2-7]{16}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}")
 _TAG = re.compile(rf"[0-9a-f]{{{TAG_HEX}}}|{INSECURE_TAG}")
 _CODEC = re.compile(r"[a-z0-9]{0,16}")
+
+
+class DiscoveryError(OverdriveError):
+    """mDNS cannot run here (no multicast route, port 5353 blocked, no interface): discovery is off, nothing else."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """Whether discovery runs, and on which IPv4 interfaces (empty: all of them)."""
+
+    enabled: bool = True
+    interfaces: tuple[str, ...] = ()
 
 
 def network_tag(secret: bytes | None) -> str:
@@ -275,12 +288,15 @@ def choose_stream(streams: Sequence[Announcement], tag: str, select: str | None 
 
 
 __all__ = [
+    "INTERFACES_ENV",
     "MAX_CANDIDATES",
     "MAX_ENTRIES",
     "ROLES",
     "SERVICE_TYPES",
     "Announcement",
     "Directory",
+    "DiscoveryError",
+    "DiscoverySettings",
     "Role",
     "StreamChoice",
     "choose_stream",

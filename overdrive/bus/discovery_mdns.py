@@ -21,7 +21,6 @@ import logging
 import queue
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import ifaddr
 from zeroconf import DNSQuestionType, IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
@@ -31,30 +30,19 @@ from overdrive.bus.discovery import (
     SERVICE_TYPES,
     Announcement,
     Directory,
+    DiscoveryError,
+    DiscoverySettings,
     Role,
     parse_announcement,
 )
-from overdrive.errors import ConfigError, OverdriveError, ProtocolError
+from overdrive.errors import ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
 
-INTERFACES_ENV = "OVERDRIVE_DISCOVERY_INTERFACES"
 RESOLVE_MS = 400
 """Milliseconds to wait for one service's details once its name is seen (usually they came with it)."""
 SETTLE = 0.5
 """Seconds :func:`browse` keeps listening after the first answer it wants, for other responders' answers."""
-
-
-class DiscoveryError(OverdriveError):
-    """mDNS cannot run here (no multicast route, port 5353 blocked, no interface): discovery is off, nothing else."""
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoverySettings:
-    """Whether discovery runs, and on which IPv4 interfaces (empty: all of them)."""
-
-    enabled: bool = True
-    interfaces: tuple[str, ...] = ()
 
 
 def parse_interfaces(text: str) -> tuple[str, ...]:
@@ -201,7 +189,6 @@ def _resolve(zc: Zeroconf, role: Role, service_type: str, name: str, directory: 
 
 
 __all__ = [
-    "INTERFACES_ENV",
     "Announcer",
     "DiscoveryError",
     "DiscoverySettings",

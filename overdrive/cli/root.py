@@ -65,6 +65,9 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
 
 
+_DISCOVERY_KEYS = ("discovery", "discovery_interfaces")
+"""Top-level config keys with no global option: mDNS on or off, and on which interfaces."""
+
 _COMMAND_ARGS = "overdrive.command_args"
 """``ctx.meta`` key: the arguments after the command's name, for the root callback to see a ``--help``."""
 
@@ -151,6 +154,8 @@ def root(
         network=pick("network", network),
         insecure=bool(pick("insecure", insecure)),
         log_level=str(pick("log_level", log_level)).lower(),
+        discovery=bool(top.get("discovery", True)),
+        discovery_interfaces=str(top.get("discovery_interfaces", "")),
         config_file=config_path,
         config_problem=config_problem,
     )
@@ -166,7 +171,7 @@ def _read_config(ctx: typer.Context, path: Path, *, required: bool, commands: di
     file_values = read_config_file(path, required=required)
     sections = {name: value for name, value in file_values.items() if isinstance(value, dict)}
     top = {name: value for name, value in file_values.items() if not isinstance(value, dict)}
-    check_keys(path, "top level", top, {"password", "key_file", "network", "log_level", "insecure"})
+    check_keys(path, "top level", top, {"password", "key_file", "network", "log_level", "insecure", *_DISCOVERY_KEYS})
     for name, section in sections.items():
         command = commands.get(name)
         if command is None:
@@ -205,13 +210,14 @@ def _config_keys(command: Any) -> dict[str, str]:
 def _register_features() -> None:
     """Add every module's commands, in the order ``--help`` lists them (imported here, after ``app`` exists)."""
     from overdrive.cli import demo as demo_cli
+    from overdrive.cli import discover as discover_cli
     from overdrive.cli import doctor as doctor_cli
     from overdrive.cli import index as index_cli
     from overdrive.cli import keygen as keygen_cli
     from overdrive.cli import media as media_cli
     from overdrive.cli import transfer as transfer_cli
 
-    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, index_cli, transfer_cli):
+    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, discover_cli, index_cli, transfer_cli):
         feature.register(app)
 
 
