@@ -48,6 +48,10 @@ MAX_CANDIDATES = 4
 """Discovered peers (masters) a command tries before it gives up: each stale or fake one costs a short timeout."""
 MAX_FPS = 1000.0
 INTERFACES_ENV = "OVERDRIVE_DISCOVERY_INTERFACES"
+SETTLE = 1.2
+"""Seconds :func:`browse` keeps listening after the first answer it wants, for other responders' answers: a
+responder that multicast its records less than a second ago holds its answer back until that second is over
+(RFC 6762 7.1 rate limit), so a second stream started just before can answer 0.5 s or more after the first."""
 
 _NODE_ID = re.compile(r"[a-z2-7]{16}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}")

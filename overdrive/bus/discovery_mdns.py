@@ -28,6 +28,7 @@ from zeroconf import DNSQuestionType, IPVersion, ServiceBrowser, ServiceInfo, Se
 from overdrive.bus.discovery import (
     MAX_ENTRIES,
     SERVICE_TYPES,
+    SETTLE,
     Announcement,
     Directory,
     DiscoveryError,
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 RESOLVE_MS = 400
 """Milliseconds to wait for one service's details once its name is seen (usually they came with it)."""
-SETTLE = 0.5
-"""Seconds :func:`browse` keeps listening after the first answer it wants, for other responders' answers."""
 
 
 def parse_interfaces(text: str) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from overdrive.bus.address import Endpoint, parse_endpoint
 from overdrive.bus.discovery import (
     INTERFACES_ENV,
     MAX_CANDIDATES,
+    SETTLE,
     Announcement,
     DiscoveryError,
     DiscoverySettings,
@@ -155,7 +156,7 @@ def closing(announcer: Announcer | None) -> list[Callable[[], None]]:
 
 
 def find(
-    found: DiscoverySettings, role: Role, *, timeout: float = FIND_TIMEOUT, settle: float | None = 0.5
+    found: DiscoverySettings, role: Role, *, timeout: float = FIND_TIMEOUT, settle: float | None = SETTLE
 ) -> list[Announcement]:
     """Announcements of ``role`` on the LAN (every network); empty when discovery is off or cannot run."""
     from overdrive.bus.discovery_mdns import browse
@@ -188,9 +189,14 @@ def masters(
     ours = tag(options(ctx))
     seen = [a for a in find(found, "master") if a.same_network(ours) and a.node_id != exclude][:MAX_CANDIDATES]
     discovered = [endpoint_of(found, a) for a in seen]
+    fallback = endpoints(value, default_port, f"--{param}") if value else []
     if discovered:
         console.print(f"found master(s) by discovery: {', '.join(e.display for e in discovered)}")
-    fallback = endpoints(value, default_port, f"--{param}") if value else []
+    elif fallback:
+        console.print(
+            f"no master of this network answered discovery (none running, or multicast blocked here); "
+            f"trying {', '.join(e.display for e in fallback)}"
+        )
     return discovered + [e for e in fallback if e not in discovered]
 
 
