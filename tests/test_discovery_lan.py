@@ -110,6 +110,20 @@ def test_student_finds_stream_master_and_share_with_no_address(
         assert "found master(s) by discovery" in done.stderr
 
     until(listed)
+    by_hand = lan.run("b", ["ls", "--json", "--master", f"{lan.addresses['a']}:7771"], student, tmp_path)
+    assert by_hand.returncode == 0 and "discovery" not in by_hand.stderr, by_hand.stderr  # typed addresses win
+
+
+def test_a_master_finds_its_peer_masters(lan: netns.Lan, network: TestNetwork, tmp_path: Path) -> None:
+    lan.machine("a")
+    lan.machine("b")
+    mesh = ["master", "--stats", "0", "--mesh-key", str(network.mesh_key_file(tmp_path))]
+    first = lan.spawn("a", mesh, env(network, tmp_path / "ma"), tmp_path)
+    ready(first, "master")
+    second = lan.spawn("b", mesh, env(network, tmp_path / "mb"), tmp_path)
+    assert second.stdout is not None
+    line = second.stdout.readline()
+    assert parse_ready(line).details[-2] == f"peers {lan.addresses['a']}:7771", line
 
 
 def test_another_password_sees_another_network_and_view_refuses(
