@@ -105,6 +105,9 @@ class Lan:
         _ip("-n", namespace, "link", "set", "lo", "up")
         _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
         _ip("-n", namespace, "link", "set", "eth0", "up")
+        # a gateway nobody answers for, as on a LAN with a router: a service guessing its own address asks the
+        # kernel for the route to the outside
+        _ip("-n", namespace, "route", "add", "default", "via", f"10.77.{self.subnet}.1", "dev", "eth0")
         if not multicast:
             _ip("-n", self.switch, "link", "set", port, "type", "bridge_slave", "mcast_flood", "off")
         self.addresses[name] = address

@@ -110,6 +110,9 @@ def test_student_finds_stream_master_and_share_with_no_address(
         assert "found master(s) by discovery" in done.stderr
 
     until(listed)
+    fetched = lan.run("b", ["fetch", "week1.txt", "--out", str(tmp_path / "got"), "--json"], student, tmp_path)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "got" / "week1.txt").read_text() == "notes\n"
     by_hand = lan.run("b", ["ls", "--json", "--master", f"{lan.addresses['a']}:7771"], student, tmp_path)
     assert by_hand.returncode == 0 and "discovery" not in by_hand.stderr, by_hand.stderr  # typed addresses win
 
