@@ -12,8 +12,9 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
+import click
 import typer
 
 from overdrive.bus.address import Endpoint, parse_endpoint
@@ -203,8 +204,9 @@ def masters(
 def stream_to_join(ctx: typer.Context, found: DiscoverySettings, select: str | None) -> Announcement:
     """The stream ``view`` with no HOST joins: the only one of this network, or the one ``--stream`` names. Several:
     list them and exit 2; none: say so (and how many of other networks were seen) and exit 1."""
-    if not found.enabled:
-        raise ConfigError("give the streamer's address (HOST[:PORT]): discovery is off")
+    if not found.enabled:  # a usage mistake as typer words it, with the pointer to --help
+        message = "Missing argument 'HOST[:PORT]' (discovery is off, so give the address)"
+        raise click.UsageError(message, ctx=cast(click.Context, ctx))
     choice = choose_stream(find(found, "stream"), tag(options(ctx)), select)
     if choice.chosen is not None:
         return choice.chosen
