@@ -125,6 +125,13 @@ class Lan:
         self.procs.append(proc)
         return proc
 
+    def python(self, machine: str, code: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+        """Run ``python -c CODE`` on ``machine`` (a hand-made announcement, say), stopped by :meth:`close`."""
+        argv = ["ip", "netns", "exec", self.machines[machine], sys.executable, "-c", code]
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
     def run(
         self, machine: str, args: Sequence[str], env: dict[str, str], cwd: Path, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:

@@ -201,3 +201,33 @@ def test_no_discovery_switch_keeps_the_old_default(lan: netns.Lan, network: Test
     listed = lan.run("a", ["ls", "--json", "--timeout", "2"], off, tmp_path)
     assert "by discovery" not in listed.stderr
     assert listed.returncode == 0, listed.stderr  # the default 127.0.0.1:7771 is this machine's master
+
+
+FAKE_MASTER = """
+import sys, time
+from overdrive.bus.discovery import Announcement, DiscoverySettings, network_tag
+from overdrive.bus.discovery_mdns import Announcer
+from overdrive.bus.security import NetworkKey
+tag = network_tag(NetworkKey.from_password(sys.argv[1], sys.argv[2]).server_secret)  # a tag copied off the LAN
+announcer = Announcer(DiscoverySettings())
+announcer.announce(Announcement(role="master", name="aaa fake", node_id="fakefakefakefake",
+    fingerprint="0000-0000-0000-0000", tag=tag, addresses=(sys.argv[3],), port=7771))
+print("announced", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_fake_master_costs_one_timeout_and_the_real_one_answers(
+    lan: netns.Lan, network: TestNetwork, tmp_path: Path
+) -> None:
+    lan.machine("a")
+    lan.machine("b")
+    master = lan.spawn("a", ["master", "--stats", "0"], env(network, tmp_path / "am"), tmp_path)
+    ready(master, "master")
+    nowhere = lan.addresses["a"].rsplit(".", 1)[0] + ".99"  # nobody on the LAN has it
+    code = FAKE_MASTER.replace("sys.argv[1]", repr(network.password)).replace("sys.argv[2]", repr(network.name))
+    fake = lan.python("b", code.replace("sys.argv[3]", repr(nowhere)), env(network, tmp_path / "f"), tmp_path)
+    assert fake.stdout is not None and fake.stdout.readline() == "announced\n", fake.stderr
+    done = lan.run("b", ["ls", "--json", "--timeout", "2"], env(network, tmp_path / "b"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"by discovery: {nowhere}:7771, {lan.addresses['a']}:7771" in done.stderr, done.stderr

@@ -68,6 +68,10 @@ StreamName = Annotated[
 FIND_TIMEOUT = 3.0
 """Seconds a command with no address waits for a first answer (it stops shortly after one)."""
 LIST_TIMEOUT = 2.0
+MASTER_SETTLE = 0.5
+"""Any one live master answers for the index, so a command looking for masters waits less for more of them."""
+JOIN_WAIT = 10.0
+"""Seconds ``view`` with no HOST waits for the discovered stream to start before it gives up."""
 
 
 def settings(ctx: typer.Context, no_discovery: bool) -> DiscoverySettings:
@@ -188,7 +192,8 @@ def masters(
     if given or not found.enabled:
         return endpoints(value, default_port, f"--{param}") if value else []
     ours = tag(options(ctx))
-    seen = [a for a in find(found, "master") if a.same_network(ours) and a.node_id != exclude][:MAX_CANDIDATES]
+    live = find(found, "master", settle=MASTER_SETTLE)
+    seen = [a for a in live if a.same_network(ours) and a.node_id != exclude][:MAX_CANDIDATES]
     discovered = [endpoint_of(found, a) for a in seen]
     fallback = endpoints(value, default_port, f"--{param}") if value else []
     if discovered:
@@ -219,14 +224,17 @@ def stream_to_join(ctx: typer.Context, found: DiscoverySettings, select: str | N
     raise UnreachableError(f"no live stream of this network found{other}; give HOST to connect by address")
 
 
-def join_target(ctx: typer.Context, no_discovery: bool, select: str | None, pin: str | None) -> tuple[str, str]:
-    """``view`` with no HOST: the discovered stream's address and the key to pin (``--pin``, else the announced
-    one, so the stream shown is the one that was announced)."""
+def join_target(
+    ctx: typer.Context, no_discovery: bool, select: str | None, pin: str | None, wait: float | None
+) -> tuple[str, str, float]:
+    """``view`` with no HOST: the discovered stream's address, the key to pin (``--pin``, else the announced one, so
+    the stream shown is the one that was announced) and how long to wait for it (``--wait``, else
+    :data:`JOIN_WAIT`: an announced stream is live, so one that does not start is stale or fake)."""
     found = settings(ctx, no_discovery)
     chosen = stream_to_join(ctx, found, select)
     endpoint = endpoint_of(found, chosen)
     console.print(f"found stream {markup_safe(repr(chosen.name))} at {endpoint.display} (node {chosen.node_id})")
-    return endpoint.display, pin or chosen.fingerprint
+    return endpoint.display, pin or chosen.fingerprint, JOIN_WAIT if wait is None else wait
 
 
 def _line(found: DiscoverySettings, a: Announcement) -> str:

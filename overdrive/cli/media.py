@@ -204,7 +204,7 @@ def view(
     if stats_json is not None:
         stats_json = writable_file(stats_json, "--stats-json")
     if host is None:
-        host, pin = discover.join_target(ctx, no_discovery, stream_name, pin)
+        host, pin, wait = discover.join_target(ctx, no_discovery, stream_name, pin, wait)
     config = ViewerConfig(
         host=host,
         headless=headless,
