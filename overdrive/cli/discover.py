@@ -68,8 +68,6 @@ StreamName = Annotated[
 FIND_TIMEOUT = 3.0
 """Seconds a command with no address waits for a first answer (it stops shortly after one)."""
 LIST_TIMEOUT = 2.0
-MASTER_SETTLE = 0.5
-"""Any one live master answers for the index, so a command looking for masters waits less for more of them."""
 JOIN_WAIT = 10.0
 """Seconds ``view`` with no HOST waits for the discovered stream to start before it gives up."""
 
@@ -192,7 +190,7 @@ def masters(
     if given or not found.enabled:
         return endpoints(value, default_port, f"--{param}") if value else []
     ours = tag(options(ctx))
-    live = find(found, "master", settle=MASTER_SETTLE)
+    live = find(found, "master")
     seen = [a for a in live if a.same_network(ours) and a.node_id != exclude][:MAX_CANDIDATES]
     discovered = [endpoint_of(found, a) for a in seen]
     fallback = endpoints(value, default_port, f"--{param}") if value else []
