@@ -42,6 +42,10 @@ class GlobalOptions:
     network: str = "overdrive"
     insecure: bool = False
     log_level: str = "warning"
+    discovery: bool = True
+    """Announce services and find peers with mDNS (config key ``discovery``; ``--no-discovery`` per command)."""
+    discovery_interfaces: str = ""
+    """Interfaces or IPv4 addresses mDNS runs on, comma-separated; empty: all (config ``discovery-interfaces``)."""
     config_file: Path | None = None
     config_problem: str | None = None
     """Why the config file was not used (set only for commands that run without it: ``doctor``, ``--help``)."""

@@ -38,7 +38,11 @@ NETWORK = "overdrive-tests"
 
 def pytest_configure(config: pytest.Config) -> None:
     """Children get SIGINT at its default even when this run is a background job: a shell starts those with SIGINT
-    ignored, which every child would inherit, and the Ctrl-C tests would then test nothing."""
+    ignored, which every child would inherit, and the Ctrl-C tests would then test nothing.
+
+    Discovery (mDNS) is off for every command a test runs: it must never start on the host's real interfaces.
+    The discovery tests turn it on again inside network namespaces (tests/netns.py)."""
+    os.environ["OVERDRIVE_NO_DISCOVERY"] = "1"
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 

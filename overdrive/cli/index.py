@@ -28,10 +28,10 @@ from rich.markup import escape
 from overdrive import interrupts, paths
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint, parse_endpoint, parse_endpoints
 from overdrive.bus.sockets import Bus
+from overdrive.cli import discover
 from overdrive.cli.options import (
     SHARE_LOCK,
     console,
-    endpoints,
     expand_home,
     markup_safe,
     options,
@@ -98,6 +98,7 @@ def master_command(
             metavar="FILE", help="The masters' mesh key (overdrive keygen --mesh); without it the master runs solo."
         ),
     ] = None,
+    no_discovery: discover.NoDiscovery = False,
 ) -> None:
     """Run an index master: hold a full replica of the index and replicate with the other masters.
 
@@ -114,10 +115,15 @@ def master_command(
     key = MeshKey.from_file(expand_home(mesh_key, "--mesh-key")) if mesh_key is not None else None
     if key is not None and key.network != opts.network:
         raise ConfigError(f"{mesh_key} is the mesh key of network {key.network!r}, not {opts.network!r}")
+    found = discover.settings(ctx, no_discovery)
+    if key is None:  # a solo master joins no mesh: nothing to look for
+        found_peers = parse_endpoints(peers, DEFAULT_MASTER_PORT)
+    else:
+        found_peers = discover.masters(ctx, peers, DEFAULT_MASTER_PORT, found, exclude=opts.security().node_id)
     config = MasterConfig(
         mesh_key=key,
         bind=parse_endpoint(bind, DEFAULT_MASTER_PORT),
-        peers=tuple(parse_endpoints(peers, DEFAULT_MASTER_PORT)),
+        peers=tuple(found_peers),
         advertise=advertise,
         heartbeat=heartbeat,
         master_timeout=timeout,
@@ -137,6 +143,7 @@ def master_command(
             master = Master(bus, store, config)
             master.start()
             assert master.endpoint is not None
+            announcer = discover.announce(found, bus, "master", f"master {bus.node_id[:6]}", master.endpoint, advertise)
             unprobed = list(config.peers)
             refused: list[AuthError] = []
             last = time.monotonic()
@@ -158,7 +165,7 @@ def master_command(
                 f"peers {', '.join(p.display for p in config.peers) or 'none yet'}",
                 f"mesh key {key.fingerprint}" if key else "solo (no --mesh-key)",
             )
-            run(announce, watching("master", master, tick), stop=[master.stop])
+            run(announce, watching("master", master, tick), stop=[*discover.closing(announcer), master.stop])
     finally:
         store.close()
 
@@ -227,6 +234,7 @@ def share_command(
         str | None, typer.Option(help="HOST[:PORT] peers should fetch from (default: a guess when bound to 0.0.0.0).")
     ] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow changes in the folder.")] = True,
+    no_discovery: discover.NoDiscovery = False,
 ) -> None:
     """Share folders: serve their files to peers and keep their entries in the index current."""
     from overdrive.files.folders import check_folders
@@ -240,7 +248,8 @@ def share_command(
         if not root.is_dir():
             raise ConfigError(f"{root} is not a folder")
     check_folders(roots)
-    masters = tuple(endpoints(master, DEFAULT_MASTER_PORT, "--master"))
+    found = discover.settings(ctx, no_discovery)
+    masters = tuple(discover.masters(ctx, master, DEFAULT_MASTER_PORT, found))
     endpoint = parse_endpoint(bind, DEFAULT_SHARE_PORT)
     advertised(endpoint, advertise)  # a mistake there is one line now, not after the scan
     _check_port_free(endpoint)  # so is a port another program holds: the server binds only after the scan
@@ -248,7 +257,7 @@ def share_command(
     try:
         with opts.bus() as bus:
             masters, scanner = _prepare_share(bus, roots, masters)
-            _serve(bus, scanner, masters, endpoint, advertise, watch)
+            _serve(bus, scanner, masters, endpoint, advertise, watch, found)
     finally:
         lock.close()
 
@@ -323,6 +332,7 @@ def _serve(
     endpoint: Endpoint,
     advertise: str | None,
     watch: bool,
+    found: discover.DiscoverySettings,
 ) -> None:
     """Serve the folders' files and keep their index entries current until SIGINT or SIGTERM."""
     from overdrive.app.share import SharingNode
@@ -330,6 +340,7 @@ def _serve(
     share = SharingNode(bus, scanner, masters, endpoint, advertise=advertise, watch=watch)
     share.start()
     assert share.node is not None and share.bound is not None  # set by start()
+    announcer = discover.announce(found, bus, "share", f"share {bus.node_id[:6]}", share.bound, advertise)
     announce = ready(
         "share",
         share.bound,
@@ -337,7 +348,7 @@ def _serve(
         f"advertised {share.address}",
         f"masters {', '.join(m.display for m in masters)}",
     )
-    run(announce, watching("node", share.node), stop=[share.stop])
+    run(announce, watching("node", share.node), stop=[*discover.closing(announcer), share.stop])
 
 
 def _lock_node(roots: list[Path]) -> IO[bytes]:
@@ -378,12 +389,13 @@ def ls_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array (stable shape, see the docs).")] = False,
     online_only: Annotated[bool, typer.Option("--online-only", help="Only files a holder serves now.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a master.")] = 3.0,
+    no_discovery: discover.NoDiscovery = False,
 ) -> None:
     """List the files the network holds: size, hash, every holder, online or offline."""
     opts = options(ctx)
     if not 0 < timeout < float("inf"):  # nan and inf too: they end in a traceback as milliseconds
         raise ConfigError(f"--timeout must be a positive number of seconds, not {timeout:g}")
-    masters = endpoints(master, DEFAULT_MASTER_PORT, "--master")
+    masters = discover.masters(ctx, master, DEFAULT_MASTER_PORT, discover.settings(ctx, no_discovery))
     glob = pattern if not pattern or is_glob(pattern) else f"*{pattern}*"
     if len(glob) > MAX_PATTERN:  # a master drops a longer lookup unanswered
         raise ConfigError(f"the pattern is longer than {MAX_PATTERN} characters")

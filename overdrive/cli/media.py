@@ -11,6 +11,7 @@ from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT
 from overdrive.cli import audio as audio_cli
 from overdrive.cli import chat as chat_cli
+from overdrive.cli import discover
 from overdrive.cli import web as web_cli
 from overdrive.cli.audio import stream_extras, view_extras
 from overdrive.cli.options import console, options, shown, warn_insecure, writable_file
@@ -78,6 +79,8 @@ def stream(
     ] = None,
     token: web_cli.Token = None,
     rotate: web_cli.Rotate = False,
+    advertise: discover.Advertise = None,
+    no_discovery: discover.NoDiscovery = False,
 ) -> None:
     """Capture the screen (or a test pattern or webcam), encode it and publish it to viewers on the LAN."""
     from overdrive.media.streamer import Streamer, StreamerConfig, StreamerStats
@@ -99,6 +102,7 @@ def stream(
         name=name,
     )
     _check_source(config)
+    found = discover.settings(ctx, no_discovery)
     warn_insecure(opts)
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
@@ -108,6 +112,7 @@ def stream(
             streamer, audio=audio, mic=mic, audio_codec=audio_codec, record=not no_record, backup=backup, wav=wav
         )
         endpoint = streamer.bind()
+        announcer = discover.announce(found, bus, "stream", name, endpoint, advertise, codec=codec, fps=fps)
 
         def status(stats: StreamerStats) -> None:
             if console.is_terminal:
@@ -129,7 +134,7 @@ def stream(
         run(
             announce,
             lambda _: streamer.run(status),
-            stop=[streamer.stop, extras.close, *([gateway.stop] if gateway else [])],
+            stop=[*discover.closing(announcer), streamer.stop, extras.close, *([gateway.stop] if gateway else [])],
             request_stop=streamer.request_stop,
         )
         stats = streamer.stats
@@ -170,11 +175,14 @@ def _check_source(config: StreamerConfig) -> None:
 def view(
     ctx: typer.Context,
     host: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            metavar="HOST[:PORT]", help=f"Streamer address HOST[:PORT] (default port {DEFAULT_STREAM_PORT})."
+            metavar="HOST[:PORT]",
+            help=f"Streamer address HOST[:PORT] (default port {DEFAULT_STREAM_PORT}); without it, the only live "
+            "stream of this network found on the LAN.",
+            show_default=False,
         ),
-    ],
+    ] = None,
     headless: Annotated[bool, typer.Option("--headless", help="Show no window (receive and measure only).")] = False,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.", show_default=False)] = None,
     stats_json: Annotated[
@@ -212,6 +220,8 @@ def view(
     no_record: NoRecord = False,
     backup: Backup = None,
     wav: Wav = False,
+    stream_name: discover.StreamName = None,
+    no_discovery: discover.NoDiscovery = False,
 ) -> None:
     """Watch a stream: join at the next keyframe, decode and show it ('q' quits, 'o' overlay, 'f' fullscreen).
 
@@ -223,6 +233,8 @@ def view(
     opts = options(ctx)
     if stats_json is not None:
         stats_json = writable_file(stats_json, "--stats-json")
+    if host is None:
+        host, pin, wait = discover.join_target(ctx, no_discovery, stream_name, pin, wait)
     config = ViewerConfig(
         host=host,
         headless=headless,

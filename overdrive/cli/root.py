@@ -66,6 +66,9 @@ class _Group(TidyHelp, TyperGroup):
             raise typer.Exit(130) from None
 
 
+_DISCOVERY_KEYS = ("discovery", "discovery_interfaces")
+"""Top-level config keys with no global option: mDNS on or off, and on which interfaces."""
+
 _COMMAND_ARGS = "overdrive.command_args"
 """``ctx.meta`` key: the arguments after the command's name, for the root callback to see a ``--help``."""
 
@@ -152,6 +155,8 @@ def root(
         network=pick("network", network),
         insecure=bool(pick("insecure", insecure)),
         log_level=str(pick("log_level", log_level)).lower(),
+        discovery=bool(top.get("discovery", True)),
+        discovery_interfaces=str(top.get("discovery_interfaces", "")),
         config_file=config_path,
         config_problem=config_problem,
     )
@@ -167,7 +172,7 @@ def _read_config(ctx: typer.Context, path: Path, *, required: bool, commands: di
     file_values = read_config_file(path, required=required)
     sections = {name: value for name, value in file_values.items() if isinstance(value, dict)}
     top = {name: value for name, value in file_values.items() if not isinstance(value, dict)}
-    check_keys(path, "top level", top, {"password", "key_file", "network", "log_level", "insecure"})
+    check_keys(path, "top level", top, {"password", "key_file", "network", "log_level", "insecure", *_DISCOVERY_KEYS})
     for name, section in sections.items():
         command = commands.get(name)
         if command is None:
@@ -207,6 +212,7 @@ def _register_features() -> None:
     """Add every module's commands, in the order ``--help`` lists them (imported here, after ``app`` exists)."""
     from overdrive.cli import chat as chat_cli
     from overdrive.cli import demo as demo_cli
+    from overdrive.cli import discover as discover_cli
     from overdrive.cli import doctor as doctor_cli
     from overdrive.cli import index as index_cli
     from overdrive.cli import keygen as keygen_cli
@@ -214,7 +220,17 @@ def _register_features() -> None:
     from overdrive.cli import transfer as transfer_cli
     from overdrive.cli import web as web_cli
 
-    for feature in (keygen_cli, doctor_cli, demo_cli, media_cli, chat_cli, index_cli, transfer_cli, web_cli):
+    for feature in (
+        keygen_cli,
+        doctor_cli,
+        demo_cli,
+        media_cli,
+        chat_cli,
+        discover_cli,
+        index_cli,
+        transfer_cli,
+        web_cli,
+    ):
         feature.register(app)
 
 

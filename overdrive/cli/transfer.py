@@ -15,6 +15,7 @@ from overdrive import interrupts, paths
 from overdrive.app.fetch import HASH_RE, Holders, find_holders, register_copy
 from overdrive.bus.address import DEFAULT_MASTER_PORT, DEFAULT_SHARE_PORT, Endpoint
 from overdrive.bus.sockets import Bus, check_resolves
+from overdrive.cli import discover
 from overdrive.cli.options import (
     console,
     endpoints,
@@ -87,6 +88,7 @@ def fetch_command(
         str | None,
         typer.Option(help="HOST:PORT our 'share' serves on, for registering (default: our address toward the master)."),
     ] = None,
+    no_discovery: discover.NoDiscovery = False,
 ) -> None:
     """Download NAME from a peer that holds it, verify every chunk and the whole file, resume if interrupted."""
     opts = options(ctx)
@@ -109,7 +111,8 @@ def fetch_command(
     check_connections(connections)
     config = FetchConfig(window=window, request_timeout=timeout, rate_limit=limit_rate * 1e6)
     dest_dir = expand_home(out, "--out") if out is not None else paths.backup_dir()
-    masters = endpoints(master, DEFAULT_MASTER_PORT, "--master") if from_ is None else []
+    found = discover.settings(ctx, no_discovery)
+    masters = discover.masters(ctx, master, DEFAULT_MASTER_PORT, found) if from_ is None else []
     with opts.bus() as bus:
         if from_ is not None:
             sources = tuple(endpoints(from_, DEFAULT_SHARE_PORT, "--from"))
