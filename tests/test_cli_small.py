@@ -37,7 +37,7 @@ def one_error(result: subprocess.CompletedProcess[str], code: int, text: str) ->
     ("command", "usage"),
     [
         ("keygen", "Usage: overdrive keygen [OPTIONS] FILE"),
-        ("view", "Usage: overdrive view [OPTIONS] HOST[:PORT]"),
+        ("view", "Usage: overdrive view [OPTIONS] [HOST[:PORT]]"),
         ("share", "Usage: overdrive share [OPTIONS] [FOLDER]"),
     ],
 )
