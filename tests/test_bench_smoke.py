@@ -87,3 +87,13 @@ def test_bench_floods_smoke() -> None:
     out = smoke("bench_floods.py", "git", "tar", timeout=400)
     assert "| 6 40 identities holding the slots | share | after |" in out
     assert "| 3 rows from 10,001 made-up origins | master | before |" in out
+
+
+@pytest.mark.slow
+def test_bench_web_smoke() -> None:
+    if not Path("/usr/bin/chromium").exists():
+        require("chromium", "Debian's chromium is not installed (scripts/provision)")
+    out = smoke("bench_web.py")
+    for row in ("| video alone |", "| video + Opus test tone |", "| 1 |", "| 2 |"):
+        assert row in out
+    assert "web/native p50" in out  # the ratio against the native viewer of the same run
