@@ -115,7 +115,13 @@ def stream_and_gateway(procs: Procs, audio: bool) -> Iterator[tuple[str, str, su
 # measurements
 # --------------------------------------------------------------------------------------------------------------
 def stats(page: Any) -> dict[str, Any]:
-    return page.evaluate("() => ({...window.overdriveStats})")  # type: ignore[no-any-return]
+    """The page's figures, with the page's clock when read (reading many starved pages one after another takes
+    seconds, so each page's rates are over its own window)."""
+    return page.evaluate("() => ({...window.overdriveStats, now_ms: Date.now()})")  # type: ignore[no-any-return]
+
+
+def rate(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
+    return (after[key] - before[key]) * 1000 / max(1.0, after["now_ms"] - before["now_ms"])
 
 
 def open_pages(browsers: Sequence[Any], url: str, n: int) -> list[Any]:
@@ -181,8 +187,8 @@ def web_latency(browser: Any, url: str, seconds: float, warmup: float) -> dict[s
         "first_since_goto_ms": since_goto,
         "p50": after["latency_ms_p50"],
         "p99": after["latency_ms_p99"],
-        "fps": (after["frames"] - before["frames"]) / seconds,
-        "bytes_per_s": (after["bytes"] - before["bytes"]) / seconds,
+        "fps": rate(after, before, "frames"),
+        "bytes_per_s": rate(after, before, "bytes"),
         "audio": after["audio"],
         "behind_ms": after["behind_s"] * 1000,
         "jumps": after["jumps"] - before["jumps"],
@@ -227,8 +233,8 @@ def fan_out(browsers: Sequence[Any], url: str, gateway: subprocess.Popen[str], s
         close_pages(pages)
     wall = t1 - t0
     busy = sum(machine1) - sum(machine0) - (machine1.idle - machine0.idle) - (machine1.iowait - machine0.iowait)
-    fps = sorted((a["frames"] - b["frames"]) / seconds for a, b in zip(after, before, strict=True))
-    rate = sorted((a["bytes"] - b["bytes"]) / seconds for a, b in zip(after, before, strict=True))
+    fps = sorted(rate(a, b, "frames") for a, b in zip(after, before, strict=True))
+    received = sorted(rate(a, b, "bytes") for a, b in zip(after, before, strict=True))
     p50s = sorted(a["latency_ms_p50"] for a in after if a["latency_ms_p50"] is not None)
     return {
         "pages": n,
@@ -239,7 +245,7 @@ def fan_out(browsers: Sequence[Any], url: str, gateway: subprocess.Popen[str], s
         "machine_cores": busy / wall,
         "fps_median": percentile(fps, 0.5),
         "fps_min": fps[0],
-        "bytes_per_s_median": percentile(rate, 0.5),
+        "bytes_per_s_median": percentile(received, 0.5),
         "p50_median": percentile(p50s, 0.5),
         "skips": sum(a["skips"] - b["skips"] for a, b in zip(after, before, strict=True)),
     }
@@ -395,13 +401,15 @@ def render(raw: dict[str, Any], write: bool = True) -> None:
     video, audio = s["video"], s["audio"]
     fifty = next((f for f in s["fan_out"] if f["pages"] == 50), None)
     first = max(v for v in (video["web_first_ms"], audio["web_first_ms"]) if v is not None)
+    goto = max(v for v in (video["web_first_since_goto_ms"], audio["web_first_since_goto_ms"]) if v is not None)
     checks = [
         f"- latency p50 <= {GOALS['video_p50']:.0f} ms, video alone: "
         f"{met((video['web_p50'] or math.inf) <= GOALS['video_p50'])} ({fmt(video['web_p50'])} ms)",
         f"- latency p50 <= {GOALS['audio_p50']:.0f} ms with audio: "
         f"{met((audio['web_p50'] or math.inf) <= GOALS['audio_p50'])} ({fmt(audio['web_p50'])} ms)",
         f"- first picture within {GOALS['first_ms']:.0f} ms of the page loading: "
-        f"{met(first <= GOALS['first_ms'])} (slower of the two kinds {first:.0f} ms)",
+        f"{met(max(first, goto) <= GOALS['first_ms'])} (slower of the two kinds: {first:.0f} ms from the page's "
+        f"script starting, {goto:.0f} ms from asking for the invite link)",
         "- 50 pages with at most half a core for the gateway: "
         + (
             f"{met(fifty['gateway_cores'] <= GOALS['gateway_cores_50'])} ({fifty['gateway_cores']:.3f} cores)"
@@ -450,6 +458,7 @@ def render(raw: dict[str, Any], write: bool = True) -> None:
         + f"\nGateway RSS with no page: {raw['gateway_rss_idle_mib']:.0f} MiB.\n\n**Goals (issue 13):**\n\n"
         + "\n".join(checks)
         + "\n\n"
+        + (raw["note"] + "\n\n" if raw.get("note") else "")
         + NOTES
     )
     print(body)
@@ -477,9 +486,10 @@ Reading it: a page plays on the media timeline at rate 1, so its latency is how 
 nearly the same for every picture (p99 close to p50); network and decoding jitter shows as stalls and jumps, not
 as spread. "Page behind buffered end" is that distance inside the page (app.js `behind_s`): the rest of the
 latency is delivery (capture, encode, the gateway hop) plus the display. With the Opus track, Chromium holds the
-playhead about 0.3 s behind the buffered end (its audio renderer wants that much ahead before it plays), just
+playhead 0.25-0.3 s behind the buffered end (its audio renderer wants that much ahead before it plays), just
 under the page's catch-up threshold (`CATCH_UP = 0.3` s in app.js), so the page never speeds up to recover it:
-that, not the gateway, is what puts the audio row over its goal. Playing the audio outside the video's
+that, not the gateway, is most of the audio row's latency, and it leaves little margin under its goal (a 3 s smoke
+run and a diagnostic run saw 300-400 ms). Playing the audio outside the video's
 MediaSource (its own element or Web Audio, accepting a small A/V offset) or a lower catch-up threshold when audio
 is present are the ways to try. The gateway's cost is small and nearly flat in the number of pages: each
 fragment is built once and the same bytes are queued to every browser, so a page costs one WebSocket write per
