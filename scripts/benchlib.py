@@ -22,11 +22,12 @@ HEADER = (
     "baseline measured in the same run. The machine is shared and noisy: figures are medians of repeated runs.\n"
     "\n"
     "Every benchmark also has a `--smoke` mode (`.venv/bin/python scripts/bench_stream.py --smoke`, likewise\n"
-    "bench_audio, bench_index, bench_transfer): each step once and small, baselines included (imagezmq and vidgear\n"
+    "bench_audio, bench_index, bench_transfer, bench_stream_signing, bench_floods, bench_web): each step once and\n"
+    "small, baselines included (imagezmq and vidgear\n"
     "come with the `bench` extra, which scripts/test installs), ratios against the baseline of the same run\n"
     "printed, no change to this file, and a non-zero exit when a result is missing or not sane. Its figures say\n"
-    "nothing about speed. CI runs all four through tests/test_bench_smoke.py (about a minute), so a benchmark that no\n"
-    "longer runs fails the test suite.\n"
+    "nothing about speed. CI runs all of them through tests/test_bench_smoke.py (a few minutes), so a benchmark\n"
+    "that no longer runs fails the test suite.\n"
 )
 
 
