@@ -235,14 +235,15 @@ def test_an_unusable_backup_folder_is_one_line_before_streaming(env: dict[str, s
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 40 MB file system, so a recording can fill it."""
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A real small file system (40 MB unless the test asks for another size), so a recording can fill it."""
+    size = getattr(request, "param", "40m")
     if os.geteuid() != 0:
         require("root", "mounting a small file system needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=False, capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=False, capture_output=True
     )
     if done.returncode != 0:
         require("tmpfs", f"cannot mount one: {done.stderr.decode().strip()}")
@@ -257,6 +258,8 @@ def _growing_part(folder: Path) -> bool:
     return any(part.stat().st_size > (256 << 10) for part in folder.glob(".*.part"))
 
 
+# 4 MB: a disk smaller than the usual free-space margin still resumes once it is emptied
+@pytest.mark.parametrize("small_disk", ["40m", "4m"], indirect=True)
 def test_a_full_disk_keeps_what_plays_and_recording_resumes(
     env: dict[str, str], tmp_path: Path, small_disk: Path
 ) -> None:
