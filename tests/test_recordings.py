@@ -234,6 +234,19 @@ def test_an_unusable_backup_folder_is_one_line_before_streaming(env: dict[str, s
     assert out == ""  # nothing was streamed or watched
 
 
+def test_a_file_given_as_the_backup_folder_is_named_as_such(env: dict[str, str], tmp_path: Path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a folder")
+    proc = viewer(free_port(), afile, env, tmp_path, "--wait", "30")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines() == [
+        f"overdrive: error: cannot record into {afile}: it is a file, not a folder (choose a folder with --backup)"
+    ]
+    assert out == ""
+    assert afile.read_text() == "not a folder"
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A real small file system (40 MB unless the test asks for another size), so a recording can fill it."""

@@ -109,6 +109,8 @@ class RecordConfig:
 
 def check_backup(folder: Path) -> None:
     """Make sure recordings can be written into ``folder`` (created if missing): ConfigError in one line if not."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"cannot record into {folder}: it is a file, not a folder (choose a folder with --backup)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
