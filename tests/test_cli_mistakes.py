@@ -196,6 +196,7 @@ def test_an_unreachable_firestore_emulator_is_one_line_not_a_hang(
         (["--region", "0,0,0,0"], 2, "--region 0,0,0,0: need"),
         (["--source", "testpatern"], 2, "--source must be"),
         (["--source", "testpattern", "--pip", "webcam:/no/such/video.mp4"], 2, "no such device or file"),
+        (["--source", "testpattern", "--pip", "lecture.mp4"], 2, "--pip must be webcam"),  # a file without webcam:
         (["--source", "webcam:/dev/no-such-camera-overdrive"], 2, "no such device or file"),
         ([], 1, "cannot open the screen"),  # no DISPLAY
     ],
