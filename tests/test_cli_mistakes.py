@@ -94,6 +94,20 @@ def test_keygen_onto_a_folder_or_into_an_unwritable_place_is_one_line(tmp_path: 
     one_error(run_cli("keygen", str(blocker / "net.key")), 2, "cannot write the key file", str(blocker))
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stream", "--source", "testpattern", "--bind", "tcp://127.0.0.1:0", "--duration", "1", "--no-record"],
+        ["share", ".", "--master", "127.0.0.1:9", "--bind", "tcp://127.0.0.1:0"],
+    ],
+    ids=["stream", "share"],
+)
+def test_an_unwritable_home_is_one_line(tmp_path: Path, run_cli: Run, network: TestNetwork, args: list[str]) -> None:
+    home = Path("/proc/overdrive-home")  # no folder can be made there, even by root; reading finds nothing
+    result = run_cli(*args, env=network.env(home), timeout=60)
+    one_error(result, 2, str(home), "is OVERDRIVE_HOME writable?")
+
+
 def test_stats_json_into_an_unwritable_place_is_refused_before_viewing(
     tmp_path: Path, run_cli: Run, network: TestNetwork
 ) -> None:
@@ -182,6 +196,7 @@ def test_an_unreachable_firestore_emulator_is_one_line_not_a_hang(
         (["--region", "0,0,0,0"], 2, "--region 0,0,0,0: need"),
         (["--source", "testpatern"], 2, "--source must be"),
         (["--source", "testpattern", "--pip", "webcam:/no/such/video.mp4"], 2, "no such device or file"),
+        (["--source", "testpattern", "--pip", "lecture.mp4"], 2, "--pip must be webcam"),  # a file without webcam:
         (["--source", "webcam:/dev/no-such-camera-overdrive"], 2, "no such device or file"),
         ([], 1, "cannot open the screen"),  # no DISPLAY
     ],

@@ -234,15 +234,29 @@ def test_an_unusable_backup_folder_is_one_line_before_streaming(env: dict[str, s
     assert out == ""  # nothing was streamed or watched
 
 
+def test_a_file_given_as_the_backup_folder_is_named_as_such(env: dict[str, str], tmp_path: Path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a folder")
+    proc = viewer(free_port(), afile, env, tmp_path, "--wait", "30")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines() == [
+        f"overdrive: error: cannot record into {afile}: it is a file, not a folder (choose a folder with --backup)"
+    ]
+    assert out == ""
+    assert afile.read_text() == "not a folder"
+
+
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 40 MB file system, so a recording can fill it."""
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A real small file system (40 MB unless the test asks for another size), so a recording can fill it."""
+    size = getattr(request, "param", "40m")
     if os.geteuid() != 0:
         require("root", "mounting a small file system needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=False, capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=False, capture_output=True
     )
     if done.returncode != 0:
         require("tmpfs", f"cannot mount one: {done.stderr.decode().strip()}")
@@ -257,6 +271,8 @@ def _growing_part(folder: Path) -> bool:
     return any(part.stat().st_size > (256 << 10) for part in folder.glob(".*.part"))
 
 
+# 4 MB: a disk smaller than the usual free-space margin still resumes once it is emptied
+@pytest.mark.parametrize("small_disk", ["40m", "4m"], indirect=True)
 def test_a_full_disk_keeps_what_plays_and_recording_resumes(
     env: dict[str, str], tmp_path: Path, small_disk: Path
 ) -> None:

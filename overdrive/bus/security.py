@@ -196,7 +196,12 @@ class NodeIdentity:
             secret = path.read_bytes().strip()
         except FileNotFoundError:
             identity = cls.generate()
-            paths.write_private(path, identity.secret + b"\n")
+            try:
+                paths.write_private(path, identity.secret + b"\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write node identity {path}: {exc.strerror} (is OVERDRIVE_HOME writable?)"
+                ) from exc
             return identity
         except OSError as exc:
             raise ConfigError(f"cannot read node identity {path}: {exc.strerror}") from exc

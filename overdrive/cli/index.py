@@ -359,8 +359,11 @@ def _lock_node(roots: list[Path]) -> IO[bytes]:
     as everything the node holds and so delete the first one's entries while it still serves them.
     """
     folder = paths.data_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = (folder / SHARE_LOCK).open("ab")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = (folder / SHARE_LOCK).open("ab")
+    except OSError as exc:
+        raise ConfigError(f"cannot write into {folder}: {exc.strerror} (is OVERDRIVE_HOME writable?)") from exc
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

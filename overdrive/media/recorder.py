@@ -57,7 +57,8 @@ MAX_QUEUE = 3000
 RETRY_SECONDS = 5.0
 """After a full disk, free space is looked at no more often than this."""
 MIN_FREE = 16 << 20
-"""Free bytes needed before recording resumes after a full disk (about 30 s of a 1080p stream)."""
+"""Free bytes needed before recording resumes after a full disk (about 30 s of a 1080p stream; half of a
+smaller disk)."""
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -109,6 +110,8 @@ class RecordConfig:
 
 def check_backup(folder: Path) -> None:
     """Make sure recordings can be written into ``folder`` (created if missing): ConfigError in one line if not."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"cannot record into {folder}: it is a file, not a folder (choose a folder with --backup)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -434,10 +437,11 @@ class Recorder(Worker):
             return False
         self._retry_at = now + RETRY_SECONDS
         try:
-            free = shutil.disk_usage(self.config.backup_dir).free
+            usage = shutil.disk_usage(self.config.backup_dir)
         except OSError:
             return False
-        return free >= MIN_FREE
+        # on a disk smaller than twice the margin, half of it free is enough (else it would never resume)
+        return usage.free >= min(MIN_FREE, usage.total // 2)
 
     def _emit(self, event: RecordEvent) -> None:
         if self.on_event is not None:

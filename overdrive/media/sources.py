@@ -327,6 +327,9 @@ def make_source(
     kind, number = match.group(1).lower(), match.group(2)
     if number is not None and kind != "webcam":
         raise ConfigError(f"--source {kind} takes no :N")
+    inset_match = _SOURCE.match(pip.strip()) if pip else None
+    if pip and (inset_match is None or inset_match.group(1).lower() != "webcam"):
+        raise ConfigError(f"--pip must be webcam[:N|:PATH], not {pip!r}")
     source: PictureSource
     if kind == "screen":
         source = ScreenSource(monitor, region)
@@ -335,9 +338,11 @@ def make_source(
     else:
         source = WebcamSource(_webcam_device(number))
     if pip:
-        inset = make_source(pip)
-        if not isinstance(inset, WebcamSource):
-            raise ConfigError(f"--pip must be webcam[:N|:PATH], not {pip!r}")
+        try:
+            inset = make_source(pip)
+        except BaseException:
+            source.close()  # a camera that cannot be opened must not leave the main source open
+            raise
         source = PictureInPicture(source, inset)
     return source
 
