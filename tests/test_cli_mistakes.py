@@ -67,6 +67,13 @@ def test_a_wrong_value_in_the_user_config_names_the_file(overdrive_home: Path, r
     assert "config file" not in one_error(typed, 2, "'--fps'")
 
 
+@pytest.mark.parametrize("key", ["insecure", "discovery"])
+def test_a_quoted_boolean_in_the_user_config_is_refused(overdrive_home: Path, run_cli: Run, key: str) -> None:
+    # "false" in quotes is a non-empty string, which Python takes as true: it must never turn encryption off.
+    path = _user_config(overdrive_home, f'{key} = "false"\n')
+    one_error(run_cli("--password", "pw", "ls"), 2, f"'{key}' must be true or false", str(path))
+
+
 def test_doctor_reports_on_stdout_exits_1_when_something_is_missing_and_creates_nothing(
     overdrive_home: Path, run_cli: Run
 ) -> None:

@@ -173,6 +173,9 @@ def _read_config(ctx: typer.Context, path: Path, *, required: bool, commands: di
     sections = {name: value for name, value in file_values.items() if isinstance(value, dict)}
     top = {name: value for name, value in file_values.items() if not isinstance(value, dict)}
     check_keys(path, "top level", top, {"password", "key_file", "network", "log_level", "insecure", *_DISCOVERY_KEYS})
+    for key in ("insecure", "discovery"):  # bool("false") is True: a quoted value must not turn encryption off
+        if key in top and not isinstance(top[key], bool):
+            raise ConfigError(f"config file {path}: '{key}' must be true or false (no quotes), not {top[key]!r}")
     for name, section in sections.items():
         command = commands.get(name)
         if command is None:
