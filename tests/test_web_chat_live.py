@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,13 +82,24 @@ def test_web_pages_share_the_streams_chat(
 
     for text in HOSTILE:
         _type(alice, text)
-    _shows(bob, HOSTILE[1])
     for page in (alice, bob):
+        _shows(page, HOSTILE[1])
         log = page.locator("#chatlog")  # type: ignore[attr-defined]
         assert log.locator("img, script").count() == 0
         assert HOSTILE[0] in log.inner_text() and HOSTILE[1] in log.inner_text()
         assert page.evaluate("() => window.pwned") is None  # type: ignore[attr-defined]
         assert log.inner_text().count("hello class") == 1  # each line once
+
+    # The streamer's room allows a member 5 lines per 10 s, the gateway a page a burst of 5 then 1 a second: lines
+    # half a second apart meet the room's refusal first, and it is shown to that page only.
+    for n in range(12):
+        _type(alice, f"line {n}")
+        if "rate limited" in alice.locator("#chatlog").inner_text():  # type: ignore[attr-defined]
+            break
+        time.sleep(0.5)
+    _shows(alice, "rate limited: wait")
+    _shows(bob, "line 0")  # the lines the room took reached the other page
+    assert "rate limited" not in bob.locator("#chatlog").inner_text()  # type: ignore[attr-defined]
 
 
 def test_stream_web_page_chats_with_the_shell(
