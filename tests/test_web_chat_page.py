@@ -12,7 +12,7 @@ import pytest
 
 from overdrive.web.access import Access, new_token
 from overdrive.web.gateway import Limits
-from overdrive.web.ports import ChatLine, OnChatLine
+from overdrive.web.ports import ChatLine, OnChatLine, OnNotice
 from overdrive.web.server import ServerConfig, WebServer
 from tests.test_web_live import CHROMIUM, playwright_api
 
@@ -27,13 +27,20 @@ class LoopbackChat:
     def __init__(self) -> None:
         self.followers: list[OnChatLine] = []
         self.said: list[tuple[str, str]] = []
+        self.members: dict[str, str] = {}
 
-    def say(self, name: str, text: str) -> None:
+    def join(self, session: str, name: str) -> None:
+        self.members[session] = name
+
+    def say(self, session: str, name: str, text: str) -> None:
         self.said.append((name, text))
         for follow in self.followers:
             follow(ChatLine(name=name, text=text, time_ns=time.time_ns()))
 
-    def follow(self, on_line: OnChatLine) -> None:
+    def leave(self, session: str) -> None:
+        self.members.pop(session, None)
+
+    def follow(self, on_line: OnChatLine, on_notice: OnNotice) -> None:
         self.followers.append(on_line)
 
 
@@ -66,8 +73,12 @@ def test_chat_reaches_every_page_and_hostile_text_is_inert(chat_server: tuple[We
             bob.wait_for_function(
                 "() => document.getElementById('chatlog').textContent.includes('hello class')", timeout=5_000
             )
+            deadline = time.monotonic() + 5
+            while sorted(chat.members.values()) != ["alice", "guest"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sorted(chat.members.values()) == ["alice", "guest"]  # each page is a member under its name
             for text in HOSTILE:
-                chat.say("<b>mallory</b>", text)
+                chat.say("", "<b>mallory</b>", text)
             bob.wait_for_function("() => document.getElementById('chatlog').children.length >= 3", timeout=5_000)
             log = bob.locator("#chatlog")
             assert log.locator("img, script, b").count() == 0
@@ -76,3 +87,4 @@ def test_chat_reaches_every_page_and_hostile_text_is_inert(chat_server: tuple[We
         finally:
             browser.close()
     assert chat.said[0] == ("alice", "hello class")
+    assert chat.members == {}  # each page joined under its own session and left when it closed

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from overdrive import interrupts
-from overdrive.bus.address import DEFAULT_STREAM_PORT
+from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint
 from overdrive.cli import audio as audio_cli
 from overdrive.cli import chat as chat_cli
 from overdrive.cli import discover
@@ -18,8 +18,11 @@ from overdrive.cli.options import console, options, shown, warn_insecure, writab
 from overdrive.cli.run import ready, run
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from overdrive.bus.sockets import Bus
     from overdrive.media.streamer import Streamer, StreamerConfig
-    from overdrive.web.server import WebServer
+
 
 # Recording options shared by `stream` and `view`.
 NoRecord = Annotated[bool, typer.Option("--no-record", help="Do not record the stream locally.")]
@@ -107,7 +110,11 @@ def stream(
     with opts.bus() as bus:
         streamer = Streamer(config, bus)
         chat = None if no_chat else chat_cli.stream_chat(streamer, bus)  # before stream_extras: it is recorded
-        gateway = _web(streamer, web, token=token, rotate=rotate, name=name) if web is not None else None
+        gateway = (
+            _web(streamer, bus, web, token=token, rotate=rotate, name=name, chat=chat is not None)
+            if web is not None
+            else None
+        )
         extras = stream_extras(
             streamer, audio=audio, mic=mic, audio_codec=audio_codec, record=not no_record, backup=backup, wav=wav
         )
@@ -134,7 +141,7 @@ def stream(
         run(
             announce,
             lambda _: streamer.run(status),
-            stop=[*discover.closing(announcer), streamer.stop, extras.close, *([gateway.stop] if gateway else [])],
+            stop=[*discover.closing(announcer), streamer.stop, extras.close, *([gateway] if gateway else [])],
             request_stop=streamer.request_stop,
         )
         stats = streamer.stats
@@ -147,13 +154,32 @@ def stream(
         extras.check()
 
 
-def _web(streamer: Streamer, bind: str, *, token: str | None, rotate: bool, name: str) -> WebServer:
-    """The browser gateway inside the streamer (``--web``): its link is the first line printed."""
+def _web(
+    streamer: Streamer, bus: Bus, bind: str, *, token: str | None, rotate: bool, name: str, chat: bool
+) -> Callable[[], None]:
+    """The browser gateway inside the streamer (``--web``): its link is the first line printed. The pages' chat
+    joins the streamer's own room through its chat port, like any viewer's, so the room's rules (names, rates,
+    presence, timeouts) are the same for browsers as for everyone and the streamer needs no second way in."""
     from overdrive.app.web import StreamToWeb
+    from overdrive.app.web_chat import WebChat
 
-    server = web_cli.start_gateway(bind, token=token, rotate=rotate, name=name, option="--web")
+    port = WebChat(bus, _local(streamer.bind())) if chat else None
+    server = web_cli.start_gateway(bind, token=token, rotate=rotate, name=name, option="--web", chat=port)
     streamer.add_listener(StreamToWeb(server))
-    return server
+    if port is None:
+        return server.stop
+    streamer.add_listener(port)
+
+    def close() -> None:
+        port.close()
+        server.stop()
+
+    return close
+
+
+def _local(endpoint: Endpoint) -> Endpoint:
+    """The streamer's own endpoint as this machine reaches it (a wildcard bind is reached on loopback)."""
+    return Endpoint("127.0.0.1", endpoint.port) if endpoint.host in ("0.0.0.0", "*", "") else endpoint
 
 
 def _check_source(config: StreamerConfig) -> None:

@@ -57,6 +57,7 @@ def web(
     """Serve a stream to web browsers. The first line printed is the link to give viewers, with its invite token
     (on a terminal also a QR code). The network password stays here: browsers only get the picture and sound."""
     from overdrive.app.web import StreamToWeb, gateway_viewer_config, parse_bind
+    from overdrive.app.web_chat import WebChat
     from overdrive.media.viewer import Viewer
 
     opts = options(ctx)
@@ -65,9 +66,11 @@ def web(
     warn_insecure(opts)
     with opts.bus() as bus:
         viewer = Viewer(config, bus)
-        server = start_gateway(bind, token=token, rotate=rotate, max_browsers=max_browsers)
+        chat = WebChat(bus, config.endpoint)
+        server = start_gateway(bind, token=token, rotate=rotate, max_browsers=max_browsers, chat=chat)
         try:
             viewer.add_listener(StreamToWeb(server))
+            viewer.add_listener(chat)
 
             def waiting() -> None:
                 console.print(f"waiting for the stream at {config.endpoint.display}...")
@@ -86,8 +89,9 @@ def web(
 
             host, port = server.address or ("", 0)
             announce = ready("web", Endpoint(host, port), f"stream {config.endpoint.display}")
-            run(announce, watching("web", viewer, alive), stop=[viewer.stop, server.stop])
+            run(announce, watching("web", viewer, alive), stop=[viewer.stop, chat.close, server.stop])
         finally:
+            chat.close()
             server.stop()
 
 

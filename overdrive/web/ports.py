@@ -23,20 +23,28 @@ class ChatLine:
 
 
 OnChatLine = Callable[[ChatLine], None]
+OnNotice = Callable[[str, str], None]
+"""``(session, text)``: a notice for one browser session only (a refused line, a refused join)."""
 
 
 class ChatPort(Protocol):
-    """The chat as the gateway uses it.
+    """The chat as the gateway uses it; each browser is one member, named by its ``session`` label.
 
-    ``say`` is called in the gateway's event loop for each line a browser typed (already bounded in length and
-    rate per browser by the gateway): it must not block (queue the send) and may raise ``ValueError`` to refuse a
-    line (the message is shown to that browser only). ``follow`` registers the callback for every line the stream
-    republishes (called from any thread; the gateway hands it to its loop).
+    ``join`` (when a page tells its name, and again when it changes it), ``say`` (each line typed, already bounded
+    in length and rate per browser by the gateway) and ``leave`` (when the page disconnects) are called in the
+    gateway's event loop: they must not block (queue the send). ``say`` may raise ``ValueError`` to refuse a line
+    at once; a refusal that comes later goes to ``on_notice`` with the session it concerns (shown to that browser
+    only). ``follow`` registers the callbacks; both may be called from any thread (the gateway hands them to its
+    loop). ``on_line`` gets every line the stream republishes, each once.
     """
 
-    def say(self, name: str, text: str) -> None: ...
+    def join(self, session: str, name: str) -> None: ...
 
-    def follow(self, on_line: OnChatLine) -> None: ...
+    def say(self, session: str, name: str, text: str) -> None: ...
+
+    def leave(self, session: str) -> None: ...
+
+    def follow(self, on_line: OnChatLine, on_notice: OnNotice) -> None: ...
 
 
-__all__ = ["ChatLine", "ChatPort", "OnChatLine"]
+__all__ = ["ChatLine", "ChatPort", "OnChatLine", "OnNotice"]

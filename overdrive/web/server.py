@@ -128,7 +128,7 @@ class WebServer:
         self.on_rotate: Callable[[str], None] | None = None
         """Called (in the server's thread) with the new token after a rotation :meth:`request_rotate` asked for."""
         if chat is not None:
-            chat.follow(self.chat_line)
+            chat.follow(self.chat_line, self.chat_notice)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self, timeout: float = START_TIMEOUT) -> tuple[str, int]:
@@ -234,6 +234,15 @@ class WebServer:
         }
         self._post(self.gateway.broadcast, message)
 
+    def chat_notice(self, session: str, text: str) -> None:
+        """A notice for one browser only (``session`` is the label the chat port was given)."""
+        self._post(self._notice, session, text)
+
+    def _notice(self, session: str, text: str) -> None:
+        browser = self._browsers.get(int(session)) if session.isdigit() else None
+        if browser is not None:
+            browser.session.push(json.dumps({"type": "notice", "text": text}))
+
     def request_rotate(self) -> None:
         """Ask for a new token at the loop's next turn (safe from a signal handler: it only sets a flag)."""
         self._rotate_requested = True
@@ -296,6 +305,8 @@ class WebServer:
         finally:
             self.gateway.leave(session)
             del self._browsers[session.id]
+            if self.chat is not None:
+                self.chat.leave(str(session.id))
         return ws
 
     async def _write(self, browser: _Browser) -> None:
@@ -318,14 +329,19 @@ class WebServer:
                 break  # binary from a browser, or an oversized message: the page never sends either
             try:
                 line = json.loads(message.data)
-                if not isinstance(line, dict) or line.get("type") != "say":
+                if not isinstance(line, dict) or line.get("type") not in ("say", "name"):
                     raise ValueError("not a chat line")
-                name, text = line.get("name"), line.get("text")
+                name, text = line.get("name"), line.get("text", "")
                 if not isinstance(name, str) or not isinstance(text, str):
                     raise ValueError("not a chat line")
             except ValueError:
                 break
-            self._say(browser, name.strip()[:MAX_NAME] or "guest", text.strip()[:MAX_TEXT])
+            name = name.strip()[:MAX_NAME] or "guest"
+            if line["type"] == "name":
+                if self.chat is not None:
+                    self.chat.join(str(browser.session.id), name)
+            else:
+                self._say(browser, name, text.strip()[:MAX_TEXT])
         await browser.ws.close()
 
     def _say(self, browser: _Browser, name: str, text: str) -> None:
@@ -335,7 +351,7 @@ class WebServer:
             browser.session.push(json.dumps({"type": "notice", "text": "slow down: too many messages"}))
             return
         try:
-            self.chat.say(name, text)
+            self.chat.say(str(browser.session.id), name, text)
         except ValueError as exc:
             browser.session.push(json.dumps({"type": "notice", "text": str(exc)}))
 

@@ -58,12 +58,21 @@ function connect() {
   };
 }
 
+// Tells the gateway this page's chat name (on connecting and on each change): the streamer counts it present.
+function sendName() {
+  const ws = window.overdriveSocket;
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(JSON.stringify({ type: "name", name: $("chatname").value.trim() || "guest" }));
+  }
+}
+
 function control(msg) {
   switch (msg.type) {
     case "hello":
       chatEnabled = Boolean(msg.chat);
       $("chat").hidden = !chatEnabled;
       $("title").textContent = msg.name;
+      if (chatEnabled) sendName();
       break;
     case "start": start(msg); break;
     case "clock":
@@ -273,7 +282,10 @@ function setupControls() {
     $("chattext").value = "";
   });
   $("chatname").value = localStorage.getItem("overdrive-name") || "";
-  $("chatname").addEventListener("change", () => localStorage.setItem("overdrive-name", $("chatname").value));
+  $("chatname").addEventListener("change", () => {
+    localStorage.setItem("overdrive-name", $("chatname").value);
+    if (chatEnabled) sendName();
+  });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && player !== null && player.started) { jump(); play(); }
   });
