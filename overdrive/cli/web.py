@@ -13,6 +13,7 @@ import typer
 
 from overdrive import interrupts
 from overdrive.bus.address import DEFAULT_STREAM_PORT, Endpoint
+from overdrive.cli import discover
 from overdrive.cli.options import console, options, warn_insecure
 from overdrive.cli.run import Check, ready, run, watching
 
@@ -53,6 +54,7 @@ def web(
         typer.Option(help="Pass on only a stream signed by the key with this fingerprint.", show_default=False),
     ] = None,
     max_browsers: MaxBrowsers = 100,
+    no_discovery: discover.NoDiscovery = False,
 ) -> None:
     """Serve a stream to web browsers. The first line printed is the link to give viewers, with its invite token
     (on a terminal also a QR code). The network password stays here: browsers only get the picture and sound."""
@@ -63,6 +65,7 @@ def web(
     opts = options(ctx)
     parse_bind(bind, "--bind")  # a mistake is one line before anything starts
     config = gateway_viewer_config(stream, pin=pin)
+    found = discover.settings(ctx, no_discovery)
     warn_insecure(opts)
     with opts.bus() as bus:
         viewer = Viewer(config, bus)
@@ -88,8 +91,11 @@ def web(
                     raise typer.Exit(1)
 
             host, port = server.address or ("", 0)
-            announce = ready("web", Endpoint(host, port), f"stream {config.endpoint.display}")
-            run(announce, watching("web", viewer, alive), stop=[viewer.stop, chat.close, server.stop])
+            bound = Endpoint(host, port)
+            announcer = discover.announce(found, bus, "web", f"web {bus.node_id[:6]}", bound)
+            announce = ready("web", bound, f"stream {config.endpoint.display}")
+            stop = [*discover.closing(announcer), viewer.stop, chat.close, server.stop]
+            run(announce, watching("web", viewer, alive), stop=stop)
         finally:
             chat.close()
             server.stop()
