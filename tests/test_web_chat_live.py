@@ -69,6 +69,8 @@ def test_web_pages_share_the_streams_chat(
 
     presence.wait_for("alice", 10)  # the streamer counts the web viewers by name
     assert "bob" in presence.wait_for("bob", 10)
+    bob.click("#hand")  # type: ignore[attr-defined]
+    presence.wait_for("hands up: bob", 10)  # a hand raised in the page reaches the room
 
     said = shell.run("chat", stream, "--say", "from the shell", "--name", "Ada", home="ada")
     assert said.returncode == 0, said.stderr

@@ -37,6 +37,9 @@ class LoopbackChat:
         for follow in self.followers:
             follow(ChatLine(name=name, text=text, time_ns=time.time_ns()))
 
+    def hand(self, session: str, up: bool) -> None:
+        pass
+
     def leave(self, session: str) -> None:
         self.members.pop(session, None)
 

@@ -118,6 +118,12 @@ class WebChat:
             raise ValueError("the chat is not connected yet")
         self._watch(session, client.say(text, via=session))
 
+    def hand(self, session: str, up: bool) -> None:
+        client = self.client
+        if client is None:
+            raise ValueError("the chat is not connected yet")
+        self._watch(session, client.hand(up, via=session))
+
     def leave(self, session: str) -> None:
         with self._lock:
             joined = self._names.pop(session, None) is not None

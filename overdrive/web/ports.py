@@ -31,16 +31,19 @@ class ChatPort(Protocol):
     """The chat as the gateway uses it; each browser is one member, named by its ``session`` label.
 
     ``join`` (when a page tells its name, and again when it changes it), ``say`` (each line typed, already bounded
-    in length and rate per browser by the gateway) and ``leave`` (when the page disconnects) are called in the
-    gateway's event loop: they must not block (queue the send). ``say`` may raise ``ValueError`` to refuse a line
-    at once; a refusal that comes later goes to ``on_notice`` with the session it concerns (shown to that browser
-    only). ``follow`` registers the callbacks; both may be called from any thread (the gateway hands them to its
-    loop). ``on_line`` gets every line the stream republishes, each once.
+    in length and rate per browser by the gateway), ``hand`` (the page's raise/lower hand button, rated like a
+    line) and ``leave`` (when the page disconnects) are called in the gateway's event loop: they must not block
+    (queue the send). ``say`` and ``hand`` may raise ``ValueError`` to refuse at once; a refusal that comes later
+    goes to ``on_notice`` with the session it concerns (shown to that browser only). ``follow`` registers the
+    callbacks; both may be called from any thread (the gateway hands them to its loop). ``on_line`` gets every line
+    the stream republishes, each once.
     """
 
     def join(self, session: str, name: str) -> None: ...
 
     def say(self, session: str, name: str, text: str) -> None: ...
+
+    def hand(self, session: str, up: bool) -> None: ...
 
     def leave(self, session: str) -> None: ...
 

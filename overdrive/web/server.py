@@ -11,7 +11,8 @@
 Routes: ``/`` (the page), ``/app.js``, ``/style.css`` and ``/ws``. Every one needs the cookie that ``/?t=TOKEN``
 gives (:mod:`overdrive.web.access`), else 403; a WebSocket from another origin is refused too. The socket carries
 binary fMP4 fragments and JSON control lines out (:mod:`overdrive.web.gateway`) and small JSON lines in
-(``{"type": "say", "name": ..., "text": ...}``), bounded by ``ServerConfig.max_message`` and a rate per browser.
+(``{"type": "say", "name": ..., "text": ...}``, ``{"type": "name", ...}``, ``{"type": "hand", "up": ...}``),
+bounded by ``ServerConfig.max_message`` and a rate per browser.
 
 Every decision lives in :class:`~overdrive.web.gateway.Gateway`; all of it runs on the loop's thread, so the
 methods called from other threads (:meth:`WebServer.video` ...) only post to the loop.
@@ -329,7 +330,7 @@ class WebServer:
                 break  # binary from a browser, or an oversized message: the page never sends either
             try:
                 line = json.loads(message.data)
-                if not isinstance(line, dict) or line.get("type") not in ("say", "name"):
+                if not isinstance(line, dict) or line.get("type") not in ("say", "name", "hand"):
                     raise ValueError("not a chat line")
                 name, text = line.get("name"), line.get("text", "")
                 if not isinstance(name, str) or not isinstance(text, str):
@@ -340,9 +341,23 @@ class WebServer:
             if line["type"] == "name":
                 if self.chat is not None:
                     self.chat.join(str(browser.session.id), name)
+            elif line["type"] == "hand":
+                self._hand(browser, name, line.get("up") is True)
             else:
                 self._say(browser, name, text.strip()[:MAX_TEXT])
         await browser.ws.close()
+
+    def _hand(self, browser: _Browser, name: str, up: bool) -> None:
+        if self.chat is None:
+            return
+        if not browser.may_chat():  # a hand costs what a line costs: toggling it cannot flood the room
+            browser.session.push(json.dumps({"type": "notice", "text": "slow down: too many messages"}))
+            return
+        try:
+            self.chat.join(str(browser.session.id), name)
+            self.chat.hand(str(browser.session.id), up)
+        except ValueError as exc:
+            browser.session.push(json.dumps({"type": "notice", "text": str(exc)}))
 
     def _say(self, browser: _Browser, name: str, text: str) -> None:
         if self.chat is None or not text:

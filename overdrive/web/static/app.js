@@ -281,6 +281,14 @@ function setupControls() {
     ws.send(JSON.stringify({ type: "say", name: $("chatname").value.trim() || "guest", text }));
     $("chattext").value = "";
   });
+  $("hand").addEventListener("click", () => {
+    const ws = window.overdriveSocket;
+    if (!chatEnabled || !ws || ws.readyState !== WebSocket.OPEN) return;
+    const up = $("hand").getAttribute("aria-pressed") !== "true";
+    ws.send(JSON.stringify({ type: "hand", name: $("chatname").value.trim() || "guest", up }));
+    $("hand").setAttribute("aria-pressed", String(up));
+    $("hand").textContent = up ? "lower hand" : "raise hand";
+  });
   $("chatname").value = localStorage.getItem("overdrive-name") || "";
   $("chatname").addEventListener("change", () => {
     localStorage.setItem("overdrive-name", $("chatname").value);
