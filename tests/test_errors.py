@@ -23,6 +23,7 @@ from overdrive.media.streamer import StreamerConfig
 from overdrive.media.viewer import ViewerConfig
 from overdrive.transfer.serving import ServerConfig
 from overdrive.transfer.session import FetchConfig
+from overdrive.web.fmp4 import AudioConfig, VideoConfig
 from tests import mesh_proofs
 
 PACKAGE = Path(__file__).resolve().parent.parent / "overdrive"
@@ -56,6 +57,11 @@ BAD_CONFIGS: dict[str, list[Callable[[], object]]] = {
 }
 UNCHECKED_CONFIGS = {"RecordConfig"}
 """Config classes with no value that can be wrong (a folder and a flag)."""
+PEER_CONFIGS: dict[str, list[Callable[[], object]]] = {
+    "VideoConfig": [lambda: VideoConfig(width=1, height=720, sps=b"", pps=b"", fps=30.0, epoch_ns=0)],
+    "AudioConfig": [lambda: AudioConfig(channels=3, epoch_ns=0)],
+}
+"""The web gateway's track descriptions: built from what the stream says, so a bad value is a ProtocolError."""
 
 
 @pytest.mark.parametrize(
@@ -67,9 +73,18 @@ def test_a_bad_config_value_raises_config_error(make: Callable[[], object]) -> N
         make()
 
 
+@pytest.mark.parametrize(
+    "make",
+    [pytest.param(make, id=f"{name}-{i}") for name, makes in PEER_CONFIGS.items() for i, make in enumerate(makes)],
+)
+def test_a_bad_track_from_the_stream_raises_protocol_error(make: Callable[[], object]) -> None:
+    with pytest.raises(ProtocolError):
+        make()
+
+
 def test_every_config_class_is_checked_above() -> None:
     found = {m for f in PACKAGE.rglob("*.py") for m in re.findall(r"^class (\w+Config)\b", f.read_text(), re.M)}
-    assert found == set(BAD_CONFIGS) | UNCHECKED_CONFIGS
+    assert found == set(BAD_CONFIGS) | UNCHECKED_CONFIGS | set(PEER_CONFIGS)
 
 
 GOOD_ROW = ("a.txt", 1, "ab" * 32, "a" * 16, "127.0.0.1:1", 0, "b" * 16, 1, 1, False)

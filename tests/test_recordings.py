@@ -112,6 +112,8 @@ def test_a_killed_recording_is_recovered_at_the_next_start(env: dict[str, str], 
     backup = tmp_path / "b"
     stream = streamer(port, backup, env, tmp_path)
     wait_listening(port, stream)
+    # recording starts once the sound devices deliver (up to 2 s after listening): count from its first bytes
+    wait_for(lambda: any(p.stat().st_size > 0 for p in backup.glob(".*.part")), 30, "the streamer to record")
     time.sleep(4)
     stream.kill()
     finish(stream)
